@@ -1,0 +1,18 @@
+"""tether: trusted connections between applications.
+
+Mutually authenticated, end-to-end encrypted, policy-checked connections over any path of hops.
+The Rust core (:mod:`tether._core`) implements framing, AEAD and the Noise state machines; the
+Python package builds identities, routing, channels and policy on top.
+
+Modules: :mod:`tether.noise` (handshakes and transports), :mod:`tether.aead`,
+:mod:`tether.frame`, :mod:`tether.message`, :mod:`tether.errors`.
+"""
+
+from __future__ import annotations
+
+from tether import _core
+from tether.errors import TetherError
+
+__version__: str = _core.__version__
+
+__all__ = ["TetherError", "__version__"]

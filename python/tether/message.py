@@ -1,0 +1,74 @@
+"""Routed messages: an onward route, a return route and a payload (``docs/wire-format.md``).
+
+Each hop pops itself from the onward route and pushes itself onto the return route; a reply
+follows the return route. The encoding is the Rust core's (version 1); decoding is strict:
+truncated input, trailing bytes, over-long routes and empty addresses are
+:class:`~tether.errors.RouteError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from tether import _core
+
+VERSION = _core.ROUTE_VERSION
+MAX_HOPS = _core.MAX_HOPS
+
+#: Transport types of addresses. 0 is a worker on the node that holds the message.
+LOCAL = 0
+TCP = 1
+
+
+class Address(NamedTuple):
+    """One hop: a transport type and that transport's address bytes (1 to 255 of them)."""
+
+    transport: int
+    value: bytes
+
+    @classmethod
+    def local(cls, name: str) -> Address:
+        return cls(LOCAL, name.encode())
+
+    def __str__(self) -> str:
+        text = self.value.decode(errors="backslashreplace")
+        return text if self.transport == LOCAL else f"{self.transport}#{text}"
+
+
+@dataclass(frozen=True, slots=True)
+class RoutedMessage:
+    """A message on its way: where it goes next, how to answer it, and what it carries."""
+
+    onward: tuple[Address, ...]
+    return_route: tuple[Address, ...] = ()
+    payload: bytes = field(default=b"", repr=False)
+
+    def encode(self) -> bytes:
+        return _core.encode_message(self.onward, self.return_route, self.payload)
+
+    @classmethod
+    def decode(cls, data: bytes | bytearray | memoryview) -> RoutedMessage:
+        onward, ret, payload = _core.decode_message(data)
+        return cls(
+            tuple(Address(t, v) for t, v in onward),
+            tuple(Address(t, v) for t, v in ret),
+            payload,
+        )
+
+    def step(self, here: Address) -> RoutedMessage:
+        """The message as the next hop sees it: ``here`` popped from the onward route (it must be
+        first) and pushed onto the return route."""
+        if not self.onward or self.onward[0] != here:
+            from tether.errors import RouteError
+
+            raise RouteError(
+                f"message is not addressed to {here}: next hop is "
+                f"{self.onward[0] if self.onward else 'nothing'}"
+            )
+        return RoutedMessage(self.onward[1:], (here, *self.return_route), self.payload)
+
+
+def encode(onward: Sequence[Address], return_route: Sequence[Address], payload: bytes) -> bytes:
+    return _core.encode_message(onward, return_route, payload)

@@ -1,0 +1,30 @@
+//! tether's core: the hot, security-critical path of the tether package.
+//!
+//! Everything here is sans-IO: functions take bytes (and, where needed, randomness or the
+//! handshake's ephemeral key) and return bytes or typed errors. No sockets, no clocks.
+//!
+//! | module      | owns |
+//! |-------------|------|
+//! | [`frame`]   | length-prefixed framing of a byte stream, with the size limit checked before allocation |
+//! | [`route`]   | the routed-message encoding (version, onward route, return route, payload) |
+//! | [`aead`]    | AES-256-GCM and ChaCha20-Poly1305 seal/open (from `ring`), Noise nonces and `REKEY` |
+//! | [`noise`]   | the Noise XX handshake (from `snow`) and the transport cipher states it splits into |
+//! | [`replay`]  | the sliding anti-replay bitmap window |
+//! | [`channel`] | explicit-nonce transport messages for secure channels: replay window and rekey by count |
+//! | `py`        | the pyo3 bindings (feature `python`); nothing else touches Python |
+//!
+//! The house rules (see `docs/architecture.md`): a rejected input changes no state; an object
+//! that cannot recover says so (`Error::Broken`) for good; errors carry no secret.
+
+pub mod aead;
+pub mod channel;
+pub mod error;
+pub mod frame;
+pub mod noise;
+pub mod replay;
+pub mod route;
+
+#[cfg(feature = "python")]
+mod py;
+
+pub use error::Error;

@@ -1,0 +1,177 @@
+//! Bindings for `crate::frame` and `crate::route`.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+
+use super::buffer::Buf;
+use super::errors::frame_error_with_frames;
+use crate::{frame, route};
+
+/// Streaming decoder of length-prefixed frames.
+#[pyclass(module = "tether._core", name = "FrameDecoder")]
+pub(crate) struct PyFrameDecoder {
+    inner: frame::FrameDecoder,
+}
+
+#[pymethods]
+impl PyFrameDecoder {
+    #[new]
+    #[pyo3(signature = (max_frame_len = 1 << 20))]
+    fn new(max_frame_len: u32) -> Self {
+        Self {
+            inner: frame::FrameDecoder::new(max_frame_len),
+        }
+    }
+
+    /// Feed the next bytes of the stream; returns the frames they complete, in order.
+    fn feed<'py>(&mut self, py: Python<'py>, data: Buf<'py>) -> PyResult<Bound<'py, PyList>> {
+        let frames = PyList::empty(py);
+        let mut append_err = None;
+        let res = self.inner.feed(data.as_bytes(), |f| {
+            if append_err.is_none() {
+                if let Err(e) = frames.append(PyBytes::new(py, f)) {
+                    append_err = Some(e);
+                }
+            }
+        });
+        if let Some(e) = append_err {
+            return Err(e);
+        }
+        match res {
+            Ok(()) => Ok(frames),
+            Err(e) => Err(frame_error_with_frames(py, e, &frames)),
+        }
+    }
+
+    #[getter]
+    fn max_frame_len(&self) -> u32 {
+        self.inner.max_frame_len()
+    }
+
+    #[setter]
+    fn set_max_frame_len(&mut self, value: u32) {
+        self.inner.set_max_frame_len(value);
+    }
+
+    #[getter]
+    fn buffered(&self) -> usize {
+        self.inner.buffered()
+    }
+
+    #[getter]
+    fn broken(&self) -> bool {
+        self.inner.is_broken()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "FrameDecoder(max_frame_len={}, buffered={}, broken={})",
+            self.inner.max_frame_len(),
+            self.inner.buffered(),
+            if self.inner.is_broken() {
+                "True"
+            } else {
+                "False"
+            }
+        )
+    }
+}
+
+/// Encode one frame: a 4-byte big-endian length, then the payload.
+#[pyfunction]
+fn encode_frame<'py>(py: Python<'py>, payload: Buf<'py>) -> PyResult<Bound<'py, PyBytes>> {
+    let p = payload.as_bytes();
+    PyBytes::new_with(py, frame::encoded_len(p.len()), |out| {
+        Ok(frame::encode_to_slice(p, out)?)
+    })
+}
+
+/// Encode many frames into one buffer, ready to write to a stream.
+#[pyfunction]
+fn encode_frames<'py>(py: Python<'py>, payloads: Vec<Buf<'py>>) -> PyResult<Bound<'py, PyBytes>> {
+    let total: usize = payloads
+        .iter()
+        .map(|p| frame::encoded_len(p.as_bytes().len()))
+        .sum();
+    PyBytes::new_with(py, total, |out| {
+        let mut pos = 0;
+        for p in &payloads {
+            let p = p.as_bytes();
+            let n = frame::encoded_len(p.len());
+            frame::encode_to_slice(p, &mut out[pos..pos + n])?;
+            pos += n;
+        }
+        Ok(())
+    })
+}
+
+type PyRoute<'py> = Vec<(u16, Buf<'py>)>;
+
+fn addresses<'a>(route: &'a [(u16, Buf<'_>)]) -> Vec<route::Address<'a>> {
+    route
+        .iter()
+        .map(|(t, v)| route::Address {
+            transport: *t,
+            value: v.as_bytes(),
+        })
+        .collect()
+}
+
+/// Encode a routed message (protocol version 1).
+#[pyfunction]
+fn encode_message<'py>(
+    py: Python<'py>,
+    onward: PyRoute<'py>,
+    return_route: PyRoute<'py>,
+    payload: Buf<'py>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let (o, r, p) = (
+        addresses(&onward),
+        addresses(&return_route),
+        payload.as_bytes(),
+    );
+    let len = route::encoded_len(&o, &r, p.len())?;
+    PyBytes::new_with(py, len, |out| Ok(route::encode_to_slice(&o, &r, p, out)?))
+}
+
+fn route_to_py<'py>(py: Python<'py>, route: &[route::Address<'_>]) -> PyResult<Bound<'py, PyList>> {
+    let items: Vec<Bound<'py, PyTuple>> = route
+        .iter()
+        .map(|a| {
+            PyTuple::new(
+                py,
+                [
+                    a.transport.into_pyobject(py)?.into_any(),
+                    PyBytes::new(py, a.value).into_any(),
+                ],
+            )
+        })
+        .collect::<PyResult<_>>()?;
+    PyList::new(py, items)
+}
+
+/// Decode a routed message: `(onward, return_route, payload)`.
+#[pyfunction]
+fn decode_message<'py>(py: Python<'py>, data: Buf<'py>) -> PyResult<Bound<'py, PyTuple>> {
+    let m = route::decode(data.as_bytes())?;
+    PyTuple::new(
+        py,
+        [
+            route_to_py(py, &m.onward)?.into_any(),
+            route_to_py(py, &m.return_route)?.into_any(),
+            PyBytes::new(py, m.payload).into_any(),
+        ],
+    )
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyFrameDecoder>()?;
+    m.add_function(wrap_pyfunction!(encode_frame, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_frames, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_message, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_message, m)?)?;
+    m.add("ROUTE_VERSION", route::VERSION)?;
+    m.add("MAX_HOPS", route::MAX_HOPS)?;
+    m.add("FRAME_HEADER_LEN", frame::HEADER_LEN)?;
+    Ok(())
+}

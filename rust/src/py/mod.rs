@@ -1,0 +1,24 @@
+//! The pyo3 bindings: argument conversion, buffers, and the one error mapping. No logic lives
+//! here; every method forwards to the Python-free core in the crate root.
+
+mod aead;
+mod buffer;
+mod errors;
+mod frame;
+mod noise;
+
+use pyo3::prelude::*;
+
+/// Payloads at least this large are processed with the GIL released (below it the release costs
+/// more than it saves).
+pub(crate) const GIL_RELEASE_THRESHOLD: usize = 2048;
+
+#[pymodule]
+#[pyo3(name = "_core")]
+fn tether_core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    frame::register(m)?;
+    aead::register(m)?;
+    noise::register(m)?;
+    Ok(())
+}

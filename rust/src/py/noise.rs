@@ -1,0 +1,512 @@
+//! Bindings for `crate::noise` and `crate::channel`.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+
+use super::buffer::Buf;
+use super::errors::instance;
+use super::GIL_RELEASE_THRESHOLD;
+use crate::channel::{self, ChannelCipher};
+use crate::error::Error;
+use crate::noise::{self, Handshake, TransportState};
+
+fn consumed() -> Error {
+    Error::State("this handshake was turned into a transport already; use the transport".into())
+}
+
+/// A Noise XX handshake in progress.
+#[pyclass(module = "tether._core", name = "Handshake")]
+pub(crate) struct PyHandshake {
+    inner: Option<Handshake>,
+    protocol_name: String,
+    initiator: bool,
+}
+
+impl PyHandshake {
+    fn hs(&self) -> Result<&Handshake, Error> {
+        self.inner.as_ref().ok_or_else(consumed)
+    }
+    fn hs_mut(&mut self) -> Result<&mut Handshake, Error> {
+        self.inner.as_mut().ok_or_else(consumed)
+    }
+    fn take_split(&mut self) -> Result<noise::handshakestate::Split, Error> {
+        if !self.hs()?.is_finished() {
+            return Err(Error::State("the handshake is not finished yet".into()));
+        }
+        self.inner.take().ok_or_else(consumed)?.split()
+    }
+}
+
+#[pymethods]
+impl PyHandshake {
+    #[new]
+    #[pyo3(signature = (protocol_name, initiator, static_key, prologue = None, ephemeral_key = None))]
+    fn new(
+        protocol_name: &str,
+        initiator: bool,
+        static_key: Buf<'_>,
+        prologue: Option<Buf<'_>>,
+        ephemeral_key: Option<Buf<'_>>,
+    ) -> PyResult<Self> {
+        let hs = Handshake::new(
+            protocol_name,
+            initiator,
+            static_key.as_bytes(),
+            prologue.as_ref().map_or(&[][..], Buf::as_bytes),
+            ephemeral_key.as_ref().map(Buf::as_bytes),
+        )?;
+        Ok(Self {
+            inner: Some(hs),
+            protocol_name: protocol_name.to_owned(),
+            initiator,
+        })
+    }
+
+    /// Write the next handshake message, carrying `payload`.
+    #[pyo3(signature = (payload = None))]
+    fn write_message<'py>(
+        &mut self,
+        py: Python<'py>,
+        payload: Option<Buf<'py>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let msg = self
+            .hs_mut()?
+            .write_message(payload.as_ref().map_or(&[][..], Buf::as_bytes))?;
+        Ok(PyBytes::new(py, &msg))
+    }
+
+    /// Read the peer's next handshake message; returns its payload.
+    fn read_message<'py>(
+        &mut self,
+        py: Python<'py>,
+        message: Buf<'py>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let payload = self.hs_mut()?.read_message(message.as_bytes())?;
+        Ok(PyBytes::new(py, &payload))
+    }
+
+    #[getter]
+    fn finished(&self) -> PyResult<bool> {
+        Ok(self.hs()?.is_finished())
+    }
+
+    #[getter]
+    fn my_turn(&self) -> PyResult<bool> {
+        Ok(self.hs()?.is_my_turn())
+    }
+
+    #[getter]
+    fn initiator(&self) -> bool {
+        self.initiator
+    }
+
+    #[getter]
+    fn protocol_name(&self) -> &str {
+        &self.protocol_name
+    }
+
+    #[getter]
+    fn handshake_hash<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        Ok(PyBytes::new(py, self.hs()?.handshake_hash()))
+    }
+
+    #[getter]
+    fn remote_static<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        Ok(self.hs()?.remote_static().map(|s| PyBytes::new(py, s)))
+    }
+
+    /// The most payload bytes the next handshake message can carry.
+    #[getter]
+    fn max_payload_len(&self) -> PyResult<usize> {
+        Ok(self.hs()?.max_payload_len())
+    }
+
+    /// Finish: the standard Noise transport (implicit nonces, in-order delivery).
+    #[allow(clippy::wrong_self_convention)] // Python API: the handshake object is consumed (emptied)
+    fn into_transport(&mut self) -> PyResult<PyTransport> {
+        let split = self.take_split()?;
+        Ok(PyTransport {
+            inner: TransportState::from_split(&split)?,
+            protocol_name: self.protocol_name.clone(),
+        })
+    }
+
+    /// Finish: the explicit-nonce channel cipher (reordering, anti-replay, rekey by count).
+    #[pyo3(signature = (rekey_interval = channel::DEFAULT_REKEY_INTERVAL))]
+    #[allow(clippy::wrong_self_convention)] // as into_transport
+    fn into_channel_cipher(&mut self, rekey_interval: u64) -> PyResult<PyChannelCipher> {
+        let split = self.take_split()?;
+        Ok(PyChannelCipher {
+            inner: ChannelCipher::from_split(&split, rekey_interval)?,
+            handshake_hash: split.handshake_hash.clone(),
+            remote_static: split.remote_static,
+            protocol_name: self.protocol_name.clone(),
+            initiator: split.initiator,
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        let state = match &self.inner {
+            None => "consumed".to_string(),
+            Some(h) if h.is_finished() => "finished".to_string(),
+            Some(h) if h.is_my_turn() => "writing".to_string(),
+            Some(_) => "reading".to_string(),
+        };
+        format!(
+            "Handshake({:?}, initiator={}, state={state})",
+            self.protocol_name,
+            if self.initiator { "True" } else { "False" }
+        )
+    }
+}
+
+/// The standard Noise transport: implicit nonces, one message (<= 65535 bytes) per call.
+#[pyclass(module = "tether._core", name = "Transport")]
+pub(crate) struct PyTransport {
+    inner: TransportState,
+    protocol_name: String,
+}
+
+#[pymethods]
+impl PyTransport {
+    fn encrypt<'py>(
+        &mut self,
+        py: Python<'py>,
+        plaintext: Buf<'py>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let pt = plaintext.as_bytes();
+        if pt.len() > noise::MAX_PAYLOAD_LEN {
+            return Err(self.inner.encrypt(pt).err().unwrap_or(Error::Broken).into());
+        }
+        let inner = &mut self.inner;
+        PyBytes::new_with(py, pt.len() + crate::aead::TAG_LEN, |out| {
+            if pt.len() >= GIL_RELEASE_THRESHOLD {
+                py.detach(|| inner.encrypt_to(pt, out))?;
+            } else {
+                inner.encrypt_to(pt, out)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn decrypt<'py>(
+        &mut self,
+        py: Python<'py>,
+        ciphertext: Buf<'py>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let ct = ciphertext.as_bytes();
+        if ct.len() < crate::aead::TAG_LEN || ct.len() > noise::MAX_MESSAGE_LEN {
+            return Err(Error::Decrypt.into());
+        }
+        let inner = &mut self.inner;
+        PyBytes::new_with(py, ct.len() - crate::aead::TAG_LEN, |out| {
+            if ct.len() >= GIL_RELEASE_THRESHOLD {
+                py.detach(|| inner.decrypt_to(ct, out))?;
+            } else {
+                inner.decrypt_to(ct, out)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Noise REKEY of the sending key (the peer must call rekey_incoming at the same point).
+    fn rekey_outgoing(&mut self) {
+        self.inner.rekey_outgoing();
+    }
+
+    /// Noise REKEY of the receiving key.
+    fn rekey_incoming(&mut self) {
+        self.inner.rekey_incoming();
+    }
+
+    #[getter]
+    fn sending_nonce(&self) -> u64 {
+        self.inner.sending_nonce()
+    }
+
+    #[getter]
+    fn receiving_nonce(&self) -> u64 {
+        self.inner.receiving_nonce()
+    }
+
+    /// Move the sending nonce forward (never back, so no nonce is reused).
+    fn skip_sending_nonce_to(&mut self, nonce: u64) -> PyResult<()> {
+        if nonce < self.inner.sending_nonce() {
+            return Err(Error::InvalidArgument("the sending nonce never moves back".into()).into());
+        }
+        self.inner.set_sending_nonce(nonce);
+        Ok(())
+    }
+
+    /// Move the receiving nonce forward, to follow a peer that skipped.
+    fn skip_receiving_nonce_to(&mut self, nonce: u64) -> PyResult<()> {
+        if nonce < self.inner.receiving_nonce() {
+            return Err(
+                Error::InvalidArgument("the receiving nonce never moves back".into()).into(),
+            );
+        }
+        self.inner.set_receiving_nonce(nonce);
+        Ok(())
+    }
+
+    #[getter]
+    fn handshake_hash<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.inner.handshake_hash())
+    }
+
+    #[getter]
+    fn remote_static<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.inner.remote_static())
+    }
+
+    #[getter]
+    fn initiator(&self) -> bool {
+        self.inner.is_initiator()
+    }
+
+    #[getter]
+    fn protocol_name(&self) -> &str {
+        &self.protocol_name
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Transport({:?}, initiator={}, sending_nonce={}, receiving_nonce={})",
+            self.protocol_name,
+            if self.inner.is_initiator() {
+                "True"
+            } else {
+                "False"
+            },
+            self.inner.sending_nonce(),
+            self.inner.receiving_nonce()
+        )
+    }
+}
+
+/// Explicit-nonce transport for secure channels: out-of-order delivery, anti-replay window,
+/// rekey every `rekey_interval` messages.
+#[pyclass(module = "tether._core", name = "ChannelCipher")]
+pub(crate) struct PyChannelCipher {
+    inner: ChannelCipher,
+    handshake_hash: Vec<u8>,
+    remote_static: [u8; 32],
+    protocol_name: String,
+    initiator: bool,
+}
+
+fn seal_one<'py>(
+    py: Python<'py>,
+    c: &mut ChannelCipher,
+    pt: &[u8],
+) -> PyResult<Bound<'py, PyBytes>> {
+    if pt.len() > noise::MAX_PAYLOAD_LEN {
+        return Err(c.seal(pt).err().unwrap_or(Error::Broken).into());
+    }
+    PyBytes::new_with(py, ChannelCipher::sealed_len(pt.len()), |out| {
+        if pt.len() >= GIL_RELEASE_THRESHOLD {
+            py.detach(|| c.seal_to(pt, out))?;
+        } else {
+            c.seal_to(pt, out)?;
+        }
+        Ok(())
+    })
+}
+
+fn open_one<'py>(
+    py: Python<'py>,
+    c: &mut ChannelCipher,
+    msg: &[u8],
+) -> PyResult<Bound<'py, PyBytes>> {
+    let len = ChannelCipher::opened_len(msg)?;
+    PyBytes::new_with(py, len, |out| {
+        if msg.len() >= GIL_RELEASE_THRESHOLD {
+            py.detach(|| c.open_to(msg, out))?;
+        } else {
+            c.open_to(msg, out)?;
+        }
+        Ok(())
+    })
+}
+
+#[pymethods]
+impl PyChannelCipher {
+    /// Seal one payload (<= 65519 bytes) into a message carrying its nonce.
+    fn seal<'py>(&mut self, py: Python<'py>, payload: Buf<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        seal_one(py, &mut self.inner, payload.as_bytes())
+    }
+
+    /// Open one message; raises DecryptError or ReplayError and changes nothing if it is refused.
+    fn open<'py>(&mut self, py: Python<'py>, message: Buf<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        open_one(py, &mut self.inner, message.as_bytes())
+    }
+
+    /// Seal many payloads in one call. Stops at the first error, which is raised; the payloads
+    /// before it were sealed and their nonces used, so on error nothing from this call is sent.
+    fn seal_many<'py>(
+        &mut self,
+        py: Python<'py>,
+        payloads: Vec<Buf<'py>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for p in &payloads {
+            out.append(seal_one(py, &mut self.inner, p.as_bytes())?)?;
+        }
+        Ok(out)
+    }
+
+    /// Seal `data` of any length as consecutive messages of at most `chunk_size` payload bytes.
+    #[pyo3(signature = (data, chunk_size = noise::MAX_PAYLOAD_LEN))]
+    fn seal_chunks<'py>(
+        &mut self,
+        py: Python<'py>,
+        data: Buf<'py>,
+        chunk_size: usize,
+    ) -> PyResult<Bound<'py, PyList>> {
+        if chunk_size == 0 || chunk_size > noise::MAX_PAYLOAD_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "chunk_size must be 1..={}, got {chunk_size}",
+                noise::MAX_PAYLOAD_LEN
+            ))
+            .into());
+        }
+        let out = PyList::empty(py);
+        for chunk in data.as_bytes().chunks(chunk_size) {
+            out.append(seal_one(py, &mut self.inner, chunk)?)?;
+        }
+        Ok(out)
+    }
+
+    /// Open many messages in one call. Each entry of the result is the payload, or the exception
+    /// (DecryptError, ReplayError) for a refused message — refused messages change nothing, so
+    /// the others are unaffected.
+    fn open_many<'py>(
+        &mut self,
+        py: Python<'py>,
+        messages: Vec<Buf<'py>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for m in &messages {
+            let m = m.as_bytes();
+            match ChannelCipher::opened_len(m) {
+                Err(e) => out.append(instance(py, e))?,
+                Ok(len) => {
+                    let mut failure = None;
+                    let r = PyBytes::new_with(py, len, |buf| {
+                        let res = if m.len() >= GIL_RELEASE_THRESHOLD {
+                            py.detach(|| self.inner.open_to(m, buf))
+                        } else {
+                            self.inner.open_to(m, buf)
+                        };
+                        if let Err(e) = res {
+                            failure = Some(e);
+                        }
+                        Ok(())
+                    })?;
+                    match failure {
+                        Some(e) => out.append(instance(py, e))?,
+                        None => out.append(r)?,
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    #[getter]
+    fn sending_nonce(&self) -> u64 {
+        self.inner.sending_nonce()
+    }
+
+    /// Move the sending nonce forward (never back).
+    fn skip_sending_nonce_to(&mut self, nonce: u64) -> PyResult<()> {
+        Ok(self.inner.skip_sending_nonce_to(nonce)?)
+    }
+
+    #[getter]
+    fn highest_received(&self) -> Option<u64> {
+        self.inner.highest_received()
+    }
+
+    #[getter]
+    fn sending_epoch(&self) -> u64 {
+        self.inner.sending_epoch()
+    }
+
+    #[getter]
+    fn receiving_epoch(&self) -> u64 {
+        self.inner.receiving_epoch()
+    }
+
+    #[getter]
+    fn rekey_interval(&self) -> u64 {
+        self.inner.rekey_interval()
+    }
+
+    #[getter]
+    fn handshake_hash<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.handshake_hash)
+    }
+
+    #[getter]
+    fn remote_static<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.remote_static)
+    }
+
+    #[getter]
+    fn initiator(&self) -> bool {
+        self.initiator
+    }
+
+    #[getter]
+    fn protocol_name(&self) -> &str {
+        &self.protocol_name
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "ChannelCipher({:?}, initiator={}, sending_nonce={}, highest_received={:?})",
+            self.protocol_name,
+            if self.initiator { "True" } else { "False" },
+            self.inner.sending_nonce(),
+            self.inner.highest_received()
+        )
+    }
+}
+
+/// A fresh X25519 key pair `(private, public)`.
+#[pyfunction]
+fn generate_keypair(py: Python<'_>) -> PyResult<(Bound<'_, PyBytes>, Bound<'_, PyBytes>)> {
+    let (private, public) = noise::generate_keypair()?;
+    Ok((PyBytes::new(py, &private[..]), PyBytes::new(py, &public)))
+}
+
+/// The X25519 public key of a private key.
+#[pyfunction]
+fn public_key<'py>(py: Python<'py>, private_key: Buf<'py>) -> PyResult<Bound<'py, PyBytes>> {
+    Ok(PyBytes::new(
+        py,
+        &noise::public_key(private_key.as_bytes())?,
+    ))
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyHandshake>()?;
+    m.add_class::<PyTransport>()?;
+    m.add_class::<PyChannelCipher>()?;
+    m.add_function(wrap_pyfunction!(generate_keypair, m)?)?;
+    m.add_function(wrap_pyfunction!(public_key, m)?)?;
+    m.add("MAX_MESSAGE_LEN", noise::MAX_MESSAGE_LEN)?;
+    m.add("MAX_PAYLOAD_LEN", noise::MAX_PAYLOAD_LEN)?;
+    m.add("CHANNEL_OVERHEAD", channel::OVERHEAD)?;
+    m.add("DEFAULT_REKEY_INTERVAL", channel::DEFAULT_REKEY_INTERVAL)?;
+    m.add("REPLAY_WINDOW", crate::replay::WINDOW)?;
+    m.add(
+        "PROTOCOL_NAMES",
+        noise::Suite::ALL
+            .iter()
+            .map(|s| s.protocol_name())
+            .collect::<Vec<_>>(),
+    )?;
+    Ok(())
+}
