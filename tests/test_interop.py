@@ -33,12 +33,15 @@ def _theirs(name: str, initiator: bool, sk: bytes) -> NoiseConnection:
 
 
 @pytest.mark.parametrize("name", noise.PROTOCOL_NAMES)
-@pytest.mark.parametrize("tether_initiates", [True, False], ids=["tether-initiates", "it-initiates"])
+@pytest.mark.parametrize(
+    "tether_initiates", [True, False], ids=["tether-initiates", "it-initiates"]
+)
 def test_handshake_and_transport(name: str, tether_initiates: bool) -> None:
     our_sk, _ = noise.generate_keypair()
     their_sk = os.urandom(32)
-    ours = noise.Handshake(name, initiator=tether_initiates, static_key=our_sk,
-                           prologue=b"tether interop")
+    ours = noise.Handshake(
+        name, initiator=tether_initiates, static_key=our_sk, prologue=b"tether interop"
+    )
     theirs = _theirs(name, not tether_initiates, their_sk)
 
     # The three XX messages, each with a payload, alternating writers.
@@ -48,7 +51,8 @@ def test_handshake_and_transport(name: str, tether_initiates: bool) -> None:
             assert theirs.read_message(ours.write_message(payload)) == payload
         else:
             assert ours.read_message(theirs.write_message(payload)) == payload
-    assert ours.finished and theirs.handshake_finished
+    assert ours.finished
+    assert theirs.handshake_finished
     assert ours.handshake_hash == theirs.get_handshake_hash()
     assert ours.remote_static == noise.public_key(their_sk)
 
@@ -66,4 +70,5 @@ def test_handshake_and_transport(name: str, tether_initiates: bool) -> None:
     for _ in range(3):
         assert theirs.decrypt(t.encrypt(b"after rekey")) == b"after rekey"
         assert t.decrypt(theirs.encrypt(b"and back")) == b"and back"
-    assert t.sending_nonce == 7 and t.receiving_nonce == 7
+    assert t.sending_nonce == 7
+    assert t.receiving_nonce == 7

@@ -52,7 +52,8 @@ def test_vector(v: dict[str, Any]) -> None:
         payload, expected = bytes.fromhex(m["payload"]), bytes.fromhex(m["ciphertext"])
         assert writer.write_message(payload) == expected, f"handshake message {n}"
         assert reader.read_message(expected) == payload
-    assert i.finished and r.finished
+    assert i.finished
+    assert r.finished
     assert i.handshake_hash.hex() == v["handshake_hash"]
     assert r.handshake_hash.hex() == v["handshake_hash"]
     assert i.remote_static == noise.public_key(bytes.fromhex(v["resp_static"]))
