@@ -1,0 +1,354 @@
+"""The benchmarks of ``benches/run.py``: what is measured, and the baselines it is measured against.
+
+Each ``*_group`` function builds one :class:`~harness.Group`. Everything a variant needs (keys,
+finished handshakes, payloads, encoded streams) is prepared here, outside the timed code, and
+every variant's result is checked once for correctness before it is timed, so a fast but wrong
+implementation cannot show up in the table.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import struct
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from noise.connection import Keypair, NoiseConnection  # type: ignore[import-untyped]
+
+from harness import Group, Runner, Variant
+from tether import frame, noise
+
+PROTOCOL = "Noise_XX_25519_AESGCM_SHA256"
+TRANSPORT_SIZES = (1024, 16384, noise.MAX_PAYLOAD_LEN)
+FRAME_SIZES = (64, 65536)
+SEAL_SIZES = (64, 16384)
+
+KEY_POOL = 64
+"""Distinct static key pairs generated up front for the handshake benchmark (used in turn)."""
+STREAM_BYTES = 4 << 20
+"""Approximate size of the encoded frame stream decoded by one iteration of the frame benchmark."""
+READ_SIZE = 64 << 10
+"""The stream is fed in chunks of this size, like the results of ``sock.recv(65536)``."""
+SEAL_BATCH_BYTES = {64: 64 << 10, 16384: 1 << 20}
+"""Payload bytes sealed by one iteration of the batch-seal benchmark, per payload size."""
+
+# Rows of the X25519 group, which the report combines into the handshake bound.
+X25519_EXCHANGE = "cryptography exchange()"
+X25519_KEYGEN = "cryptography generate() + public key"
+TETHER_KEYGEN = "tether generate_keypair()"
+
+
+class BenchmarkError(RuntimeError):
+    """An implementation gave a wrong result during the correctness check before timing."""
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise BenchmarkError(f"correctness check failed: {what}")
+
+
+def _static_keys(count: int) -> list[tuple[bytes, bytes]]:
+    """``count`` (initiator, responder) pairs of X25519 private keys."""
+    return [(noise.generate_keypair()[0], noise.generate_keypair()[0]) for _ in range(count)]
+
+
+# --- handshakes ------------------------------------------------------------------------------
+
+
+def _tether_handshake(sk_i: bytes, sk_r: bytes) -> tuple[noise.Handshake, noise.Handshake]:
+    """A complete XX handshake (3 messages, empty payloads); both sides finished."""
+    i = noise.Handshake(PROTOCOL, initiator=True, static_key=sk_i)
+    r = noise.Handshake(PROTOCOL, initiator=False, static_key=sk_r)
+    r.read_message(i.write_message(b""))  # -> e
+    i.read_message(r.write_message(b""))  # <- e, ee, s, es
+    r.read_message(i.write_message(b""))  # -> s, se
+    return i, r
+
+
+def _noiseprotocol_handshake(sk_i: bytes, sk_r: bytes) -> tuple[Any, Any]:
+    """The same handshake with the ``noiseprotocol`` package; both connections in transport."""
+    i = NoiseConnection.from_name(PROTOCOL.encode())
+    i.set_as_initiator()
+    i.set_keypair_from_private_bytes(Keypair.STATIC, sk_i)
+    i.start_handshake()
+    r = NoiseConnection.from_name(PROTOCOL.encode())
+    r.set_as_responder()
+    r.set_keypair_from_private_bytes(Keypair.STATIC, sk_r)
+    r.start_handshake()
+    r.read_message(i.write_message(b""))
+    i.read_message(r.write_message(b""))
+    r.read_message(i.write_message(b""))
+    return i, r
+
+
+def _tether_transports() -> tuple[noise.Transport, noise.Transport]:
+    i, r = _tether_handshake(*_static_keys(1)[0])
+    return i.into_transport(), r.into_transport()
+
+
+def _tether_channels() -> tuple[noise.ChannelCipher, noise.ChannelCipher]:
+    i, r = _tether_handshake(*_static_keys(1)[0])
+    return i.into_channel_cipher(), r.into_channel_cipher()
+
+
+def handshake_group() -> Group:
+    """Full XX handshakes per second, both sides in this process."""
+    keys = _static_keys(KEY_POOL)
+
+    # Correctness: both finish, agree on the handshake hash, and interoperate with each other.
+    i, r = _tether_handshake(*keys[0])
+    _check(i.finished and r.finished, "tether handshake finished")
+    ti, tr = i.into_transport(), r.into_transport()
+    _check(ti.handshake_hash == tr.handshake_hash, "tether handshake hashes agree")
+    _check(tr.decrypt(ti.encrypt(b"ping")) == b"ping", "tether transport after handshake")
+    ni, nr = _noiseprotocol_handshake(*keys[0])
+    _check(ni.handshake_finished and nr.handshake_finished, "noiseprotocol handshake finished")
+    _check(nr.decrypt(ni.encrypt(b"ping")) == b"ping", "noiseprotocol transport")
+
+    def run_tether(n: int) -> None:
+        for sk_i, sk_r in itertools.islice(itertools.cycle(keys), n):
+            i, r = _tether_handshake(sk_i, sk_r)
+            i.into_transport()
+            r.into_transport()
+
+    def run_noiseprotocol(n: int) -> None:
+        for sk_i, sk_r in itertools.islice(itertools.cycle(keys), n):
+            _noiseprotocol_handshake(sk_i, sk_r)  # noiseprotocol splits after the last message
+
+    return Group(
+        key="handshake",
+        title="Noise XX handshake (both sides, 3 messages, into_transport)",
+        unit="handshakes/s",
+        variants=[
+            Variant("tether", run_tether),
+            Variant("noiseprotocol", run_noiseprotocol),
+        ],
+    )
+
+
+def x25519_group() -> Group:
+    """Context for the handshake figure: raw X25519 from ``cryptography`` (OpenSSL)."""
+    a, b = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+    b_pub = b.public_key()
+    _check(a.exchange(b_pub) == b.exchange(a.public_key()), "X25519 agreement")
+
+    def run_exchange(n: int) -> None:
+        exchange = a.exchange
+        for _ in range(n):
+            exchange(b_pub)
+
+    def run_keygen(n: int) -> None:
+        generate = X25519PrivateKey.generate
+        for _ in range(n):
+            generate().public_key().public_bytes_raw()
+
+    def run_tether_keygen(n: int) -> None:
+        generate = noise.generate_keypair
+        for _ in range(n):
+            generate()
+
+    return Group(
+        key="x25519",
+        title="X25519 key agreement and generation (handshake context)",
+        unit="ops/s",
+        variants=[
+            Variant(X25519_EXCHANGE, run_exchange),
+            Variant(X25519_KEYGEN, run_keygen),
+            Variant(TETHER_KEYGEN, run_tether_keygen),
+        ],
+    )
+
+
+# --- transport -------------------------------------------------------------------------------
+
+
+def transport_group(size: int) -> Group:
+    """Encrypt on one side, decrypt on the other, ``size``-byte messages."""
+    pt = os.urandom(size)
+
+    ti, tr = _tether_transports()
+    _check(tr.decrypt(ti.encrypt(pt)) == pt, "tether Transport round trip")
+
+    ci, cr = _tether_channels()
+    _check(cr.open(ci.seal(pt)) == pt, "tether ChannelCipher round trip")
+
+    ni, nr = _noiseprotocol_handshake(*_static_keys(1)[0])
+    _check(nr.decrypt(ni.encrypt(pt)) == pt, "noiseprotocol round trip")
+
+    key = AESGCM.generate_key(bit_length=256)
+    sender, receiver = AESGCM(key), AESGCM(key)
+    nonces = itertools.count()  # shared by all rounds: no nonce is used twice
+    first = next(nonces).to_bytes(12, "big")
+    _check(receiver.decrypt(first, sender.encrypt(first, pt, None), None) == pt, "AESGCM")
+
+    def run_transport(n: int) -> None:
+        encrypt, decrypt = ti.encrypt, tr.decrypt
+        for _ in range(n):
+            decrypt(encrypt(pt))
+
+    def run_channel(n: int) -> None:
+        seal, open_ = ci.seal, cr.open
+        for _ in range(n):
+            open_(seal(pt))
+
+    def run_noiseprotocol(n: int) -> None:
+        encrypt, decrypt = ni.encrypt, nr.decrypt
+        for _ in range(n):
+            decrypt(encrypt(pt))
+
+    def run_aesgcm(n: int) -> None:
+        encrypt, decrypt = sender.encrypt, receiver.decrypt
+        for counter in itertools.islice(nonces, n):
+            nonce = counter.to_bytes(12, "big")
+            decrypt(nonce, encrypt(nonce, pt, None), None)
+
+    return Group(
+        key=f"transport/{size}",
+        title=f"Transport encrypt+decrypt, {size} B",
+        unit="msg/s",
+        variants=[
+            Variant("tether Transport", run_transport, bytes_per_iter=size),
+            Variant("tether ChannelCipher", run_channel, bytes_per_iter=size),
+            Variant("noiseprotocol", run_noiseprotocol, bytes_per_iter=size),
+            Variant("cryptography AESGCM", run_aesgcm, bytes_per_iter=size),
+        ],
+    )
+
+
+# --- frames ----------------------------------------------------------------------------------
+
+
+class PyFrameDecoder:
+    """The usual pure-Python decoder: a bytearray buffer and ``struct.unpack_from``.
+
+    Frames are returned as bytearray slices (one copy each; converting them to ``bytes`` would
+    cost a second copy), which is the cheapest form of this idiom, so the baseline is a fair one.
+    """
+
+    _header = struct.Struct(">I")
+
+    def __init__(self, max_frame_len: int = 1 << 20) -> None:
+        self._buf = bytearray()
+        self._max = max_frame_len
+
+    def feed(self, data: bytes) -> list[bytearray]:
+        buf = self._buf
+        buf += data
+        unpack_from = self._header.unpack_from
+        frames = []
+        pos, end_of_data = 0, len(buf)
+        while end_of_data - pos >= 4:
+            (length,) = unpack_from(buf, pos)
+            if length > self._max:
+                raise ValueError(f"frame of {length} bytes exceeds {self._max}")
+            end = pos + 4 + length
+            if end > end_of_data:
+                break
+            frames.append(buf[pos + 4 : end])
+            pos = end
+        if pos:
+            del buf[:pos]
+        return frames
+
+
+def _chunks(data: bytes, size: int) -> list[bytes]:
+    return [data[k : k + size] for k in range(0, len(data), size)]
+
+
+def frame_group(size: int) -> Group:
+    """Decode a stream of ``size``-byte frames fed in socket-sized chunks."""
+    count = max(1, STREAM_BYTES // (frame.HEADER_LEN + size))
+    blob = os.urandom(count * size)
+    payloads = [blob[k * size : (k + 1) * size] for k in range(count)]
+    stream = frame.encode_frames(payloads)
+    _check(len(stream) == count * (frame.HEADER_LEN + size), "encode_frames length")
+    chunks = _chunks(stream, READ_SIZE)
+
+    def runner(decoder: frame.FrameDecoder | PyFrameDecoder, name: str) -> Runner:
+        decoded = [bytes(f) for c in chunks for f in decoder.feed(c)]
+        _check(decoded == payloads, f"{name} decodes the stream")
+
+        def run(n: int) -> None:
+            feed = decoder.feed
+            for _ in range(n):
+                for chunk in chunks:
+                    feed(chunk)
+
+        return run
+
+    tether_decoder = frame.FrameDecoder(max_frame_len=1 << 20)
+    run_tether = runner(tether_decoder, "tether FrameDecoder")
+    _check(tether_decoder.buffered == 0, "tether FrameDecoder holds nothing after whole frames")
+    run_python = runner(PyFrameDecoder(max_frame_len=1 << 20), "pure-Python decoder")
+
+    return Group(
+        key=f"frame/{size}",
+        title=f"Frame decode, {size} B frames, {READ_SIZE // 1024} KiB reads",
+        unit="frames/s",
+        variants=[
+            Variant("tether FrameDecoder", run_tether, count, count * size),
+            Variant("pure Python", run_python, count, count * size),
+        ],
+    )
+
+
+# --- batch seal ------------------------------------------------------------------------------
+
+
+def seal_group(size: int) -> Group:
+    """Seal a batch of ``size``-byte payloads: per-message calls vs the batch APIs."""
+    batch = SEAL_BATCH_BYTES[size] // size
+    blob = os.urandom(batch * size)
+    payloads = [blob[k * size : (k + 1) * size] for k in range(batch)]
+
+    loop_tx, loop_rx = _tether_channels()
+    many_tx, many_rx = _tether_channels()
+    chunks_tx, chunks_rx = _tether_channels()
+
+    seal = loop_tx.seal
+    _check(loop_rx.open_many([seal(p) for p in payloads]) == payloads, "seal() loop")
+    _check(many_rx.open_many(many_tx.seal_many(payloads)) == payloads, "seal_many")
+    sealed = chunks_tx.seal_chunks(blob, chunk_size=size)
+    _check(chunks_rx.open_many(sealed) == payloads, "seal_chunks")
+
+    def run_loop(n: int) -> None:
+        seal = loop_tx.seal
+        for _ in range(n):
+            [seal(p) for p in payloads]
+
+    def run_many(n: int) -> None:
+        seal_many = many_tx.seal_many
+        for _ in range(n):
+            seal_many(payloads)
+
+    def run_chunks(n: int) -> None:
+        seal_chunks = chunks_tx.seal_chunks
+        for _ in range(n):
+            seal_chunks(blob, chunk_size=size)
+
+    total = batch * size
+    return Group(
+        key=f"seal/{size}",
+        title=f"Batch seal, {batch} x {size} B",
+        unit="msg/s",
+        variants=[
+            Variant("seal() loop", run_loop, batch, total),
+            Variant("seal_many(list)", run_many, batch, total),
+            Variant("seal_chunks(buffer)", run_chunks, batch, total),
+        ],
+    )
+
+
+def all_groups() -> list[tuple[str, Callable[[], Group]]]:
+    """(key, builder) of every group, in run order; a group's setup runs only when it is built."""
+    return [
+        ("handshake", handshake_group),
+        ("x25519", x25519_group),
+        *((f"transport/{s}", partial(transport_group, s)) for s in TRANSPORT_SIZES),
+        *((f"frame/{s}", partial(frame_group, s)) for s in FRAME_SIZES),
+        *((f"seal/{s}", partial(seal_group, s)) for s in SEAL_SIZES),
+    ]
