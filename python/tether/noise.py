@@ -26,9 +26,13 @@ Two transports come out of a finished handshake:
   ``rekey_interval`` messages without any signalling. ``seal_many``/``open_many``/``seal_chunks``
   handle many messages in one call.
 
-Failures follow one rule: a refused message changes nothing. A tampered handshake message leaves
-the handshake able to read the genuine one; a forged, replayed or truncated transport message
-moves no nonce and no window. Errors are :mod:`tether.errors` classes.
+Failures are atomic or terminal. A refused *handshake* message ends that handshake (as the Noise
+spec aborts a handshake on any error): it raises :class:`~tether.errors.HandshakeError`, then
+``broken`` is true and every later call raises :class:`~tether.errors.BrokenError`; start a new
+handshake. A forged, replayed or truncated *transport* message changes nothing: no nonce and no
+window moves, and the next genuine message decrypts. Misuse (writing out of turn, an oversized
+payload) raises :class:`~tether.errors.StateError` or :class:`~tether.errors.InvalidArgumentError`
+and changes nothing. Errors are :mod:`tether.errors` classes.
 """
 
 from __future__ import annotations

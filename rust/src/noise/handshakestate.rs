@@ -10,13 +10,18 @@
 //! Only the four suites tether speaks are accepted, by their standard names:
 //! `Noise_XX_25519_{AESGCM,ChaChaPoly}_{SHA256,BLAKE2s}`.
 //!
-//! Failure discipline: `snow` restores its symmetric state when a read or write fails, so a
-//! tampered, truncated or extended handshake message is refused and the genuine message can
-//! still be read afterwards. A finished handshake turns into a transport by a change of type
-//! ([`Handshake::split`] consumes it).
+//! Failure discipline: a handshake message that is refused (tampered, truncated, extended, or
+//! from a peer with other keys) makes the handshake **terminal**: every later call returns
+//! [`Error::Broken`], as the Noise spec has the handshake aborted on any error (§5.3). It cannot
+//! be made atomic here: `snow` rolls back `h` and `ck` after a failed read but not the cipher
+//! state's key and nonce, so after a failure late in message 3 (`s` decrypted, `se` mixed, payload
+//! refused) the genuine message would no longer decrypt. A fresh handshake is unaffected. Misuse
+//! (`State` errors: wrong turn, oversized payload) changes nothing and is not terminal.
+//!
+//! A finished handshake turns into a transport by a change of type ([`Handshake::split`]
+//! consumes it).
 
-use curve25519_dalek::montgomery::MontgomeryPoint;
-use ring::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::agreement::{PrivateKey, X25519};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::MAX_MESSAGE_LEN;
@@ -87,7 +92,7 @@ impl Suite {
 /// A fresh X25519 key pair `(private, public)` from the operating system's RNG.
 pub fn generate_keypair() -> Result<(Zeroizing<[u8; DH_LEN]>, [u8; DH_LEN])> {
     let mut private = Zeroizing::new([0u8; DH_LEN]);
-    SystemRandom::new().fill(private.as_mut()).map_err(|_| {
+    aws_lc_rs::rand::fill(private.as_mut()).map_err(|_| {
         Error::State("the operating system's random number generator failed".into())
     })?;
     let public = public_key(&private[..])?;
@@ -96,15 +101,18 @@ pub fn generate_keypair() -> Result<(Zeroizing<[u8; DH_LEN]>, [u8; DH_LEN])> {
 
 /// The X25519 public key of `private` (RFC 7748 clamping applies).
 pub fn public_key(private: &[u8]) -> Result<[u8; DH_LEN]> {
-    let mut sk: [u8; DH_LEN] = private.try_into().map_err(|_| {
-        Error::InvalidArgument(format!(
+    if private.len() != DH_LEN {
+        return Err(Error::InvalidArgument(format!(
             "an X25519 private key is {DH_LEN} bytes, got {}",
             private.len()
-        ))
-    })?;
-    let public = MontgomeryPoint::mul_base_clamped(sk).to_bytes();
-    sk.zeroize();
-    Ok(public)
+        )));
+    }
+    let refused = || Error::InvalidArgument("the X25519 private key was refused".into());
+    let key = PrivateKey::from_private_key(&X25519, private).map_err(|_| refused())?;
+    let public = key.compute_public_key().map_err(|_| refused())?;
+    let mut out = [0u8; DH_LEN];
+    out.copy_from_slice(public.as_ref());
+    Ok(out)
 }
 
 fn map_snow(e: &snow::Error) -> Error {
@@ -146,6 +154,7 @@ pub struct Handshake {
     suite: Suite,
     initiator: bool,
     messages: usize,
+    broken: bool,
 }
 
 impl std::fmt::Debug for Handshake {
@@ -177,7 +186,7 @@ impl Handshake {
         let params: snow::params::NoiseParams = protocol_name
             .parse()
             .map_err(|e: snow::Error| Error::InvalidArgument(e.to_string()))?;
-        let mut builder = snow::Builder::new(params)
+        let mut builder = snow::Builder::with_resolver(params, Box::new(super::resolver::Resolver))
             .local_private_key(static_key)
             .and_then(|b| b.prologue(prologue))
             .map_err(|e| map_snow(&e))?;
@@ -201,6 +210,7 @@ impl Handshake {
             suite,
             initiator,
             messages: 0,
+            broken: false,
         })
     }
 
@@ -213,7 +223,12 @@ impl Handshake {
     }
 
     pub fn is_finished(&self) -> bool {
-        self.state.is_handshake_finished()
+        !self.broken && self.state.is_handshake_finished()
+    }
+
+    /// A refused message ended this handshake; start a new one.
+    pub fn is_broken(&self) -> bool {
+        self.broken
     }
 
     pub fn is_my_turn(&self) -> bool {
@@ -237,6 +252,9 @@ impl Handshake {
 
     /// Write the next handshake message carrying `payload`.
     pub fn write_message(&mut self, payload: &[u8]) -> Result<Vec<u8>> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
         if self.is_finished() {
             return Err(Error::State("the handshake is already finished".into()));
         }
@@ -249,10 +267,13 @@ impl Handshake {
         }
         // snow wants room for a tag even on the first, unencrypted, message.
         let mut out = vec![0u8; payload.len() + OVERHEAD[self.messages] + 16];
-        let n = self
-            .state
-            .write_message(payload, &mut out)
-            .map_err(|e| map_snow(&e))?;
+        let n = self.state.write_message(payload, &mut out).map_err(|e| {
+            let e = map_snow(&e);
+            if !matches!(e, Error::State(_)) {
+                self.broken = true;
+            }
+            e
+        })?;
         out.truncate(n);
         self.messages += 1;
         Ok(out)
@@ -261,9 +282,25 @@ impl Handshake {
     /// Read the peer's next handshake message and return its payload. A message that fails
     /// changes nothing: the genuine one can still be read.
     pub fn read_message(&mut self, message: &[u8]) -> Result<Vec<u8>> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
         if self.is_finished() {
             return Err(Error::State("the handshake is already finished".into()));
         }
+        if !self.state.is_my_turn() {
+            let res = self.read_checked(message);
+            if matches!(res, Err(Error::Handshake(_))) {
+                self.broken = true;
+            }
+            return res;
+        }
+        Err(Error::State(
+            "it is our turn: write a handshake message first".into(),
+        ))
+    }
+
+    fn read_checked(&mut self, message: &[u8]) -> Result<Vec<u8>> {
         if message.len() > MAX_MESSAGE_LEN {
             return Err(Error::Handshake(format!(
                 "message of {} bytes exceeds the Noise limit of {MAX_MESSAGE_LEN}",
@@ -290,6 +327,9 @@ impl Handshake {
 
     /// Finish: `Split()` into the send and receive keys. Consumes the handshake.
     pub fn split(mut self) -> Result<Split> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
         if !self.is_finished() {
             return Err(Error::State("the handshake is not finished yet".into()));
         }
@@ -352,17 +392,44 @@ mod tests {
     }
 
     #[test]
-    fn tampered_message_is_refused_and_the_genuine_one_still_works() {
-        let (mut i, mut r) = pair("Noise_XX_25519_AESGCM_SHA256");
-        r.read_message(&i.write_message(b"").unwrap()).unwrap();
-        let m2 = r.write_message(b"hi").unwrap();
-        for pos in [0, 40, m2.len() - 1] {
-            let mut bad = m2.clone();
-            bad[pos] ^= 1;
-            assert!(matches!(i.read_message(&bad), Err(Error::Handshake(_))));
+    fn a_refused_message_ends_the_handshake_and_a_fresh_one_works() {
+        let name = "Noise_XX_25519_AESGCM_SHA256";
+        for (msg_index, tamper) in [(1usize, 0usize), (1, 40), (2, 0), (2, 64)] {
+            let (mut i, mut r) = pair(name);
+            r.read_message(&i.write_message(b"").unwrap()).unwrap();
+            let m2 = r.write_message(b"hi").unwrap();
+            let (reader, mut msg) = if msg_index == 1 {
+                (&mut i, m2)
+            } else {
+                i.read_message(&m2).unwrap();
+                (&mut r, i.write_message(b"bye").unwrap())
+            };
+            if tamper < msg.len() {
+                msg[tamper] ^= 1;
+            } else {
+                msg.push(0); // extended
+            }
+            assert!(matches!(
+                reader.read_message(&msg),
+                Err(Error::Handshake(_))
+            ));
+            assert!(reader.is_broken());
+            assert!(!reader.is_finished());
+            assert_eq!(reader.read_message(&msg), Err(Error::Broken));
+            assert_eq!(reader.write_message(b"").unwrap_err(), Error::Broken);
         }
-        assert!(i.read_message(&m2[..m2.len() - 1]).is_err());
-        assert_eq!(i.read_message(&m2).unwrap(), b"hi");
+        // Misuse is not terminal.
+        let (mut i, mut r) = pair(name);
+        assert!(matches!(r.write_message(b""), Err(Error::State(_))));
+        r.read_message(&i.write_message(b"").unwrap()).unwrap();
+        assert!(!r.is_broken());
+        // And a fresh handshake is unaffected.
+        let (mut i2, mut r2) = pair(name);
+        r2.read_message(&i2.write_message(b"").unwrap()).unwrap();
+        i2.read_message(&r2.write_message(b"").unwrap()).unwrap();
+        r2.read_message(&i2.write_message(b"").unwrap()).unwrap();
+        assert!(i2.is_finished() && r2.is_finished());
+        let _ = i;
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Noise XX (The Noise Protocol Framework, revision 34).
 //!
 //! The handshake itself is `snow`'s (a well-kept implementation; we re-implement nothing of
-//! §5's SymmetricState/HandshakeState). On `split()` (§5.2) the two keys leave `snow` and become
-//! our own [`CipherState`]s over `ring`'s AEADs, so the transport hot path is one `ring` call with
-//! no boxing and the output written straight into the caller's buffer:
+//! §5's SymmetricState/HandshakeState), running on AWS-LC's primitives (`resolver`). On `split()`
+//! (§5.2) the two keys leave `snow` and become our own [`CipherState`]s over AWS-LC's AEADs, so the
+//! transport hot path is one AEAD call with no boxing and the output written straight into the
+//! caller's buffer:
 //!
 //! * [`handshakestate`] — [`Handshake`]: XX only, over 25519 with AESGCM or ChaChaPoly and SHA256
 //!   or BLAKE2s, under the standard protocol names. Turning into a transport consumes it.
@@ -13,6 +14,7 @@
 
 pub mod cipherstate;
 pub mod handshakestate;
+mod resolver;
 pub mod transportstate;
 
 pub use cipherstate::CipherState;

@@ -90,6 +90,12 @@ impl PyHandshake {
         Ok(self.hs()?.is_finished())
     }
 
+    /// True once a refused message ended this handshake (every later call raises BrokenError).
+    #[getter]
+    fn broken(&self) -> PyResult<bool> {
+        Ok(self.hs()?.is_broken())
+    }
+
     #[getter]
     fn my_turn(&self) -> PyResult<bool> {
         Ok(self.hs()?.is_my_turn())
@@ -148,6 +154,7 @@ impl PyHandshake {
     fn __repr__(&self) -> String {
         let state = match &self.inner {
             None => "consumed".to_string(),
+            Some(h) if h.is_broken() => "broken".to_string(),
             Some(h) if h.is_finished() => "finished".to_string(),
             Some(h) if h.is_my_turn() => "writing".to_string(),
             Some(_) => "reading".to_string(),
