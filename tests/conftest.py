@@ -1,0 +1,36 @@
+"""Shared test configuration: Hypothesis settings profiles.
+
+Select one with ``HYPOTHESIS_PROFILE`` (default ``ci``):
+
+* ``ci``: the default; every property runs enough examples to be meaningful while the whole
+  suite stays well under a minute on two cores.
+* ``dev``: quick feedback while editing.
+* ``thorough``: a long soak (run it locally or nightly, not on every push).
+
+No profile has a deadline: the machines running the suite vary too much for per-example timing to
+mean anything. Tests that are expensive per example scale their own ``max_examples`` down from
+the selected profile (``settings().max_examples`` is the profile's value at import time).
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    max_examples=60,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", max_examples=15, deadline=None)
+settings.register_profile(
+    "thorough",
+    max_examples=1000,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
