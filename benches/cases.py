@@ -330,6 +330,39 @@ def seal_group(size: int) -> Group:
         for _ in range(n):
             seal_chunks(blob, chunk_size=size)
 
+    # Socket-ready output: sealed messages as one stream of length-prefixed frames.
+    framed_tx, framed_rx = _tether_channels()
+    stream_tx, stream_rx = _tether_channels()
+    loopf_tx, loopf_rx = _tether_channels()
+    for tx, rx, name in (
+        (framed_tx, framed_rx, "seal_frames"),
+        (stream_tx, stream_rx, "seal_stream"),
+        (loopf_tx, loopf_rx, "seal() loop + encode_frames"),
+    ):
+        if name == "seal_frames":
+            wire = tx.seal_frames(payloads)
+        elif name == "seal_stream":
+            wire = tx.seal_stream(blob, chunk_size=size)
+        else:
+            wire = frame.encode_frames([tx.seal(p) for p in payloads])
+        decoder = frame.FrameDecoder(max_frame_len=1 << 20)
+        _check(rx.open_many(decoder.feed(wire)) == payloads, name)
+
+    def run_loop_framed(n: int) -> None:
+        seal = loopf_tx.seal
+        for _ in range(n):
+            frame.encode_frames([seal(p) for p in payloads])
+
+    def run_frames(n: int) -> None:
+        seal_frames = framed_tx.seal_frames
+        for _ in range(n):
+            seal_frames(payloads)
+
+    def run_stream(n: int) -> None:
+        seal_stream = stream_tx.seal_stream
+        for _ in range(n):
+            seal_stream(blob, chunk_size=size)
+
     total = batch * size
     return Group(
         key=f"seal/{size}",
@@ -339,6 +372,9 @@ def seal_group(size: int) -> Group:
             Variant("seal() loop", run_loop, batch, total),
             Variant("seal_many(list)", run_many, batch, total),
             Variant("seal_chunks(buffer)", run_chunks, batch, total),
+            Variant("seal() loop + encode_frames", run_loop_framed, batch, total),
+            Variant("seal_frames(list)", run_frames, batch, total),
+            Variant("seal_stream(buffer)", run_stream, batch, total),
         ],
     )
 

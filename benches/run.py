@@ -79,6 +79,8 @@ def comparisons() -> list[Comparison]:
     for size in cases.SEAL_SIZES:
         for subject in ("seal_many(list)", "seal_chunks(buffer)"):
             out.append(Comparison(f"seal/{size}", subject, "seal() loop", None))
+        for subject in ("seal_frames(list)", "seal_stream(buffer)"):
+            out.append(Comparison(f"seal/{size}", subject, "seal() loop + encode_frames", None))
     return out
 
 

@@ -129,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         sent = 0
         while sent < total:
-            sealed = channel.seal_chunks(block)
-            sock.sendall(encode_frames(sealed))
+            sock.sendall(channel.seal_stream(block))  # sealed and framed in one call
             digest.update(block)
             sent += len(block)
 

@@ -1,17 +1,17 @@
-//! AEAD: AES-256-GCM and ChaCha20-Poly1305, both from AWS-LC (`aws-lc-rs`; BoringSSL-derived
-//! assembly: AES-NI/VAES + PCLMUL, vectorised ChaCha20-Poly1305). Nothing here is a hand-written
-//! primitive; this module only adapts AWS-LC to Noise's conventions:
+//! AEAD: AES-256-GCM and ChaCha20-Poly1305, both from `ring` (BoringSSL's assembly: AES-NI /
+//! VAES + PCLMUL, and vectorised ChaCha20-Poly1305). Nothing here is a hand-written primitive;
+//! this module only adapts `ring` to Noise's conventions:
 //!
 //! * the 96-bit nonce built from a 64-bit counter — Noise spec rev 34 §12.3 (ChaChaPoly: 32 zero
 //!   bits then the counter little-endian) and §12.4 (AESGCM: 32 zero bits then big-endian);
 //! * `REKEY(k)` = the first 32 bytes of `ENCRYPT(k, 2^64-1, "", zeros(32))` — §4.2, §11.3;
-//! * sealing and opening out of place, straight from the input into a caller-supplied buffer (one
-//!   allocation per message on the Python side, none and no copy here).
+//! * sealing and opening straight into a caller-supplied buffer (one allocation per message on the
+//!   Python side, and none here).
 //!
 //! An open that fails leaves no trace: the key has no mutable state, and the output buffer is
 //! the caller's scratch space.
 
-use aws_lc_rs::aead::{self, LessSafeKey, Nonce, UnboundKey};
+use ring::aead::{self, LessSafeKey, Nonce, UnboundKey};
 use zeroize::Zeroize;
 
 use crate::error::{Error, Result};
@@ -46,7 +46,7 @@ impl Algorithm {
         }
     }
 
-    fn aws_lc(self) -> &'static aead::Algorithm {
+    fn ring(self) -> &'static aead::Algorithm {
         match self {
             Algorithm::Aes256Gcm => &aead::AES_256_GCM,
             Algorithm::ChaCha20Poly1305 => &aead::CHACHA20_POLY1305,
@@ -64,7 +64,7 @@ impl Algorithm {
     }
 }
 
-/// An AEAD key. AWS-LC expands it into its key schedule; the raw bytes are not kept.
+/// An AEAD key. `ring` expands it into its key schedule; the raw bytes are not kept.
 pub struct Key {
     alg: Algorithm,
     key: LessSafeKey,
@@ -87,7 +87,7 @@ impl Key {
                 key.len()
             )));
         }
-        let unbound = UnboundKey::new(alg.aws_lc(), key)
+        let unbound = UnboundKey::new(alg.ring(), key)
             .map_err(|_| Error::InvalidArgument("the AEAD key was refused".into()))?;
         Ok(Self {
             alg,
@@ -113,16 +113,17 @@ impl Key {
             ));
         }
         let (body, tag_out) = out.split_at_mut(plaintext.len());
-        self.key
-            .seal_out_of_place_scatter(
+        body.copy_from_slice(plaintext);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(*nonce),
                 aead::Aad::from(aad),
-                plaintext,
                 body,
-                &[],
-                tag_out,
             )
-            .map_err(|_| Error::InvalidArgument("message too long for this AEAD".into()))
+            .map_err(|_| Error::InvalidArgument("message too long for this AEAD".into()))?;
+        tag_out.copy_from_slice(tag.as_ref());
+        Ok(())
     }
 
     /// Open `ciphertext` (ciphertext then tag) into `out` (exactly `ciphertext.len() - TAG_LEN`
@@ -143,14 +144,17 @@ impl Key {
                 "output buffer has the wrong size".into(),
             ));
         }
+        out.copy_from_slice(body);
+        let tag = aead::Tag::try_from(tag).map_err(|_| Error::Decrypt)?;
         self.key
-            .open_separate_gather(
+            .open_in_place_separate_tag(
                 Nonce::assume_unique_for_key(*nonce),
                 aead::Aad::from(aad),
-                body,
                 tag,
                 out,
+                0..,
             )
+            .map(|_| ())
             .map_err(|_| Error::Decrypt)
     }
 

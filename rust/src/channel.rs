@@ -109,12 +109,20 @@ impl ChannelCipher {
         self.send.next
     }
 
-    /// Move the sending counter forward (never back): for tests of exhaustion and epochs.
+    /// Move the sending counter forward (never back): for tests of exhaustion and epochs. The
+    /// jump may cross at most [`MAX_EPOCH_SKIP`] epochs (each costs a `REKEY`, and the receiver
+    /// follows no further).
     pub fn skip_sending_nonce_to(&mut self, n: u64) -> Result<()> {
         if n < self.send.next {
             return Err(Error::InvalidArgument(
                 "the sending nonce never moves back".into(),
             ));
+        }
+        if n / self.rekey_interval - self.send.epoch > MAX_EPOCH_SKIP {
+            return Err(Error::InvalidArgument(format!(
+                "skipping to nonce {n} crosses more than {MAX_EPOCH_SKIP} rekey epochs; \
+                 use a larger rekey_interval"
+            )));
         }
         self.send.next = n;
         Ok(())
@@ -168,6 +176,46 @@ impl ChannelCipher {
             &mut out[NONCE_LEN..],
         )?;
         self.send.next = n + 1;
+        Ok(())
+    }
+
+    /// Size of [`Self::seal_frames_to`]'s output for these payload lengths.
+    pub fn sealed_frames_len<'a>(payloads: impl IntoIterator<Item = &'a [u8]>) -> usize {
+        payloads
+            .into_iter()
+            .map(|p| crate::frame::HEADER_LEN + p.len() + OVERHEAD)
+            .sum()
+    }
+
+    /// Seal many payloads, each as one length-prefixed frame, into `out` (exactly
+    /// `sealed_frames_len(payloads)` bytes): a stream ready to write to a socket. All sizes and
+    /// the nonce budget are checked first, so either every payload is sealed or nothing changes.
+    pub fn seal_frames_to(&mut self, payloads: &[&[u8]], out: &mut [u8]) -> Result<()> {
+        if let Some(p) = payloads.iter().find(|p| p.len() > MAX_PAYLOAD_LEN) {
+            return Err(Error::InvalidArgument(format!(
+                "a channel message carries at most {MAX_PAYLOAD_LEN} bytes, got {}; split bulk data",
+                p.len()
+            )));
+        }
+        if out.len() != Self::sealed_frames_len(payloads.iter().copied()) {
+            return Err(Error::InvalidArgument(
+                "output buffer has the wrong size".into(),
+            ));
+        }
+        let count = payloads.len() as u64;
+        if u64::MAX - self.send.next < count {
+            return Err(Error::NonceExhausted);
+        }
+        let mut pos = 0;
+        for p in payloads {
+            let sealed = p.len() + OVERHEAD;
+            let header =
+                u32::try_from(sealed).map_err(|_| Error::Frame("frame too large".into()))?;
+            out[pos..pos + crate::frame::HEADER_LEN].copy_from_slice(&header.to_be_bytes());
+            pos += crate::frame::HEADER_LEN;
+            self.seal_to(p, &mut out[pos..pos + sealed])?;
+            pos += sealed;
+        }
         Ok(())
     }
 
@@ -346,9 +394,34 @@ mod tests {
         a2.skip_sending_nonce_to(5 * WINDOW - 1).unwrap();
         assert_eq!(b.open(&a2.seal(b"late").unwrap()).unwrap(), b"late");
         let (mut a3, mut b3) = pair(WINDOW);
+        a3.skip_sending_nonce_to(MAX_EPOCH_SKIP * WINDOW).unwrap();
+        a3.seal(b"sender now in epoch MAX_EPOCH_SKIP").unwrap();
         a3.skip_sending_nonce_to((MAX_EPOCH_SKIP + 1) * WINDOW)
             .unwrap();
         assert_eq!(b3.open(&a3.seal(b"too far").unwrap()), Err(Error::Decrypt));
+        assert_eq!(b3.receiving_epoch(), 0);
+    }
+
+    #[test]
+    fn seal_frames_is_a_decodable_stream_and_all_or_nothing() {
+        let (mut a, mut b) = pair(1 << 62);
+        let payloads: [&[u8]; 3] = [b"one", b"", &[7u8; 3000]];
+        let mut out = vec![0u8; ChannelCipher::sealed_frames_len(payloads.iter().copied())];
+        a.seal_frames_to(&payloads, &mut out).unwrap();
+        let mut dec = crate::frame::FrameDecoder::new(1 << 16);
+        let mut got = Vec::new();
+        dec.feed(&out, |f| got.push(b.open(f).unwrap())).unwrap();
+        assert_eq!(got, payloads.iter().map(|p| p.to_vec()).collect::<Vec<_>>());
+        let too_big = vec![0u8; MAX_PAYLOAD_LEN + 1];
+        let bad: [&[u8]; 2] = [b"ok", &too_big];
+        let mut out = vec![0u8; ChannelCipher::sealed_frames_len(bad.iter().copied())];
+        assert!(a.seal_frames_to(&bad, &mut out).is_err());
+        assert_eq!(a.sending_nonce(), 3);
+        a.skip_sending_nonce_to(u64::MAX - 1).unwrap();
+        let two: [&[u8]; 2] = [b"a", b"b"];
+        let mut out = vec![0u8; ChannelCipher::sealed_frames_len(two.iter().copied())];
+        assert_eq!(a.seal_frames_to(&two, &mut out), Err(Error::NonceExhausted));
+        assert_eq!(a.sending_nonce(), u64::MAX - 1);
     }
 
     #[test]
@@ -357,6 +430,17 @@ mod tests {
         a.skip_sending_nonce_to(u64::MAX - 1).unwrap();
         a.seal(b"last").unwrap();
         assert_eq!(a.seal(b"x"), Err(Error::NonceExhausted));
+    }
+
+    #[test]
+    fn skipping_is_bounded_by_the_epoch_limit() {
+        let (mut a, _) = pair(WINDOW);
+        assert!(a
+            .skip_sending_nonce_to((MAX_EPOCH_SKIP + 1) * WINDOW)
+            .is_err());
+        assert_eq!(a.sending_nonce(), 0);
+        assert!(a.skip_sending_nonce_to(MAX_EPOCH_SKIP * WINDOW).is_ok());
+        assert!(a.skip_sending_nonce_to(u64::MAX).is_err());
     }
 
     #[test]

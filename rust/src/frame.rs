@@ -15,6 +15,9 @@ use crate::error::{Error, Result};
 
 /// Size of the length prefix.
 pub const HEADER_LEN: usize = 4;
+/// A straddling-frame buffer up to this size is kept for the next frame (one Noise message plus
+/// headers fits); a larger one is freed once its frame is complete.
+const KEEP_CAPACITY: usize = 128 << 10;
 /// The largest frame the format can carry.
 pub const MAX_FRAME_LEN: u32 = u32::MAX;
 
@@ -109,7 +112,7 @@ impl FrameDecoder {
             }
             on_frame(&self.partial[HEADER_LEN..]);
             self.partial.clear();
-            if self.partial.capacity() > 2 * HEADER_LEN + (64 << 10) {
+            if self.partial.capacity() > KEEP_CAPACITY {
                 // Do not keep a large buffer alive for a connection that sent one big frame.
                 self.partial.shrink_to(0);
             }
@@ -123,7 +126,12 @@ impl FrameDecoder {
             on_frame(&data[HEADER_LEN..HEADER_LEN + len]);
             data = &data[HEADER_LEN + len..];
         }
-        // 3. Keep the start of the next frame; what is kept is bounded by what was received.
+        // 3. Keep the start of the next frame; what is kept is bounded by what was received. When
+        // its header is complete (and was checked above), reserve the whole frame once.
+        if data.len() >= HEADER_LEN {
+            let len = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
+            self.partial.reserve_exact(HEADER_LEN + len);
+        }
         self.partial.extend_from_slice(data);
         Ok(())
     }
@@ -247,6 +255,18 @@ mod tests {
         let mut got = Vec::new();
         assert!(dec.feed(&s, |f| got.push(f.to_vec())).is_err());
         assert_eq!(got, vec![b"ok".to_vec()]);
+    }
+
+    #[test]
+    fn a_straddling_frame_is_reserved_once() {
+        let s = stream(&[&[5u8; 1000], &[6u8; 1000]]);
+        let mut dec = FrameDecoder::new(4096);
+        let mut n = 0;
+        dec.feed(&s[..1010], |_| n += 1).unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(dec.partial.capacity(), 1004);
+        dec.feed(&s[1010..], |_| n += 1).unwrap();
+        assert_eq!(n, 2);
     }
 
     #[test]

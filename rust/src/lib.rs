@@ -7,7 +7,7 @@
 //! |-------------|------|
 //! | [`frame`]   | length-prefixed framing of a byte stream, with the size limit checked before allocation |
 //! | [`route`]   | the routed-message encoding (version, onward route, return route, payload) |
-//! | [`aead`]    | AES-256-GCM and ChaCha20-Poly1305 seal/open (from AWS-LC), Noise nonces and `REKEY` |
+//! | [`aead`]    | AES-256-GCM and ChaCha20-Poly1305 seal/open (from `ring`), Noise nonces and `REKEY` |
 //! | [`noise`]   | the Noise XX handshake (from `snow`) and the transport cipher states it splits into |
 //! | [`replay`]  | the sliding anti-replay bitmap window |
 //! | [`channel`] | explicit-nonce transport messages for secure channels: replay window and rekey by count |

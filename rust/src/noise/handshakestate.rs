@@ -22,6 +22,7 @@
 //! consumes it).
 
 use aws_lc_rs::agreement::{PrivateKey, X25519};
+use ring::rand::SecureRandom;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::MAX_MESSAGE_LEN;
@@ -92,9 +93,11 @@ impl Suite {
 /// A fresh X25519 key pair `(private, public)` from the operating system's RNG.
 pub fn generate_keypair() -> Result<(Zeroizing<[u8; DH_LEN]>, [u8; DH_LEN])> {
     let mut private = Zeroizing::new([0u8; DH_LEN]);
-    aws_lc_rs::rand::fill(private.as_mut()).map_err(|_| {
-        Error::State("the operating system's random number generator failed".into())
-    })?;
+    ring::rand::SystemRandom::new()
+        .fill(private.as_mut())
+        .map_err(|_| {
+            Error::State("the operating system's random number generator failed".into())
+        })?;
     let public = public_key(&private[..])?;
     Ok((private, public))
 }
@@ -241,7 +244,12 @@ impl Handshake {
     }
 
     /// The peer's static public key, once its message carrying `s` has been read.
+    /// `None` on a broken handshake: a refused message may have carried an `s` that decrypted
+    /// (the failure came later), and such a key must not be reported as the peer's.
     pub fn remote_static(&self) -> Option<&[u8]> {
+        if self.broken {
+            return None;
+        }
         self.state.get_remote_static()
     }
 
@@ -279,8 +287,8 @@ impl Handshake {
         Ok(out)
     }
 
-    /// Read the peer's next handshake message and return its payload. A message that fails
-    /// changes nothing: the genuine one can still be read.
+    /// Read the peer's next handshake message and return its payload. A refused message makes
+    /// the handshake broken (see the module documentation).
     pub fn read_message(&mut self, message: &[u8]) -> Result<Vec<u8>> {
         if self.broken {
             return Err(Error::Broken);
@@ -414,6 +422,7 @@ mod tests {
                 Err(Error::Handshake(_))
             ));
             assert!(reader.is_broken());
+            assert_eq!(reader.remote_static(), None);
             assert!(!reader.is_finished());
             assert_eq!(reader.read_message(&msg), Err(Error::Broken));
             assert_eq!(reader.write_message(b"").unwrap_err(), Error::Broken);

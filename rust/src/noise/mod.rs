@@ -1,8 +1,8 @@
 //! Noise XX (The Noise Protocol Framework, revision 34).
 //!
 //! The handshake itself is `snow`'s (a well-kept implementation; we re-implement nothing of
-//! §5's SymmetricState/HandshakeState), running on AWS-LC's primitives (`resolver`). On `split()`
-//! (§5.2) the two keys leave `snow` and become our own [`CipherState`]s over AWS-LC's AEADs, so the
+//! §5's SymmetricState/HandshakeState), running on the primitives of `resolver` (X25519 from AWS-LC, the rest from `ring`). On `split()`
+//! (§5.2) the two keys leave `snow` and become our own [`CipherState`]s over `ring`'s AEADs, so the
 //! transport hot path is one AEAD call with no boxing and the output written straight into the
 //! caller's buffer:
 //!

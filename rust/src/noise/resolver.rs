@@ -1,14 +1,17 @@
-//! The primitives `snow` runs the handshake with: X25519, AES-256-GCM, ChaCha20-Poly1305,
-//! SHA-256 and the RNG from AWS-LC (`aws-lc-rs`), BLAKE2s from RustCrypto's `blake2`.
+//! The primitives `snow` runs the handshake with: X25519 from AWS-LC (`aws-lc-rs`); AES-256-GCM,
+//! ChaCha20-Poly1305 (through `crate::aead`), SHA-256 and the RNG from `ring`; BLAKE2s from
+//! RustCrypto's `blake2`.
 //!
 //! Why not `snow`'s built-in resolvers: its default X25519 (curve25519-dalek's Montgomery ladder)
 //! costs about twice AWS-LC's on x86_64, and the handshake is three DHs per side, so the handshake
-//! rate roughly doubles with AWS-LC (`benches/`). Nothing here implements a primitive; each type
-//! adapts one library call to `snow`'s traits.
+//! rate roughly doubles with AWS-LC (`benches/`); and the AEADs are the same `ring` code as the
+//! transport's. Nothing here implements a primitive; each type adapts one library call to `snow`'s
+//! traits.
 
 use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey, X25519};
-use aws_lc_rs::digest;
 use blake2::{Blake2s256, Digest};
+use ring::digest;
+use ring::rand::{SecureRandom, SystemRandom};
 use snow::params::{CipherChoice, DHChoice, HashChoice};
 use snow::resolvers::CryptoResolver;
 use snow::types::{Cipher, Dh, Hash, Random};
@@ -20,7 +23,7 @@ pub(crate) struct Resolver;
 
 impl CryptoResolver for Resolver {
     fn resolve_rng(&self) -> Option<Box<dyn Random>> {
-        Some(Box::new(SystemRng))
+        Some(Box::new(SystemRng(SystemRandom::new())))
     }
 
     fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn Dh>> {
@@ -52,11 +55,11 @@ impl CryptoResolver for Resolver {
     }
 }
 
-struct SystemRng;
+struct SystemRng(SystemRandom);
 
 impl Random for SystemRng {
     fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
-        aws_lc_rs::rand::fill(dest).map_err(|_| snow::Error::Rng)
+        self.0.fill(dest).map_err(|_| snow::Error::Rng)
     }
 }
 

@@ -30,7 +30,11 @@ impl PyHandshake {
         self.inner.as_mut().ok_or_else(consumed)
     }
     fn take_split(&mut self) -> Result<noise::handshakestate::Split, Error> {
-        if !self.hs()?.is_finished() {
+        let hs = self.hs()?;
+        if hs.is_broken() {
+            return Err(Error::Broken);
+        }
+        if !hs.is_finished() {
             return Err(Error::State("the handshake is not finished yet".into()));
         }
         self.inner.take().ok_or_else(consumed)?.split()
@@ -336,6 +340,32 @@ fn open_one<'py>(
     })
 }
 
+fn check_chunk_size(chunk_size: usize) -> Result<(), Error> {
+    if chunk_size == 0 || chunk_size > noise::MAX_PAYLOAD_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "chunk_size must be 1..={}, got {chunk_size}",
+            noise::MAX_PAYLOAD_LEN
+        )));
+    }
+    Ok(())
+}
+
+fn seal_frames<'py>(
+    py: Python<'py>,
+    c: &mut ChannelCipher,
+    slices: &[&[u8]],
+) -> PyResult<Bound<'py, PyBytes>> {
+    let total = ChannelCipher::sealed_frames_len(slices.iter().copied());
+    PyBytes::new_with(py, total, |out| {
+        if total >= GIL_RELEASE_THRESHOLD {
+            py.detach(|| c.seal_frames_to(slices, out))?;
+        } else {
+            c.seal_frames_to(slices, out)?;
+        }
+        Ok(())
+    })
+}
+
 #[pymethods]
 impl PyChannelCipher {
     /// Seal one payload (<= 65519 bytes) into a message carrying its nonce.
@@ -370,18 +400,37 @@ impl PyChannelCipher {
         data: Buf<'py>,
         chunk_size: usize,
     ) -> PyResult<Bound<'py, PyList>> {
-        if chunk_size == 0 || chunk_size > noise::MAX_PAYLOAD_LEN {
-            return Err(Error::InvalidArgument(format!(
-                "chunk_size must be 1..={}, got {chunk_size}",
-                noise::MAX_PAYLOAD_LEN
-            ))
-            .into());
-        }
+        check_chunk_size(chunk_size)?;
         let out = PyList::empty(py);
         for chunk in data.as_bytes().chunks(chunk_size) {
             out.append(seal_one(py, &mut self.inner, chunk)?)?;
         }
         Ok(out)
+    }
+
+    /// Seal many payloads into one stream of length-prefixed frames, ready to write to a socket,
+    /// in one call with the GIL released once. All or nothing: on error no nonce is used.
+    fn seal_frames<'py>(
+        &mut self,
+        py: Python<'py>,
+        payloads: Vec<Buf<'py>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let slices: Vec<&[u8]> = payloads.iter().map(Buf::as_bytes).collect();
+        seal_frames(py, &mut self.inner, &slices)
+    }
+
+    /// Split `data` into chunks of at most `chunk_size` bytes and seal them as one stream of
+    /// length-prefixed frames (see `seal_frames`).
+    #[pyo3(signature = (data, chunk_size = noise::MAX_PAYLOAD_LEN))]
+    fn seal_stream<'py>(
+        &mut self,
+        py: Python<'py>,
+        data: Buf<'py>,
+        chunk_size: usize,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        check_chunk_size(chunk_size)?;
+        let slices: Vec<&[u8]> = data.as_bytes().chunks(chunk_size).collect();
+        seal_frames(py, &mut self.inner, &slices)
     }
 
     /// Open many messages in one call. Each entry of the result is the payload, or the exception
