@@ -24,7 +24,8 @@ Two transports come out of a finished handshake:
   secure channels: every message carries its 64-bit nonce, a sliding window accepts in-window
   reordering and refuses replays, and keys roll forward (Noise ``REKEY``) every
   ``rekey_interval`` messages without any signalling. ``seal_many``/``open_many``/``seal_chunks``
-  handle many messages in one call.
+  handle many messages in one call; ``seal_frames``/``seal_stream`` seal straight into a stream of
+  length-prefixed frames ready for a socket, with the GIL released once.
 
 Failures are atomic or terminal. A refused *handshake* message ends that handshake (as the Noise
 spec aborts a handshake on any error): it raises :class:`~tether.errors.HandshakeError`, then
