@@ -31,6 +31,7 @@ __all__ = [
     "encode_message",
     "generate_keypair",
     "public_key",
+    "x25519",
 ]
 
 __version__: str
@@ -86,6 +87,7 @@ PROTOCOL_NAMES: list[str]
 
 def generate_keypair() -> tuple[bytes, bytes]: ...
 def public_key(private_key: Buffer) -> bytes: ...
+def x25519(private_key: Buffer, public_key: Buffer) -> bytes: ...
 
 @final
 class Handshake:

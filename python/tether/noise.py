@@ -50,6 +50,7 @@ from tether._core import (
     Transport,
     generate_keypair,
     public_key,
+    x25519,
 )
 
 __all__ = [
@@ -64,4 +65,5 @@ __all__ = [
     "Transport",
     "generate_keypair",
     "public_key",
+    "x25519",
 ]

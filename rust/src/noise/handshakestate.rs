@@ -118,6 +118,31 @@ pub fn public_key(private: &[u8]) -> Result<[u8; DH_LEN]> {
     Ok(out)
 }
 
+/// X25519 (RFC 7748) of `private` and the peer's `public`: the same AWS-LC call the handshake's
+/// DH uses. Low-order peer keys (an all-zero result) are refused, as Noise allows (§12.1).
+pub fn x25519(private: &[u8], public: &[u8]) -> Result<[u8; DH_LEN]> {
+    if private.len() != DH_LEN || public.len() != DH_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "X25519 keys are {DH_LEN} bytes, got {} (private) and {} (public)",
+            private.len(),
+            public.len()
+        )));
+    }
+    let key = PrivateKey::from_private_key(&X25519, private)
+        .map_err(|_| Error::InvalidArgument("the X25519 private key was refused".into()))?;
+    let mut out = [0u8; DH_LEN];
+    aws_lc_rs::agreement::agree(
+        &key,
+        aws_lc_rs::agreement::UnparsedPublicKey::new(&X25519, public),
+        Error::InvalidArgument("X25519 refused the public key (low order)".into()),
+        |shared| {
+            out.copy_from_slice(shared);
+            Ok(())
+        },
+    )?;
+    Ok(out)
+}
+
 fn map_snow(e: &snow::Error) -> Error {
     use snow::error::StateProblem;
     match e {
@@ -468,6 +493,21 @@ mod tests {
         assert_eq!(i.max_payload_len(), 65535 - 32);
         assert!(i.write_message(&vec![0; 65535 - 31]).is_err());
         assert_eq!(i.write_message(&vec![0; 65535 - 32]).unwrap().len(), 65535);
+    }
+
+    #[test]
+    fn x25519_matches_rfc7748() {
+        // RFC 7748 §6.1: Alice's private key with Bob's public key.
+        let a = hex::decode("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+            .unwrap();
+        let b_pub = hex::decode("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
+            .unwrap();
+        assert_eq!(
+            hex::encode(x25519(&a, &b_pub).unwrap()),
+            "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742"
+        );
+        assert!(x25519(&a, &[0u8; 32]).is_err());
+        assert!(x25519(&a, &[0u8; 31]).is_err());
     }
 
     #[test]

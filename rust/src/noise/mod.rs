@@ -18,7 +18,7 @@ mod resolver;
 pub mod transportstate;
 
 pub use cipherstate::CipherState;
-pub use handshakestate::{generate_keypair, public_key, Handshake, Suite};
+pub use handshakestate::{generate_keypair, public_key, x25519, Handshake, Suite};
 pub use transportstate::TransportState;
 
 /// The largest Noise message (§3).

@@ -546,12 +546,26 @@ fn public_key<'py>(py: Python<'py>, private_key: Buf<'py>) -> PyResult<Bound<'py
     ))
 }
 
+/// X25519 (RFC 7748): the shared secret of a private key and a peer's public key.
+#[pyfunction]
+fn x25519<'py>(
+    py: Python<'py>,
+    private_key: Buf<'py>,
+    public_key: Buf<'py>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    Ok(PyBytes::new(
+        py,
+        &noise::x25519(private_key.as_bytes(), public_key.as_bytes())?,
+    ))
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyHandshake>()?;
     m.add_class::<PyTransport>()?;
     m.add_class::<PyChannelCipher>()?;
     m.add_function(wrap_pyfunction!(generate_keypair, m)?)?;
     m.add_function(wrap_pyfunction!(public_key, m)?)?;
+    m.add_function(wrap_pyfunction!(x25519, m)?)?;
     m.add("MAX_MESSAGE_LEN", noise::MAX_MESSAGE_LEN)?;
     m.add("MAX_PAYLOAD_LEN", noise::MAX_PAYLOAD_LEN)?;
     m.add("CHANNEL_OVERHEAD", channel::OVERHEAD)?;
