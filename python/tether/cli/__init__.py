@@ -1,0 +1,123 @@
+"""The ``tether`` command.
+
+Every command takes ``--home`` (default ``$TETHER_HOME`` or ``~/.tether``), prints results for
+people by default and as JSON with ``--json``, writes errors to stderr as one line saying what went
+wrong and what to do, and exits 0 on success, 1 when the operation was refused or failed, and 2 on
+a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tether import __version__
+from tether.cli import credential, identity
+from tether.errors import TetherError
+
+EXAMPLES = """\
+examples:
+  tether identity create alice
+  tether credential issue --issuer authority --for I0123...cdef --attribute role=db-client
+  tether credential verify --issuer I4567...89ab --credential-file alice.cred --json
+"""
+
+
+class Context:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.json: bool = bool(getattr(args, "json", False))
+        self._registry: Any = None
+
+    @property
+    def home(self) -> Path | None:
+        home: str | None = self.args.home
+        return Path(home) if home else None
+
+    def registry(self) -> Any:
+        if self._registry is None:
+            from tether.registry import Registry
+            from tether.state import Store
+
+            self._registry = Registry(Store(self.home))
+        return self._registry
+
+    def emit(self, human: str, data: object) -> None:
+        if self.json:
+            print(json.dumps(data, indent=2, sort_keys=True))
+        elif human:
+            print(human)
+
+    def close(self) -> None:
+        if self._registry is not None:
+            self._registry.store.close()
+
+
+Handler = Callable[[Context], int]
+
+
+def add_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_text: str,
+    example: str,
+    handler: Handler,
+    *,
+    json_flag: bool = True,
+) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=handler)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tether",
+        description="tether: trusted connections between applications.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tether {__version__}")
+    parser.add_argument(
+        "--home", help="state directory (default: $TETHER_HOME, or ~/.tether)", default=None
+    )
+    groups = parser.add_subparsers(title="commands", metavar="COMMAND")
+    identity.register(groups)
+    credential.register(groups)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        # A group without a command: show that group's help.
+        group_parser: argparse.ArgumentParser | None = getattr(args, "group_parser", None)
+        (group_parser or parser).print_help(sys.stderr)
+        return 2
+    ctx = Context(args)
+    try:
+        return handler(ctx)
+    except TetherError as e:
+        if ctx.json:
+            print(json.dumps({"error": {"type": type(e).__name__, "message": str(e)}}))
+        print(f"tether: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tether: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        ctx.close()

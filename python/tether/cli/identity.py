@@ -1,0 +1,169 @@
+"""``tether identity …``: create, list, show, rotate, delete and import identities."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from tether.cli.common import hex_input, timestamp
+from tether.identity import Purpose
+
+if TYPE_CHECKING:
+    from tether.cli import Context
+    from tether.registry import LocalIdentity, Registry
+
+
+def describe(reg: Registry, local: LocalIdentity, full: bool = False) -> dict[str, Any]:
+    """What `show` and `list` print: public facts only, never a secret."""
+    out: dict[str, Any] = {
+        "name": local.name,
+        "identifier": local.identifier,
+        "created_at": local.created_at,
+        "changes": len(local.identity.changes),
+        "primary_key": local.identity.primary_key.hex(),
+    }
+    for purpose, label in (
+        (Purpose.SECURE_CHANNEL, "secure_channel_key"),
+        (Purpose.CREDENTIAL_SIGNING, "credential_signing_key"),
+    ):
+        att = reg.purpose_attestation(local.identifier, purpose)
+        if att is not None:
+            out[label] = {"public_key": att.public_key.hex(), "expires_at": att.expires_at}
+    if full:
+        out["history"] = local.identity.history.hex()
+    return out
+
+
+def _create(ctx: Context) -> int:
+    local = ctx.registry().create_identity(ctx.args.name)
+    ctx.emit(local.identifier, {"name": local.name, "identifier": local.identifier})
+    return 0
+
+
+def _list(ctx: Context) -> int:
+    reg = ctx.registry()
+    items = [describe(reg, i) for i in reg.list_identities()]
+    if not items:
+        ctx.emit("no identities yet: `tether identity create NAME` makes one", [])
+        return 0
+    width = max(len(i["name"]) for i in items)
+    lines = [f"{i['name']:<{width}}  {i['identifier']}  changes={i['changes']}" for i in items]
+    ctx.emit("\n".join(lines), items)
+    return 0
+
+
+def _show(ctx: Context) -> int:
+    reg = ctx.registry()
+    d = describe(reg, reg.get(ctx.args.name), full=ctx.args.full)
+    lines = [
+        f"name           {d['name']}",
+        f"identifier     {d['identifier']}",
+        f"created        {timestamp(d['created_at'])}",
+        f"changes        {d['changes']} (primary key {d['primary_key'][:16]}…)",
+    ]
+    for label, key in (
+        ("channel key", "secure_channel_key"),
+        ("signing key", "credential_signing_key"),
+    ):
+        if key in d:
+            lines.append(
+                f"{label:<14} {d[key]['public_key'][:16]}… attested until "
+                f"{timestamp(d[key]['expires_at'])}"
+            )
+    if ctx.args.full:
+        lines.append(f"history        {d['history']}")
+    ctx.emit("\n".join(lines), d)
+    return 0
+
+
+def _rotate(ctx: Context) -> int:
+    local = ctx.registry().rotate(ctx.args.name)
+    ctx.emit(
+        f"{local.identifier} rotated: change {len(local.identity.changes)}, new primary key "
+        f"{local.identity.primary_key.hex()[:16]}…",
+        {
+            "name": local.name,
+            "identifier": local.identifier,
+            "changes": len(local.identity.changes),
+            "primary_key": local.identity.primary_key.hex(),
+        },
+    )
+    return 0
+
+
+def _delete(ctx: Context) -> int:
+    identifier = ctx.registry().delete(ctx.args.name)
+    ctx.emit(
+        f"deleted {ctx.args.name} ({identifier}) and its keys",
+        {"name": ctx.args.name, "identifier": identifier, "deleted": True},
+    )
+    return 0
+
+
+def _import(ctx: Context) -> int:
+    data = hex_input(ctx.args.history, ctx.args.file, "identity history")
+    identity = ctx.registry().import_identity(data)
+    ctx.emit(
+        f"{identity.identifier} imported ({len(identity.changes)} changes)",
+        {"identifier": identity.identifier, "changes": len(identity.changes)},
+    )
+    return 0
+
+
+def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from tether.cli import add_command
+
+    group = groups.add_parser(
+        "identity",
+        help="create and manage identities",
+        description="Identities: Ed25519 keys with a change history. The identifier stays the "
+        "same across key rotations.",
+        epilog="example:\n  tether identity create alice",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    group.set_defaults(group_parser=group)
+    sub = group.add_subparsers(title="commands", metavar="COMMAND")
+
+    p = add_command(
+        sub,
+        "create",
+        "create an identity and print its identifier",
+        "tether identity create alice",
+        _create,
+    )
+    p.add_argument("name", help="a local name for the identity")
+    add_command(sub, "list", "list this node's identities", "tether identity list --json", _list)
+    p = add_command(
+        sub,
+        "show",
+        "show an identity (never its secrets)",
+        "tether identity show alice --full",
+        _show,
+    )
+    p.add_argument("name")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="include the exported change history (hex), for `identity import`",
+    )
+    p = add_command(
+        sub,
+        "rotate",
+        "rotate to a new primary key; the identifier stays",
+        "tether identity rotate alice",
+        _rotate,
+    )
+    p.add_argument("name")
+    p = add_command(
+        sub, "delete", "delete an identity and its keys", "tether identity delete alice", _delete
+    )
+    p.add_argument("name")
+    p = add_command(
+        sub,
+        "import",
+        "remember another party's identity (its change history)",
+        "tether identity import --file authority.history",
+        _import,
+    )
+    p.add_argument("history", nargs="?", help="the change history, hex (from `show --full`)")
+    p.add_argument("--file", help="read the hex history from a file ('-' for stdin)")
