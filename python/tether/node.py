@@ -1,0 +1,300 @@
+"""A node: workers at addresses, source routing between them, and transports to other nodes.
+
+    async with tether.Node("n1") as node:
+        await node.start_worker("echo", echo)
+        listener = await node.listen_tcp("127.0.0.1", 0)
+        reply = await node.request("/ip4/127.0.0.1/tcp/4000/service/echo", b"hi")
+
+Routing (``docs/routing.md``): a message carries an onward route and a return route. The node
+looks at the first onward address: a worker name on this node gets the message with that address
+popped; a TCP address is a connection (made or reused), which pops it and carries the message to
+the peer node, whose end of the connection pushes its own address onto the return route. A worker
+that forwards a message pushes itself onto the return route; one that sends a message puts itself
+there. A reply is sent to the return route, and so retraces the hops.
+
+Every queue is bounded (a worker's mailbox, a connection's send queue), and every hand-off awaits
+room, so a slow consumer slows its producers — back to the TCP sender, whose socket stops being
+read — and a node's memory stays bounded. A message that cannot be delivered (no such worker, a
+connection that cannot be made or died) is answered along its return route with an error report,
+so the sender gets a precise error instead of a timeout.
+
+Runs on anyio: trio by default, asyncio too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from tether import routing
+from tether.errors import RouteError, TetherError
+from tether.message import LOCAL, TCP, Address, RoutedMessage
+
+log = logging.getLogger("tether.node")
+
+#: Payload envelope: the first byte of every routed payload says what it is.
+KIND_DATA = 0
+KIND_ERROR = 1
+
+MAILBOX_SIZE = 64
+
+
+class UnreachableError(RouteError):
+    """A hop could not deliver the message; the reason names the hop and the problem."""
+
+
+class ReplyTimeoutError(TetherError, TimeoutError):
+    """No reply arrived in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message as a worker receives it."""
+
+    onward: tuple[Address, ...]
+    return_route: tuple[Address, ...]
+    payload: bytes
+    kind: int = KIND_DATA
+
+
+Handler = Callable[["WorkerContext", Message], Awaitable[None]]
+
+
+@dataclass
+class Worker:
+    address: str
+    handler: Handler
+    send: MemoryObjectSendStream[Message]
+    receive: MemoryObjectReceiveStream[Message]
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    kind: str = "custom"
+    delivered: int = 0
+
+
+class WorkerContext:
+    """What a handler gets: its node and its own address."""
+
+    def __init__(self, node: Node, address: str) -> None:
+        self.node = node
+        self.address = address
+
+    async def reply(self, msg: Message, payload: bytes) -> None:
+        """Send ``payload`` back along the message's return route."""
+        await self.node.send(msg.return_route, payload, return_route=(Address.local(self.address),))
+
+    async def forward(self, msg: Message) -> None:
+        """Pass the message on along its onward route: this worker was popped from the onward
+        route on delivery and now pushes itself onto the return route, so replies come back
+        through it."""
+        await self.node.route(
+            RoutedMessage(
+                msg.onward,
+                (Address.local(self.address), *msg.return_route),
+                bytes([msg.kind]) + msg.payload,
+            )
+        )
+
+
+async def echo(ctx: WorkerContext, msg: Message) -> None:
+    """The built-in ``echo`` service: replies with what it received."""
+    if msg.kind == KIND_DATA and msg.return_route:
+        await ctx.reply(msg, msg.payload)
+
+
+def encode_payload(kind: int, body: bytes) -> bytes:
+    return bytes([kind]) + body
+
+
+class Node:
+    """See the module documentation."""
+
+    def __init__(
+        self,
+        name: str = "node",
+        *,
+        resolve_node: routing.NodeResolver | None = None,
+        tcp_options: Any = None,
+    ) -> None:
+        from tether.transport.tcp import TcpOptions, TcpTransport
+
+        self.name = name
+        self._workers: dict[str, Worker] = {}
+        self._tg: TaskGroup | None = None
+        self._ids = itertools.count(1)
+        self._resolve_node = resolve_node
+        self.tcp = TcpTransport(self, tcp_options or TcpOptions())
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Node:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        await self.start_worker("echo", echo, kind="echo")
+        return self
+
+    async def __aexit__(self, *exc: object) -> bool | None:
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        return await self._tg.__aexit__(*exc)  # type: ignore[arg-type]
+
+    @property
+    def task_group(self) -> TaskGroup:
+        if self._tg is None:
+            raise TetherError("the node is not running: use `async with Node(...)`")
+        return self._tg
+
+    def next_id(self, prefix: str) -> str:
+        return f"{prefix}#{next(self._ids)}"
+
+    # --- workers ------------------------------------------------------------------------
+
+    async def start_worker(
+        self,
+        address: str,
+        handler: Handler,
+        *,
+        kind: str = "custom",
+        mailbox: int = MAILBOX_SIZE,
+    ) -> None:
+        if address in self._workers:
+            raise TetherError(f"a worker already listens at {address!r} on {self.name}")
+        send, receive = anyio.create_memory_object_stream[Message](mailbox)
+        w = Worker(address, handler, send, receive, kind=kind)
+        self._workers[address] = w
+        await self.task_group.start(self._run_worker, w)
+
+    async def _run_worker(self, w: Worker, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        ctx = WorkerContext(self, w.address)
+        with w.scope:
+            task_status.started()
+            async with w.receive:
+                async for msg in w.receive:
+                    try:
+                        await w.handler(ctx, msg)
+                    except TetherError as e:
+                        log.warning(
+                            "%s: worker %s could not handle a message: %s", self.name, w.address, e
+                        )
+                    except Exception:
+                        log.exception("%s: worker %s failed on a message", self.name, w.address)
+
+    async def stop_worker(self, address: str) -> None:
+        w = self._workers.pop(address, None)
+        if w is None:
+            raise TetherError(f"no worker at {address!r} on {self.name}")
+        w.scope.cancel()
+        await w.send.aclose()
+
+    def workers(self) -> list[dict[str, object]]:
+        return [
+            {"address": w.address, "kind": w.kind, "delivered": w.delivered}
+            for w in self._workers.values()
+            if not w.address.startswith("reply#")
+        ]
+
+    def has_worker(self, address: str) -> bool:
+        return address in self._workers
+
+    # --- routing ------------------------------------------------------------------------
+
+    def parse_route(self, route: str | Sequence[Address]) -> tuple[Address, ...]:
+        if isinstance(route, str):
+            return routing.parse(route, self._resolve_node)
+        return tuple(route)
+
+    async def send(
+        self,
+        route: str | Sequence[Address],
+        payload: bytes,
+        *,
+        return_route: Sequence[Address] = (),
+        kind: int = KIND_DATA,
+    ) -> None:
+        """Send ``payload`` along ``route`` (a route string or addresses)."""
+        onward = self.parse_route(route)
+        await self.route(RoutedMessage(onward, tuple(return_route), encode_payload(kind, payload)))
+
+    async def route(self, msg: RoutedMessage, via: str | None = None) -> None:
+        """Deliver or forward one message (``payload`` includes its kind byte)."""
+        if not msg.onward:
+            log.info("%s: dropped a message with an empty onward route", self.name)
+            return
+        if not msg.payload:
+            log.info("%s: dropped a message without its kind byte", self.name)
+            return
+        head = msg.onward[0]
+        if head.transport == LOCAL:
+            name = head.value.decode("utf-8", errors="replace")
+            w = self._workers.get(name)
+            if w is None:
+                conn = self.tcp.connection(name)
+                if conn is not None:  # a link back to where a message came from
+                    await self.tcp.send_via(conn, msg)
+                else:
+                    await self.report(msg, f"no worker {name!r} on node {self.name}")
+                return
+            m = Message(msg.onward[1:], msg.return_route, msg.payload[1:], msg.payload[0])
+            try:
+                await w.send.send(m)
+                w.delivered += 1
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                await self.report(msg, f"worker {name!r} on node {self.name} stopped")
+        elif head.transport == TCP:
+            await self.tcp.forward(head, msg)
+        else:
+            await self.report(msg, f"unknown transport type {head.transport} at node {self.name}")
+
+    async def report(self, msg: RoutedMessage, reason: str) -> None:
+        """Tell the sender (along the return route) that ``msg`` could not be delivered."""
+        log.info("%s: undeliverable message: %s", self.name, reason)
+        if not msg.return_route or (msg.payload and msg.payload[0] == KIND_ERROR):
+            return  # never report about a report (no loops)
+        try:
+            await self.route(
+                RoutedMessage(msg.return_route, (), encode_payload(KIND_ERROR, reason.encode()))
+            )
+        except TetherError as e:
+            log.info("%s: could not report an undeliverable message: %s", self.name, e)
+
+    async def request(
+        self, route: str | Sequence[Address], payload: bytes, *, timeout: float = 10.0
+    ) -> bytes:
+        """Send ``payload`` and wait for the reply (UnreachableError if a hop reports failure,
+        ReplyTimeoutError if nothing comes back within ``timeout`` seconds)."""
+        onward = self.parse_route(route)
+        address = self.next_id("reply")
+        send, receive = anyio.create_memory_object_stream[Message](1)
+
+        async def on_reply(ctx: WorkerContext, msg: Message) -> None:
+            with contextlib.suppress(anyio.WouldBlock):  # only the first reply counts
+                send.send_nowait(msg)
+
+        await self.start_worker(address, on_reply, kind="reply", mailbox=1)
+        try:
+            await self.route(
+                RoutedMessage(onward, (Address.local(address),), encode_payload(KIND_DATA, payload))
+            )
+            with anyio.fail_after(timeout if timeout > 0 else math.inf):
+                reply = await receive.receive()
+        except TimeoutError:
+            raise ReplyTimeoutError(
+                f"no reply from {routing.format_route(onward)} within {timeout:g} s; is the "
+                "route right and the peer up?"
+            ) from None
+        finally:
+            await self.stop_worker(address)
+        if reply.kind == KIND_ERROR:
+            raise UnreachableError(reply.payload.decode("utf-8", errors="replace"))
+        return reply.payload
+
+    async def listen_tcp(self, host: str = "127.0.0.1", port: int = 0) -> Any:
+        return await self.tcp.listen(host, port)

@@ -1,0 +1,156 @@
+"""Routes as users write them, one string, and back.
+
+```
+/ip4/127.0.0.1/tcp/4000/service/echo       TCP to 127.0.0.1:4000, then the worker "echo"
+/ip6/::1/tcp/4000/service/echo             TCP to [::1]:4000
+/dnsaddr/localhost/tcp/4000/service/echo   TCP to localhost:4000 (resolved when connecting)
+/node/n2/service/echo                      a local node by name (resolved to its listener)
+/service/echo                              a worker on this node
+```
+
+A route is a sequence of :class:`~tether.message.Address`: TCP hops (``host:port``) and worker
+names. Parse errors raise :class:`RouteSyntaxError`, which names the bad segment and its position.
+``/node/NAME`` needs a resolver (the CLI and daemon look nodes up in the state store).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Sequence
+
+from tether.errors import RouteError
+from tether.message import LOCAL, TCP, Address
+
+_NAME = re.compile(r"^[A-Za-z0-9_.#:@+-]{1,255}$")
+_HOST = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*$"
+)
+
+NodeResolver = Callable[[str], Sequence[Address]]
+
+
+class RouteSyntaxError(RouteError, ValueError):
+    """A route string that does not parse; the message points at the bad segment."""
+
+    def __init__(self, route: str, index: int, problem: str) -> None:
+        segments = route.split("/")
+        offset = sum(len(s) + 1 for s in segments[:index])
+        pointer = " " * (offset + 2) + "^" * max(
+            1, len(segments[index]) if index < len(segments) else 1
+        )
+        super().__init__(f"bad route {route!r}: {problem}\n  {route}\n{pointer}")
+        self.route = route
+        self.index = index
+
+
+def _port(route: str, index: int, text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535 or text != str(int(text)):
+        raise RouteSyntaxError(route, index, f"{text!r} is not a TCP port (1-65535)")
+    return int(text)
+
+
+def parse(route: str, resolve_node: NodeResolver | None = None) -> tuple[Address, ...]:
+    """Parse a route string into addresses."""
+    if not route.startswith("/"):
+        raise RouteSyntaxError(route, 0, "a route starts with '/', e.g. /service/echo")
+    segments = route.split("/")
+    out: list[Address] = []
+    i = 1
+    n = len(segments)
+    if route == "/" or (segments[-1] == "" and n > 2):
+        if route == "/":
+            raise RouteSyntaxError(route, 0, "empty route")
+        n -= 1  # tolerate one trailing slash
+
+    def need(k: int, what: str) -> str:
+        if i + k >= n or segments[i + k] == "":
+            raise RouteSyntaxError(
+                route, min(i + k, len(segments) - 1), f"'{segments[i]}' needs {what}"
+            )
+        return segments[i + k]
+
+    while i < n:
+        kind = segments[i]
+        if kind in ("ip4", "ip6", "dnsaddr"):
+            host = need(1, "an address")
+            if kind == "ip4":
+                try:
+                    ipaddress.IPv4Address(host)
+                except ValueError:
+                    raise RouteSyntaxError(
+                        route, i + 1, f"{host!r} is not an IPv4 address"
+                    ) from None
+            elif kind == "ip6":
+                try:
+                    ipaddress.IPv6Address(host)
+                except ValueError:
+                    raise RouteSyntaxError(
+                        route, i + 1, f"{host!r} is not an IPv6 address"
+                    ) from None
+                host = f"[{host}]"
+            elif not _HOST.match(host):
+                raise RouteSyntaxError(route, i + 1, f"{host!r} is not a host name")
+            if need(2, "'/tcp/PORT'") != "tcp":
+                raise RouteSyntaxError(
+                    route, i + 2, f"expected 'tcp' after the address, got {segments[i + 2]!r}"
+                )
+            port = _port(route, i + 3, need(3, "a port"))
+            out.append(Address(TCP, f"{host}:{port}".encode()))
+            i += 4
+        elif kind in ("service", "worker"):
+            name = need(1, "a name")
+            if not _NAME.match(name):
+                raise RouteSyntaxError(route, i + 1, f"{name!r} is not a valid worker name")
+            out.append(Address(LOCAL, name.encode()))
+            i += 2
+        elif kind == "node":
+            name = need(1, "a node name")
+            if resolve_node is None:
+                raise RouteSyntaxError(
+                    route,
+                    i,
+                    "'/node/NAME' can only be used where nodes "
+                    "are known (the tether command, a node)",
+                )
+            out.extend(resolve_node(name))
+            i += 2
+        elif kind == "":
+            raise RouteSyntaxError(route, i, "empty segment ('//')")
+        else:
+            raise RouteSyntaxError(
+                route, i, f"unknown segment {kind!r}; use ip4, ip6, dnsaddr, node or service"
+            )
+    if not out:
+        raise RouteSyntaxError(route, 0, "empty route")
+    return tuple(out)
+
+
+def split_host_port(value: bytes) -> tuple[str, int]:
+    """``b"127.0.0.1:4000"`` / ``b"[::1]:4000"`` → ``("127.0.0.1", 4000)``."""
+    text = value.decode("utf-8", errors="strict")
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise RouteError(f"not a TCP address: {text!r} (expected host:port)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def format_route(route: Sequence[Address]) -> str:
+    """The route string for addresses (TCP hops as /ip4, /ip6 or /dnsaddr)."""
+    parts: list[str] = []
+    for a in route:
+        if a.transport == TCP:
+            host, port = split_host_port(a.value)
+            try:
+                ip = ipaddress.ip_address(host)
+                parts.append(f"/ip{ip.version}/{host}/tcp/{port}")
+            except ValueError:
+                parts.append(f"/dnsaddr/{host}/tcp/{port}")
+        elif a.transport == LOCAL:
+            parts.append(f"/service/{a.value.decode('utf-8', errors='backslashreplace')}")
+        else:
+            parts.append(f"/{a.transport}/{a.value.hex()}")
+    return "".join(parts)

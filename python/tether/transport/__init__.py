@@ -1,0 +1,1 @@
+"""Transports: how routed messages cross from one node to another (TCP for now)."""

@@ -1,0 +1,401 @@
+"""The TCP transport: listeners, outgoing connections (made on demand and reused), and the
+connection protocol (``docs/routing.md``).
+
+A connection starts with both sides sending a hello frame (``tether\\0`` + protocol version); until
+a peer's hello has arrived, its frames may be at most ``hello_max_frame_len`` bytes and it has
+``hello_timeout`` seconds. After that, frames are routed messages up to ``max_frame_len`` bytes
+(checked before allocation by the Rust frame decoder), and an empty frame is a keepalive, sent
+when the connection has been idle for ``keepalive`` seconds. A peer that sends nothing for
+``dead_after`` seconds is dead; a frame that has started must be complete within
+``frame_timeout`` seconds (a slow-drip peer cannot hold a connection open forever). Garbage,
+oversized frames, malformed messages and those timeouts close that connection with a logged
+reason; the node goes on serving everyone else. ``max_connections`` and ``max_pending`` cap what
+one node accepts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import SocketAttribute, SocketStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from tether.errors import FrameError, RouteError, TetherError
+from tether.frame import FrameDecoder, encode_frame, encode_frames
+from tether.message import TCP, Address, RoutedMessage
+from tether.routing import split_host_port
+
+if TYPE_CHECKING:
+    from tether.node import Node
+
+log = logging.getLogger("tether.tcp")
+
+PROTOCOL_VERSION = 1
+MAGIC = b"tether\0"
+HELLO = MAGIC + bytes([PROTOCOL_VERSION])
+
+
+@dataclass
+class TcpOptions:
+    max_frame_len: int = 256 * 1024
+    hello_max_frame_len: int = 64
+    hello_timeout: float = 5.0
+    frame_timeout: float = 30.0
+    keepalive: float = 10.0
+    dead_after: float = 35.0
+    connect_timeout: float = 10.0
+    max_connections: int = 1024
+    max_pending: int = 64
+    send_queue: int = 64
+    batch_bytes: int = 256 * 1024
+
+
+class ConnectionClosed(TetherError):
+    pass
+
+
+class Connection:
+    def __init__(
+        self, transport: TcpTransport, stream: SocketStream, outgoing: bool, peer: str
+    ) -> None:
+        self.transport = transport
+        self.node = transport.node
+        self.options = transport.options
+        self.stream = stream
+        self.outgoing = outgoing
+        self.peer = peer
+        self.address = self.node.next_id("tcp")
+        self.key: str | None = None  # "host:port" for outgoing connections (reuse)
+        self.sent = 0
+        self.received = 0
+        self.closed = anyio.Event()
+        self.close_reason = ""
+        self.ready = anyio.Event()
+        self._send: MemoryObjectSendStream[bytes]
+        self._recv: MemoryObjectReceiveStream[bytes]
+        self._send, self._recv = anyio.create_memory_object_stream[bytes](self.options.send_queue)
+        self._scope = anyio.CancelScope()
+
+    def info(self) -> dict[str, object]:
+        return {
+            "address": self.address,
+            "peer": self.peer,
+            "direction": "outgoing" if self.outgoing else "incoming",
+            "sent": self.sent,
+            "received": self.received,
+        }
+
+    async def send(self, msg: RoutedMessage) -> None:
+        """Queue a message (waits while the queue is full: back-pressure)."""
+        try:
+            await self._send.send(msg.encode())
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise ConnectionClosed(
+                f"connection {self.address} to {self.peer} is closed"
+                f"{': ' + self.close_reason if self.close_reason else ''}"
+            ) from None
+
+    def close(self, reason: str) -> None:
+        if not self.close_reason:
+            self.close_reason = reason
+            level = (
+                logging.INFO if reason in ("closed by peer", "node stopped") else logging.WARNING
+            )
+            log.log(
+                level,
+                "%s: closed connection %s (%s): %s",
+                self.node.name,
+                self.address,
+                self.peer,
+                reason,
+            )
+        self._scope.cancel()
+
+    async def run(self) -> None:
+        """Hello, then read and write until closed. Never raises."""
+        with self._scope:
+            try:
+                async with anyio.create_task_group() as tg:
+                    await self.stream.send(encode_frame(HELLO))
+                    decoder = FrameDecoder(max_frame_len=self.options.hello_max_frame_len)
+                    with anyio.fail_after(self.options.hello_timeout):
+                        hello, rest = await self._read_hello(decoder)
+                    self._check_hello(hello)
+                    decoder.max_frame_len = self.options.max_frame_len
+                    self.ready.set()
+                    tg.start_soon(self._writer)
+                    await self._reader(decoder, rest)
+                    tg.cancel_scope.cancel()
+            except TimeoutError:
+                self.close(f"no hello within {self.options.hello_timeout:g} s")
+            except FrameError as e:
+                self.close(f"bad framing: {e}")
+            except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self.close("closed by peer")
+            except OSError as e:
+                self.close(f"socket error: {e.strerror or e}")
+            except ConnectionClosed as e:
+                self.close(str(e))
+        self.closed.set()
+        self._send.close()
+        self._recv.close()
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(1):
+                await self.stream.aclose()
+        self.transport._forget(self)
+
+    async def _read_hello(self, decoder: FrameDecoder) -> tuple[bytes, list[bytes]]:
+        while True:
+            chunk = await self.stream.receive(4096)
+            frames = decoder.feed(chunk)
+            if frames:
+                return frames[0], frames[1:]
+
+    def _check_hello(self, hello: bytes) -> None:
+        if not hello.startswith(MAGIC) or len(hello) != len(HELLO):
+            raise ConnectionClosed("the peer is not a tether node (bad hello)")
+        if hello[-1] != PROTOCOL_VERSION:
+            raise ConnectionClosed(
+                f"the peer speaks tether protocol version {hello[-1]}, this node "
+                f"{PROTOCOL_VERSION}; upgrade the older one"
+            )
+
+    async def _reader(self, decoder: FrameDecoder, pending: list[bytes]) -> None:
+        o = self.options
+        for frame in pending:
+            await self._deliver(frame)
+        last = time.monotonic()
+        frame_started: float | None = None
+        while True:
+            now = time.monotonic()
+            if decoder.buffered:
+                frame_started = frame_started or now
+                deadline = min(frame_started + o.frame_timeout, last + o.dead_after)
+            else:
+                frame_started = None
+                deadline = last + o.dead_after
+            chunk = b""
+            with anyio.move_on_after(max(0.0, deadline - now)):
+                chunk = await self.stream.receive(65536)
+            if not chunk:
+                if (
+                    decoder.buffered
+                    and frame_started is not None
+                    and (time.monotonic() - frame_started >= o.frame_timeout)
+                ):
+                    raise ConnectionClosed(
+                        f"a frame was not completed within {o.frame_timeout:g} s (slow peer)"
+                    )
+                raise ConnectionClosed(f"peer silent for {o.dead_after:g} s: presumed dead")
+            last = time.monotonic()
+            for frame in decoder.feed(chunk):
+                frame_started = None
+                await self._deliver(frame)
+            if decoder.buffered and frame_started is None:
+                frame_started = last
+
+    async def _deliver(self, frame: bytes) -> None:
+        if not frame:
+            return  # keepalive
+        try:
+            msg = RoutedMessage.decode(frame)
+        except RouteError as e:
+            raise ConnectionClosed(f"malformed message from the peer: {e}") from None
+        self.received += 1
+        # The receiving end of a link is the hop that pushes itself onto the return route.
+        await self.node.route(
+            RoutedMessage(msg.onward, (Address.local(self.address), *msg.return_route), msg.payload)
+        )
+
+    async def _writer(self) -> None:
+        o = self.options
+        while True:
+            item = None
+            with anyio.move_on_after(o.keepalive):
+                item = await self._recv.receive()
+            if item is None:
+                await self.stream.send(b"\0\0\0\0")  # keepalive: an empty frame
+                continue
+            batch = [item]
+            size = len(item)
+            while size < o.batch_bytes:
+                try:
+                    more = self._recv.receive_nowait()
+                except anyio.WouldBlock:
+                    break
+                batch.append(more)
+                size += len(more)
+            await self.stream.send(encode_frames(batch))
+            self.sent += len(batch)
+
+
+class Listener:
+    def __init__(self, transport: TcpTransport, listener: Any, host: str, port: int) -> None:
+        self.transport = transport
+        self.listener = listener
+        self.host = host
+        self.port = port
+        self.id = transport.node.next_id("listener")
+        self.scope = anyio.CancelScope()
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def info(self) -> dict[str, object]:
+        return {"id": self.id, "address": self.address}
+
+
+class TcpTransport:
+    def __init__(self, node: Node, options: TcpOptions) -> None:
+        self.node = node
+        self.options = options
+        self.connections: dict[str, Connection] = {}
+        self.outgoing: dict[str, Connection] = {}
+        self.listeners: dict[str, Listener] = {}
+        self._connecting: dict[str, anyio.Lock] = {}
+        self.pending = 0
+
+    def connection(self, address: str) -> Connection | None:
+        return self.connections.get(address)
+
+    def _forget(self, conn: Connection) -> None:
+        self.connections.pop(conn.address, None)
+        if conn.key is not None and self.outgoing.get(conn.key) is conn:
+            del self.outgoing[conn.key]
+
+    async def listen(self, host: str = "127.0.0.1", port: int = 0) -> Listener:
+        try:
+            lst = await anyio.create_tcp_listener(
+                local_host=host, local_port=port, reuse_port=False
+            )
+        except OSError as e:
+            raise TetherError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        bound = lst.extra(SocketAttribute.local_address)
+        listener = Listener(self, lst, host, int(bound[1]))
+        self.listeners[listener.id] = listener
+        await self.node.task_group.start(self._serve, listener)
+        log.info("%s: listening on %s", self.node.name, listener.address)
+        return listener
+
+    async def _serve(
+        self, listener: Listener, *, task_status: Any = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        with listener.scope:
+            task_status.started()
+            async with listener.listener:
+                await listener.listener.serve(self._accept, task_group=self.node.task_group)
+
+    async def stop_listener(self, listener_id: str) -> None:
+        listener = self.listeners.pop(listener_id, None)
+        if listener is None:
+            raise TetherError(f"no listener {listener_id!r} on {self.node.name}")
+        listener.scope.cancel()
+
+    async def _accept(self, stream: SocketStream) -> None:
+        o = self.options
+        try:
+            peer_addr = stream.extra(SocketAttribute.remote_address)
+            peer = f"{peer_addr[0]}:{peer_addr[1]}"
+        except Exception:
+            peer = "?"
+        if len(self.connections) >= o.max_connections:
+            log.warning(
+                "%s: refused connection from %s: %d connections (the limit)",
+                self.node.name,
+                peer,
+                o.max_connections,
+            )
+            await stream.aclose()
+            return
+        if self.pending >= o.max_pending:
+            log.warning(
+                "%s: refused connection from %s: %d connections still in their hello (the limit)",
+                self.node.name,
+                peer,
+                o.max_pending,
+            )
+            await stream.aclose()
+            return
+        conn = Connection(self, stream, outgoing=False, peer=peer)
+        self.connections[conn.address] = conn
+        await self._run_counted(conn)
+
+    async def _run_counted(self, conn: Connection) -> None:
+        self.pending += 1
+        counted = True
+
+        async def uncount() -> None:
+            nonlocal counted
+            await conn.ready.wait()
+            if counted:
+                counted = False
+                self.pending -= 1
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(uncount)
+            await conn.run()
+            tg.cancel_scope.cancel()
+        if counted:
+            self.pending -= 1
+
+    async def connect(self, host_port: bytes) -> Connection:
+        key = host_port.decode("utf-8", errors="replace")
+        conn = self.outgoing.get(key)
+        if conn is not None and not conn.closed.is_set():
+            return conn
+        lock = self._connecting.setdefault(key, anyio.Lock())
+        async with lock:
+            conn = self.outgoing.get(key)
+            if conn is not None and not conn.closed.is_set():
+                return conn
+            host, port = split_host_port(host_port)
+            try:
+                with anyio.fail_after(self.options.connect_timeout):
+                    stream = await anyio.connect_tcp(host, port)
+            except TimeoutError:
+                raise ConnectionClosed(
+                    f"cannot connect to {key}: no answer within {self.options.connect_timeout:g} s"
+                ) from None
+            except OSError as e:
+                raise ConnectionClosed(f"cannot connect to {key}: {e.strerror or e}") from None
+            conn = Connection(self, stream, outgoing=True, peer=key)
+            conn.key = key
+            self.connections[conn.address] = conn
+            self.outgoing[key] = conn
+            self.node.task_group.start_soon(conn.run)
+            with anyio.move_on_after(self.options.hello_timeout + 1):
+                async with anyio.create_task_group() as tg:
+
+                    async def closed() -> None:
+                        await conn.closed.wait()
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(closed)
+                    await conn.ready.wait()
+                    tg.cancel_scope.cancel()
+            if not conn.ready.is_set():
+                raise ConnectionClosed(
+                    f"cannot connect to {key}: {conn.close_reason or 'no hello from the peer'}"
+                )
+            return conn
+
+    async def forward(self, head: Address, msg: RoutedMessage) -> None:
+        """Send ``msg`` (addressed to the TCP hop ``head``) over a connection to that address."""
+        assert head.transport == TCP
+        try:
+            conn = await self.connect(head.value)
+            await conn.send(RoutedMessage(msg.onward[1:], msg.return_route, msg.payload))
+        except (ConnectionClosed, RouteError) as e:
+            await self.node.report(msg, f"at node {self.node.name}: {e}")
+
+    async def send_via(self, conn: Connection, msg: RoutedMessage) -> None:
+        try:
+            await conn.send(RoutedMessage(msg.onward[1:], msg.return_route, msg.payload))
+        except ConnectionClosed as e:
+            await self.node.report(msg, f"at node {self.node.name}: {e}")
