@@ -77,6 +77,14 @@ MIGRATIONS: list[str] = [
         data BLOB NOT NULL
     );
     """,
+    # 1 -> 2: nodes and their configuration (listeners, services) as JSON.
+    """
+    CREATE TABLE nodes (
+        name TEXT PRIMARY KEY,
+        config TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tether import __version__
-from tether.cli import credential, identity
+from tether.cli import credential, identity, node
 from tether.errors import TetherError
 
 EXAMPLES = """\
@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(title="commands", metavar="COMMAND")
     identity.register(groups)
     credential.register(groups)
+    node.register(groups)
     return parser
 
 

@@ -116,37 +116,52 @@ class Connection:
         self._scope.cancel()
 
     async def run(self) -> None:
-        """Hello, then read and write until closed. Never raises."""
+        """Hello, then read and write until closed. Never raises: every failure becomes the
+        connection's logged close reason (and each task catches its own, so nothing crosses a
+        task group as an exception group)."""
         with self._scope:
-            try:
+            decoder = FrameDecoder(max_frame_len=self.options.hello_max_frame_len)
+            rest = await self._guarded(self._hello, decoder)
+            if rest is not None:
                 async with anyio.create_task_group() as tg:
-                    await self.stream.send(encode_frame(HELLO))
-                    decoder = FrameDecoder(max_frame_len=self.options.hello_max_frame_len)
-                    with anyio.fail_after(self.options.hello_timeout):
-                        hello, rest = await self._read_hello(decoder)
-                    self._check_hello(hello)
-                    decoder.max_frame_len = self.options.max_frame_len
-                    self.ready.set()
-                    tg.start_soon(self._writer)
-                    await self._reader(decoder, rest)
+                    tg.start_soon(self._guarded, self._writer)
+                    await self._guarded(self._reader, decoder, rest)
                     tg.cancel_scope.cancel()
-            except TimeoutError:
-                self.close(f"no hello within {self.options.hello_timeout:g} s")
-            except FrameError as e:
-                self.close(f"bad framing: {e}")
-            except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-                self.close("closed by peer")
-            except OSError as e:
-                self.close(f"socket error: {e.strerror or e}")
-            except ConnectionClosed as e:
-                self.close(str(e))
         self.closed.set()
         self._send.close()
         self._recv.close()
-        with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(1):
-                await self.stream.aclose()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+            await self.stream.aclose()
         self.transport._forget(self)
+
+    async def _guarded(self, fn: Any, *args: Any) -> Any:
+        try:
+            return await fn(*args)
+        except TimeoutError:
+            self.close(f"no hello within {self.options.hello_timeout:g} s")
+        except FrameError as e:
+            self.close(f"bad framing: {e}")
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self.close("closed by peer")
+        except OSError as e:
+            self.close(f"socket error: {e.strerror or e}")
+        except ConnectionClosed as e:
+            self.close(str(e))
+        except TetherError as e:
+            self.close(f"error: {e}")
+        except Exception as e:  # a bug: log it, lose this connection, keep the node
+            log.exception("%s: connection %s failed", self.node.name, self.address)
+            self.close(f"internal error: {type(e).__name__}")
+        return None
+
+    async def _hello(self, decoder: FrameDecoder) -> list[bytes]:
+        await self.stream.send(encode_frame(HELLO))
+        with anyio.fail_after(self.options.hello_timeout):
+            hello, rest = await self._read_hello(decoder)
+        self._check_hello(hello)
+        decoder.max_frame_len = self.options.max_frame_len
+        self.ready.set()
+        return rest
 
     async def _read_hello(self, decoder: FrameDecoder) -> tuple[bytes, list[bytes]]:
         while True:

@@ -1,0 +1,312 @@
+"""``tether node …`` and ``tether message send``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tether import nodes
+from tether.cli.api import call
+from tether.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    NotFoundError,
+    StoreError,
+    TetherError,
+)
+from tether.nodes import NodeConfig
+
+if TYPE_CHECKING:
+    from tether.cli import Context
+
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+
+
+def _home(ctx: Context) -> Path:
+    from tether.state import default_home
+
+    return ctx.home or default_home()
+
+
+def _spawn(ctx: Context, name: str) -> dict[str, Any]:
+    """Start the node's daemon in the background and wait until its control API answers."""
+    home = _home(ctx)
+    if nodes.read_runtime(home, name) is not None:
+        raise AlreadyExistsError(f"node {name!r} is already running")
+    nodes.ensure_dir(home, name)
+    log_path = nodes.log_file(home, name)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
+            [sys.executable, "-m", "tether.daemon", "--home", str(home), name],
+            stdin=subprocess.DEVNULL,
+            stdout=fd,
+            stderr=fd,
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        os.close(fd)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        info = nodes.read_runtime(home, name)
+        if info is not None:
+            with contextlib.suppress(StoreError):
+                return dict(call(nodes.api_socket(home, name), "GET", "/node", timeout=5))
+        if proc.poll() is not None:
+            tail = _tail(log_path, 5)
+            raise StoreError(f"node {name!r} failed to start (exit {proc.returncode}):\n{tail}")
+        time.sleep(0.05)
+    raise StoreError(
+        f"node {name!r} did not come up within {START_TIMEOUT:g} s; see `tether node logs {name}`"
+    )
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _summary(info: dict[str, Any]) -> str:
+    listeners = ", ".join(lst["address"] for lst in info.get("listeners", [])) or "none"
+    return (
+        f"node {info['name']} running (pid {info['pid']})\n"
+        f"  identity   {info.get('identity')} {info.get('identifier') or ''}\n"
+        f"  listeners  {listeners}\n"
+        f"  api        {info.get('api')}"
+    )
+
+
+def _create(ctx: Context) -> int:
+    a = ctx.args
+    reg = ctx.registry()
+    identity = a.identity or a.name
+    try:
+        reg.get(identity)
+    except NotFoundError:
+        if a.identity:
+            raise
+        reg.create_identity(identity)
+    listeners = [] if a.no_tcp_listener else (a.tcp_listener or ["127.0.0.1:0"])
+    for spec in listeners:
+        host, _, port = spec.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise InvalidArgumentError(f"--tcp-listener {spec!r}: use HOST:PORT (port 0: any)")
+    cfg = NodeConfig(a.name, identity, listeners)
+    nodes.save_config(reg.store, cfg, create=True)
+    if a.foreground:
+        from tether import daemon
+
+        ctx.close()
+        return daemon.main(["--home", str(_home(ctx)), a.name])
+    try:
+        info = _spawn(ctx, a.name)
+    except StoreError:
+        nodes.delete_config(reg.store, a.name)
+        raise
+    ctx.emit(_summary(info), info)
+    return 0
+
+
+def _status(home: Path, cfg: NodeConfig) -> dict[str, Any]:
+    info = nodes.read_runtime(home, cfg.name)
+    return {
+        "name": cfg.name,
+        "running": info is not None,
+        "pid": info["pid"] if info else None,
+        "listeners": [lst["address"] for lst in info["listeners"]] if info else [],
+        "configured_listeners": cfg.tcp_listeners,
+        "identity": cfg.identity,
+    }
+
+
+def _list(ctx: Context) -> int:
+    home = _home(ctx)
+    items = [_status(home, c) for c in nodes.list_configs(ctx.registry().store)]
+    lines = [
+        f"{i['name']:<16} {'running' if i['running'] else 'stopped':<8} "
+        f"{', '.join(i['listeners']) or '-'}"
+        for i in items
+    ]
+    ctx.emit("\n".join(lines) or "no nodes: `tether node create NAME` starts one", items)
+    return 0
+
+
+def _show(ctx: Context) -> int:
+    home = _home(ctx)
+    cfg = nodes.load_config(ctx.registry().store, ctx.args.name)
+    if nodes.read_runtime(home, cfg.name) is None:
+        st = _status(home, cfg)
+        ctx.emit(f"node {cfg.name} stopped (`tether node start {cfg.name}`)", st)
+        return 0
+    info = call(nodes.api_socket(home, cfg.name), "GET", "/node")
+    human = (
+        _summary(info)
+        + "\n  workers    "
+        + ", ".join(w["address"] for w in info["workers"])
+        + f"\n  connections {len(info['connections'])}"
+    )
+    ctx.emit(human, info)
+    return 0
+
+
+def _stop_one(home: Path, name: str) -> bool:
+    info = nodes.read_runtime(home, name)
+    if info is None:
+        return False
+    pid = int(info["pid"])
+    with contextlib.suppress(TetherError):
+        call(nodes.api_socket(home, name), "POST", "/shutdown", timeout=5)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while nodes.pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if nodes.pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        nodes.runtime_file(home, name).unlink()
+    return True
+
+
+def _stop(ctx: Context) -> int:
+    home = _home(ctx)
+    nodes.load_config(ctx.registry().store, ctx.args.name)
+    was = _stop_one(home, ctx.args.name)
+    ctx.emit(
+        f"node {ctx.args.name} {'stopped' if was else 'was not running'}",
+        {"name": ctx.args.name, "stopped": was},
+    )
+    return 0
+
+
+def _start(ctx: Context) -> int:
+    nodes.load_config(ctx.registry().store, ctx.args.name)
+    info = _spawn(ctx, ctx.args.name)
+    ctx.emit(_summary(info), info)
+    return 0
+
+
+def _delete(ctx: Context) -> int:
+    home = _home(ctx)
+    store = ctx.registry().store
+    if ctx.args.all:
+        names = [c.name for c in nodes.list_configs(store)]
+    elif ctx.args.name:
+        names = [nodes.load_config(store, ctx.args.name).name]
+    else:
+        raise InvalidArgumentError("name a node, or use --all")
+    for name in names:
+        _stop_one(home, name)
+        nodes.delete_config(store, name)
+        shutil.rmtree(nodes.node_dir(home, name), ignore_errors=True)
+    ctx.emit("\n".join(f"deleted node {n}" for n in names) or "no nodes", {"deleted": names})
+    return 0
+
+
+def _logs(ctx: Context) -> int:
+    home = _home(ctx)
+    nodes.load_config(ctx.registry().store, ctx.args.name)
+    text = _tail(nodes.log_file(home, ctx.args.name), ctx.args.lines)
+    ctx.emit(text, {"name": ctx.args.name, "log": text.splitlines()})
+    return 0
+
+
+def _send(ctx: Context) -> int:
+    a = ctx.args
+    home = _home(ctx)
+    nodes.load_config(ctx.registry().store, a.from_node)
+    if nodes.read_runtime(home, a.from_node) is None:
+        raise StoreError(f"node {a.from_node!r} is not running (`tether node start {a.from_node}`)")
+    out = call(
+        nodes.api_socket(home, a.from_node),
+        "POST",
+        "/messages",
+        {"to": a.to, "message": a.message, "timeout": a.timeout},
+        timeout=a.timeout + 5,
+    )
+    ctx.emit(out["reply"], out)
+    return 0
+
+
+def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from tether.cli import add_command
+
+    group = groups.add_parser(
+        "node",
+        help="create, start, stop and inspect nodes",
+        description="Nodes: tether processes that host workers and route messages. Each runs "
+        "as a daemon with a control API on a Unix socket.",
+        epilog="example:\n  tether node create n1 --tcp-listener 127.0.0.1:4000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    group.set_defaults(group_parser=group)
+    sub = group.add_subparsers(title="commands", metavar="COMMAND")
+    p = add_command(
+        sub,
+        "create",
+        "create a node and start it in the background",
+        "tether node create n1 --tcp-listener 127.0.0.1:4000",
+        _create,
+    )
+    p.add_argument("name")
+    p.add_argument(
+        "--tcp-listener",
+        action="append",
+        metavar="HOST:PORT",
+        help="listen for other nodes here (default 127.0.0.1:0, any free port)",
+    )
+    p.add_argument(
+        "--no-tcp-listener",
+        action="store_true",
+        help="open no listener (the node connects out only)",
+    )
+    p.add_argument("--identity", help="identity name (default: one named after the node)")
+    p.add_argument("--foreground", action="store_true", help="run in this terminal")
+    add_command(sub, "list", "list nodes and whether they run", "tether node list --json", _list)
+    for name, help_text, handler in (
+        ("show", "show a node: listeners, workers, connections", _show),
+        ("stop", "stop a running node (its configuration stays)", _stop),
+        ("start", "start a stopped node with its configuration", _start),
+    ):
+        p = add_command(sub, name, help_text, f"tether node {name} n1", handler)
+        p.add_argument("name")
+    p = add_command(
+        sub, "delete", "stop and delete a node (or --all)", "tether node delete --all", _delete
+    )
+    p.add_argument("name", nargs="?")
+    p.add_argument("--all", action="store_true", help="delete every node")
+    p = add_command(sub, "logs", "print the end of a node's log", "tether node logs n1", _logs)
+    p.add_argument("name")
+    p.add_argument("--lines", type=int, default=50)
+
+    group = groups.add_parser(
+        "message",
+        help="send messages through nodes",
+        description="Send a message from a node along a route and print the reply.",
+        epilog="example:\n  tether message send --from n1 --to /node/n2/service/echo hello",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    group.set_defaults(group_parser=group)
+    sub = group.add_subparsers(title="commands", metavar="COMMAND")
+    p = add_command(
+        sub,
+        "send",
+        "send MESSAGE from a node along ROUTE; print the reply",
+        "tether message send --from n1 --to /node/n2/service/echo hello",
+        _send,
+    )
+    p.add_argument("--from", dest="from_node", required=True, help="the sending node")
+    p.add_argument("--to", required=True, help="the route, e.g. /node/n2/service/echo")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply")
+    p.add_argument("message")

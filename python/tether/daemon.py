@@ -1,0 +1,268 @@
+"""A node running as a daemon: its listeners and services from the stored configuration, its
+control API (``tether.control``), its runtime file, and a clean stop on SIGTERM/SIGINT or
+``POST /shutdown``.
+
+Started by ``tether node create|start`` as ``python -m tether.daemon --home HOME NAME``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from tether import nodes
+from tether.control import ApiError, Router, serve_connection
+from tether.errors import TetherError
+from tether.node import Node, ReplyTimeoutError, UnreachableError, echo
+from tether.nodes import NodeConfig
+from tether.registry import Registry
+from tether.routing import format_route
+from tether.state import Store
+
+log = logging.getLogger("tether.daemon")
+api = Router()
+
+SERVICE_KINDS = {"echo": echo}
+
+
+class Daemon:
+    def __init__(self, home: Path, store: Store, config: NodeConfig) -> None:
+        self.home = home
+        self.store = store
+        self.config = config
+        self.registry = Registry(store)
+        self.node: Node | None = None
+        self.started_at = int(time.time())
+        self.stop = anyio.Event()
+        self.identifier: str | None = None
+        self.listener_specs: dict[str, str] = {}
+
+    @property
+    def n(self) -> Node:
+        assert self.node is not None
+        return self.node
+
+    def persist(self) -> None:
+        nodes.save_config(self.store, self.config)
+
+    def runtime(self) -> dict[str, Any]:
+        return {
+            "name": self.config.name,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "identifier": self.identifier,
+            "api": str(nodes.api_socket(self.home, self.config.name)),
+            "listeners": [lst.info() for lst in self.n.tcp.listeners.values()],
+        }
+
+    def write_runtime(self) -> None:
+        nodes.write_runtime(self.home, self.config.name, self.runtime())
+
+    async def run(self) -> None:
+        cfg = self.config
+        if cfg.identity:
+            self.identifier = self.registry.get(cfg.identity).identifier
+        async with Node(cfg.name, resolve_node=nodes.resolver(self.home)) as node:
+            self.node = node
+            for spec in cfg.tcp_listeners:
+                host, _, port = spec.rpartition(":")
+                lst = await node.listen_tcp(host.strip("[]") or "127.0.0.1", int(port))
+                self.listener_specs[lst.id] = spec
+            for svc in cfg.services:
+                if not node.has_worker(svc["address"]):
+                    await node.start_worker(
+                        svc["address"], SERVICE_KINDS[svc["kind"]], kind=svc["kind"]
+                    )
+            sock = nodes.api_socket(self.home, cfg.name)
+            with contextlib.suppress(FileNotFoundError):
+                sock.unlink()
+            old_umask = os.umask(0o177)
+            try:
+                listener = await anyio.create_unix_listener(sock)
+            finally:
+                os.umask(old_umask)
+            os.chmod(sock, 0o600)
+            self.write_runtime()
+            log.info(
+                "node %s up (pid %d), listeners %s",
+                cfg.name,
+                os.getpid(),
+                [lst.address for lst in node.tcp.listeners.values()],
+            )
+            async with listener, anyio.create_task_group() as tg:
+                tg.start_soon(self._signals, tg)
+
+                async def handle(stream: Any) -> None:
+                    await serve_connection(self, api, stream)
+
+                tg.start_soon(listener.serve, handle)
+                await self.stop.wait()
+                tg.cancel_scope.cancel()
+            node.task_group.cancel_scope.cancel()
+        log.info("node %s stopped", cfg.name)
+
+    async def _signals(self, tg: Any) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for sig in signals:
+                log.info("node %s: signal %s, stopping", self.config.name, sig)
+                self.stop.set()
+                return
+
+
+# --- the control API's resources ------------------------------------------------------------
+
+
+@api.add("GET", "/node")
+async def get_node(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
+    return 200, {
+        **d.runtime(),
+        "identity": d.config.identity,
+        "workers": d.n.workers(),
+        "connections": [c.info() for c in d.n.tcp.connections.values()],
+    }
+
+
+@api.add("POST", "/shutdown")
+async def shutdown(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
+    d.stop.set()
+    return 200, {"stopping": d.config.name}
+
+
+@api.add("GET", "/listeners")
+async def list_listeners(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
+    return 200, [lst.info() for lst in d.n.tcp.listeners.values()]
+
+
+@api.add("POST", "/listeners")
+async def create_listener(d: Daemon, _params: dict[str, str], body: Any) -> tuple[int, Any]:
+    address = _field(body, "address")
+    host, _sep, port = address.rpartition(":")
+    if not port.isdigit():
+        raise ApiError(400, f"address {address!r} is not host:port")
+    lst = await d.n.listen_tcp(host.strip("[]") or "127.0.0.1", int(port))
+    d.listener_specs[lst.id] = address
+    d.config.tcp_listeners.append(address)
+    d.persist()
+    d.write_runtime()
+    return 201, lst.info()
+
+
+@api.add("DELETE", "/listeners/{id}")
+async def delete_listener(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
+    if p["id"] not in d.n.tcp.listeners:
+        raise ApiError(404, f"no listener {p['id']!r}")
+    await d.n.tcp.stop_listener(p["id"])
+    spec = d.listener_specs.pop(p["id"], None)
+    if spec in d.config.tcp_listeners:
+        d.config.tcp_listeners.remove(spec)
+    d.persist()
+    d.write_runtime()
+    return 204, None
+
+
+@api.add("GET", "/services")
+async def list_services(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
+    return 200, d.n.workers()
+
+
+@api.add("POST", "/services")
+async def create_service(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
+    kind = _field(body, "kind")
+    address = _field(body, "address")
+    if kind not in SERVICE_KINDS:
+        raise ApiError(400, f"unknown service kind {kind!r}; known: {sorted(SERVICE_KINDS)}")
+    if d.n.has_worker(address):
+        raise ApiError(409, f"a worker already listens at {address!r}")
+    await d.n.start_worker(address, SERVICE_KINDS[kind], kind=kind)
+    d.config.services.append({"kind": kind, "address": address})
+    d.persist()
+    return 201, {"kind": kind, "address": address}
+
+
+@api.add("DELETE", "/services/{address}")
+async def delete_service(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
+    if not d.n.has_worker(p["address"]):
+        raise ApiError(404, f"no service at {p['address']!r}")
+    await d.n.stop_worker(p["address"])
+    d.config.services = [s for s in d.config.services if s["address"] != p["address"]]
+    d.persist()
+    return 204, None
+
+
+@api.add("GET", "/connections")
+async def list_connections(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
+    return 200, [c.info() for c in d.n.tcp.connections.values()]
+
+
+@api.add("POST", "/messages")
+async def send_message(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
+    to = _field(body, "to")
+    payload = _field(body, "message").encode()
+    timeout = float(body.get("timeout", 10))
+    route = d.n.parse_route(to)
+    try:
+        reply = await d.n.request(route, payload, timeout=timeout)
+    except UnreachableError as e:
+        raise ApiError(502, str(e), "UnreachableError") from None
+    except ReplyTimeoutError as e:
+        raise ApiError(504, str(e), "ReplyTimeoutError") from None
+    return 200, {
+        "route": format_route(route),
+        "reply": reply.decode("utf-8", "replace"),
+        "reply_hex": reply.hex(),
+    }
+
+
+def _field(body: Any, name: str) -> str:
+    if not isinstance(body, dict) or not isinstance(body.get(name), str):
+        raise ApiError(400, f"the body must be a JSON object with a string {name!r}")
+    return str(body[name])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tether.daemon",
+        description="Run a tether node (normally started by `tether node create|start`).",
+    )
+    parser.add_argument("--home", required=True)
+    parser.add_argument("name")
+    args = parser.parse_args(argv)
+    home = Path(args.home)
+    try:
+        store = Store(home)
+        config = nodes.load_config(store, args.name)
+        nodes.ensure_dir(home, args.name)
+    except TetherError as e:
+        print(f"tether node: {e}", file=sys.stderr)
+        return 1
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    daemon = Daemon(home, store, config)
+    try:
+        anyio.run(daemon.run, backend="trio")
+    except TetherError as e:
+        log.error("node %s failed: %s", args.name, e)
+        return 1
+    finally:
+        with contextlib.suppress(OSError):
+            nodes.runtime_file(home, args.name).unlink()
+        with contextlib.suppress(OSError):
+            nodes.api_socket(home, args.name).unlink()
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

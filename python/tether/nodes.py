@@ -1,0 +1,161 @@
+"""Nodes as the ``tether`` command manages them: configuration in the state store, and each
+running node's files under ``$TETHER_HOME/nodes/NAME/`` (0700): ``api.sock`` (the control API,
+0600), ``runtime.json`` (pid, listeners; written atomically when the node is up) and
+``node.log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tether.errors import AlreadyExistsError, NotFoundError, StoreError
+from tether.message import TCP, Address
+from tether.registry import check_name
+from tether.state import Store
+
+
+@dataclass
+class NodeConfig:
+    name: str
+    identity: str | None = None
+    tcp_listeners: list[str] = field(default_factory=list)
+    services: list[dict[str, str]] = field(
+        default_factory=lambda: [{"kind": "echo", "address": "echo"}]
+    )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> NodeConfig:
+        d = json.loads(text)
+        return cls(
+            d["name"],
+            d.get("identity"),
+            list(d.get("tcp_listeners", [])),
+            list(d.get("services", [])),
+        )
+
+
+def node_dir(home: Path, name: str) -> Path:
+    return home / "nodes" / name
+
+
+def api_socket(home: Path, name: str) -> Path:
+    return node_dir(home, name) / "api.sock"
+
+
+def runtime_file(home: Path, name: str) -> Path:
+    return node_dir(home, name) / "runtime.json"
+
+
+def log_file(home: Path, name: str) -> Path:
+    return node_dir(home, name) / "node.log"
+
+
+def ensure_dir(home: Path, name: str) -> Path:
+    d = node_dir(home, name)
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(d.parent, 0o700)
+    os.chmod(d, 0o700)
+    return d
+
+
+def save_config(store: Store, cfg: NodeConfig, *, create: bool = False) -> None:
+    check_name(cfg.name, "node")
+    with store.transaction():
+        exists = store.query_one("SELECT 1 FROM nodes WHERE name = ?", (cfg.name,))
+        if create and exists:
+            raise AlreadyExistsError(
+                f"a node named {cfg.name!r} already exists; `tether node start {cfg.name}` "
+                "starts it"
+            )
+        if not create and not exists:
+            raise NotFoundError(f"no node named {cfg.name!r}")
+        store.execute(
+            "INSERT OR REPLACE INTO nodes (name, config, created_at) VALUES (?, ?, "
+            "COALESCE((SELECT created_at FROM nodes WHERE name = ?), ?))",
+            (cfg.name, cfg.to_json(), cfg.name, int(time.time())),
+        )
+
+
+def load_config(store: Store, name: str) -> NodeConfig:
+    row = store.query_one("SELECT config FROM nodes WHERE name = ?", (name,))
+    if row is None:
+        raise NotFoundError(f"no node named {name!r}; `tether node list` shows the ones there are")
+    return NodeConfig.from_json(str(row[0]))
+
+
+def list_configs(store: Store) -> list[NodeConfig]:
+    return [
+        NodeConfig.from_json(str(r[0]))
+        for r in store.query("SELECT config FROM nodes ORDER BY name")
+    ]
+
+
+def delete_config(store: Store, name: str) -> None:
+    if store.execute("DELETE FROM nodes WHERE name = ?", (name,)) == 0:
+        raise NotFoundError(f"no node named {name!r}")
+
+
+def write_runtime(home: Path, name: str, info: dict[str, Any]) -> None:
+    path = runtime_file(home, name)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(info, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_runtime(home: Path, name: str) -> dict[str, Any] | None:
+    """The running node's runtime facts, or None if it is not running."""
+    try:
+        info: dict[str, Any] = json.loads(runtime_file(home, name).read_text())
+    except (OSError, ValueError):
+        return None
+    pid = int(info.get("pid", 0))
+    if not pid_alive(pid):
+        with contextlib.suppress(OSError):
+            runtime_file(home, name).unlink()
+        return None
+    return info
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); treat it as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return True
+
+
+def resolver(home: Path) -> Any:
+    """Resolve ``/node/NAME`` to that node's first TCP listener (it must be running)."""
+
+    def resolve(name: str) -> tuple[Address, ...]:
+        info = read_runtime(home, name)
+        if info is None:
+            raise NotFoundError(f"node {name!r} is not running (`tether node start {name}`)")
+        listeners = info.get("listeners") or []
+        if not listeners:
+            raise StoreError(f"node {name!r} has no TCP listener to reach it by")
+        return (Address(TCP, str(listeners[0]["address"]).encode()),)
+
+    return resolve
