@@ -152,6 +152,8 @@ def resolver(home: Path) -> Any:
     def resolve(name: str) -> tuple[Address, ...]:
         info = read_runtime(home, name)
         if info is None:
+            if not node_dir(home, name).is_dir():
+                raise NotFoundError(f"no node named {name!r} (`tether node list`)")
             raise NotFoundError(f"node {name!r} is not running (`tether node start {name}`)")
         listeners = info.get("listeners") or []
         if not listeners:

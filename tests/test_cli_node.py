@@ -1,0 +1,164 @@
+"""Node daemons driven through the real ``tether`` command: lifecycle, the control API, and
+messages routed across three node processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from tether.cli.api import call
+from tether.node import Message, Node, WorkerContext
+
+TETHER = [sys.executable, "-m", "tether.cli"]
+
+
+class Cli:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
+    def run(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "TETHER_HOME": str(self.home)}
+        p = subprocess.run(
+            [*TETHER, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        if ok:
+            assert p.returncode == 0, f"tether {' '.join(args)}: {p.stderr}"
+        return p
+
+    def js(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "--json").stdout)
+
+    def port(self, name: str) -> int:
+        info = self.js("node", "show", name)
+        return int(info["listeners"][0]["address"].rsplit(":", 1)[1])
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[Cli]:
+    c = Cli(tmp_path / "home")
+    yield c
+    c.run("node", "delete", "--all", ok=False)
+
+
+def test_node_lifecycle(cli: Cli) -> None:
+    created = cli.js("node", "create", "n1", "--tcp-listener", "127.0.0.1:0")
+    assert created["name"] == "n1"
+    assert created["identifier"].startswith("I")
+    sock = Path(created["api"])
+    assert (sock.stat().st_mode & 0o777) == 0o600
+    assert (sock.parent.stat().st_mode & 0o777) == 0o700
+    assert [n["name"] for n in cli.js("node", "list")] == ["n1"]
+    assert cli.js("node", "list")[0]["running"] is True
+
+    dup = cli.run("node", "create", "n1", ok=False)
+    assert dup.returncode == 1
+    assert "already exists" in dup.stderr
+
+    # CRUD through the control API, persisted across a restart.
+    assert call(sock, "POST", "/services", {"kind": "echo", "address": "echo2"})["address"] == (
+        "echo2"
+    )
+    extra = call(sock, "POST", "/listeners", {"address": "127.0.0.1:0"})
+    assert len(call(sock, "GET", "/listeners")) == 2
+    assert {w["address"] for w in call(sock, "GET", "/services")} >= {"echo", "echo2"}
+    call(sock, "DELETE", f"/listeners/{extra['id']}")
+    assert len(call(sock, "GET", "/listeners")) == 1
+
+    assert cli.js("node", "stop", "n1")["stopped"] is True
+    assert cli.js("node", "list")[0]["running"] is False
+    stopped = cli.run("message", "send", "--from", "n1", "--to", "/service/echo", "x", ok=False)
+    assert "not running" in stopped.stderr
+    cli.js("node", "start", "n1")
+    assert {w["address"] for w in call(sock, "GET", "/services")} >= {"echo", "echo2"}
+    assert len(call(sock, "GET", "/listeners")) == 1
+    assert (
+        cli.run("message", "send", "--from", "n1", "--to", "/service/echo2", "again").stdout.strip()
+        == "again"
+    )
+
+    logs = cli.run("node", "logs", "n1").stdout
+    assert "node n1 up" in logs
+    cli.run("node", "delete", "n1")
+    assert cli.js("node", "list") == []
+    assert not sock.parent.exists()
+
+
+def test_message_errors_are_clear(cli: Cli) -> None:
+    cli.run("node", "create", "n1")
+    cases = [
+        ("/service/nope", "no worker 'nope' on node n1"),
+        ("/ip4/127.0.0.1/tcp/1/service/echo", "cannot connect to 127.0.0.1:1"),
+        ("/ip4/127.0.0.1/tcp/abc/service/echo", "'abc' is not a TCP port"),
+        ("/node/ghost/service/echo", "no node named 'ghost'"),
+    ]
+    for route, reason in cases:
+        p = cli.run("message", "send", "--from", "n1", "--to", route, "hi", ok=False)
+        assert p.returncode == 1, route
+        assert reason in p.stderr, (route, p.stderr)
+
+
+def test_three_node_processes(cli: Cli) -> None:
+    for name in ("n1", "n2", "n3"):
+        cli.run("node", "create", name)
+    ports = {name: cli.port(name) for name in ("n1", "n2", "n3")}
+    reply = cli.run(
+        "message",
+        "send",
+        "--from",
+        "n1",
+        "--to",
+        f"/node/n2/ip4/127.0.0.1/tcp/{ports['n3']}/service/echo",
+        "three hops",
+    )
+    assert reply.stdout.strip() == "three hops"
+
+    hops = "".join(f"/ip4/127.0.0.1/tcp/{ports[n]}" for n in ("n1", "n2", "n3"))
+
+    async def drive() -> tuple[list[bytes], list[bytes]]:
+        async with Node("client") as client:
+            # 1,000 concurrent requests through n1 -> n2 -> n3's echo and back.
+            replies: dict[int, bytes] = {}
+
+            async def one(i: int) -> None:
+                replies[i] = await client.request(f"{hops}/service/echo", b"msg %d" % i, timeout=60)
+
+            async with anyio.create_task_group() as tg:
+                for i in range(1000):
+                    tg.start_soon(one, i)
+            # Per-connection order: 500 messages sent one after another through n1 and n2
+            # come back to a recorder on this node in the order they were sent.
+            listener = await client.listen_tcp("127.0.0.1", 0)
+            got: list[bytes] = []
+            done = anyio.Event()
+
+            async def record(ctx: WorkerContext, msg: Message) -> None:
+                got.append(msg.payload)
+                if len(got) == 500:
+                    done.set()
+
+            await client.start_worker("recorder", record)
+            route = (
+                f"/ip4/127.0.0.1/tcp/{ports['n1']}/ip4/127.0.0.1/tcp/{ports['n2']}"
+                f"/ip4/127.0.0.1/tcp/{listener.port}/service/recorder"
+            )
+            sent = [b"%05d" % i for i in range(500)]
+            for payload in sent:
+                await client.send(route, payload)
+            with anyio.fail_after(60):
+                await done.wait()
+            client.task_group.cancel_scope.cancel()
+            return [replies[i] for i in range(1000)], got
+
+    replies, got = anyio.run(drive, backend="trio")
+    assert replies == [b"msg %d" % i for i in range(1000)]
+    assert got == [b"%05d" % i for i in range(500)]
+    conns = call(Path(cli.js("node", "show", "n2")["api"]), "GET", "/connections")
+    assert len([c for c in conns if c["direction"] == "outgoing"]) == 2  # to n3 and the client
