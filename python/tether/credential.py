@@ -237,7 +237,11 @@ def sign_revocations(
 ) -> RevocationList:
     ids = frozenset(revoked)
     for i in ids:
-        if len(i) != 2 * ID_LEN or bytes.fromhex(i).hex() != i:
+        try:
+            valid = len(i) == 2 * ID_LEN and bytes.fromhex(i).hex() == i
+        except ValueError:
+            valid = False
+        if not valid:
             raise EncodingError(f"not a credential id: {i!r} (32 lowercase hex digits)")
     unsigned = RevocationList(
         signing_attestation.subject, sequence, now, ids, signing_attestation, b"\0" * SIGNATURE_LEN
@@ -324,7 +328,8 @@ def verify(
         )
     if revocations is not None:
         rl = revocations.get(cred.issuer)
-        if rl is not None and cred.id in rl.revoked:
+        # Only the issuer's own list can revoke its credentials.
+        if rl is not None and rl.issuer == cred.issuer and cred.id in rl.revoked:
             raise CredentialRevokedError(
                 f"credential {cred.id} was revoked by {cred.issuer} (revocation list "
                 f"#{rl.sequence})"

@@ -21,6 +21,13 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 
 
+def _utf8(s: str) -> bytes:
+    try:
+        return s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EncodingError(f"text {s!r} cannot be encoded as UTF-8 (lone surrogate)") from None
+
+
 class Writer:
     """Builds one encoding. Limits are checked on write too, so nothing undecodable is made."""
 
@@ -71,7 +78,7 @@ class Writer:
         return self
 
     def text(self, s: str, max_len: int, min_len: int = 0) -> Writer:
-        data = s.encode("utf-8")
+        data = _utf8(s)
         if len(data) < min_len:
             raise EncodingError(f"text of {len(data)} bytes is shorter than {min_len}")
         return self.var(data, max_len)
@@ -83,7 +90,7 @@ class Writer:
         if len(attrs) > max_count:
             raise EncodingError(f"{len(attrs)} attributes exceed the limit of {max_count}")
         self.u8(len(attrs))
-        for k in sorted(attrs, key=lambda k: k.encode("utf-8")):
+        for k in sorted(attrs, key=_utf8):
             self.text(k, key_max, min_len=1)
             self.text(attrs[k], value_max)
         return self

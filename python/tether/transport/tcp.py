@@ -129,10 +129,27 @@ class Connection:
                     tg.cancel_scope.cancel()
         self.closed.set()
         self._send.close()
+        await self._report_unsent()
         self._recv.close()
         with anyio.CancelScope(shield=True), anyio.move_on_after(1):
             await self.stream.aclose()
         self.transport._forget(self)
+
+    async def _report_unsent(self) -> None:
+        """Messages still queued when the connection closed: tell their senders."""
+        reason = f"connection {self.address} to {self.peer} closed: {self.close_reason}"
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            while True:
+                try:
+                    data = self._recv.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                    return
+                try:
+                    msg = RoutedMessage.decode(data)
+                except RouteError:
+                    continue
+                # The message was already popped past this hop; report along its return route.
+                await self.node.report(msg, f"at node {self.node.name}: {reason}")
 
     async def _guarded(self, fn: Any, *args: Any) -> Any:
         try:
