@@ -15,17 +15,23 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from noise.connection import Keypair, NoiseConnection  # type: ignore[import-untyped]
 
 from harness import Group, Runner, Variant
-from tether import frame, noise
+from tether import credential, frame, identity, noise
+from tether.errors import CredentialSignatureError, SignatureError
+from tether.vault import KeyType, MemoryVault
 
 PROTOCOL = "Noise_XX_25519_AESGCM_SHA256"
 TRANSPORT_SIZES = (1024, 16384, noise.MAX_PAYLOAD_LEN)
 FRAME_SIZES = (64, 65536)
 SEAL_SIZES = (64, 16384)
+HISTORY_CHANGES = (1, 5)
+"""Identity histories verified: a new identity, and one rotated 4 times."""
+CREDENTIAL_ATTRIBUTES = {"role": "operator", "team": "storage", "region": "eu-west"}
 
 KEY_POOL = 64
 """Distinct static key pairs generated up front for the handshake benchmark (used in turn)."""
@@ -379,6 +385,158 @@ def seal_group(size: int) -> Group:
     )
 
 
+# --- identities and credentials --------------------------------------------------------------
+
+Signed = tuple[Ed25519PublicKey, bytes, bytes]
+"""(public key, signature, message): one Ed25519 verification, key already loaded."""
+
+
+def _raw_runner(signed: list[Signed]) -> Runner:
+    """The bare Ed25519 verifications from ``cryptography`` (OpenSSL) that the tether call
+    needs, keys loaded up front: the bound for any verifier of the same signatures."""
+    for key, signature, message in signed:
+        key.verify(signature, message)  # correctness: each one is valid
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            for key, signature, message in signed:
+                key.verify(signature, message)
+
+    return run
+
+
+def _history_signatures(history: identity.Identity) -> list[Signed]:
+    """Every signature ``verify_history`` checks: each change's own, and the previous key's on
+    every change but the first (1 for one change, 9 for five)."""
+    out: list[Signed] = []
+    for i, sc in enumerate(history.changes):
+        message = sc.change.signed_message()
+        if sc.previous_signature is not None:
+            before = history.changes[i - 1].change.primary_key
+            out.append((Ed25519PublicKey.from_public_bytes(before), sc.previous_signature, message))
+        out.append(
+            (Ed25519PublicKey.from_public_bytes(sc.change.primary_key), sc.signature, message)
+        )
+    return out
+
+
+def identity_verify_group(changes: int) -> Group:
+    """Verify an exported identity history of ``changes`` changes (``changes - 1`` rotations)."""
+    vault, now = MemoryVault(), 1_700_000_000
+    ident, key_id = identity.create(vault, now)
+    for k in range(1, changes):
+        ident, key_id = identity.rotate(vault, ident, key_id, now + k)
+    data = ident.history
+    signed = _history_signatures(ident)
+    cache = identity._verify_history_cached
+
+    _check(len(ident.changes) == changes, "history length")
+    _check(len(signed) == 2 * changes - 1, "signatures per history")
+    cache.cache_clear()
+    _check(identity.verify_history(data) == ident, "verify_history (uncached)")
+    hits = cache.cache_info().hits
+    _check(identity.verify_history(data) == ident, "verify_history (cached)")
+    _check(cache.cache_info().hits == hits + 1, "the second call is a cache hit")
+    tampered = bytearray(data)
+    tampered[-1] ^= 1  # the last signature
+    cache.cache_clear()
+    try:
+        identity.verify_history(bytes(tampered))
+    except SignatureError:
+        pass
+    else:
+        raise BenchmarkError("correctness check failed: a tampered history verified")
+
+    def run_uncached(n: int) -> None:
+        clear, verify = cache.cache_clear, identity.verify_history
+        for _ in range(n):
+            clear()
+            verify(data)
+
+    def run_cached(n: int) -> None:
+        verify = identity.verify_history
+        for _ in range(n):
+            verify(data)
+
+    return Group(
+        key=f"identity/verify/{changes}",
+        title=f"Identity history verification, {changes} change{'s' if changes > 1 else ''}",
+        unit="histories/s",
+        variants=[
+            Variant("verify_history uncached", run_uncached),
+            Variant("verify_history cached", run_cached),
+            Variant(f"raw Ed25519 x{len(signed)}", _raw_runner(signed)),
+        ],
+    )
+
+
+def credential_verify_group() -> Group:
+    """Verify a credential (3 attributes) against one trusted authority."""
+    vault, now = MemoryVault(), 1_700_000_000
+    authority, primary = identity.create(vault, now)
+    subject, _ = identity.create(vault, now)
+    signing_key = vault.generate(KeyType.ED25519)
+    att = identity.attest(
+        vault,
+        authority,
+        primary,
+        identity.Purpose.CREDENTIAL_SIGNING,
+        vault.public_key(signing_key),
+        now,
+        now + 365 * 24 * 3600,
+    )
+    cred = credential.issue(
+        vault, signing_key, att, subject.identifier, CREDENTIAL_ATTRIBUTES, now=now, ttl=3600
+    )
+    data = cred.encode()
+    authorities = {authority.identifier: authority}
+    verify_now = now + 60
+    signed: list[Signed] = [
+        (
+            Ed25519PublicKey.from_public_bytes(authority.primary_key),
+            att.signature,
+            att.signed_message(),
+        ),
+        (Ed25519PublicKey.from_public_bytes(att.public_key), cred.signature, cred.signed_message()),
+    ]
+
+    def verify(c: bytes | credential.Credential) -> credential.Credential:
+        return credential.verify(
+            c, authorities=authorities, now=verify_now, issuer=authority.identifier
+        )
+
+    _check(verify(data) == cred, "verify(bytes)")
+    _check(verify(cred) == cred, "verify(Credential)")
+    _check(len(cred.attributes) == 3, "three attributes")
+    tampered = bytearray(data)
+    tampered[-1] ^= 1
+    try:
+        verify(bytes(tampered))
+    except CredentialSignatureError:
+        pass
+    else:
+        raise BenchmarkError("correctness check failed: a tampered credential verified")
+
+    def run_bytes(n: int) -> None:
+        for _ in range(n):
+            verify(data)
+
+    def run_decoded(n: int) -> None:
+        for _ in range(n):
+            verify(cred)
+
+    return Group(
+        key="credential/verify",
+        title="Credential verification, 3 attributes, one authority",
+        unit="credentials/s",
+        variants=[
+            Variant("verify(bytes)", run_bytes),
+            Variant("verify(Credential)", run_decoded),
+            Variant(f"raw Ed25519 x{len(signed)}", _raw_runner(signed)),
+        ],
+    )
+
+
 def all_groups() -> list[tuple[str, Callable[[], Group]]]:
     """(key, builder) of every group, in run order; a group's setup runs only when it is built."""
     return [
@@ -387,4 +545,6 @@ def all_groups() -> list[tuple[str, Callable[[], Group]]]:
         *((f"transport/{s}", partial(transport_group, s)) for s in TRANSPORT_SIZES),
         *((f"frame/{s}", partial(frame_group, s)) for s in FRAME_SIZES),
         *((f"seal/{s}", partial(seal_group, s)) for s in SEAL_SIZES),
+        *((f"identity/verify/{c}", partial(identity_verify_group, c)) for c in HISTORY_CHANGES),
+        ("credential/verify", credential_verify_group),
     ]

@@ -15,7 +15,11 @@ What is compared (details in ``benches/README.md``):
   ``ChannelCipher`` vs ``noiseprotocol``'s transport and vs ``cryptography``'s ``AESGCM`` alone;
 * frame decoding (64 B and 64 KiB frames fed in 64 KiB reads): ``tether.frame.FrameDecoder``
   vs the usual pure-Python ``struct.unpack_from`` decoder;
-* batch sealing: ``ChannelCipher.seal_many`` and ``seal_chunks`` vs a Python loop of ``seal()``.
+* batch sealing: ``ChannelCipher.seal_many`` and ``seal_chunks`` vs a Python loop of ``seal()``;
+* identity histories (1 and 5 changes): ``tether.identity.verify_history`` uncached and cached
+  vs the bare Ed25519 verifications (``cryptography``) the history needs;
+* credentials (3 attributes, one authority): ``tether.credential.verify`` vs the bare Ed25519
+  verifications it needs (the signing key's attestation and the credential).
 
 The variants of a group run in interleaved rounds (A, B, A, B, ...) after a warm-up; each row is
 the median of the rounds, and ratios are tether / baseline of those medians. The table, with the
@@ -81,6 +85,13 @@ def comparisons() -> list[Comparison]:
             out.append(Comparison(f"seal/{size}", subject, "seal() loop", None))
         for subject in ("seal_frames(list)", "seal_stream(buffer)"):
             out.append(Comparison(f"seal/{size}", subject, "seal() loop + encode_frames", None))
+    for changes in cases.HISTORY_CHANGES:
+        group = f"identity/verify/{changes}"
+        raw = f"raw Ed25519 x{2 * changes - 1}"
+        out.append(Comparison(group, "verify_history uncached", raw, None))
+        out.append(Comparison(group, "verify_history cached", "verify_history uncached", None))
+    for subject in ("verify(bytes)", "verify(Credential)"):
+        out.append(Comparison("credential/verify", subject, "raw Ed25519 x2", None))
     return out
 
 

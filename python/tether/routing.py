@@ -24,8 +24,8 @@ from tether.message import LOCAL, TCP, Address
 
 _NAME = re.compile(r"^[A-Za-z0-9_.#:@+-]{1,255}$")
 _HOST = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
-    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*$"
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
 
 NodeResolver = Callable[[str], Sequence[Address]]
