@@ -73,7 +73,7 @@ class Router:
     def match(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
         allowed = False
         for m, regex, fn in self.routes:
-            found = regex.match(path)
+            found = regex.fullmatch(path)
             if found:
                 if m == method:
                     return fn, found.groupdict()

@@ -46,7 +46,7 @@ class LocalIdentity:
 
 
 def check_name(name: str, what: str = "identity") -> str:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise InvalidArgumentError(
             f"invalid {what} name {name!r}: use 1-64 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit"

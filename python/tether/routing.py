@@ -90,7 +90,7 @@ def parse(route: str, resolve_node: NodeResolver | None = None) -> tuple[Address
                         route, i + 1, f"{host!r} is not an IPv6 address"
                     ) from None
                 host = f"[{host}]"
-            elif not _HOST.match(host):
+            elif not _HOST.fullmatch(host):
                 raise RouteSyntaxError(route, i + 1, f"{host!r} is not a host name")
             if need(2, "'/tcp/PORT'") != "tcp":
                 raise RouteSyntaxError(
@@ -101,7 +101,7 @@ def parse(route: str, resolve_node: NodeResolver | None = None) -> tuple[Address
             i += 4
         elif kind in ("service", "worker"):
             name = need(1, "a name")
-            if not _NAME.match(name):
+            if not _NAME.fullmatch(name):
                 raise RouteSyntaxError(route, i + 1, f"{name!r} is not a valid worker name")
             out.append(Address(LOCAL, name.encode()))
             i += 2

@@ -19,6 +19,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -120,12 +121,34 @@ class Store:
             self._db = sqlite3.connect(
                 self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._enable_wal(busy_timeout)
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"cannot open the state store {self.path}: {e}") from None
+
+    def _enable_wal(self, timeout: float) -> None:
+        """Switch a new database to WAL. Several processes opening a new home at once race for
+        the exclusive lock this needs, and SQLite answers "locked" at once rather than wait
+        (waiting could deadlock), so retry until the mode is WAL or the timeout passes."""
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            try:
+                mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() == "wal":
+                    return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+            if time.monotonic() > deadline:
+                raise StoreError(
+                    f"{self.path} stayed locked for {timeout:g} s while switching "
+                    "to WAL; is another process holding it?"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     def _migrate(self) -> None:
         with self.transaction():

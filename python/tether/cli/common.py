@@ -16,7 +16,7 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 def ttl(text: str) -> int:
     """``90``, ``90s``, ``15m``, ``12h``, ``30d`` or ``2w`` → seconds."""
-    m = _TTL.match(text.strip())
+    m = _TTL.fullmatch(text.strip())
     if not m or int(m.group(1)) == 0:
         raise argparse.ArgumentTypeError(
             f"invalid duration {text!r}: use a positive number with s, m, h, d or w (e.g. 30d)"
