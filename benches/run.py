@@ -19,7 +19,10 @@ What is compared (details in ``benches/README.md``):
 * identity histories (1 and 5 changes): ``tether.identity.verify_history`` uncached and cached
   vs the bare Ed25519 verifications (``cryptography``) the history needs;
 * credentials (3 attributes, one authority): ``tether.credential.verify`` vs the bare Ed25519
-  verifications it needs (the signing key's attestation and the credential).
+  verifications it needs (the signing key's attestation and the credential);
+* tether nodes over loopback TCP, the server side in other processes (``node_cases.py``): 64 B
+  request/reply round trips with 32 in flight, round-trip latency per hop, one-way 64 KiB
+  throughput, each vs the same operation with plain trio on length-prefixed frames.
 
 The variants of a group run in interleaved rounds (A, B, A, B, ...) after a warm-up; each row is
 the median of the rounds, and ratios are tether / baseline of those medians. The table, with the
@@ -42,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import cases
+import node_cases
 import tether
 from harness import (
     Measurement,
@@ -92,6 +96,7 @@ def comparisons() -> list[Comparison]:
         out.append(Comparison(group, "verify_history cached", "verify_history uncached", None))
     for subject in ("verify(bytes)", "verify(Credential)"):
         out.append(Comparison("credential/verify", subject, "raw Ed25519 x2", None))
+    out += [Comparison(*c) for c in node_cases.comparisons()]
     return out
 
 
@@ -124,20 +129,26 @@ class Results:
 
 def run(settings: Settings, mode: str, only: str | None) -> Results:
     start, load_before = time.perf_counter(), _load()
-    builders = [(k, b) for k, b in cases.all_groups() if only is None or only in k]
+    all_groups = [*cases.all_groups(), *node_cases.all_groups()]
+    builders = [(k, b) for k, b in all_groups if only is None or only in k]
     if not builders:
         raise SystemExit(f"no benchmark group matches --only {only!r}")
     titles: dict[str, str] = {}
     measurements: list[Measurement] = []
-    for index, (_, build) in enumerate(builders, 1):
-        group = build()
-        titles[group.key] = group.title
-        print(f"[{index}/{len(builders)}] {group.title} ...", file=sys.stderr, flush=True)
-        for m in measure_group(group, settings):
-            measurements.append(m)
-            mb = m.median_mb_s
-            extra = f"  ({mb:,.1f} MB/s)" if mb is not None else ""
-            print(f"      {m.name:<24} {fmt_rate(m.median):>14} {m.unit}{extra}", file=sys.stderr)
+    try:
+        for index, (_, build) in enumerate(builders, 1):
+            group = build()
+            titles[group.key] = group.title
+            print(f"[{index}/{len(builders)}] {group.title} ...", file=sys.stderr, flush=True)
+            for m in measure_group(group, settings):
+                measurements.append(m)
+                mb = m.median_mb_s
+                extra = f"  ({mb:,.1f} MB/s)" if mb is not None else ""
+                print(
+                    f"      {m.name:<24} {fmt_rate(m.median):>14} {m.unit}{extra}", file=sys.stderr
+                )
+    finally:
+        node_cases.close()  # the node groups' server processes and client event loop
     wall = time.perf_counter() - start
     return Results(settings, mode, titles, measurements, wall, load_before, _load())
 
@@ -174,6 +185,8 @@ def environment() -> dict[str, str]:
         "tether": tether.__version__,
         "cryptography": f"{version('cryptography')} ({_openssl_version()})",
         "noiseprotocol": version("noiseprotocol"),
+        "trio": version("trio"),
+        "anyio": version("anyio"),
     }
 
 
@@ -273,6 +286,7 @@ def report(results: Results, env: dict[str, str]) -> tuple[str, dict[str, Any]]:
     s = results.settings
     comparison_rows, comparison_records = _comparison_rows(results)
     context_rows, context = _context(results)
+    latency_rows, latency_us = node_cases.latency(results.measurements)
     targets = [r for r in comparison_records if r["met"] is not None]
     met = sum(1 for r in targets if r["met"])
 
@@ -321,6 +335,20 @@ def report(results: Results, env: dict[str, str]) -> tuple[str, dict[str, Any]]:
             "X25519 work. noiseprotocol uses that X25519 and cannot exceed it; tether's Rust core "
             "has its own X25519, so its figure is only placed against the same yardstick.",
         ]
+    if latency_rows:
+        parts += [
+            "",
+            "## Node latency",
+            "",
+            markdown_table(
+                ["Implementation", "Hops", "Round trip (us)", "Per hop (us)"],
+                latency_rows,
+                "lrrr",
+            ),
+            "",
+            "One request at a time; per hop = median round trip / hops. A tether hop is a TCP "
+            "connection between two node processes; the trio hop is one echo round trip.",
+        ]
     markdown = "\n".join(parts) + "\n"
 
     document: dict[str, Any] = {
@@ -353,6 +381,7 @@ def report(results: Results, env: dict[str, str]) -> tuple[str, dict[str, Any]]:
         ],
         "comparisons": comparison_records,
         "context": context,
+        "node_latency_us_per_hop": latency_us,
     }
     return markdown, document
 
