@@ -128,6 +128,7 @@ class Node:
 
         self.name = name
         self._workers: dict[str, Worker] = {}
+        self._replies: dict[str, MemoryObjectSendStream[Message]] = {}
         self._tg: TaskGroup | None = None
         self._ids = itertools.count(1)
         self._resolve_node = resolve_node
@@ -198,7 +199,6 @@ class Node:
         return [
             {"address": w.address, "kind": w.kind, "delivered": w.delivered}
             for w in self._workers.values()
-            if not w.address.startswith("reply#")
         ]
 
     def has_worker(self, address: str) -> bool:
@@ -236,6 +236,15 @@ class Node:
             name = head.value.decode("utf-8", errors="replace")
             w = self._workers.get(name)
             if w is None:
+                reply = self._replies.get(name)
+                if reply is not None:
+                    with contextlib.suppress(anyio.WouldBlock):  # only the first reply counts
+                        reply.send_nowait(
+                            Message(
+                                msg.onward[1:], msg.return_route, msg.payload[1:], msg.payload[0]
+                            )
+                        )
+                    return
                 conn = self.tcp.connection(name)
                 if conn is not None:  # a link back to where a message came from
                     await self.tcp.send_via(conn, msg)
@@ -273,12 +282,8 @@ class Node:
         onward = self.parse_route(route)
         address = self.next_id("reply")
         send, receive = anyio.create_memory_object_stream[Message](1)
-
-        async def on_reply(ctx: WorkerContext, msg: Message) -> None:
-            with contextlib.suppress(anyio.WouldBlock):  # only the first reply counts
-                send.send_nowait(msg)
-
-        await self.start_worker(address, on_reply, kind="reply", mailbox=1)
+        # A reply address is a one-slot mailbox, not a worker task: no task per request.
+        self._replies[address] = send
         try:
             await self.route(
                 RoutedMessage(onward, (Address.local(address),), encode_payload(KIND_DATA, payload))
@@ -291,7 +296,9 @@ class Node:
                 "route right and the peer up?"
             ) from None
         finally:
-            await self.stop_worker(address)
+            del self._replies[address]
+            send.close()
+            receive.close()
         if reply.kind == KIND_ERROR:
             raise UnreachableError(reply.payload.decode("utf-8", errors="replace"))
         return reply.payload

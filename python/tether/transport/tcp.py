@@ -37,6 +37,7 @@ log = logging.getLogger("tether.tcp")
 PROTOCOL_VERSION = 1
 MAGIC = b"tether\0"
 HELLO = MAGIC + bytes([PROTOCOL_VERSION])
+FRAME_HEADER = 4
 
 
 @dataclass
@@ -176,16 +177,25 @@ class Connection:
         with anyio.fail_after(self.options.hello_timeout):
             hello, rest = await self._read_hello(decoder)
         self._check_hello(hello)
+        # Only the hello frame is held to the small limit: the peer's first messages may
+        # arrive in the same read, and are decoded with the full one.
         decoder.max_frame_len = self.options.max_frame_len
         self.ready.set()
-        return rest
+        return decoder.feed(rest)
 
-    async def _read_hello(self, decoder: FrameDecoder) -> tuple[bytes, list[bytes]]:
-        while True:
-            chunk = await self.stream.receive(4096)
-            frames = decoder.feed(chunk)
-            if frames:
-                return frames[0], frames[1:]
+    async def _read_hello(self, decoder: FrameDecoder) -> tuple[bytes, bytes]:
+        """Read exactly the hello frame (through ``decoder`` and its small limit); return it
+        and the bytes that followed it in the same reads."""
+        buf = b""
+        while len(buf) < FRAME_HEADER:
+            buf += await self.stream.receive(4096)
+        length = int.from_bytes(buf[:FRAME_HEADER], "big")
+        if length > decoder.max_frame_len:
+            decoder.feed(buf[:FRAME_HEADER])  # raises FrameTooLargeError, before any allocation
+        while len(buf) < FRAME_HEADER + length:
+            buf += await self.stream.receive(4096)
+        (hello,) = decoder.feed(buf[: FRAME_HEADER + length])
+        return hello, buf[FRAME_HEADER + length :]
 
     def _check_hello(self, hello: bytes) -> None:
         if not hello.startswith(MAGIC) or len(hello) != len(HELLO):
