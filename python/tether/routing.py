@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from tether.errors import RouteError
-from tether.message import LOCAL, TCP, Address
+from tether.message import LOCAL, MAX_HOPS, TCP, Address
 
 _NAME = re.compile(r"^[A-Za-z0-9_.#:@+-]{1,255}$")
 _HOST = re.compile(
@@ -46,7 +46,7 @@ class RouteSyntaxError(RouteError, ValueError):
 
 
 def _port(route: str, index: int, text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535 or text != str(int(text)):
+    if not re.fullmatch(r"[1-9][0-9]{0,4}", text) or int(text) > 65535:
         raise RouteSyntaxError(route, index, f"{text!r} is not a TCP port (1-65535)")
     return int(text)
 
@@ -97,6 +97,8 @@ def parse(route: str, resolve_node: NodeResolver | None = None) -> tuple[Address
                     route, i + 2, f"expected 'tcp' after the address, got {segments[i + 2]!r}"
                 )
             port = _port(route, i + 3, need(3, "a port"))
+            if len(f"{host}:{port}".encode()) > 255:
+                raise RouteSyntaxError(route, i + 1, f"{host!r} is too long for a TCP address")
             out.append(Address(TCP, f"{host}:{port}".encode()))
             i += 4
         elif kind in ("service", "worker"):
@@ -124,14 +126,19 @@ def parse(route: str, resolve_node: NodeResolver | None = None) -> tuple[Address
             )
     if not out:
         raise RouteSyntaxError(route, 0, "empty route")
+    if len(out) > MAX_HOPS:
+        raise RouteSyntaxError(route, 0, f"{len(out)} hops; a route has at most {MAX_HOPS}")
     return tuple(out)
 
 
 def split_host_port(value: bytes) -> tuple[str, int]:
     """``b"127.0.0.1:4000"`` / ``b"[::1]:4000"`` → ``("127.0.0.1", 4000)``."""
-    text = value.decode("utf-8", errors="strict")
+    try:
+        text = value.decode("utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise RouteError(f"not a TCP address: {value!r} (not UTF-8)") from None
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
         raise RouteError(f"not a TCP address: {text!r} (expected host:port)")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

@@ -234,9 +234,12 @@ class Connection:
                     )
                 raise ConnectionClosed(f"peer silent for {o.dead_after:g} s: presumed dead")
             last = time.monotonic()
-            for frame in decoder.feed(chunk):
+            frames = decoder.feed(chunk)
+            for frame in frames:
                 frame_started = None
                 await self._deliver(frame)
+            if frames:
+                last = time.monotonic()  # time blocked handing frames on is not peer silence
             if decoder.buffered and frame_started is None:
                 frame_started = last
 
