@@ -71,7 +71,10 @@ class Daemon:
         cfg = self.config
         if cfg.identity:
             self.identifier = self.registry.get(cfg.identity).identifier
-        async with Node(cfg.name, resolve_node=nodes.resolver(self.home)) as node:
+        channel_identity = self.registry.channel_identity(cfg.identity) if cfg.identity else None
+        async with Node(
+            cfg.name, resolve_node=nodes.resolver(self.home), identity=channel_identity
+        ) as node:
             self.node = node
             for spec in cfg.tcp_listeners:
                 host, _, port = spec.rpartition(":")
@@ -128,6 +131,8 @@ async def get_node(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
         "identity": d.config.identity,
         "workers": d.n.workers(),
         "connections": [c.info() for c in d.n.tcp.connections.values()],
+        "secure_channels": [c.info() for c in d.n.channels.values()],
+        "secure_channel_listeners": [lst.info() for lst in d.n.channel_listeners.values()],
     }
 
 
@@ -196,6 +201,16 @@ async def delete_service(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any
     d.config.services = [s for s in d.config.services if s["address"] != p["address"]]
     d.persist()
     return 204, None
+
+
+@api.add("GET", "/secure-channels")
+async def list_channels(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
+    return 200, [c.info() for c in d.n.channels.values()]
+
+
+@api.add("GET", "/secure-channel-listeners")
+async def list_channel_listeners(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
+    return 200, [lst.info() for lst in d.n.channel_listeners.values()]
 
 
 @api.add("GET", "/connections")

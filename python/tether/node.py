@@ -123,10 +123,22 @@ class Node:
         *,
         resolve_node: routing.NodeResolver | None = None,
         tcp_options: Any = None,
+        identity: Any = None,
+        authorities: Any = None,
+        trust: Any = None,
     ) -> None:
         from tether.transport.tcp import TcpOptions, TcpTransport
 
         self.name = name
+        self.identity = identity
+        """The node's :class:`~tether.channel.ChannelIdentity`, if it has one (then it starts
+        a secure-channel listener at ``api``)."""
+        self.authorities = dict(authorities or {})
+        self.trust = trust
+        self.channels: dict[str, Any] = {}
+        self.channel_listeners: dict[str, Any] = {}
+        self._channel_routes: dict[tuple[Address, ...], Any] = {}
+        self._channel_lock = anyio.Lock()
         self._workers: dict[str, Worker] = {}
         self._replies: dict[str, MemoryObjectSendStream[Message]] = {}
         self._tg: TaskGroup | None = None
@@ -140,6 +152,8 @@ class Node:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         await self.start_worker("echo", echo, kind="echo")
+        if self.identity is not None:
+            await self.create_secure_channel_listener("api")
         return self
 
     async def __aexit__(self, *exc: object) -> bool | None:
@@ -211,6 +225,24 @@ class Node:
             return routing.parse(route, self._resolve_node)
         return tuple(route)
 
+    async def resolve_route(self, route: str | Sequence[Address]) -> tuple[Address, ...]:
+        """Parse, and replace each ``/secure/NAME`` with a secure channel (opened to the listener
+        NAME at the end of the route so far, or reused)."""
+        addresses = self.parse_route(route)
+        while True:
+            k = next((i for i, a in enumerate(addresses) if a.transport == routing.SECURE), None)
+            if k is None:
+                return addresses
+            target = (*addresses[:k], Address(LOCAL, addresses[k].value))
+            channel = self._channel_routes.get(target)
+            if channel is None or channel.closed.is_set():
+                async with self._channel_lock:
+                    channel = self._channel_routes.get(target)
+                    if channel is None or channel.closed.is_set():
+                        channel = await self.create_secure_channel(target)
+                        self._channel_routes[target] = channel
+            addresses = (Address.local(channel.address), *addresses[k + 1 :])
+
     async def send(
         self,
         route: str | Sequence[Address],
@@ -220,7 +252,7 @@ class Node:
         kind: int = KIND_DATA,
     ) -> None:
         """Send ``payload`` along ``route`` (a route string or addresses)."""
-        onward = self.parse_route(route)
+        onward = await self.resolve_route(route)
         await self.route(RoutedMessage(onward, tuple(return_route), encode_payload(kind, payload)))
 
     async def route(self, msg: RoutedMessage, via: str | None = None) -> None:
@@ -279,7 +311,7 @@ class Node:
     ) -> bytes:
         """Send ``payload`` and wait for the reply (UnreachableError if a hop reports failure,
         ReplyTimeoutError if nothing comes back within ``timeout`` seconds)."""
-        onward = self.parse_route(route)
+        onward = await self.resolve_route(route)
         address = self.next_id("reply")
         send, receive = anyio.create_memory_object_stream[Message](1)
         # A reply address is a one-slot mailbox, not a worker task: no task per request.
@@ -305,3 +337,61 @@ class Node:
 
     async def listen_tcp(self, host: str = "127.0.0.1", port: int = 0) -> Any:
         return await self.tcp.listen(host, port)
+
+    # --- secure channels ----------------------------------------------------------------
+
+    async def create_secure_channel_listener(
+        self,
+        address: str,
+        *,
+        identity: Any = None,
+        trust: Any = None,
+        authorities: Any = None,
+    ) -> Any:
+        """Accept secure channels at ``address`` (see :mod:`tether.channel`)."""
+        from tether.channel import ChannelListener, trust_anyone
+
+        me = identity or self.identity
+        if me is None:
+            raise TetherError(f"node {self.name} has no identity to accept channels with")
+        listener = ChannelListener(
+            self,
+            address,
+            me,
+            dict(authorities if authorities is not None else self.authorities),
+            trust or self.trust or trust_anyone,
+        )
+        await self.start_worker(address, listener.handle, kind="secure-channel-listener")
+        self.channel_listeners[address] = listener
+        return listener
+
+    async def create_secure_channel(
+        self,
+        route: str | Sequence[Address],
+        *,
+        identity: Any = None,
+        trust: Any = None,
+        authorities: Any = None,
+        timeout: float = 10.0,
+    ) -> Any:
+        """Open a secure channel to the listener at the end of ``route``; returns the
+        :class:`~tether.channel.SecureChannel` (its ``address`` goes in routes)."""
+        from tether.channel import open_channel, trust_anyone
+
+        me = identity or self.identity
+        if me is None:
+            raise TetherError(f"node {self.name} has no identity to open channels with")
+        return await open_channel(
+            self,
+            self.parse_route(route),
+            me,
+            authorities=dict(authorities if authorities is not None else self.authorities),
+            trust=trust or self.trust or trust_anyone,
+            timeout=timeout,
+        )
+
+    def remember_channel(self, channel: Any) -> None:
+        self.channels[channel.address] = channel
+
+    def forget_channel(self, channel: Any) -> None:
+        self.channels.pop(channel.address, None)

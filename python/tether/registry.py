@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,6 +230,13 @@ class Registry:
         if row is None:
             raise NotFoundError(f"{name} has no secure-channel key")
         return self.vault.noise_static_key(str(row[0])), Attestation.decode(bytes(row[1]))
+
+    def channel_identity(self, name: str, credentials: Sequence[Credential] = ()) -> Any:
+        """What the identity presents in secure-channel handshakes."""
+        from tether.channel import ChannelIdentity
+
+        secret, att = self.channel_key(name)
+        return ChannelIdentity(self.get(name).identity, secret, att, tuple(credentials))
 
     def credential_signer(self, name: str) -> tuple[str, Attestation]:
         """The identity's credential-signing key (made on first use, renewed when its

@@ -6,6 +6,8 @@
 /dnsaddr/localhost/tcp/4000/service/echo   TCP to localhost:4000 (resolved when connecting)
 /node/n2/service/echo                      a local node by name (resolved to its listener)
 /service/echo                              a worker on this node
+/node/n2/secure/api/service/echo           a secure channel to n2's listener "api" (opened
+                                           or reused), then the worker "echo" through it
 ```
 
 A route is a sequence of :class:`~tether.message.Address`: TCP hops (``host:port``) and worker
@@ -29,6 +31,10 @@ _HOST = re.compile(
 )
 
 NodeResolver = Callable[[str], Sequence[Address]]
+
+#: A ``/secure/NAME`` segment: "open (or reuse) a secure channel to the listener NAME at the end
+#: of the route so far, and continue inside it". Resolved by the node; never on the wire.
+SECURE = 0xFFFE
 
 
 class RouteSyntaxError(RouteError, ValueError):
@@ -107,6 +113,12 @@ def parse(route: str, resolve_node: NodeResolver | None = None) -> tuple[Address
                 raise RouteSyntaxError(route, i + 1, f"{name!r} is not a valid worker name")
             out.append(Address(LOCAL, name.encode()))
             i += 2
+        elif kind == "secure":
+            name = need(1, "a secure-channel listener name")
+            if not _NAME.fullmatch(name):
+                raise RouteSyntaxError(route, i + 1, f"{name!r} is not a valid listener name")
+            out.append(Address(SECURE, name.encode()))
+            i += 2
         elif kind == "node":
             name = need(1, "a node name")
             if resolve_node is None:
@@ -122,7 +134,9 @@ def parse(route: str, resolve_node: NodeResolver | None = None) -> tuple[Address
             raise RouteSyntaxError(route, i, "empty segment ('//')")
         else:
             raise RouteSyntaxError(
-                route, i, f"unknown segment {kind!r}; use ip4, ip6, dnsaddr, node or service"
+                route,
+                i,
+                f"unknown segment {kind!r}; use ip4, ip6, dnsaddr, node, service or secure",
             )
     if not out:
         raise RouteSyntaxError(route, 0, "empty route")
@@ -158,6 +172,8 @@ def format_route(route: Sequence[Address]) -> str:
                 parts.append(f"/dnsaddr/{host}/tcp/{port}")
         elif a.transport == LOCAL:
             parts.append(f"/service/{a.value.decode('utf-8', errors='backslashreplace')}")
+        elif a.transport == SECURE:
+            parts.append(f"/secure/{a.value.decode('utf-8', errors='backslashreplace')}")
         else:
             parts.append(f"/{a.transport}/{a.value.hex()}")
     return "".join(parts)

@@ -1,0 +1,560 @@
+"""Secure channels: mutually authenticated, end-to-end encrypted, over any route.
+
+Two identities run a Noise XX handshake (``Noise_XX_25519_AESGCM_SHA256``) through any route —
+a direct TCP link, several nodes, a relay, another channel — and every hop in between sees only
+ciphertext. Inside the handshake each side presents, encrypted, its identity's change history,
+the attestation binding its Noise static key to that identity, and its credentials; the peer
+verifies all of it (the static key must be exactly the attested one, for the secure-channel
+purpose, by the identity's current key) and then asks its trust policy. A refusal ends the
+handshake on both sides and no channel exists.
+
+Each end of a channel is two workers on its node (as in ``docs/secure-channels.md``):
+
+* the **encryptor** (``sc#N``), the channel's local address: a message routed to
+  ``[sc#N, rest…]`` is sealed whole (onward ``rest``, its return route and payload) and sent to
+  the peer;
+* the **decryptor** (``sc#N.in``), where the peer's ciphertext arrives: a message that opens is
+  routed on the peer's node with the channel's encryptor pushed onto its return route, so replies
+  are encrypted back.
+
+Transport messages use the Rust core's explicit-nonce :class:`~tether.noise.ChannelCipher`:
+replay window, rekey every 65536 messages, and a forged, replayed or truncated message changes
+nothing (it is dropped and logged; the channel goes on).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from tether import noise
+from tether.credential import Credential
+from tether.credential import verify as verify_credential
+from tether.encoding import Reader, Writer
+from tether.errors import (
+    CredentialError,
+    CryptoError,
+    EncodingError,
+    HandshakeError,
+    IdentityError,
+    TetherError,
+)
+from tether.identity import (
+    ATTESTATION_SIZE,
+    MAX_HISTORY_SIZE,
+    VERSION,
+    Attestation,
+    Identity,
+    Purpose,
+    verify_attestation,
+    verify_history,
+)
+from tether.message import Address, RoutedMessage
+from tether.vault import SecretBytes
+
+if TYPE_CHECKING:
+    from tether.node import Message, Node, WorkerContext
+
+log = logging.getLogger("tether.channel")
+
+PROTOCOL = "Noise_XX_25519_AESGCM_SHA256"
+PROLOGUE = b"tether secure channel v1"
+T_HANDSHAKE_PAYLOAD = 0x06
+MAX_CREDENTIALS = 8
+MAX_CREDENTIAL_BYTES = 8192
+HANDSHAKE_TIMEOUT = 30.0
+
+
+class Step(enum.IntEnum):
+    """The first byte of every channel message."""
+
+    HS1 = 1
+    HS2 = 2
+    HS3 = 3
+    DATA = 4
+    CLOSE = 5
+    REFUSED = 6
+
+
+class ChannelRefusedError(HandshakeError):
+    """The peer (or our trust policy) refused the channel; the reason says why."""
+
+
+class ChannelClosedError(TetherError):
+    """The channel was closed (by either end) and carries nothing more."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelIdentity:
+    """What one side brings to a handshake: its identity, the Noise static key (from the vault)
+    with its attestation, and its credentials."""
+
+    identity: Identity
+    static_key: SecretBytes
+    attestation: Attestation
+    credentials: tuple[Credential, ...] = ()
+
+    def payload(self) -> bytes:
+        w = Writer().u8(T_HANDSHAKE_PAYLOAD).u8(VERSION)
+        w.var(self.identity.history, MAX_HISTORY_SIZE)
+        w.fixed(self.attestation.encode(), ATTESTATION_SIZE)
+        if len(self.credentials) > MAX_CREDENTIALS:
+            raise EncodingError(f"at most {MAX_CREDENTIALS} credentials per handshake")
+        w.u8(len(self.credentials))
+        for c in self.credentials:
+            w.var(c.encode(), MAX_CREDENTIAL_BYTES)
+        return w.getvalue()
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """The verified other side of a channel."""
+
+    identity: Identity
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    credentials: tuple[Credential, ...] = ()
+
+    @property
+    def identifier(self) -> str:
+        return self.identity.identifier
+
+
+def parse_payload(data: bytes) -> tuple[Identity, Attestation, list[bytes]]:
+    r = Reader(
+        data,
+        "handshake payload",
+        2
+        + 2
+        + MAX_HISTORY_SIZE
+        + ATTESTATION_SIZE
+        + 1
+        + MAX_CREDENTIALS * (2 + MAX_CREDENTIAL_BYTES),
+    )
+    r.expect(T_HANDSHAKE_PAYLOAD, "structure type")
+    r.expect(VERSION, "version")
+    identity = verify_history(r.var(MAX_HISTORY_SIZE, "identity history"))
+    attestation = Attestation.decode(r.fixed(ATTESTATION_SIZE, "attestation"))
+    count = r.u8("credential count")
+    if count > MAX_CREDENTIALS:
+        raise EncodingError(f"handshake payload: {count} credentials (at most {MAX_CREDENTIALS})")
+    creds = [r.var(MAX_CREDENTIAL_BYTES, "credential") for _ in range(count)]
+    r.end()
+    return identity, attestation, creds
+
+
+# --- trust policies -----------------------------------------------------------------------
+
+TrustPolicy = Callable[[Peer], None]
+"""Raises ChannelRefusedError (with the reason) to refuse a verified peer."""
+
+
+def trust_anyone(peer: Peer) -> None:
+    """Any authenticated identity (development)."""
+
+
+def trust_identifiers(*identifiers: str) -> TrustPolicy:
+    allowed = frozenset(identifiers)
+
+    def policy(peer: Peer) -> None:
+        if peer.identifier not in allowed:
+            raise ChannelRefusedError(f"{peer.identifier} is not an authorized identity")
+
+    return policy
+
+
+def trust_credential(**required: str) -> TrustPolicy:
+    """Holders of a valid credential (from a trusted authority) with these attributes."""
+
+    def policy(peer: Peer) -> None:
+        if not peer.credentials:
+            raise ChannelRefusedError(
+                f"{peer.identifier} presented no valid credential from a trusted authority"
+            )
+        for k, v in required.items():
+            if peer.attributes.get(k) != v:
+                raise ChannelRefusedError(f"{peer.identifier} lacks the attribute {k}={v}")
+
+    return policy
+
+
+def verify_peer(
+    payload: bytes,
+    remote_static: bytes,
+    *,
+    authorities: Mapping[str, Identity],
+    trust: TrustPolicy,
+    now: int,
+) -> Peer:
+    """Everything a handshake payload must prove, then the trust policy."""
+    try:
+        identity, attestation, raw_creds = parse_payload(payload)
+        verify_attestation(
+            attestation, identity, Purpose.SECURE_CHANNEL, at=now, public_key=remote_static
+        )
+    except (IdentityError, EncodingError) as e:
+        raise ChannelRefusedError(f"the peer's identity does not verify: {e}") from None
+    creds: list[Credential] = []
+    attributes: dict[str, str] = {}
+    for raw in raw_creds:
+        try:
+            c = verify_credential(
+                raw, authorities=authorities, now=now, subject=identity.identifier
+            )
+        except (CredentialError, EncodingError) as e:
+            log.info("ignoring a credential of %s: %s", identity.identifier, e)
+            continue
+        creds.append(c)
+        attributes.update(c.attributes)
+    peer = Peer(identity, attributes, tuple(creds))
+    trust(peer)
+    return peer
+
+
+# --- the channel ends -----------------------------------------------------------------------
+
+
+@dataclass
+class SecureChannel:
+    """One end of an established channel."""
+
+    node: Node
+    address: str
+    """The encryptor: route messages to ``[address, ...]`` to send them through the channel."""
+    peer: Peer
+    remote_route: tuple[Address, ...]
+    cipher: noise.ChannelCipher
+    initiator: bool
+    established_at: float = field(default_factory=time.time)
+    closed: anyio.Event = field(default_factory=anyio.Event)
+    refused: int = 0
+    _scope: anyio.CancelScope | None = None
+
+    @property
+    def decryptor(self) -> str:
+        return self.address + ".in"
+
+    def info(self) -> dict[str, object]:
+        return {
+            "address": self.address,
+            "peer": self.peer.identifier,
+            "initiator": self.initiator,
+            "sent": self.cipher.sending_nonce,
+            "refused": self.refused,
+            "attributes": dict(self.peer.attributes),
+        }
+
+    async def _send_wire(self, step: Step, body: bytes) -> None:
+        from tether.node import KIND_DATA
+
+        await self.node.route(
+            RoutedMessage(
+                self.remote_route,
+                (Address.local(self.decryptor),),
+                bytes([KIND_DATA, step]) + body,
+            )
+        )
+
+    async def encrypt(self, ctx: WorkerContext, msg: Message) -> None:
+        """Encryptor: seal a local message and send it to the peer."""
+        if self.closed.is_set():
+            raise ChannelClosedError(f"secure channel {self.address} is closed")
+        inner = RoutedMessage(msg.onward, msg.return_route, bytes([msg.kind]) + msg.payload)
+        data = inner.encode()
+        if len(data) > noise.MAX_PAYLOAD_LEN:
+            await self.node.report(
+                RoutedMessage((), msg.return_route, bytes([msg.kind])),
+                f"message of {len(data)} bytes is too large for secure channel {self.address} "
+                f"(at most {noise.MAX_PAYLOAD_LEN}); split it",
+            )
+            return
+        await self._send_wire(Step.DATA, self.cipher.seal(data))
+
+    async def decrypt(self, ctx: WorkerContext, msg: Message) -> None:
+        """Decryptor: open the peer's ciphertext and route the inner message here."""
+        if not msg.payload:
+            return
+        step, body = msg.payload[0], msg.payload[1:]
+        if step == Step.CLOSE:
+            try:
+                self.cipher.open(body)
+            except CryptoError:
+                self.refused += 1
+                return
+            log.info("secure channel %s closed by the peer", self.address)
+            await self.close(notify=False)
+            return
+        if step != Step.DATA:
+            return  # a late or repeated handshake message: ignore
+        try:
+            inner = RoutedMessage.decode(self.cipher.open(body))
+        except (CryptoError, TetherError) as e:
+            self.refused += 1
+            log.info("secure channel %s refused a message: %s", self.address, type(e).__name__)
+            return
+        await self.node.route(
+            RoutedMessage(
+                inner.onward, (Address.local(self.address), *inner.return_route), inner.payload
+            )
+        )
+
+    async def close(self, *, notify: bool = True) -> None:
+        if self.closed.is_set():
+            return
+        if notify:
+            try:
+                await self._send_wire(Step.CLOSE, self.cipher.seal(b""))
+            except TetherError as e:
+                log.info("could not tell the peer that %s closed: %s", self.address, e)
+        self.closed.set()
+        self.node.forget_channel(self)
+        for address in (self.address, self.decryptor):
+            if self.node.has_worker(address):
+                await self.node.stop_worker(address)
+
+
+class _Decryptor:
+    """The ``.in`` worker of a channel end: handshake messages until the channel is
+    established, then the channel's decryption — one worker, so nothing falls between."""
+
+    def __init__(self) -> None:
+        self.channel: SecureChannel | None = None
+        self.handshake: Callable[[WorkerContext, Message], Any] | None = None
+
+    async def __call__(self, ctx: WorkerContext, msg: Message) -> None:
+        if self.channel is not None:
+            await self.channel.decrypt(ctx, msg)
+        elif self.handshake is not None:
+            await self.handshake(ctx, msg)
+
+
+class _Handshaker:
+    """Runs one side of the XX handshake over the node's routes."""
+
+    def __init__(
+        self,
+        node: Node,
+        me: ChannelIdentity,
+        initiator: bool,
+        authorities: Mapping[str, Identity],
+        trust: TrustPolicy,
+    ) -> None:
+        self.node = node
+        self.me = me
+        self.authorities = authorities
+        self.trust = trust
+        self.hs = noise.Handshake(
+            PROTOCOL, initiator=initiator, static_key=me.static_key.reveal(), prologue=PROLOGUE
+        )
+
+    def verify(self, payload: bytes) -> Peer:
+        remote = self.hs.remote_static
+        assert remote is not None
+        return verify_peer(
+            payload, remote, authorities=self.authorities, trust=self.trust, now=int(time.time())
+        )
+
+
+async def _refuse(node: Node, route: Sequence[Address], reason: str) -> None:
+    from tether.node import KIND_DATA
+
+    await node.route(
+        RoutedMessage(tuple(route), (), bytes([KIND_DATA, Step.REFUSED]) + reason.encode()[:1024])
+    )
+
+
+async def open_channel(
+    node: Node,
+    route: Sequence[Address],
+    me: ChannelIdentity,
+    *,
+    authorities: Mapping[str, Identity] | None = None,
+    trust: TrustPolicy = trust_anyone,
+    timeout: float = 10.0,
+) -> SecureChannel:
+    """Initiate a channel to the listener at the end of ``route``."""
+    from tether.node import KIND_DATA
+
+    hsk = _Handshaker(node, me, True, authorities or {}, trust)
+    address = node.next_id("sc")
+    inbox_send, inbox = anyio.create_memory_object_stream[Any](4)
+    decryptor = _Decryptor()
+
+    async def handshake_inbox(ctx: WorkerContext, msg: Message) -> None:
+        with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
+            inbox_send.send_nowait(msg)
+
+    decryptor.handshake = handshake_inbox
+    await node.start_worker(address + ".in", decryptor, kind="secure-channel")
+    try:
+        await node.route(
+            RoutedMessage(
+                tuple(route),
+                (Address.local(address + ".in"),),
+                bytes([KIND_DATA, Step.HS1]) + hsk.hs.write_message(b""),
+            )
+        )
+        with anyio.fail_after(timeout):
+            while True:
+                msg = await inbox.receive()
+                if msg.kind != KIND_DATA:
+                    raise ChannelRefusedError(
+                        f"cannot reach the listener: {msg.payload.decode('utf-8', 'replace')}"
+                    )
+                if msg.payload[:1] == bytes([Step.REFUSED]):
+                    raise ChannelRefusedError(
+                        "the listener refused: " + msg.payload[1:].decode("utf-8", "replace")
+                    )
+                if msg.payload[:1] == bytes([Step.HS2]):
+                    break
+        try:
+            peer_payload = hsk.hs.read_message(msg.payload[1:])
+            peer = hsk.verify(peer_payload)
+        except ChannelRefusedError as e:
+            await _refuse(node, msg.return_route, f"the initiator refused: {e}")
+            raise
+        except CryptoError as e:
+            raise ChannelRefusedError(f"handshake failed: {e}") from None
+        hs3 = hsk.hs.write_message(me.payload())
+        cipher = hsk.hs.into_channel_cipher()
+        channel = SecureChannel(node, address, peer, msg.return_route, cipher, True)
+        await node.route(
+            RoutedMessage(
+                msg.return_route,
+                (Address.local(address + ".in"),),
+                bytes([KIND_DATA, Step.HS3]) + hs3,
+            )
+        )
+    except TimeoutError:
+        await node.stop_worker(address + ".in")
+        raise ChannelRefusedError(f"no handshake reply within {timeout:g} s") from None
+    except BaseException:
+        await node.stop_worker(address + ".in")
+        raise
+    await node.start_worker(address, channel.encrypt, kind="secure-channel")
+    decryptor.channel = channel  # from now on the inbox decrypts
+    node.remember_channel(channel)
+    return channel
+
+
+@dataclass
+class ChannelListener:
+    """Accepts channels at ``address`` on a node."""
+
+    node: Node
+    address: str
+    me: ChannelIdentity
+    authorities: Mapping[str, Identity] = field(default_factory=dict)
+    trust: TrustPolicy = trust_anyone
+    accepted: int = 0
+    refused: int = 0
+
+    def info(self) -> dict[str, object]:
+        return {
+            "address": self.address,
+            "identifier": self.me.identity.identifier,
+            "accepted": self.accepted,
+            "refused": self.refused,
+        }
+
+    async def handle(self, ctx: WorkerContext, msg: Message) -> None:
+        from tether.node import KIND_DATA
+
+        if msg.kind != KIND_DATA or msg.payload[:1] != bytes([Step.HS1]):
+            return
+        hsk = _Handshaker(self.node, self.me, False, self.authorities, self.trust)
+        try:
+            hsk.hs.read_message(msg.payload[1:])
+            hs2 = hsk.hs.write_message(self.me.payload())
+        except CryptoError as e:
+            self.refused += 1
+            log.info("listener %s: bad first handshake message: %s", self.address, e)
+            return
+        address = self.node.next_id("sc")
+        done = anyio.Event()
+        decryptor = _Decryptor()
+
+        async def on_hs3(ctx2: WorkerContext, m3: Message) -> None:
+            if done.is_set() or m3.kind != KIND_DATA:
+                return
+            if m3.payload[:1] == bytes([Step.REFUSED]):
+                self.refused += 1
+                log.info(
+                    "listener %s: the initiator refused: %s",
+                    self.address,
+                    m3.payload[1:].decode("utf-8", "replace"),
+                )
+                done.set()
+                return
+            if m3.payload[:1] != bytes([Step.HS3]):
+                return
+            try:
+                payload = hsk.hs.read_message(m3.payload[1:])
+                peer = hsk.verify(payload)
+                cipher = hsk.hs.into_channel_cipher()
+            except ChannelRefusedError as e:
+                self.refused += 1
+                log.info("listener %s: refused a channel: %s", self.address, e)
+                await _refuse(self.node, m3.return_route, f"the listener refused: {e}")
+                done.set()
+                return
+            except CryptoError as e:
+                self.refused += 1
+                log.info("listener %s: handshake failed: %s", self.address, e)
+                done.set()
+                return
+            channel = SecureChannel(self.node, address, peer, m3.return_route, cipher, False)
+            await self.node.start_worker(address, channel.encrypt, kind="secure-channel")
+            decryptor.channel = channel  # from now on the inbox decrypts
+            self.node.remember_channel(channel)
+            self.accepted += 1
+            done.set()
+            log.info(
+                "listener %s: secure channel %s with %s", self.address, address, peer.identifier
+            )
+
+        decryptor.handshake = on_hs3
+        await self.node.start_worker(address + ".in", decryptor, kind="secure-channel")
+        await self.node.route(
+            RoutedMessage(
+                msg.return_route,
+                (Address.local(address + ".in"),),
+                bytes([KIND_DATA, Step.HS2]) + hs2,
+            )
+        )
+
+        async def finish() -> None:
+            with anyio.move_on_after(HANDSHAKE_TIMEOUT):
+                await done.wait()
+            if decryptor.channel is None and self.node.has_worker(address + ".in"):
+                if not done.is_set():
+                    self.refused += 1
+                    log.info(
+                        "listener %s: no third handshake message within %g s",
+                        self.address,
+                        HANDSHAKE_TIMEOUT,
+                    )
+                await self.node.stop_worker(address + ".in")
+
+        self.node.task_group.start_soon(finish)
+
+
+def ephemeral_identity(vault: Any = None, *, ttl: int = 24 * 3600) -> ChannelIdentity:
+    """A fresh identity with an attested channel key, in a memory vault (tests, embedding)."""
+    from tether import identity as ident
+    from tether.vault import KeyType, MemoryVault
+
+    v = vault if vault is not None else MemoryVault()
+    now = int(time.time())
+    identity, primary = ident.create(v, now)
+    key_id = v.generate(KeyType.X25519)
+    att = ident.attest(
+        v, identity, primary, Purpose.SECURE_CHANNEL, v.public_key(key_id), now - 60, now + ttl
+    )
+    return ChannelIdentity(identity, v.noise_static_key(key_id), att)
