@@ -81,6 +81,7 @@ class Step(enum.IntEnum):
     DATA = 4
     CLOSE = 5
     REFUSED = 6
+    ACK = 7
 
 
 class ChannelRefusedError(HandshakeError):
@@ -408,9 +409,7 @@ async def open_channel(
                         f"cannot reach the listener: {msg.payload.decode('utf-8', 'replace')}"
                     )
                 if msg.payload[:1] == bytes([Step.REFUSED]):
-                    raise ChannelRefusedError(
-                        "the listener refused: " + msg.payload[1:].decode("utf-8", "replace")
-                    )
+                    raise ChannelRefusedError(msg.payload[1:].decode("utf-8", "replace"))
                 if msg.payload[:1] == bytes([Step.HS2]):
                     break
         try:
@@ -431,6 +430,24 @@ async def open_channel(
                 bytes([KIND_DATA, Step.HS3]) + hs3,
             )
         )
+        # XX completes for the initiator when it sends message 3, but the listener still has to
+        # verify it: wait for its (authenticated) acknowledgement or its refusal, so that a
+        # refused channel exists on neither side.
+        with anyio.fail_after(timeout):
+            while True:
+                ack = await inbox.receive()
+                if ack.kind != KIND_DATA:
+                    raise ChannelRefusedError(
+                        f"the listener is unreachable: {ack.payload.decode('utf-8', 'replace')}"
+                    )
+                if ack.payload[:1] == bytes([Step.REFUSED]):
+                    raise ChannelRefusedError(ack.payload[1:].decode("utf-8", "replace"))
+                if ack.payload[:1] == bytes([Step.ACK]):
+                    try:
+                        cipher.open(ack.payload[1:])
+                    except CryptoError:
+                        continue  # not from the peer: keep waiting
+                    break
     except TimeoutError:
         await node.stop_worker(address + ".in")
         raise ChannelRefusedError(f"no handshake reply within {timeout:g} s") from None
@@ -512,6 +529,7 @@ class ChannelListener:
             channel = SecureChannel(self.node, address, peer, m3.return_route, cipher, False)
             await self.node.start_worker(address, channel.encrypt, kind="secure-channel")
             decryptor.channel = channel  # from now on the inbox decrypts
+            await channel._send_wire(Step.ACK, cipher.seal(b""))
             self.node.remember_channel(channel)
             self.accepted += 1
             done.set()

@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 
 from tether import nodes
+from tether.channel import ChannelRefusedError, trust_identifiers
 from tether.control import ApiError, Router, serve_connection
 from tether.errors import TetherError
 from tether.node import Node, ReplyTimeoutError, UnreachableError, echo
@@ -80,6 +81,13 @@ class Daemon:
                 host, _, port = spec.rpartition(":")
                 lst = await node.listen_tcp(host.strip("[]") or "127.0.0.1", int(port))
                 self.listener_specs[lst.id] = spec
+            for lspec in cfg.channel_listeners:
+                if lspec.get("address") == "api" and node.has_worker("api"):
+                    continue
+                identity, trust = _identity_and_trust(self, lspec)
+                await node.create_secure_channel_listener(
+                    lspec["address"], identity=identity, trust=trust
+                )
             for svc in cfg.services:
                 if not node.has_worker(svc["address"]):
                     await node.start_worker(
@@ -208,9 +216,76 @@ async def list_channels(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any
     return 200, [c.info() for c in d.n.channels.values()]
 
 
+@api.add("POST", "/secure-channels")
+async def create_channel(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
+    to = _field(body, "to")
+    identity, trust = _identity_and_trust(d, body)
+    try:
+        channel = await d.n.create_secure_channel(
+            to, identity=identity, trust=trust, timeout=float(body.get("timeout", 10))
+        )
+    except ChannelRefusedError as e:
+        raise ApiError(422, str(e), "ChannelRefusedError") from None
+    return 201, channel.info()
+
+
+@api.add("GET", "/secure-channels/{address}")
+async def get_channel(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
+    channel = d.n.channels.get(p["address"])
+    if channel is None:
+        raise ApiError(404, f"no secure channel {p['address']!r}")
+    return 200, channel.info()
+
+
+@api.add("DELETE", "/secure-channels/{address}")
+async def delete_channel(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
+    channel = d.n.channels.get(p["address"])
+    if channel is None:
+        raise ApiError(404, f"no secure channel {p['address']!r}")
+    await channel.close()
+    return 204, None
+
+
 @api.add("GET", "/secure-channel-listeners")
 async def list_channel_listeners(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
     return 200, [lst.info() for lst in d.n.channel_listeners.values()]
+
+
+@api.add("POST", "/secure-channel-listeners")
+async def create_channel_listener(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
+    address = _field(body, "address")
+    if d.n.has_worker(address):
+        raise ApiError(409, f"a worker already listens at {address!r}")
+    identity, trust = _identity_and_trust(d, body)
+    listener = await d.n.create_secure_channel_listener(address, identity=identity, trust=trust)
+    d.config.channel_listeners.append(
+        {k: v for k, v in body.items() if k in ("address", "identity", "authorized")}
+    )
+    d.persist()
+    return 201, listener.info()
+
+
+@api.add("DELETE", "/secure-channel-listeners/{address}")
+async def delete_channel_listener(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
+    if p["address"] not in d.n.channel_listeners:
+        raise ApiError(404, f"no secure-channel listener {p['address']!r}")
+    del d.n.channel_listeners[p["address"]]
+    await d.n.stop_worker(p["address"])
+    d.config.channel_listeners = [
+        c for c in d.config.channel_listeners if c.get("address") != p["address"]
+    ]
+    d.persist()
+    return 204, None
+
+
+def _identity_and_trust(d: Daemon, body: Any) -> tuple[Any, Any]:
+    name = body.get("identity")
+    identity = d.registry.channel_identity(str(name)) if name else None
+    authorized = body.get("authorized") or []
+    if not isinstance(authorized, list) or not all(isinstance(a, str) for a in authorized):
+        raise ApiError(400, "'authorized' must be a list of identifiers")
+    trust = trust_identifiers(*authorized) if authorized else None
+    return identity, trust
 
 
 @api.add("GET", "/connections")

@@ -28,6 +28,7 @@ class NodeConfig:
     services: list[dict[str, str]] = field(
         default_factory=lambda: [{"kind": "echo", "address": "echo"}]
     )
+    channel_listeners: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -40,6 +41,7 @@ class NodeConfig:
             d.get("identity"),
             list(d.get("tcp_listeners", [])),
             list(d.get("services", [])),
+            list(d.get("channel_listeners", [])),
         )
 
 

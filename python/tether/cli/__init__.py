@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tether import __version__
-from tether.cli import credential, identity, node
+from tether.cli import channel, credential, identity, node
 from tether.errors import TetherError
 
 EXAMPLES = """\
@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     identity.register(groups)
     credential.register(groups)
     node.register(groups)
+    channel.register(groups)
     return parser
 
 

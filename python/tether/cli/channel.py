@@ -1,0 +1,183 @@
+"""``tether secure-channel …`` and ``tether secure-channel-listener …``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from tether import nodes
+from tether.cli.api import call
+from tether.errors import StoreError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tether.cli import Context
+
+
+def _api(ctx: Context, node: str) -> Path:
+    from tether.state import default_home
+
+    home = ctx.home or default_home()
+    nodes.load_config(ctx.registry().store, node)
+    if nodes.read_runtime(home, node) is None:
+        raise StoreError(f"node {node!r} is not running (`tether node start {node}`)")
+    return nodes.api_socket(home, node)
+
+
+def _describe(c: dict[str, Any]) -> str:
+    role = "initiator" if c.get("initiator") else "responder"
+    attrs = f" attributes {c['attributes']}" if c.get("attributes") else ""
+    return f"{c['address']}  peer {c['peer']}  ({role}, {c['sent']} sent){attrs}"
+
+
+def _create(ctx: Context) -> int:
+    a = ctx.args
+    body: dict[str, Any] = {"to": a.to, "timeout": a.timeout}
+    if a.identity:
+        body["identity"] = a.identity
+    if a.authorized:
+        body["authorized"] = a.authorized
+    c = call(_api(ctx, a.from_node), "POST", "/secure-channels", body, timeout=a.timeout + 5)
+    ctx.emit(
+        f"secure channel {c['address']} to {c['peer']}\n"
+        f"  use it in routes: /service/{c['address']}/…",
+        c,
+    )
+    return 0
+
+
+def _list(ctx: Context) -> int:
+    items = call(_api(ctx, ctx.args.at), "GET", "/secure-channels")
+    ctx.emit("\n".join(_describe(c) for c in items) or "no secure channels", items)
+    return 0
+
+
+def _show(ctx: Context) -> int:
+    c = call(_api(ctx, ctx.args.at), "GET", f"/secure-channels/{ctx.args.address}")
+    ctx.emit(_describe(c), c)
+    return 0
+
+
+def _delete(ctx: Context) -> int:
+    call(_api(ctx, ctx.args.at), "DELETE", f"/secure-channels/{ctx.args.address}")
+    ctx.emit(f"closed secure channel {ctx.args.address}", {"closed": ctx.args.address})
+    return 0
+
+
+def _listener_create(ctx: Context) -> int:
+    a = ctx.args
+    body: dict[str, Any] = {"address": a.name}
+    if a.identity:
+        body["identity"] = a.identity
+    if a.authorized:
+        body["authorized"] = a.authorized
+    lst = call(_api(ctx, a.at), "POST", "/secure-channel-listeners", body)
+    ctx.emit(f"secure-channel listener {lst['address']} on {a.at} as {lst['identifier']}", lst)
+    return 0
+
+
+def _listener_list(ctx: Context) -> int:
+    items = call(_api(ctx, ctx.args.at), "GET", "/secure-channel-listeners")
+    ctx.emit(
+        "\n".join(
+            f"{i['address']}  {i['identifier']}  accepted {i['accepted']}, refused {i['refused']}"
+            for i in items
+        )
+        or "no listeners",
+        items,
+    )
+    return 0
+
+
+def _listener_delete(ctx: Context) -> int:
+    call(_api(ctx, ctx.args.at), "DELETE", f"/secure-channel-listeners/{ctx.args.name}")
+    ctx.emit(f"deleted listener {ctx.args.name}", {"deleted": ctx.args.name})
+    return 0
+
+
+def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from tether.cli import add_command
+
+    group = groups.add_parser(
+        "secure-channel",
+        help="open, list and close secure channels",
+        description="Secure channels: mutually authenticated, end-to-end encrypted Noise XX "
+        "channels over any route.",
+        epilog="example:\n  tether secure-channel create --from n1 --to /node/n2/service/api",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    group.set_defaults(group_parser=group)
+    sub = group.add_subparsers(title="commands", metavar="COMMAND")
+    p = add_command(
+        sub,
+        "create",
+        "open a secure channel to a listener at the end of ROUTE",
+        "tether secure-channel create --from n1 --to /node/n2/service/api",
+        _create,
+    )
+    p.add_argument("--from", dest="from_node", required=True, help="the node opening it")
+    p.add_argument("--to", required=True, help="route to the listener, e.g. /node/n2/service/api")
+    p.add_argument("--identity", help="identity to present (default: the node's)")
+    p.add_argument(
+        "--authorized",
+        action="append",
+        metavar="IDENTIFIER",
+        help="accept only this peer identity (repeatable)",
+    )
+    p.add_argument("--timeout", type=float, default=10.0)
+    p = add_command(
+        sub, "list", "list a node's secure channels", "tether secure-channel list --at n1", _list
+    )
+    p.add_argument("--at", required=True, help="the node")
+    for name, help_text, handler in (
+        ("show", "show one secure channel", _show),
+        ("delete", "close a secure channel (both ends learn it)", _delete),
+    ):
+        p = add_command(sub, name, help_text, f"tether secure-channel {name} sc#2 --at n1", handler)
+        p.add_argument("address")
+        p.add_argument("--at", required=True, help="the node")
+
+    group = groups.add_parser(
+        "secure-channel-listener",
+        help="accept secure channels on a node",
+        description="Secure-channel listeners accept channels from authenticated identities "
+        "(every node with an identity has one at 'api').",
+        epilog="example:\n  tether secure-channel-listener create db --at n2 --authorized I0123...",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    group.set_defaults(group_parser=group)
+    sub = group.add_subparsers(title="commands", metavar="COMMAND")
+    p = add_command(
+        sub,
+        "create",
+        "accept secure channels at NAME on a node",
+        "tether secure-channel-listener create db --at n2 --authorized I0123...",
+        _listener_create,
+    )
+    p.add_argument("name")
+    p.add_argument("--at", required=True, help="the node")
+    p.add_argument("--identity", help="identity to present (default: the node's)")
+    p.add_argument(
+        "--authorized",
+        action="append",
+        metavar="IDENTIFIER",
+        help="admit only this identity (repeatable; default: any authenticated)",
+    )
+    p = add_command(
+        sub,
+        "list",
+        "list a node's secure-channel listeners",
+        "tether secure-channel-listener list --at n2",
+        _listener_list,
+    )
+    p.add_argument("--at", required=True, help="the node")
+    p = add_command(
+        sub,
+        "delete",
+        "stop a secure-channel listener",
+        "tether secure-channel-listener delete db --at n2",
+        _listener_delete,
+    )
+    p.add_argument("name")
+    p.add_argument("--at", required=True, help="the node")
