@@ -503,7 +503,7 @@ class ChannelListener:
             if m3.payload[:1] == bytes([Step.REFUSED]):
                 self.refused += 1
                 log.info(
-                    "listener %s: the initiator refused: %s",
+                    "listener %s: %s",
                     self.address,
                     m3.payload[1:].decode("utf-8", "replace"),
                 )
