@@ -70,6 +70,9 @@ T_HANDSHAKE_PAYLOAD = 0x06
 MAX_CREDENTIALS = 8
 MAX_CREDENTIAL_BYTES = 8192
 HANDSHAKE_TIMEOUT = 30.0
+#: Largest message a channel carries (split into fragments of FRAGMENT bytes on the wire).
+MAX_MESSAGE = 16 << 20
+FRAGMENT = noise.MAX_PAYLOAD_LEN - 1
 
 
 class Step(enum.IntEnum):
@@ -235,7 +238,9 @@ class SecureChannel:
     established_at: float = field(default_factory=time.time)
     closed: anyio.Event = field(default_factory=anyio.Event)
     refused: int = 0
-    _scope: anyio.CancelScope | None = None
+    _partial: list[bytes] = field(default_factory=list)
+    _partial_size: int = 0
+    _next_fragment: int = 0
 
     @property
     def decryptor(self) -> str:
@@ -268,14 +273,23 @@ class SecureChannel:
             raise ChannelClosedError(f"secure channel {self.address} is closed")
         inner = RoutedMessage(msg.onward, msg.return_route, bytes([msg.kind]) + msg.payload)
         data = inner.encode()
-        if len(data) > noise.MAX_PAYLOAD_LEN:
+        if len(data) > MAX_MESSAGE:
             await self.node.report(
                 RoutedMessage((), msg.return_route, bytes([msg.kind])),
                 f"message of {len(data)} bytes is too large for secure channel {self.address} "
-                f"(at most {noise.MAX_PAYLOAD_LEN}); split it",
+                f"(at most {MAX_MESSAGE})",
             )
             return
-        await self._send_wire(Step.DATA, self.cipher.seal(data))
+        # Bulk data: split into Noise-sized fragments, sealed in one batch call. Each plaintext
+        # starts with a flag: 1 = the message's last fragment, 0 = more follow.
+        n = len(data)
+        parts = [
+            (b"\x01" if end >= n else b"\x00") + data[start:end]
+            for start in range(0, max(n, 1), FRAGMENT)
+            for end in (min(start + FRAGMENT, n),)
+        ]
+        for sealed in self.cipher.seal_many(parts):
+            await self._send_wire(Step.DATA, sealed)
 
     async def decrypt(self, ctx: WorkerContext, msg: Message) -> None:
         """Decryptor: open the peer's ciphertext and route the inner message here."""
@@ -294,10 +308,36 @@ class SecureChannel:
         if step != Step.DATA:
             return  # a late or repeated handshake message: ignore
         try:
-            inner = RoutedMessage.decode(self.cipher.open(body))
-        except (CryptoError, TetherError) as e:
+            plain = self.cipher.open(body)
+        except CryptoError as e:
             self.refused += 1
             log.info("secure channel %s refused a message: %s", self.address, type(e).__name__)
+            return
+        nonce = int.from_bytes(body[:8], "big")
+        if self._partial and nonce != self._next_fragment:
+            log.info("secure channel %s: a fragmented message lost a part; dropped", self.address)
+            self._partial.clear()
+        if not plain or plain[0] > 1:
+            self.refused += 1
+            return
+        self._partial.append(plain[1:])
+        self._partial_size += len(plain) - 1
+        self._next_fragment = nonce + 1
+        if self._partial_size > MAX_MESSAGE:
+            log.info("secure channel %s: message over %d bytes dropped", self.address, MAX_MESSAGE)
+            self._partial.clear()
+            self._partial_size = 0
+            return
+        if plain[0] == 0:
+            return  # more fragments follow
+        data = b"".join(self._partial)
+        self._partial.clear()
+        self._partial_size = 0
+        try:
+            inner = RoutedMessage.decode(data)
+        except TetherError as e:
+            self.refused += 1
+            log.info("secure channel %s: malformed inner message: %s", self.address, e)
             return
         await self.node.route(
             RoutedMessage(

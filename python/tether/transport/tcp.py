@@ -92,8 +92,16 @@ class Connection:
 
     async def send(self, msg: RoutedMessage) -> None:
         """Queue a message (waits while the queue is full: back-pressure)."""
+        data = msg.encode()
+        if len(data) > self.options.max_frame_len:
+            # The peer would refuse the frame and drop the connection: refuse it here instead.
+            raise RouteError(
+                f"message of {len(data)} bytes exceeds the {self.options.max_frame_len}-byte "
+                f"frame limit of connection {self.address}; send bulk data through a secure "
+                "channel, which splits it"
+            )
         try:
-            await self._send.send(msg.encode())
+            await self._send.send(data)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise ConnectionClosed(
                 f"connection {self.address} to {self.peer} is closed"
@@ -442,5 +450,5 @@ class TcpTransport:
     async def send_via(self, conn: Connection, msg: RoutedMessage) -> None:
         try:
             await conn.send(RoutedMessage(msg.onward[1:], msg.return_route, msg.payload))
-        except ConnectionClosed as e:
+        except (ConnectionClosed, RouteError) as e:
             await self.node.report(msg, f"at node {self.node.name}: {e}")
