@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from tether import noise
-from tether.credential import Credential
+from tether.credential import DEFAULT_SKEW, Credential
 from tether.credential import verify as verify_credential
 from tether.encoding import Reader, Writer
 from tether.errors import (
@@ -70,6 +70,7 @@ T_HANDSHAKE_PAYLOAD = 0x06
 MAX_CREDENTIALS = 8
 MAX_CREDENTIAL_BYTES = 8192
 HANDSHAKE_TIMEOUT = 30.0
+DEFAULT_IDLE_TIMEOUT = 600.0
 #: Largest message a channel carries (split into fragments of FRAGMENT bytes on the wire).
 MAX_MESSAGE = 16 << 20
 FRAGMENT = noise.MAX_PAYLOAD_LEN - 1
@@ -85,6 +86,7 @@ class Step(enum.IntEnum):
     CLOSE = 5
     REFUSED = 6
     ACK = 7
+    CREDENTIALS = 8
 
 
 class ChannelRefusedError(HandshakeError):
@@ -235,9 +237,13 @@ class SecureChannel:
     remote_route: tuple[Address, ...]
     cipher: noise.ChannelCipher
     initiator: bool
+    authorities: Mapping[str, Identity] = field(default_factory=dict)
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     established_at: float = field(default_factory=time.time)
+    last_activity: float = field(default_factory=time.monotonic)
     closed: anyio.Event = field(default_factory=anyio.Event)
     refused: int = 0
+    sent_messages: int = 0
     _partial: list[bytes] = field(default_factory=list)
     _partial_size: int = 0
     _next_fragment: int = 0
@@ -251,7 +257,8 @@ class SecureChannel:
             "address": self.address,
             "peer": self.peer.identifier,
             "initiator": self.initiator,
-            "sent": self.cipher.sending_nonce,
+            "sent": self.sent_messages,
+            "closed": self.closed.is_set(),
             "refused": self.refused,
             "attributes": dict(self.peer.attributes),
         }
@@ -290,12 +297,72 @@ class SecureChannel:
         ]
         for sealed in self.cipher.seal_many(parts):
             await self._send_wire(Step.DATA, sealed)
+        self.sent_messages += 1
+        self.last_activity = time.monotonic()
+
+    def current_attributes(self, now: int | None = None) -> dict[str, str]:
+        """The attributes of the peer's credentials that are still valid now: a credential that
+        expired (and was not refreshed) no longer grants anything."""
+        t = int(time.time()) if now is None else now
+        out: dict[str, str] = {}
+        for c in self.peer.credentials:
+            if c.expires_at + DEFAULT_SKEW >= t:
+                out.update(c.attributes)
+        return out
+
+    async def present_credentials(self, credentials: Sequence[Credential]) -> None:
+        """Send fresh credentials to the peer inside the channel (before the old ones expire)."""
+        if len(credentials) > MAX_CREDENTIALS:
+            raise EncodingError(f"at most {MAX_CREDENTIALS} credentials at once")
+        w = Writer().u8(len(credentials))
+        for c in credentials:
+            w.var(c.encode(), MAX_CREDENTIAL_BYTES)
+        await self._send_wire(Step.CREDENTIALS, self.cipher.seal(w.getvalue()))
+
+    def _accept_credentials(self, plain: bytes) -> None:
+        r = Reader(plain, "credentials", 1 + MAX_CREDENTIALS * (2 + MAX_CREDENTIAL_BYTES))
+        raw = [r.var(MAX_CREDENTIAL_BYTES, "credential") for _ in range(r.u8("count"))]
+        r.end()
+        now = int(time.time())
+        creds = list(self.peer.credentials)
+        for data in raw:
+            try:
+                c = verify_credential(
+                    data, authorities=self.authorities, now=now, subject=self.peer.identifier
+                )
+            except (CredentialError, EncodingError) as e:
+                log.info("secure channel %s: refused a refreshed credential: %s", self.address, e)
+                continue
+            creds = [old for old in creds if old.issuer != c.issuer] + [c]
+        attributes: dict[str, str] = {}
+        for c in creds:
+            attributes.update(c.attributes)
+        self.peer = Peer(self.peer.identity, attributes, tuple(creds))
+
+    async def watch_idle(self) -> None:
+        """Close the channel after ``idle_timeout`` seconds without traffic either way."""
+        while not self.closed.is_set():
+            remaining = self.last_activity + self.idle_timeout - time.monotonic()
+            if remaining <= 0:
+                log.info(
+                    "secure channel %s idle for %g s: closing", self.address, self.idle_timeout
+                )
+                await self.close()
+                return
+            with anyio.move_on_after(min(remaining, 1.0)):  # re-read idle_timeout each second
+                await self.closed.wait()
 
     async def decrypt(self, ctx: WorkerContext, msg: Message) -> None:
         """Decryptor: open the peer's ciphertext and route the inner message here."""
         if not msg.payload:
             return
         step, body = msg.payload[0], msg.payload[1:]
+        if step == Step.CREDENTIALS:
+            try:
+                self._accept_credentials(self.cipher.open(body))
+            except (CryptoError, EncodingError):
+                self.refused += 1
+            return
         if step == Step.CLOSE:
             try:
                 self.cipher.open(body)
@@ -313,6 +380,7 @@ class SecureChannel:
             self.refused += 1
             log.info("secure channel %s refused a message: %s", self.address, type(e).__name__)
             return
+        self.last_activity = time.monotonic()
         nonce = int.from_bytes(body[:8], "big")
         if self._partial and nonce != self._next_fragment:
             log.info("secure channel %s: a fragmented message lost a part; dropped", self.address)
@@ -355,6 +423,7 @@ class SecureChannel:
                 log.info("could not tell the peer that %s closed: %s", self.address, e)
         self.closed.set()
         self.node.forget_channel(self)
+        self._partial.clear()
         for address in (self.address, self.decryptor):
             if self.node.has_worker(address):
                 await self.node.stop_worker(address)
@@ -462,7 +531,9 @@ async def open_channel(
             raise ChannelRefusedError(f"handshake failed: {e}") from None
         hs3 = hsk.hs.write_message(me.payload())
         cipher = hsk.hs.into_channel_cipher()
-        channel = SecureChannel(node, address, peer, msg.return_route, cipher, True)
+        channel = SecureChannel(
+            node, address, peer, msg.return_route, cipher, True, authorities=authorities or {}
+        )
         await node.route(
             RoutedMessage(
                 msg.return_route,
@@ -566,7 +637,15 @@ class ChannelListener:
                 log.info("listener %s: handshake failed: %s", self.address, e)
                 done.set()
                 return
-            channel = SecureChannel(self.node, address, peer, m3.return_route, cipher, False)
+            channel = SecureChannel(
+                self.node,
+                address,
+                peer,
+                m3.return_route,
+                cipher,
+                False,
+                authorities=self.authorities,
+            )
             await self.node.start_worker(address, channel.encrypt, kind="secure-channel")
             decryptor.channel = channel  # from now on the inbox decrypts
             await channel._send_wire(Step.ACK, cipher.seal(b""))

@@ -392,6 +392,7 @@ class Node:
 
     def remember_channel(self, channel: Any) -> None:
         self.channels[channel.address] = channel
+        self.task_group.start_soon(channel.watch_idle)
 
     def forget_channel(self, channel: Any) -> None:
         self.channels.pop(channel.address, None)
