@@ -1,13 +1,22 @@
-"""The tether demo: two parties meet over a real loopback TCP connection, run a Noise XX
-handshake, and move data through the encrypted transport — printing what happens.
+"""The tether demo: a client reaches a service two networks away, through a node in the middle
+that forwards its traffic but can read none of it — and an identity without the right credential
+is turned away.
 
-Run it with ``python -m tether.demo`` (or ``ci/demo`` from a fresh checkout). It shows:
+    python -m tether.demo            # or ci/demo from a fresh checkout
 
-1. the handshake, message by message, with each side learning the other's static key;
-2. a bulk transfer through the channel cipher (length-prefixed frames on the socket, explicit
-   nonces, GIL released in the Rust core), with its throughput and a SHA-256 check;
-3. what an attacker on the wire gets: a flipped bit is refused, a replayed message is refused, and
-   the channel keeps working.
+What happens (three nodes in this process, joined by real loopback TCP):
+
+1. An **authority** identity issues the client a credential ``role=db-client``.
+2. The **server** node trusts that authority and admits only holders of ``role=db-client`` to its
+   secure-channel listener; it runs an ``echo`` service.
+3. The **client** node opens a secure channel to the server *through* the **middle** node
+   (``client → middle → server``): Noise XX, identities and credentials verified inside the
+   handshake. The middle node records everything it forwards.
+4. A request, then a bulk transfer (SHA-256 checked), go through the channel; the middle node's
+   recording is searched for the plaintext: it is not there.
+5. Another identity, with no credential, tries the same: refused, on both sides.
+
+``python -m tether.demo_core`` shows the Rust core alone (Noise over a raw socket).
 """
 
 from __future__ import annotations
@@ -15,159 +24,179 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import socket
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 
-from tether import noise
-from tether.errors import DecryptError, ReplayError, TetherError
-from tether.frame import FrameDecoder, encode_frame, encode_frames
+import anyio
 
-PROTOCOL = "Noise_XX_25519_AESGCM_SHA256"
+from tether import credential, identity
+from tether.channel import (
+    ChannelIdentity,
+    ChannelRefusedError,
+    ephemeral_identity,
+    trust_credential,
+)
+from tether.errors import TetherError
+from tether.message import Address, RoutedMessage
+from tether.node import Message, Node, WorkerContext
+from tether.vault import KeyType, MemoryVault
 
-
-def _frames(sock: socket.socket, decoder: FrameDecoder) -> Iterator[bytes]:
-    while True:
-        chunk = sock.recv(1 << 18)
-        if not chunk:
-            return
-        yield from decoder.feed(chunk)
-
-
-def _fingerprint(public_key: bytes) -> str:
-    return hashlib.sha256(public_key).hexdigest()[:16]
+MARKER = b"SELECT secret_column FROM accounts -- plaintext marker"
 
 
-@dataclass
-class _ServerReport:
-    client_key: bytes = b""
-    client_payload: bytes = b""
-    received: int = 0
-    sha256: str = ""
-    refusals: list[str] = field(default_factory=list)
+def _short(identifier: str) -> str:
+    return identifier[:12] + "…"
 
 
-def _responder(listener: socket.socket, static_key: bytes, report: _ServerReport) -> None:
-    conn, _ = listener.accept()
-    with conn:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        frames = _frames(conn, FrameDecoder(max_frame_len=noise.MAX_MESSAGE_LEN + 16))
-        hs = noise.Handshake(PROTOCOL, initiator=False, static_key=static_key, prologue=b"demo")
-        hs.read_message(next(frames))
-        conn.sendall(encode_frame(hs.write_message(b"hello from the server")))
-        report.client_payload = hs.read_message(next(frames))
-        report.client_key = hs.remote_static or b""
-        channel = hs.into_channel_cipher()
+async def _run(megabytes: int) -> bool:
+    # 1. The authority and the client's credential.
+    vault = MemoryVault()
+    now = int(time.time())
+    authority, primary = identity.create(vault, now)
+    signing_key = vault.generate(KeyType.ED25519)
+    signing = identity.attest(
+        vault,
+        authority,
+        primary,
+        identity.Purpose.CREDENTIAL_SIGNING,
+        vault.public_key(signing_key),
+        now - 60,
+        now + 3600,
+    )
+    client_id = ephemeral_identity()
+    cred = credential.issue(
+        vault,
+        signing_key,
+        signing,
+        client_id.identity.identifier,
+        {"role": "db-client"},
+        now=now,
+        ttl=600,
+    )
+    client_id = ChannelIdentity(
+        client_id.identity, client_id.static_key, client_id.attestation, (cred,)
+    )
+    server_id = ephemeral_identity()
+    print("tether demo — a secure channel through a node that cannot read it\n")
+    print(f"  authority  {_short(authority.identifier)} issued the client role=db-client")
+    print(f"  client     {_short(client_id.identity.identifier)}")
+    print(
+        f"  server     {_short(server_id.identity.identifier)} admits role=db-client holders only"
+    )
+
+    recorded: list[bytes] = []
+    async with (
+        Node(
+            "server",
+            identity=server_id,
+            authorities={authority.identifier: authority},
+            trust=trust_credential(role="db-client"),
+        ) as server,
+        Node("middle") as middle,
+        Node("client", identity=client_id) as client,
+    ):
+        server_port = (await server.listen_tcp("127.0.0.1", 0)).port
+        middle_port = (await middle.listen_tcp("127.0.0.1", 0)).port
+
+        # 3. The middle node records every message it routes.
+        forward = middle.route
+
+        async def recording_route(msg: RoutedMessage, via: str | None = None) -> None:
+            recorded.append(msg.payload)
+            await forward(msg, via)
+
+        middle.route = recording_route  # type: ignore[method-assign]
+
+        received = {"bytes": 0}
         digest = hashlib.sha256()
-        for message in frames:
-            try:
-                data = channel.open(message)
-            except (DecryptError, ReplayError) as e:
-                report.refusals.append(type(e).__name__)
-                continue
-            if not data:  # an empty message ends the stream
-                break
-            digest.update(data)
-            report.received += len(data)
-        report.sha256 = digest.hexdigest()
-        conn.sendall(encode_frame(channel.seal(report.sha256.encode())))
+
+        async def sink(ctx: WorkerContext, msg: Message) -> None:
+            if msg.payload == b"done?":
+                await ctx.reply(msg, digest.hexdigest().encode())
+                return
+            digest.update(msg.payload)
+            received["bytes"] += len(msg.payload)
+
+        await server.start_worker("sink", sink)
+
+        route = f"/ip4/127.0.0.1/tcp/{middle_port}/ip4/127.0.0.1/tcp/{server_port}/service/api"
+        print(f"\n1. client opens a secure channel along {route}")
+        t0 = time.perf_counter()
+        channel = await client.create_secure_channel(route)
+        ms = (time.perf_counter() - t0) * 1000
+        print(
+            f"   established in {ms:.1f} ms: the client verified the server's identity "
+            f"{_short(channel.peer.identifier)},"
+        )
+        await anyio.sleep(0.05)
+        (server_end,) = server.channels.values()
+        print(
+            f"   the server verified the client {_short(server_end.peer.identifier)} and its "
+            f"credential {dict(server_end.peer.attributes)}"
+        )
+
+        inside = [Address.local(channel.address)]
+        reply = await client.request([*inside, Address.local("echo")], MARKER)
+        print(
+            f"\n2. request through the channel to the server's echo: "
+            f"{'echoed intact' if reply == MARKER else 'WRONG REPLY'}"
+        )
+
+        total = megabytes << 20
+        block = os.urandom(1 << 20)
+        local = hashlib.sha256()
+        t0 = time.perf_counter()
+        for _ in range(megabytes):
+            await client.send([*inside, Address.local("sink")], block)
+            local.update(block)
+        remote = await client.request([*inside, Address.local("sink")], b"done?", timeout=60)
+        seconds = time.perf_counter() - t0
+        intact = remote.decode() == local.hexdigest() and received["bytes"] == total
+        print(
+            f"3. sent {megabytes} MiB through the channel in {seconds:.2f} s "
+            f"({total / seconds / 1e6:.0f} MB/s); SHA-256 {'matches' if intact else 'DIFFERS'}"
+        )
+
+        seen = b"".join(recorded)
+        leaked = MARKER in seen or block[:64] in seen
+        print(
+            f"4. the middle node forwarded {len(recorded)} messages, {len(seen):,} bytes: "
+            f"plaintext {'FOUND' if leaked else 'nowhere in them'}"
+        )
+
+        print("\n5. an identity without a credential tries the same route")
+        try:
+            await client.create_secure_channel(route, identity=ephemeral_identity())
+            refused = False
+            print("   ADMITTED (this is a failure)")
+        except ChannelRefusedError as e:
+            refused = True
+            print(f"   refused: {e}")
+        await anyio.sleep(0.05)
+        print(
+            f"   channels at the server: {len(server.channels)} (the refused one was never created)"
+        )
+        await channel.close()
+        client.task_group.cancel_scope.cancel()
+    return reply == MARKER and intact and not leaked and refused
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tether.demo",
-        description="Noise XX between two parties over loopback TCP, then an encrypted transfer.",
-        epilog="example: python -m tether.demo --megabytes 256",
+        description="A secure channel through a node that cannot read it, with credentials.",
+        epilog="example: python -m tether.demo --megabytes 64",
     )
-    parser.add_argument("--megabytes", type=int, default=128, help="bulk transfer size (MiB)")
+    parser.add_argument("--megabytes", type=int, default=32, help="bulk transfer size (MiB)")
     args = parser.parse_args(argv)
-
-    server_sk, server_pk = noise.generate_keypair()
-    client_sk, client_pk = noise.generate_keypair()
-    print("tether demo — Noise XX over a loopback TCP connection")
-    print(f"  protocol        {PROTOCOL}")
-    print(f"  client identity {_fingerprint(client_pk)}  (SHA-256 of its static key, truncated)")
-    print(f"  server identity {_fingerprint(server_pk)}")
-
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    report = _ServerReport()
-    server = threading.Thread(target=_responder, args=(listener, server_sk, report), daemon=True)
-    server.start()
-
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        frames = _frames(sock, FrameDecoder(max_frame_len=noise.MAX_MESSAGE_LEN + 16))
-        print(f"\n1. handshake with 127.0.0.1:{port}")
-        t0 = time.perf_counter()
-        hs = noise.Handshake(PROTOCOL, initiator=True, static_key=client_sk, prologue=b"demo")
-        m1 = hs.write_message(b"")
-        sock.sendall(encode_frame(m1))
-        print(f"   -> e                 {len(m1):5d} bytes")
-        m2 = next(frames)
-        payload = hs.read_message(m2)
-        print(f"   <- e, ee, s, es      {len(m2):5d} bytes  payload {payload.decode()!r}")
-        m3 = hs.write_message(b"hello from the client")
-        sock.sendall(encode_frame(m3))
-        print(f"   -> s, se             {len(m3):5d} bytes")
-        elapsed = (time.perf_counter() - t0) * 1000
-        assert hs.remote_static is not None
-        print(f"   done in {elapsed:.2f} ms; handshake hash {hs.handshake_hash.hex()[:32]}…")
-        print(
-            f"   client sees server key {_fingerprint(hs.remote_static)} "
-            f"({'matches' if hs.remote_static == server_pk else 'DOES NOT MATCH'})"
-        )
-        channel = hs.into_channel_cipher()
-
-        total = args.megabytes << 20
-        print(f"\n2. sending {args.megabytes} MiB through the channel cipher")
-        block = os.urandom(1 << 20)
-        digest = hashlib.sha256()
-        t0 = time.perf_counter()
-        sent = 0
-        while sent < total:
-            sock.sendall(channel.seal_stream(block))  # sealed and framed in one call
-            digest.update(block)
-            sent += len(block)
-
-        print(f"   {sent >> 20} MiB sealed in {channel.sending_nonce:,} messages")
-        print("\n3. an attacker on the wire")
-        genuine = channel.seal(b"x" * 100)
-        digest.update(b"x" * 100)
-        tampered = bytearray(genuine)
-        tampered[20] ^= 0x01
-        sock.sendall(encode_frames([bytes(tampered), genuine, genuine]))
-        print("   sent a message with one bit flipped, then the genuine one, then it again")
-        sock.sendall(encode_frame(channel.seal(b"")))  # end of stream
-        echo = channel.open(next(frames)).decode()
-        seconds = time.perf_counter() - t0
-        server.join()
-
-    print(f"   server refused: {', '.join(report.refusals)}; the channel kept working")
-    print(f"\n   {report.received:,} bytes received by the server")
-    ok = echo == digest.hexdigest() and report.received == total + 100
-    print(f"   SHA-256 {'matches' if ok else 'DIFFERS'}: {echo[:32]}…")
-    print(
-        f"   throughput {total / seconds / 1e6:,.0f} MB/s "
-        f"(encrypt + frame + TCP + decrypt, one process, two threads)"
-    )
-    print(
-        f"   server saw client {_fingerprint(report.client_key)}"
-        f" ({'matches' if report.client_key == client_pk else 'DOES NOT MATCH'})"
-        f", payload {report.client_payload.decode()!r}"
-    )
-    if not ok:
-        print("demo FAILED: the data did not arrive intact", file=sys.stderr)
+    try:
+        ok = anyio.run(_run, args.megabytes, backend="trio")
+    except TetherError as e:
+        print(f"demo failed: {e}", file=sys.stderr)
         return 1
-    return 0
+    print("\ndemo " + ("passed: every check held" if ok else "FAILED"))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except TetherError as e:
-        print(f"demo failed: {e}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(main())
