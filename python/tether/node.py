@@ -126,6 +126,7 @@ class Node:
         identity: Any = None,
         authorities: Any = None,
         trust: Any = None,
+        relay_owners: Any = None,
     ) -> None:
         from tether.transport.tcp import TcpOptions, TcpTransport
 
@@ -136,6 +137,9 @@ class Node:
         self.authorities = dict(authorities or {})
         self.trust = trust
         self.channels: dict[str, Any] = {}
+        self.relay_service: Any = None
+        self.relays: dict[str, Any] = {}
+        self._relay_owners: Any = relay_owners
         self.channel_listeners: dict[str, Any] = {}
         self._channel_routes: dict[tuple[Address, ...], Any] = {}
         self._channel_lock = anyio.Lock()
@@ -154,6 +158,10 @@ class Node:
         await self.start_worker("echo", echo, kind="echo")
         if self.identity is not None:
             await self.create_secure_channel_listener("api")
+            from tether.relay import SERVICE, RelayService
+
+            self.relay_service = RelayService(self, self._relay_owners)
+            await self.start_worker(SERVICE, self.relay_service.handle, kind="relay-service")
         return self
 
     async def __aexit__(self, *exc: object) -> bool | None:
@@ -389,6 +397,28 @@ class Node:
             trust=trust or self.trust or trust_anyone,
             timeout=timeout,
         )
+
+    async def create_relay(self, name: str, at: str | Sequence[Address], **options: Any) -> Any:
+        """Claim ``name`` at the relay node at the end of route ``at`` (a route to the node, or
+        to its ``api`` listener) and keep it claimed; returns the
+        :class:`~tether.relay.RelayClient` (its ``forward_route`` reaches this node)."""
+        from tether.relay import RelayClient
+
+        if name in self.relays:
+            raise TetherError(f"node {self.name} already keeps a relay named {name!r}")
+        route = await self.resolve_route(at) if isinstance(at, str) else tuple(at)
+        if not route or route[-1] != Address.local("api"):
+            route = (*route, Address.local("api"))
+        client = RelayClient(self, name, route, **options)
+        await self.task_group.start(client.run)
+        self.relays[name] = client
+        return client
+
+    async def delete_relay(self, name: str) -> None:
+        client = self.relays.pop(name, None)
+        if client is None:
+            raise TetherError(f"no relay named {name!r} on node {self.name}")
+        client.stop()
 
     def remember_channel(self, channel: Any) -> None:
         self.channels[channel.address] = channel

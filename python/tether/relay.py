@@ -1,0 +1,292 @@
+"""Relays: reach a node that has no open port.
+
+A node in a private network opens no listener. It connects out to a relay node, opens a secure
+channel to it, and **claims a name** there; the relay node then runs a forwarder
+``forward_to_NAME`` that sends whatever reaches it back along the claimer's own outgoing
+connection (through that channel). Any node can then reach the claimer at
+``ROUTE_TO_RELAY_NODE/service/forward_to_NAME/...`` — and a secure channel opened *through* the
+relay to the claimer keeps the relay blind: it forwards ciphertext only.
+
+* **Who may claim**: a claim must arrive through a secure channel, so the relay knows the
+  claimer's identity. The first identity to claim a name owns it; only that identity may claim it
+  again (after a reconnect or a relay restart, when the owners are persisted). An authority can
+  grant names with a credential attribute ``relay`` (a name, or ``*``). A refused claim is a
+  clear error for the claimer; nobody can hijack a name.
+* **Recovery**: the claimer pings the relay through the channel; when the relay path dies (the
+  relay node restarts, a connection drops, pings go unanswered) it reconnects with exponential
+  backoff and jitter, logging state changes only, and claims again. Senders whose messages reach
+  a relay whose claimer is gone get an error report ("relay NAME is offline"), never silence.
+* **Bounds**: the forwarder holds nothing: each message is routed on at once, and the node's
+  bounded queues push back on senders.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from tether.errors import TetherError
+from tether.message import Address, RoutedMessage
+
+if TYPE_CHECKING:
+    from tether.node import Message, Node, WorkerContext
+
+log = logging.getLogger("tether.relay")
+
+SERVICE = "relay"
+FORWARD_PREFIX = "forward_to_"
+
+CLAIM = 1
+CLAIMED = 2
+DENIED = 3
+PING = 4
+PONG = 5
+
+
+class RelayClaimError(TetherError):
+    """The relay refused the claim (the name belongs to another identity, or a bad name)."""
+
+
+@dataclass
+class Claim:
+    name: str
+    owner: str
+    route: tuple[Address, ...]
+    """From the relay node back to the claimer node (through the claimer's channel)."""
+    channel: str
+    claimed_at: float = field(default_factory=time.time)
+    forwarded: int = 0
+
+    def info(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "owner": self.owner,
+            "channel": self.channel,
+            "forwarded": self.forwarded,
+            "claimed_at": int(self.claimed_at),
+        }
+
+
+class RelayService:
+    """The relay side: the ``relay`` worker, the claims, and a forwarder per claimed name."""
+
+    def __init__(self, node: Node, owners: MutableMapping[str, str] | None = None) -> None:
+        self.node = node
+        self.owners: MutableMapping[str, str] = owners if owners is not None else {}
+        """name -> identifier of the identity that owns it (persisted by the daemon)."""
+        self.claims: dict[str, Claim] = {}
+
+    async def handle(self, ctx: WorkerContext, msg: Message) -> None:
+        from tether.node import KIND_DATA
+
+        if msg.kind != KIND_DATA or not msg.payload or not msg.return_route:
+            return
+        op, body = msg.payload[0], msg.payload[1:]
+        if op == PING:
+            await ctx.reply(msg, bytes([PONG]) + body)
+            return
+        if op != CLAIM:
+            return
+        name = body.decode("utf-8", errors="replace")
+        channel = self.node.channels.get(msg.return_route[0].value.decode("utf-8", "replace"))
+        reason = self._refusal(name, channel)
+        if reason is not None:
+            log.info("%s: refused a claim of %r: %s", self.node.name, name, reason)
+            await ctx.reply(msg, bytes([DENIED]) + reason.encode())
+            return
+        assert channel is not None
+        owner = channel.peer.identifier
+        self.owners.setdefault(name, owner)
+        old = self.claims.get(name)
+        self.claims[name] = Claim(name, owner, tuple(msg.return_route[:-1]), channel.address)
+        forwarder = FORWARD_PREFIX + name
+        if not self.node.has_worker(forwarder):
+            await self.node.start_worker(forwarder, self._forwarder(name), kind="relay")
+        log.info(
+            "%s: %s relay %r for %s",
+            self.node.name,
+            "re-claimed" if old else "claimed",
+            name,
+            owner,
+        )
+        await ctx.reply(msg, bytes([CLAIMED]) + name.encode())
+
+    def _refusal(self, name: str, channel: Any) -> str | None:
+        if not name or len(name) > 128 or not all(c.isalnum() or c in "-_." for c in name):
+            return f"invalid relay name {name!r}: use letters, digits, '-', '_' or '.'"
+        if channel is None:
+            return (
+                "claims must come through a secure channel to the relay node "
+                "(route …/secure/api/service/relay), so the relay knows who claims"
+            )
+        owner = self.owners.get(name)
+        me = channel.peer.identifier
+        if owner is not None and owner != me:
+            granted = channel.current_attributes().get("relay")
+            if granted not in (name, "*"):
+                return f"the name {name!r} belongs to {owner}; it cannot be claimed by {me}"
+        return None
+
+    def _forwarder(self, name: str) -> Any:
+        async def forward(ctx: WorkerContext, msg: Message) -> None:
+            claim = self.claims.get(name)
+            channel = self.node.channels.get(claim.channel) if claim else None
+            if claim is None or channel is None or channel.closed.is_set():
+                await self.node.report(
+                    RoutedMessage(msg.onward, msg.return_route, bytes([msg.kind])),
+                    f"relay {name!r} on node {self.node.name} is offline (its node is not "
+                    "connected); try again when it reconnects",
+                )
+                return
+            claim.forwarded += 1
+            await self.node.route(
+                RoutedMessage(
+                    (*claim.route, *msg.onward), msg.return_route, bytes([msg.kind]) + msg.payload
+                )
+            )
+
+        return forward
+
+    def info(self) -> list[dict[str, object]]:
+        out = []
+        for claim in self.claims.values():
+            channel = self.node.channels.get(claim.channel)
+            out.append(
+                {**claim.info(), "online": channel is not None and not channel.closed.is_set()}
+            )
+        return out
+
+
+@dataclass
+class RelayClient:
+    """The claimer side: keeps a name claimed at a relay node, reconnecting as needed."""
+
+    node: Node
+    name: str
+    relay_route: tuple[Address, ...]
+    """Route to the relay node's secure-channel listener (e.g. TCP hop + ``api``)."""
+    ping_interval: float = 5.0
+    ping_timeout: float = 5.0
+    backoff_min: float = 0.2
+    backoff_max: float = 30.0
+    state: str = "connecting"
+    claims: int = 0
+    last_error: str = ""
+    ready: anyio.Event = field(default_factory=anyio.Event)
+    _scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+
+    @property
+    def forward_route(self) -> str:
+        from tether.routing import format_route
+
+        return format_route(self.relay_route[:-1]) + f"/service/{FORWARD_PREFIX}{self.name}"
+
+    def info(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "claims": self.claims,
+            "last_error": self.last_error,
+            "forward_route": self.forward_route,
+        }
+
+    async def claim_once(self) -> Any:
+        """Open a channel to the relay node and claim the name; returns the channel."""
+        channel = await self.node.create_secure_channel(
+            self.relay_route, timeout=self.ping_timeout * 2
+        )
+        reply = await self.node.request(
+            [Address.local(channel.address), Address.local(SERVICE)],
+            bytes([CLAIM]) + self.name.encode(),
+            timeout=self.ping_timeout * 2,
+        )
+        if reply[:1] == bytes([DENIED]):
+            await channel.close()
+            raise RelayClaimError(reply[1:].decode("utf-8", "replace"))
+        if reply[:1] != bytes([CLAIMED]):
+            await channel.close()
+            raise RelayClaimError("the relay gave an unexpected answer")
+        return channel
+
+    async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        """Claim, watch, reconnect; until stopped. A refused claim ends it (raised at start)."""
+        from tether.node import ReplyTimeoutError, UnreachableError
+
+        delay = self.backoff_min
+        started = False
+        with self._scope:
+            while True:
+                try:
+                    channel = await self.claim_once()
+                except RelayClaimError as e:
+                    self.state, self.last_error = "refused", str(e)
+                    log.warning("%s: relay %r refused: %s", self.node.name, self.name, e)
+                    if not started:
+                        raise
+                    await anyio.sleep(self.backoff_max)
+                    continue
+                except (TetherError, OSError) as e:
+                    if self.state != "reconnecting":
+                        log.warning(
+                            "%s: relay %r unreachable (%s); retrying with backoff",
+                            self.node.name,
+                            self.name,
+                            e,
+                        )
+                    self.state, self.last_error = "reconnecting", str(e)
+                    if not started:
+                        started = True
+                        task_status.started()
+                    await anyio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not crypto
+                    delay = min(delay * 2, self.backoff_max)
+                    continue
+                delay = self.backoff_min
+                self.claims += 1
+                if self.state != "claimed":
+                    log.info(
+                        "%s: relay %r claimed (%s)", self.node.name, self.name, self.forward_route
+                    )
+                self.state, self.last_error = "claimed", ""
+                self.ready.set()
+                if not started:
+                    started = True
+                    task_status.started()
+                # Watch: ping through the channel until the path dies.
+                while not channel.closed.is_set():
+                    with anyio.move_on_after(self.ping_interval):
+                        await channel.closed.wait()
+                    if channel.closed.is_set():
+                        break
+                    try:
+                        await self.node.request(
+                            [Address.local(channel.address), Address.local(SERVICE)],
+                            bytes([PING]),
+                            timeout=self.ping_timeout,
+                        )
+                    except (UnreachableError, ReplyTimeoutError, TetherError) as e:
+                        self.last_error = f"relay path lost: {e}"
+                        break
+                self.ready = anyio.Event()
+                self.state = "reconnecting"
+                log.warning(
+                    "%s: relay %r lost (%s); reconnecting",
+                    self.node.name,
+                    self.name,
+                    self.last_error or "channel closed",
+                )
+                if not channel.closed.is_set():
+                    await channel.close(notify=False)
+
+    def stop(self) -> None:
+        self._scope.cancel()
+
+
+def relay_route(route: Sequence[Address]) -> tuple[Address, ...]:
+    """The route to a relay node's channel listener from a route to the node itself."""
+    return (*route, Address.local("api"))
