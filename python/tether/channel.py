@@ -354,6 +354,19 @@ class SecureChannel:
 
     async def decrypt(self, ctx: WorkerContext, msg: Message) -> None:
         """Decryptor: open the peer's ciphertext and route the inner message here."""
+        from tether.node import KIND_ERROR
+
+        if msg.kind == KIND_ERROR:
+            # A hop reported that the path to the peer failed: the channel cannot carry
+            # anything any more. Close it (without telling the unreachable peer), so users of the
+            # channel learn it now rather than at their next timeout.
+            log.info(
+                "secure channel %s: the path to the peer broke: %s",
+                self.address,
+                msg.payload.decode("utf-8", "replace"),
+            )
+            await self.close(notify=False)
+            return
         if not msg.payload:
             return
         step, body = msg.payload[0], msg.payload[1:]
@@ -413,7 +426,7 @@ class SecureChannel:
             )
         )
 
-    async def close(self, *, notify: bool = True) -> None:
+    async def close(self, notify: bool = True) -> None:
         if self.closed.is_set():
             return
         if notify:

@@ -26,6 +26,7 @@ from tether.errors import TetherError
 from tether.node import Node, ReplyTimeoutError, UnreachableError, echo
 from tether.nodes import NodeConfig
 from tether.registry import Registry
+from tether.relay import RelayClaimError
 from tether.routing import format_route
 from tether.state import Store
 
@@ -74,7 +75,10 @@ class Daemon:
             self.identifier = self.registry.get(cfg.identity).identifier
         channel_identity = self.registry.channel_identity(cfg.identity) if cfg.identity else None
         async with Node(
-            cfg.name, resolve_node=nodes.resolver(self.home), identity=channel_identity
+            cfg.name,
+            relay_owners=nodes.RelayOwners(self.store, cfg.name),
+            resolve_node=nodes.resolver(self.home),
+            identity=channel_identity,
         ) as node:
             self.node = node
             for spec in cfg.tcp_listeners:
@@ -88,6 +92,9 @@ class Daemon:
                 await node.create_secure_channel_listener(
                     lspec["address"], identity=identity, trust=trust
                 )
+            for relay in cfg.relays:
+                # A relay whose node is not up yet keeps retrying in the background.
+                await node.create_relay(relay["name"], relay["at"])
             for svc in cfg.services:
                 if not node.has_worker(svc["address"]):
                     await node.start_worker(
@@ -286,6 +293,49 @@ def _identity_and_trust(d: Daemon, body: Any) -> tuple[Any, Any]:
         raise ApiError(400, "'authorized' must be a list of identifiers")
     trust = trust_identifiers(*authorized) if authorized else None
     return identity, trust
+
+
+@api.add("GET", "/relays")
+async def list_relays(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
+    return 200, [r.info() for r in d.n.relays.values()]
+
+
+@api.add("GET", "/relays/{name}")
+async def get_relay(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
+    relay = d.n.relays.get(p["name"])
+    if relay is None:
+        raise ApiError(404, f"no relay {p['name']!r}")
+    return 200, relay.info()
+
+
+@api.add("POST", "/relays")
+async def create_relay(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
+    name = _field(body, "name")
+    at = _field(body, "at")
+    if name in d.n.relays:
+        raise ApiError(409, f"this node already keeps a relay named {name!r}")
+    try:
+        relay = await d.n.create_relay(name, at)
+    except RelayClaimError as e:
+        raise ApiError(422, str(e), "RelayClaimError") from None
+    d.config.relays.append({"name": name, "at": at})
+    d.persist()
+    return 201, relay.info()
+
+
+@api.add("DELETE", "/relays/{name}")
+async def delete_relay(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
+    if p["name"] not in d.n.relays:
+        raise ApiError(404, f"no relay {p['name']!r}")
+    await d.n.delete_relay(p["name"])
+    d.config.relays = [r for r in d.config.relays if r["name"] != p["name"]]
+    d.persist()
+    return 204, None
+
+
+@api.add("GET", "/relay-claims")
+async def list_claims(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
+    return 200, d.n.relay_service.info() if d.n.relay_service else []
 
 
 @api.add("GET", "/connections")

@@ -406,10 +406,7 @@ class Node:
 
         if name in self.relays:
             raise TetherError(f"node {self.name} already keeps a relay named {name!r}")
-        route = await self.resolve_route(at) if isinstance(at, str) else tuple(at)
-        if not route or route[-1] != Address.local("api"):
-            route = (*route, Address.local("api"))
-        client = RelayClient(self, name, route, **options)
+        client = RelayClient(self, name, at if isinstance(at, str) else tuple(at), **options)
         await self.task_group.start(client.run)
         self.relays[name] = client
         return client
@@ -419,6 +416,16 @@ class Node:
         if client is None:
             raise TetherError(f"no relay named {name!r} on node {self.name}")
         client.stop()
+
+    def connection_closed(self, address: str, peer: str | None) -> None:
+        """A TCP connection closed: secure channels whose first hop it was can carry nothing
+        more; close them now (their users learn it at once, not at their next timeout)."""
+        hops = {Address.local(address)}
+        if peer is not None:
+            hops.add(Address(TCP, peer.encode()))
+        for channel in list(self.channels.values()):
+            if channel.remote_route and channel.remote_route[0] in hops:
+                self.task_group.start_soon(channel.close, False)
 
     def remember_channel(self, channel: Any) -> None:
         self.channels[channel.address] = channel

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator, MutableMapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ class NodeConfig:
         default_factory=lambda: [{"kind": "echo", "address": "echo"}]
     )
     channel_listeners: list[dict[str, Any]] = field(default_factory=list)
+    relays: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -42,6 +44,7 @@ class NodeConfig:
             list(d.get("tcp_listeners", [])),
             list(d.get("services", [])),
             list(d.get("channel_listeners", [])),
+            list(d.get("relays", [])),
         )
 
 
@@ -163,3 +166,40 @@ def resolver(home: Path) -> Any:
         return (Address(TCP, str(listeners[0]["address"]).encode()),)
 
     return resolve
+
+
+class RelayOwners(MutableMapping[str, str]):
+    """Who owns which relay name at a relay node, kept in the store so ownership survives the
+    relay node's restart."""
+
+    def __init__(self, store: Store, node: str) -> None:
+        self.store = store
+        self.node = node
+
+    def __getitem__(self, name: str) -> str:
+        row = self.store.query_one(
+            "SELECT owner FROM relay_owners WHERE node = ? AND name = ?", (self.node, name)
+        )
+        if row is None:
+            raise KeyError(name)
+        return str(row[0])
+
+    def __setitem__(self, name: str, owner: str) -> None:
+        self.store.execute(
+            "INSERT OR REPLACE INTO relay_owners (node, name, owner) VALUES (?, ?, ?)",
+            (self.node, name, owner),
+        )
+
+    def __delitem__(self, name: str) -> None:
+        if not self.store.execute(
+            "DELETE FROM relay_owners WHERE node = ? AND name = ?", (self.node, name)
+        ):
+            raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        rows = self.store.query("SELECT name FROM relay_owners WHERE node = ?", (self.node,))
+        return iter([str(r[0]) for r in rows])
+
+    def __len__(self) -> int:
+        row = self.store.query_one("SELECT COUNT(*) FROM relay_owners WHERE node = ?", (self.node,))
+        return int(row[0]) if row else 0

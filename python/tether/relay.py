@@ -169,8 +169,9 @@ class RelayClient:
 
     node: Node
     name: str
-    relay_route: tuple[Address, ...]
-    """Route to the relay node's secure-channel listener (e.g. TCP hop + ``api``)."""
+    at: str | tuple[Address, ...]
+    """Route to the relay node (resolved again on every reconnect, so ``/node/NAME`` follows a
+    relay node that restarted elsewhere)."""
     ping_interval: float = 5.0
     ping_timeout: float = 5.0
     backoff_min: float = 0.2
@@ -180,6 +181,14 @@ class RelayClient:
     last_error: str = ""
     ready: anyio.Event = field(default_factory=anyio.Event)
     _scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    relay_route: tuple[Address, ...] = ()
+    """The route in use: to the relay node's secure-channel listener (``…/api``)."""
+
+    async def _resolve(self) -> tuple[Address, ...]:
+        route = await self.node.resolve_route(self.at)
+        if not route or route[-1] != Address.local("api"):
+            route = (*route, Address.local("api"))
+        return route
 
     @property
     def forward_route(self) -> str:
@@ -198,6 +207,7 @@ class RelayClient:
 
     async def claim_once(self) -> Any:
         """Open a channel to the relay node and claim the name; returns the channel."""
+        self.relay_route = await self._resolve()
         channel = await self.node.create_secure_channel(
             self.relay_route, timeout=self.ping_timeout * 2
         )
@@ -216,7 +226,6 @@ class RelayClient:
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Claim, watch, reconnect; until stopped. A refused claim ends it (raised at start)."""
-        from tether.node import ReplyTimeoutError, UnreachableError
 
         delay = self.backoff_min
         started = False
@@ -263,14 +272,9 @@ class RelayClient:
                         await channel.closed.wait()
                     if channel.closed.is_set():
                         break
-                    try:
-                        await self.node.request(
-                            [Address.local(channel.address), Address.local(SERVICE)],
-                            bytes([PING]),
-                            timeout=self.ping_timeout,
-                        )
-                    except (UnreachableError, ReplyTimeoutError, TetherError) as e:
-                        self.last_error = f"relay path lost: {e}"
+                    problem = await self._ping(channel)
+                    if problem is not None:
+                        self.last_error = problem
                         break
                 self.ready = anyio.Event()
                 self.state = "reconnecting"
@@ -282,6 +286,29 @@ class RelayClient:
                 )
                 if not channel.closed.is_set():
                     await channel.close(notify=False)
+
+    async def _ping(self, channel: Any) -> str | None:
+        """One ping through the channel; the reason if the relay path is lost. Returns at once
+        when the channel closes meanwhile (its connection died)."""
+        result: list[str | None] = ["the channel closed"]
+
+        async def ping(scope: anyio.CancelScope) -> None:
+            try:
+                await self.node.request(
+                    [Address.local(channel.address), Address.local(SERVICE)],
+                    bytes([PING]),
+                    timeout=self.ping_timeout,
+                )
+                result[0] = None
+            except TetherError as e:
+                result[0] = f"relay path lost: {e}"
+            scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ping, tg.cancel_scope)
+            await channel.closed.wait()
+            tg.cancel_scope.cancel()
+        return result[0]
 
     def stop(self) -> None:
         self._scope.cancel()

@@ -86,6 +86,15 @@ MIGRATIONS: list[str] = [
         created_at INTEGER NOT NULL
     );
     """,
+    # 2 -> 3: relay names and the identities that own them, per relay node.
+    """
+    CREATE TABLE relay_owners (
+        node TEXT NOT NULL,
+        name TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        PRIMARY KEY (node, name)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

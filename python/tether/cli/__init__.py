@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tether import __version__
-from tether.cli import channel, credential, identity, node
+from tether.cli import channel, credential, identity, node, relay
 from tether.errors import TetherError
 
 EXAMPLES = """\
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     credential.register(groups)
     node.register(groups)
     channel.register(groups)
+    relay.register(groups)
     return parser
 
 
@@ -121,5 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tether: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (e.g. `| head`): not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     finally:
         ctx.close()

@@ -321,6 +321,7 @@ class TcpTransport:
         self.connections.pop(conn.address, None)
         if conn.key is not None and self.outgoing.get(conn.key) is conn:
             del self.outgoing[conn.key]
+        self.node.connection_closed(conn.address, conn.key)
 
     async def listen(self, host: str = "127.0.0.1", port: int = 0) -> Listener:
         try:

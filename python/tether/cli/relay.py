@@ -1,0 +1,102 @@
+"""``tether relay …``: claim a name at a relay node so a node with no open port is reachable."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from tether import nodes
+from tether.cli.api import call
+from tether.cli.channel import _api
+from tether.errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from tether.cli import Context
+
+
+def _node(ctx: Context) -> str:
+    """--to, or the only running node."""
+    if ctx.args.to:
+        return str(ctx.args.to)
+    from tether.state import default_home
+
+    home = ctx.home or default_home()
+    running = [
+        c.name
+        for c in nodes.list_configs(ctx.registry().store)
+        if nodes.read_runtime(home, c.name) is not None
+    ]
+    if len(running) != 1:
+        raise InvalidArgumentError(
+            f"say which node keeps the relay with --to NODE ({len(running)} nodes are running)"
+        )
+    return running[0]
+
+
+def _describe(r: dict[str, Any]) -> str:
+    extra = f" ({r['last_error']})" if r.get("last_error") else ""
+    return f"{r['name']}  {r['state']}{extra}\n  reach it at {r['forward_route']}/…"
+
+
+def _create(ctx: Context) -> int:
+    node = _node(ctx)
+    r = call(
+        _api(ctx, node), "POST", "/relays", {"name": ctx.args.name, "at": ctx.args.at}, timeout=60
+    )
+    ctx.emit(_describe(r), r)
+    return 0
+
+
+def _list(ctx: Context) -> int:
+    items = call(_api(ctx, _node(ctx)), "GET", "/relays")
+    ctx.emit("\n".join(_describe(r) for r in items) or "no relays", items)
+    return 0
+
+
+def _show(ctx: Context) -> int:
+    r = call(_api(ctx, _node(ctx)), "GET", f"/relays/{ctx.args.name}")
+    ctx.emit(_describe(r), r)
+    return 0
+
+
+def _delete(ctx: Context) -> int:
+    call(_api(ctx, _node(ctx)), "DELETE", f"/relays/{ctx.args.name}")
+    ctx.emit(f"stopped keeping relay {ctx.args.name}", {"deleted": ctx.args.name})
+    return 0
+
+
+def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from tether.cli import add_command
+
+    group = groups.add_parser(
+        "relay",
+        help="make a node with no open port reachable through a relay node",
+        description="Relays: a node connects out to a relay node, claims a name there, and is "
+        "reachable at ROUTE_TO_RELAY/service/forward_to_NAME. Secure channels through the "
+        "relay keep it blind.",
+        epilog="example:\n  tether relay create db --at /node/relay --to protected",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    group.set_defaults(group_parser=group)
+    sub = group.add_subparsers(title="commands", metavar="COMMAND")
+    p = add_command(
+        sub,
+        "create",
+        "claim NAME at the relay node reached by --at",
+        "tether relay create db --at /node/relay --to protected",
+        _create,
+    )
+    p.add_argument("name")
+    p.add_argument("--at", required=True, help="route to the relay node, e.g. /node/relay")
+    p.add_argument("--to", help="the node that claims the name (default: the only running one)")
+    p = add_command(
+        sub, "list", "list the relays a node keeps", "tether relay list --to protected", _list
+    )
+    p.add_argument("--to", help="the node (default: the only running one)")
+    for name, help_text, handler in (
+        ("show", "show one relay", _show),
+        ("delete", "stop keeping a relay", _delete),
+    ):
+        p = add_command(sub, name, help_text, f"tether relay {name} db --to protected", handler)
+        p.add_argument("name")
+        p.add_argument("--to", help="the node (default: the only running one)")
