@@ -201,7 +201,7 @@ def close() -> None:
 # --- the operations, run in the client event loop ---------------------------------------------
 
 
-async def _receive_frames(stream: trio.SocketStream, reader: FrameReader) -> list[bytearray]:
+async def _receive_frames(stream: trio.abc.Stream, reader: FrameReader) -> list[bytearray]:
     """At least one frame."""
     while True:
         chunk = await stream.receive_some(READ_SIZE)
@@ -212,7 +212,7 @@ async def _receive_frames(stream: trio.SocketStream, reader: FrameReader) -> lis
             return frames
 
 
-async def _receive_exactly(stream: trio.SocketStream, size: int) -> bytes:
+async def _receive_exactly(stream: trio.abc.Stream, size: int) -> bytes:
     data = b""
     while len(data) < size:
         chunk = await stream.receive_some(size - len(data))
@@ -241,7 +241,7 @@ async def tether_requests(
 
 
 async def trio_pipelined(
-    stream: trio.SocketStream,
+    stream: trio.abc.Stream,
     payload: bytes,
     window: int,
     n: int,
@@ -271,7 +271,7 @@ async def tether_serial(node: Node, route: Sequence[Address], payload: bytes, n:
         await request(route, payload, timeout=TIMEOUT)
 
 
-async def trio_serial(stream: trio.SocketStream, payload: bytes, n: int) -> bytes:
+async def trio_serial(stream: trio.abc.Stream, payload: bytes, n: int) -> bytes:
     """``n`` echo round trips, one at a time; returns the last reply."""
     reader = FrameReader()
     frames: list[bytearray] = []
@@ -308,7 +308,7 @@ async def tether_bulk(
     totals.expect(n, len(payload), await node.request(route, b"", timeout=TIMEOUT), "count worker")
 
 
-async def trio_bulk(stream: trio.SocketStream, payload: bytes, totals: Totals, n: int) -> None:
+async def trio_bulk(stream: trio.abc.Stream, payload: bytes, totals: Totals, n: int) -> None:
     pack = HEADER.pack
     for _ in range(n):
         await stream.send_all(pack(len(payload)) + payload)

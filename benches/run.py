@@ -22,7 +22,11 @@ What is compared (details in ``benches/README.md``):
   verifications it needs (the signing key's attestation and the credential);
 * tether nodes over loopback TCP, the server side in other processes (``node_cases.py``): 64 B
   request/reply round trips with 32 in flight, round-trip latency per hop, one-way 64 KiB
-  throughput, each vs the same operation with plain trio on length-prefixed frames.
+  throughput, each vs the same operation with plain trio on length-prefixed frames;
+* secure channels (``channel_cases.py``, the server side in another process): channels opened
+  (and closed) per second over loopback TCP vs the bare Noise XX handshake pair; 64 B
+  request/reply with 32 in flight and one-way 64 KiB throughput through a channel, each vs the
+  same route without a channel and vs TLS 1.3 (Python's ``ssl`` under trio).
 
 The variants of a group run in interleaved rounds (A, B, A, B, ...) after a warm-up; each row is
 the median of the rounds, and ratios are tether / baseline of those medians. The table, with the
@@ -45,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import cases
+import channel_cases
 import node_cases
 import tether
 from harness import (
@@ -97,6 +102,7 @@ def comparisons() -> list[Comparison]:
     for subject in ("verify(bytes)", "verify(Credential)"):
         out.append(Comparison("credential/verify", subject, "raw Ed25519 x2", None))
     out += [Comparison(*c) for c in node_cases.comparisons()]
+    out += [Comparison(*c) for c in channel_cases.comparisons()]
     return out
 
 
@@ -129,7 +135,7 @@ class Results:
 
 def run(settings: Settings, mode: str, only: str | None) -> Results:
     start, load_before = time.perf_counter(), _load()
-    all_groups = [*cases.all_groups(), *node_cases.all_groups()]
+    all_groups = [*cases.all_groups(), *node_cases.all_groups(), *channel_cases.all_groups()]
     builders = [(k, b) for k, b in all_groups if only is None or only in k]
     if not builders:
         raise SystemExit(f"no benchmark group matches --only {only!r}")
@@ -148,7 +154,10 @@ def run(settings: Settings, mode: str, only: str | None) -> Results:
                     f"      {m.name:<24} {fmt_rate(m.median):>14} {m.unit}{extra}", file=sys.stderr
                 )
     finally:
-        node_cases.close()  # the node groups' server processes and client event loop
+        try:
+            node_cases.close()  # the node groups' server processes and client event loop
+        finally:
+            channel_cases.close()  # the channel groups' server process and client event loop
     wall = time.perf_counter() - start
     return Results(settings, mode, titles, measurements, wall, load_before, _load())
 
