@@ -430,6 +430,9 @@ class SecureChannel:
         if self.closed.is_set():
             return
         if notify:
+            # Messages already accepted for the channel go out first; CLOSE follows them.
+            if not await self.node.drain_worker(self.address):
+                log.info("secure channel %s: closing with messages still queued", self.address)
             try:
                 await self._send_wire(Step.CLOSE, self.cipher.seal(b""))
             except TetherError as e:

@@ -78,6 +78,7 @@ class Worker:
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     kind: str = "custom"
     delivered: int = 0
+    busy: bool = False
 
 
 class WorkerContext:
@@ -201,6 +202,7 @@ class Node:
             task_status.started()
             async with w.receive:
                 async for msg in w.receive:
+                    w.busy = True
                     try:
                         await w.handler(ctx, msg)
                     except TetherError as e:
@@ -209,6 +211,8 @@ class Node:
                         )
                     except Exception:
                         log.exception("%s: worker %s failed on a message", self.name, w.address)
+                    finally:
+                        w.busy = False
 
     async def stop_worker(self, address: str) -> None:
         w = self._workers.pop(address, None)
@@ -222,6 +226,18 @@ class Node:
             {"address": w.address, "kind": w.kind, "delivered": w.delivered}
             for w in self._workers.values()
         ]
+
+    async def drain_worker(self, address: str, timeout: float = 5.0) -> bool:
+        """Wait until the worker has handled everything in its mailbox (True), or ``timeout``
+        passed (False)."""
+        w = self._workers.get(address)
+        if w is None:
+            return True
+        with anyio.move_on_after(timeout):
+            while w.busy or w.receive.statistics().current_buffer_used:
+                await anyio.sleep(0.001)
+            return True
+        return False
 
     def has_worker(self, address: str) -> bool:
         return address in self._workers
