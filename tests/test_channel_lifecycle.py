@@ -127,3 +127,30 @@ def test_idle_channels_close_on_both_ends() -> None:
             a.task_group.cancel_scope.cancel()
 
     anyio.run(main, backend="trio")
+
+
+def test_close_sends_what_was_already_accepted_first() -> None:
+    async def main() -> None:
+        async with (
+            Node("b", identity=ephemeral_identity()) as b,
+            Node("a", identity=ephemeral_identity()) as a,
+        ):
+            lb = await b.listen_tcp()
+            got: list[bytes] = []
+
+            async def count(ctx: object, msg: object) -> None:
+                got.append(msg.payload)  # type: ignore[attr-defined]
+
+            await b.start_worker("count", count)
+            ch = await a.create_secure_channel(f"/ip4/127.0.0.1/tcp/{lb.port}/service/api")
+            sent = [b"%d" % i for i in range(20)] + [os.urandom(100_000)]
+            for payload in sent:
+                await a.send([Address.local(ch.address), Address.local("count")], payload)
+            await ch.close()
+            with anyio.fail_after(5):
+                while b.channels:
+                    await anyio.sleep(0.01)
+            assert got == sent
+            a.task_group.cancel_scope.cancel()
+
+    anyio.run(main, backend="trio")
