@@ -438,6 +438,7 @@ class SecureChannel:
             except TetherError as e:
                 log.info("could not tell the peer that %s closed: %s", self.address, e)
         self.closed.set()
+        self.cipher.erase()  # keys dropped now, not whenever this object is collected
         self.node.forget_channel(self)
         self._partial.clear()
         for address in (self.address, self.decryptor):

@@ -59,6 +59,7 @@ pub struct ChannelCipher {
     rekey_interval: u64,
     send: Sender,
     recv: Receiver,
+    erased: bool,
 }
 
 impl ChannelCipher {
@@ -97,7 +98,25 @@ impl ChannelCipher {
                 previous: None,
                 window: ReplayWindow::new(),
             },
+            erased: false,
         })
+    }
+
+    /// Drop every key (the channel closed): the key objects are freed now, not when the
+    /// channel object is, and every later seal or open fails with [`Error::Broken`].
+    pub fn erase(&mut self) {
+        if let Ok(zero) = Key::new(self.alg, &[0u8; 32]) {
+            self.send.key = zero;
+        }
+        if let Ok(zero) = Key::new(self.alg, &[0u8; 32]) {
+            self.recv.key = zero;
+        }
+        self.recv.previous = None;
+        self.erased = true;
+    }
+
+    pub fn is_erased(&self) -> bool {
+        self.erased
     }
 
     pub fn rekey_interval(&self) -> u64 {
@@ -148,6 +167,9 @@ impl ChannelCipher {
 
     /// Seal `payload` into `out` (exactly `payload.len() + OVERHEAD` bytes).
     pub fn seal_to(&mut self, payload: &[u8], out: &mut [u8]) -> Result<()> {
+        if self.erased {
+            return Err(Error::Broken);
+        }
         if payload.len() > MAX_PAYLOAD_LEN {
             return Err(Error::InvalidArgument(format!(
                 "a channel message carries at most {MAX_PAYLOAD_LEN} bytes, got {}; split bulk data",
@@ -236,6 +258,9 @@ impl ChannelCipher {
     /// Open `message` into `out` (exactly `opened_len(message)` bytes). Returns the nonce. On
     /// any error nothing changes.
     pub fn open_to(&mut self, message: &[u8], out: &mut [u8]) -> Result<u64> {
+        if self.erased {
+            return Err(Error::Broken);
+        }
         Self::opened_len(message)?;
         let mut nb = [0u8; NONCE_LEN];
         nb.copy_from_slice(&message[..NONCE_LEN]);
@@ -441,6 +466,17 @@ mod tests {
         assert_eq!(a.sending_nonce(), 0);
         assert!(a.skip_sending_nonce_to(MAX_EPOCH_SKIP * WINDOW).is_ok());
         assert!(a.skip_sending_nonce_to(u64::MAX).is_err());
+    }
+
+    #[test]
+    fn erased_ciphers_refuse_everything() {
+        let (mut a, mut b) = pair(DEFAULT_REKEY_INTERVAL);
+        let m = a.seal(b"before").unwrap();
+        b.erase();
+        assert!(b.is_erased());
+        assert_eq!(b.open(&m), Err(Error::Broken));
+        a.erase();
+        assert_eq!(a.seal(b"after"), Err(Error::Broken));
     }
 
     #[test]

@@ -469,6 +469,16 @@ impl PyChannelCipher {
         Ok(out)
     }
 
+    /// Drop the keys now (the channel closed); every later call raises BrokenError.
+    fn erase(&mut self) {
+        self.inner.erase();
+    }
+
+    #[getter]
+    fn erased(&self) -> bool {
+        self.inner.is_erased()
+    }
+
     #[getter]
     fn sending_nonce(&self) -> u64 {
         self.inner.sending_nonce()
