@@ -278,8 +278,11 @@ def test_protected_node_in_a_namespace_reaches_only_the_relay(netns: str) -> Non
             )
             try:
                 assert proc.stdout is not None
+                out = b""
                 with anyio.fail_after(30):
-                    line = (await proc.stdout.receive()).decode()
+                    while b"\n" not in out:  # the child's line may arrive in pieces
+                        out += await proc.stdout.receive()
+                line = out.decode()
                 assert line.startswith("ready"), line
                 protected_id = line.split()[1]
                 # The namespace cannot reach the host's loopback services (only the relay).
