@@ -4,7 +4,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use super::buffer::Buf;
-use super::GIL_RELEASE_THRESHOLD;
+use super::maybe_detached;
 use crate::aead::{Algorithm, Key, NONCE_LEN, TAG_LEN};
 use crate::error::Error;
 
@@ -52,11 +52,7 @@ impl PyAead {
         let nonce = nonce12(nonce.as_bytes())?;
         let (pt, ad) = (data.as_bytes(), aad.as_ref().map_or(&[][..], Buf::as_bytes));
         PyBytes::new_with(py, pt.len() + TAG_LEN, |out| {
-            if pt.len() >= GIL_RELEASE_THRESHOLD {
-                py.detach(|| self.key.seal_to(&nonce, ad, pt, out))?;
-            } else {
-                self.key.seal_to(&nonce, ad, pt, out)?;
-            }
+            maybe_detached(py, pt.len(), || self.key.seal_to(&nonce, ad, pt, out))?;
             Ok(())
         })
     }
@@ -74,11 +70,7 @@ impl PyAead {
         let (ct, ad) = (data.as_bytes(), aad.as_ref().map_or(&[][..], Buf::as_bytes));
         let len = ct.len().checked_sub(TAG_LEN).ok_or(Error::Decrypt)?;
         PyBytes::new_with(py, len, |out| {
-            if ct.len() >= GIL_RELEASE_THRESHOLD {
-                py.detach(|| self.key.open_to(&nonce, ad, ct, out))?;
-            } else {
-                self.key.open_to(&nonce, ad, ct, out)?;
-            }
+            maybe_detached(py, ct.len(), || self.key.open_to(&nonce, ad, ct, out))?;
             Ok(())
         })
     }

@@ -13,6 +13,20 @@ use pyo3::prelude::*;
 /// more than it saves).
 pub(crate) const GIL_RELEASE_THRESHOLD: usize = 2048;
 
+/// Run `f` with the GIL released when `len` (the bytes it processes) is at least the threshold.
+/// `f` touches no Python object (it only gets byte slices), so releasing is safe.
+pub(crate) fn maybe_detached<T: Send>(
+    py: Python<'_>,
+    len: usize,
+    f: impl FnOnce() -> T + Send,
+) -> T {
+    if len >= GIL_RELEASE_THRESHOLD {
+        py.detach(f)
+    } else {
+        f()
+    }
+}
+
 #[pymodule]
 #[pyo3(name = "_core")]
 fn tether_core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -5,7 +5,7 @@ use pyo3::types::{PyBytes, PyList};
 
 use super::buffer::Buf;
 use super::errors::instance;
-use super::GIL_RELEASE_THRESHOLD;
+use super::maybe_detached;
 use crate::channel::{self, ChannelCipher};
 use crate::error::Error;
 use crate::noise::{self, Handshake, TransportState};
@@ -191,11 +191,7 @@ impl PyTransport {
         }
         let inner = &mut self.inner;
         PyBytes::new_with(py, pt.len() + crate::aead::TAG_LEN, |out| {
-            if pt.len() >= GIL_RELEASE_THRESHOLD {
-                py.detach(|| inner.encrypt_to(pt, out))?;
-            } else {
-                inner.encrypt_to(pt, out)?;
-            }
+            maybe_detached(py, pt.len(), || inner.encrypt_to(pt, out))?;
             Ok(())
         })
     }
@@ -211,11 +207,7 @@ impl PyTransport {
         }
         let inner = &mut self.inner;
         PyBytes::new_with(py, ct.len() - crate::aead::TAG_LEN, |out| {
-            if ct.len() >= GIL_RELEASE_THRESHOLD {
-                py.detach(|| inner.decrypt_to(ct, out))?;
-            } else {
-                inner.decrypt_to(ct, out)?;
-            }
+            maybe_detached(py, ct.len(), || inner.decrypt_to(ct, out))?;
             Ok(())
         })
     }
@@ -315,11 +307,7 @@ fn seal_one<'py>(
         return Err(c.seal(pt).err().unwrap_or(Error::Broken).into());
     }
     PyBytes::new_with(py, ChannelCipher::sealed_len(pt.len()), |out| {
-        if pt.len() >= GIL_RELEASE_THRESHOLD {
-            py.detach(|| c.seal_to(pt, out))?;
-        } else {
-            c.seal_to(pt, out)?;
-        }
+        maybe_detached(py, pt.len(), || c.seal_to(pt, out))?;
         Ok(())
     })
 }
@@ -331,11 +319,7 @@ fn open_one<'py>(
 ) -> PyResult<Bound<'py, PyBytes>> {
     let len = ChannelCipher::opened_len(msg)?;
     PyBytes::new_with(py, len, |out| {
-        if msg.len() >= GIL_RELEASE_THRESHOLD {
-            py.detach(|| c.open_to(msg, out))?;
-        } else {
-            c.open_to(msg, out)?;
-        }
+        maybe_detached(py, msg.len(), || c.open_to(msg, out))?;
         Ok(())
     })
 }
@@ -357,11 +341,7 @@ fn seal_frames<'py>(
 ) -> PyResult<Bound<'py, PyBytes>> {
     let total = ChannelCipher::sealed_frames_len(slices.iter().copied());
     PyBytes::new_with(py, total, |out| {
-        if total >= GIL_RELEASE_THRESHOLD {
-            py.detach(|| c.seal_frames_to(slices, out))?;
-        } else {
-            c.seal_frames_to(slices, out)?;
-        }
+        maybe_detached(py, total, || c.seal_frames_to(slices, out))?;
         Ok(())
     })
 }
@@ -449,12 +429,8 @@ impl PyChannelCipher {
                 Ok(len) => {
                     let mut failure = None;
                     let r = PyBytes::new_with(py, len, |buf| {
-                        let res = if m.len() >= GIL_RELEASE_THRESHOLD {
-                            py.detach(|| self.inner.open_to(m, buf))
-                        } else {
-                            self.inner.open_to(m, buf)
-                        };
-                        if let Err(e) = res {
+                        let inner = &mut self.inner;
+                        if let Err(e) = maybe_detached(py, m.len(), || inner.open_to(m, buf)) {
                             failure = Some(e);
                         }
                         Ok(())
