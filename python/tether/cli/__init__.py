@@ -83,6 +83,25 @@ def add_command(
     return p
 
 
+def add_group(
+    groups: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_text: str,
+    description: str,
+    example: str,
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """A command group (``tether NAME …``); returns its subcommand registry."""
+    group = groups.add_parser(
+        name,
+        help=help_text,
+        description=description,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    group.set_defaults(group_parser=group)
+    return group.add_subparsers(title="commands", metavar="COMMAND")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tether",

@@ -97,18 +97,18 @@ def _listener_delete(ctx: Context) -> int:
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from tether.cli import add_command
+    from tether.cli import add_command, add_group
 
-    group = groups.add_parser(
+    sub = add_group(
+        groups,
         "secure-channel",
-        help="open, list and close secure channels",
-        description="Secure channels: mutually authenticated, end-to-end encrypted Noise XX "
-        "channels over any route.",
-        epilog="example:\n  tether secure-channel create --from n1 --to /node/n2/service/api",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "open, list and close secure channels",
+        (
+            "Secure channels: mutually authenticated, end-to-end encrypted Noise XX channels over any "
+            "route."
+        ),
+        "tether secure-channel create --from n1 --to /node/n2/service/api",
     )
-    group.set_defaults(group_parser=group)
-    sub = group.add_subparsers(title="commands", metavar="COMMAND")
     p = add_command(
         sub,
         "create",
@@ -138,16 +138,16 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         p.add_argument("address")
         p.add_argument("--at", required=True, help="the node")
 
-    group = groups.add_parser(
+    sub = add_group(
+        groups,
         "secure-channel-listener",
-        help="accept secure channels on a node",
-        description="Secure-channel listeners accept channels from authenticated identities "
-        "(every node with an identity has one at 'api').",
-        epilog="example:\n  tether secure-channel-listener create db --at n2 --authorized I0123...",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "accept secure channels on a node",
+        (
+            "Secure-channel listeners accept channels from authenticated identities (every node with "
+            "an identity has one at 'api')."
+        ),
+        "tether secure-channel-listener create db --at n2 --authorized I0123...",
     )
-    group.set_defaults(group_parser=group)
-    sub = group.add_subparsers(title="commands", metavar="COMMAND")
     p = add_command(
         sub,
         "create",

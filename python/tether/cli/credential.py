@@ -120,19 +120,15 @@ def _list(ctx: Context) -> int:
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from tether.cli import add_command
+    from tether.cli import add_command, add_group
 
-    group = groups.add_parser(
+    sub = add_group(
+        groups,
         "credential",
-        help="issue, verify and revoke credentials",
-        description="Credentials: attributes an authority signs about an identity, with expiry "
-        "and revocation.",
-        epilog="example:\n  tether credential issue --issuer authority --for I0123... "
-        "--attribute role=db-client --ttl 30d",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "issue, verify and revoke credentials",
+        "Credentials: attributes an authority signs about an identity, with expiry and revocation.",
+        "tether credential issue --issuer authority --for I0123... ",
     )
-    group.set_defaults(group_parser=group)
-    sub = group.add_subparsers(title="commands", metavar="COMMAND")
 
     p = add_command(
         sub,

@@ -111,18 +111,18 @@ def _import(ctx: Context) -> int:
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from tether.cli import add_command
+    from tether.cli import add_command, add_group
 
-    group = groups.add_parser(
+    sub = add_group(
+        groups,
         "identity",
-        help="create and manage identities",
-        description="Identities: Ed25519 keys with a change history. The identifier stays the "
-        "same across key rotations.",
-        epilog="example:\n  tether identity create alice",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "create and manage identities",
+        (
+            "Identities: Ed25519 keys with a change history. The identifier stays the same across key "
+            "rotations."
+        ),
+        "tether identity create alice",
     )
-    group.set_defaults(group_parser=group)
-    sub = group.add_subparsers(title="commands", metavar="COMMAND")
 
     p = add_command(
         sub,

@@ -240,18 +240,18 @@ def _send(ctx: Context) -> int:
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from tether.cli import add_command
+    from tether.cli import add_command, add_group
 
-    group = groups.add_parser(
+    sub = add_group(
+        groups,
         "node",
-        help="create, start, stop and inspect nodes",
-        description="Nodes: tether processes that host workers and route messages. Each runs "
-        "as a daemon with a control API on a Unix socket.",
-        epilog="example:\n  tether node create n1 --tcp-listener 127.0.0.1:4000",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "create, start, stop and inspect nodes",
+        (
+            "Nodes: tether processes that host workers and route messages. Each runs as a daemon with "
+            "a control API on a Unix socket."
+        ),
+        "tether node create n1 --tcp-listener 127.0.0.1:4000",
     )
-    group.set_defaults(group_parser=group)
-    sub = group.add_subparsers(title="commands", metavar="COMMAND")
     p = add_command(
         sub,
         "create",
@@ -290,15 +290,13 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("name")
     p.add_argument("--lines", type=int, default=50)
 
-    group = groups.add_parser(
+    sub = add_group(
+        groups,
         "message",
-        help="send messages through nodes",
-        description="Send a message from a node along a route and print the reply.",
-        epilog="example:\n  tether message send --from n1 --to /node/n2/service/echo hello",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "send messages through nodes",
+        "Send a message from a node along a route and print the reply.",
+        "tether message send --from n1 --to /node/n2/service/echo hello",
     )
-    group.set_defaults(group_parser=group)
-    sub = group.add_subparsers(title="commands", metavar="COMMAND")
     p = add_command(
         sub,
         "send",

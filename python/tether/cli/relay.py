@@ -66,19 +66,18 @@ def _delete(ctx: Context) -> int:
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from tether.cli import add_command
+    from tether.cli import add_command, add_group
 
-    group = groups.add_parser(
+    sub = add_group(
+        groups,
         "relay",
-        help="make a node with no open port reachable through a relay node",
-        description="Relays: a node connects out to a relay node, claims a name there, and is "
-        "reachable at ROUTE_TO_RELAY/service/forward_to_NAME. Secure channels through the "
-        "relay keep it blind.",
-        epilog="example:\n  tether relay create db --at /node/relay --to protected",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "make a node with no open port reachable through a relay node",
+        (
+            "Relays: a node connects out to a relay node, claims a name there, and is reachable at "
+            "ROUTE_TO_RELAY/service/forward_to_NAME. Secure channels through the relay keep it blind."
+        ),
+        "tether relay create db --at /node/relay --to protected",
     )
-    group.set_defaults(group_parser=group)
-    sub = group.add_subparsers(title="commands", metavar="COMMAND")
     p = add_command(
         sub,
         "create",
