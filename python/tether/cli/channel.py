@@ -104,8 +104,8 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "secure-channel",
         "open, list and close secure channels",
         (
-            "Secure channels: mutually authenticated, end-to-end encrypted Noise XX channels over any "
-            "route."
+            "Secure channels: mutually authenticated, end-to-end encrypted Noise XX channels over"
+            " any route."
         ),
         "tether secure-channel create --from n1 --to /node/n2/service/api",
     )
@@ -143,8 +143,8 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "secure-channel-listener",
         "accept secure channels on a node",
         (
-            "Secure-channel listeners accept channels from authenticated identities (every node with "
-            "an identity has one at 'api')."
+            "Secure-channel listeners accept channels from authenticated identities (every node "
+            "with an identity has one at 'api')."
         ),
         "tether secure-channel-listener create db --at n2 --authorized I0123...",
     )

@@ -118,8 +118,8 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "identity",
         "create and manage identities",
         (
-            "Identities: Ed25519 keys with a change history. The identifier stays the same across key "
-            "rotations."
+            "Identities: Ed25519 keys with a change history. The identifier stays the same across"
+            " key rotations."
         ),
         "tether identity create alice",
     )

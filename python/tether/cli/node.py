@@ -247,8 +247,8 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "node",
         "create, start, stop and inspect nodes",
         (
-            "Nodes: tether processes that host workers and route messages. Each runs as a daemon with "
-            "a control API on a Unix socket."
+            "Nodes: tether processes that host workers and route messages. Each runs as a daemon "
+            "with a control API on a Unix socket."
         ),
         "tether node create n1 --tcp-listener 127.0.0.1:4000",
     )

@@ -73,8 +73,9 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "relay",
         "make a node with no open port reachable through a relay node",
         (
-            "Relays: a node connects out to a relay node, claims a name there, and is reachable at "
-            "ROUTE_TO_RELAY/service/forward_to_NAME. Secure channels through the relay keep it blind."
+            "Relays: a node connects out to a relay node, claims a name there, and is reachable "
+            "at ROUTE_TO_RELAY/service/forward_to_NAME. Secure channels through the relay keep it"
+            " blind."
         ),
         "tether relay create db --at /node/relay --to protected",
     )
