@@ -74,6 +74,9 @@ DEFAULT_IDLE_TIMEOUT = 600.0
 #: Largest message a channel carries (split into fragments of FRAGMENT bytes on the wire).
 MAX_MESSAGE = 16 << 20
 FRAGMENT = noise.MAX_PAYLOAD_LEN - 1
+#: The first byte of every DATA plaintext: this fragment starts and/or ends its message.
+FIRST = 0b10
+LAST = 0b01
 
 
 class Step(enum.IntEnum):
@@ -87,6 +90,12 @@ class Step(enum.IntEnum):
     REFUSED = 6
     ACK = 7
     CREDENTIALS = 8
+
+
+#: Every sealed channel message authenticates its step byte as associated data, so a step
+#: rewritten on the wire (a DATA turned into a CLOSE, say) fails authentication and changes
+#: nothing.
+_AD = {step: bytes([step]) for step in Step}
 
 
 class ChannelRefusedError(HandshakeError):
@@ -291,11 +300,11 @@ class SecureChannel:
         # starts with a flag: 1 = the message's last fragment, 0 = more follow.
         n = len(data)
         parts = [
-            (b"\x01" if end >= n else b"\x00") + data[start:end]
+            bytes([(FIRST if start == 0 else 0) | (LAST if end >= n else 0)]) + data[start:end]
             for start in range(0, max(n, 1), FRAGMENT)
             for end in (min(start + FRAGMENT, n),)
         ]
-        for sealed in self.cipher.seal_many(parts):
+        for sealed in self.cipher.seal_many(parts, aad=_AD[Step.DATA]):
             await self._send_wire(Step.DATA, sealed)
         self.sent_messages += 1
         self.last_activity = time.monotonic()
@@ -317,7 +326,9 @@ class SecureChannel:
         w = Writer().u8(len(credentials))
         for c in credentials:
             w.var(c.encode(), MAX_CREDENTIAL_BYTES)
-        await self._send_wire(Step.CREDENTIALS, self.cipher.seal(w.getvalue()))
+        await self._send_wire(
+            Step.CREDENTIALS, self.cipher.seal(w.getvalue(), aad=_AD[Step.CREDENTIALS])
+        )
 
     def _accept_credentials(self, plain: bytes) -> None:
         r = Reader(plain, "credentials", 1 + MAX_CREDENTIALS * (2 + MAX_CREDENTIAL_BYTES))
@@ -357,28 +368,28 @@ class SecureChannel:
         from tether.node import KIND_ERROR
 
         if msg.kind == KIND_ERROR:
-            # A hop reported that the path to the peer failed: the channel cannot carry
-            # anything any more. Close it (without telling the unreachable peer), so users of the
-            # channel learn it now rather than at their next timeout.
+            # A hop reports that the path to the peer failed. Reports are not authenticated
+            # (anyone who can reach this node could send one), so it does not close the channel:
+            # a closed first-hop connection does (Node.connection_closed), as do the idle timeout
+            # and the relay's pings.
             log.info(
-                "secure channel %s: the path to the peer broke: %s",
+                "secure channel %s: a hop reported the path broken: %s",
                 self.address,
-                msg.payload.decode("utf-8", "replace"),
+                msg.payload.decode("utf-8", "replace")[:200],
             )
-            await self.close(notify=False)
             return
         if not msg.payload:
             return
         step, body = msg.payload[0], msg.payload[1:]
         if step == Step.CREDENTIALS:
             try:
-                self._accept_credentials(self.cipher.open(body))
+                self._accept_credentials(self.cipher.open(body, aad=_AD[Step.CREDENTIALS]))
             except (CryptoError, EncodingError):
                 self.refused += 1
             return
         if step == Step.CLOSE:
             try:
-                self.cipher.open(body)
+                self.cipher.open(body, aad=_AD[Step.CLOSE])
             except CryptoError:
                 self.refused += 1
                 return
@@ -388,18 +399,30 @@ class SecureChannel:
         if step != Step.DATA:
             return  # a late or repeated handshake message: ignore
         try:
-            plain = self.cipher.open(body)
+            plain = self.cipher.open(body, aad=_AD[Step.DATA])
         except CryptoError as e:
             self.refused += 1
             log.info("secure channel %s refused a message: %s", self.address, type(e).__name__)
             return
         self.last_activity = time.monotonic()
         nonce = int.from_bytes(body[:8], "big")
-        if self._partial and nonce != self._next_fragment:
+        if not plain or plain[0] > FIRST | LAST:
+            self.refused += 1
+            return
+        flags = plain[0]
+        if flags & FIRST:
+            if self._partial:
+                log.info(
+                    "secure channel %s: a fragmented message lost its end; dropped", self.address
+                )
+            self._partial.clear()
+            self._partial_size = 0
+        elif not self._partial or nonce != self._next_fragment:
+            # A continuation that does not continue anything: its message lost a part (or the
+            # parts were reordered). Never deliver what is left of it.
             log.info("secure channel %s: a fragmented message lost a part; dropped", self.address)
             self._partial.clear()
-        if not plain or plain[0] > 1:
-            self.refused += 1
+            self._partial_size = 0
             return
         self._partial.append(plain[1:])
         self._partial_size += len(plain) - 1
@@ -409,7 +432,7 @@ class SecureChannel:
             self._partial.clear()
             self._partial_size = 0
             return
-        if plain[0] == 0:
+        if not flags & LAST:
             return  # more fragments follow
         data = b"".join(self._partial)
         self._partial.clear()
@@ -434,7 +457,7 @@ class SecureChannel:
             if not await self.node.drain_worker(self.address):
                 log.info("secure channel %s: closing with messages still queued", self.address)
             try:
-                await self._send_wire(Step.CLOSE, self.cipher.seal(b""))
+                await self._send_wire(Step.CLOSE, self.cipher.seal(b"", aad=_AD[Step.CLOSE]))
             except TetherError as e:
                 log.info("could not tell the peer that %s closed: %s", self.address, e)
         self.closed.set()
@@ -561,21 +584,29 @@ async def open_channel(
         # XX completes for the initiator when it sends message 3, but the listener still has to
         # verify it: wait for its (authenticated) acknowledgement or its refusal, so that a
         # refused channel exists on neither side.
-        with anyio.fail_after(timeout):
-            while True:
-                ack = await inbox.receive()
-                if ack.kind != KIND_DATA:
-                    raise ChannelRefusedError(
-                        f"the listener is unreachable: {ack.payload.decode('utf-8', 'replace')}"
-                    )
-                if ack.payload[:1] == bytes([Step.REFUSED]):
-                    raise ChannelRefusedError(ack.payload[1:].decode("utf-8", "replace"))
-                if ack.payload[:1] == bytes([Step.ACK]):
-                    try:
-                        cipher.open(ack.payload[1:])
-                    except CryptoError:
-                        continue  # not from the peer: keep waiting
-                    break
+        try:
+            with anyio.fail_after(timeout):
+                while True:
+                    ack = await inbox.receive()
+                    if ack.kind != KIND_DATA:
+                        raise ChannelRefusedError(
+                            "the listener is unreachable: " + ack.payload.decode("utf-8", "replace")
+                        )
+                    if ack.payload[:1] == bytes([Step.REFUSED]):
+                        raise ChannelRefusedError(ack.payload[1:].decode("utf-8", "replace"))
+                    if ack.payload[:1] == bytes([Step.ACK]):
+                        try:
+                            cipher.open(ack.payload[1:], aad=_AD[Step.ACK])
+                        except CryptoError:
+                            continue  # not from the peer: keep waiting
+                        break
+        except (ChannelRefusedError, TimeoutError):
+            # A refusal is unauthenticated and an ACK can be lost: if the listener did accept,
+            # tell it (authenticated) that this side gave up, so no half-open channel is left.
+            with anyio.move_on_after(1):
+                await channel._send_wire(Step.CLOSE, cipher.seal(b"", aad=_AD[Step.CLOSE]))
+            cipher.erase()
+            raise
     except TimeoutError:
         await node.stop_worker(address + ".in")
         raise ChannelRefusedError(f"no handshake reply within {timeout:g} s") from None
@@ -665,7 +696,7 @@ class ChannelListener:
             )
             await self.node.start_worker(address, channel.encrypt, kind="secure-channel")
             decryptor.channel = channel  # from now on the inbox decrypts
-            await channel._send_wire(Step.ACK, cipher.seal(b""))
+            await channel._send_wire(Step.ACK, cipher.seal(b"", aad=_AD[Step.ACK]))
             self.node.remember_channel(channel)
             self.accepted += 1
             done.set()

@@ -167,6 +167,12 @@ impl ChannelCipher {
 
     /// Seal `payload` into `out` (exactly `payload.len() + OVERHEAD` bytes).
     pub fn seal_to(&mut self, payload: &[u8], out: &mut [u8]) -> Result<()> {
+        self.seal_to_ad(&[], payload, out)
+    }
+
+    /// Seal with associated data `ad`: bytes sent beside the message (e.g. a message type) that
+    /// the receiver must present identically for the message to open.
+    pub fn seal_to_ad(&mut self, ad: &[u8], payload: &[u8], out: &mut [u8]) -> Result<()> {
         if self.erased {
             return Err(Error::Broken);
         }
@@ -191,12 +197,9 @@ impl ChannelCipher {
             self.send.epoch += 1;
         }
         out[..NONCE_LEN].copy_from_slice(&n.to_be_bytes());
-        self.send.key.seal_to(
-            &self.alg.noise_nonce(n),
-            &[],
-            payload,
-            &mut out[NONCE_LEN..],
-        )?;
+        self.send
+            .key
+            .seal_to(&self.alg.noise_nonce(n), ad, payload, &mut out[NONCE_LEN..])?;
         self.send.next = n + 1;
         Ok(())
     }
@@ -258,6 +261,12 @@ impl ChannelCipher {
     /// Open `message` into `out` (exactly `opened_len(message)` bytes). Returns the nonce. On
     /// any error nothing changes.
     pub fn open_to(&mut self, message: &[u8], out: &mut [u8]) -> Result<u64> {
+        self.open_to_ad(&[], message, out)
+    }
+
+    /// Open a message sealed with associated data `ad` (see [`Self::seal_to_ad`]). A different
+    /// `ad` fails authentication and, like any refused message, changes nothing.
+    pub fn open_to_ad(&mut self, ad: &[u8], message: &[u8], out: &mut [u8]) -> Result<u64> {
         if self.erased {
             return Err(Error::Broken);
         }
@@ -273,13 +282,13 @@ impl ChannelCipher {
         let nonce = self.alg.noise_nonce(n);
         let body = &message[NONCE_LEN..];
         if epoch == self.recv.epoch {
-            self.recv.key.open_to(&nonce, &[], body, out)?;
+            self.recv.key.open_to(&nonce, ad, body, out)?;
         } else if epoch + 1 == self.recv.epoch {
             let key = self.recv.previous.as_ref().ok_or(Error::Replay {
                 nonce: n,
                 reason: ReplayReason::TooOld,
             })?;
-            key.open_to(&nonce, &[], body, out)?;
+            key.open_to(&nonce, ad, body, out)?;
         } else if epoch < self.recv.epoch {
             return Err(Error::Replay {
                 nonce: n,
@@ -301,7 +310,7 @@ impl ChannelCipher {
                 let next = previous.rekey();
                 (Some(previous), next)
             };
-            current.open_to(&nonce, &[], body, out)?;
+            current.open_to(&nonce, ad, body, out)?;
             let old = std::mem::replace(&mut self.recv.key, current);
             self.recv.previous = Some(previous.unwrap_or(old));
             self.recv.epoch = epoch;
@@ -466,6 +475,19 @@ mod tests {
         assert_eq!(a.sending_nonce(), 0);
         assert!(a.skip_sending_nonce_to(MAX_EPOCH_SKIP * WINDOW).is_ok());
         assert!(a.skip_sending_nonce_to(u64::MAX).is_err());
+    }
+
+    #[test]
+    fn associated_data_must_match_and_a_mismatch_changes_nothing() {
+        let (mut a, mut b) = pair(DEFAULT_REKEY_INTERVAL);
+        let mut m = vec![0u8; ChannelCipher::sealed_len(5)];
+        a.seal_to_ad(b"\x04", b"hello", &mut m).unwrap();
+        let mut out = vec![0u8; 5];
+        assert_eq!(b.open_to_ad(b"\x05", &m, &mut out), Err(Error::Decrypt));
+        assert_eq!(b.open_to(&m, &mut out), Err(Error::Decrypt));
+        assert_eq!(b.highest_received(), None);
+        assert_eq!(b.open_to_ad(b"\x04", &m, &mut out), Ok(0));
+        assert_eq!(&out, b"hello");
     }
 
     #[test]

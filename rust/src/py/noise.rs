@@ -301,13 +301,14 @@ pub(crate) struct PyChannelCipher {
 fn seal_one<'py>(
     py: Python<'py>,
     c: &mut ChannelCipher,
+    ad: &[u8],
     pt: &[u8],
 ) -> PyResult<Bound<'py, PyBytes>> {
     if pt.len() > noise::MAX_PAYLOAD_LEN {
         return Err(c.seal(pt).err().unwrap_or(Error::Broken).into());
     }
     PyBytes::new_with(py, ChannelCipher::sealed_len(pt.len()), |out| {
-        maybe_detached(py, pt.len(), || c.seal_to(pt, out))?;
+        maybe_detached(py, pt.len(), || c.seal_to_ad(ad, pt, out))?;
         Ok(())
     })
 }
@@ -315,11 +316,12 @@ fn seal_one<'py>(
 fn open_one<'py>(
     py: Python<'py>,
     c: &mut ChannelCipher,
+    ad: &[u8],
     msg: &[u8],
 ) -> PyResult<Bound<'py, PyBytes>> {
     let len = ChannelCipher::opened_len(msg)?;
     PyBytes::new_with(py, len, |out| {
-        maybe_detached(py, msg.len(), || c.open_to(msg, out))?;
+        maybe_detached(py, msg.len(), || c.open_to_ad(ad, msg, out))?;
         Ok(())
     })
 }
@@ -348,26 +350,52 @@ fn seal_frames<'py>(
 
 #[pymethods]
 impl PyChannelCipher {
-    /// Seal one payload (<= 65519 bytes) into a message carrying its nonce.
-    fn seal<'py>(&mut self, py: Python<'py>, payload: Buf<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        seal_one(py, &mut self.inner, payload.as_bytes())
+    /// Seal one payload (<= 65519 bytes) into a message carrying its nonce. `aad`, if given,
+    /// is authenticated but not sent: `open` must be given the same bytes.
+    #[pyo3(signature = (payload, aad = None))]
+    fn seal<'py>(
+        &mut self,
+        py: Python<'py>,
+        payload: Buf<'py>,
+        aad: Option<Buf<'py>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        seal_one(
+            py,
+            &mut self.inner,
+            aad.as_ref().map_or(&[][..], Buf::as_bytes),
+            payload.as_bytes(),
+        )
     }
 
     /// Open one message; raises DecryptError or ReplayError and changes nothing if it is refused.
-    fn open<'py>(&mut self, py: Python<'py>, message: Buf<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        open_one(py, &mut self.inner, message.as_bytes())
+    #[pyo3(signature = (message, aad = None))]
+    fn open<'py>(
+        &mut self,
+        py: Python<'py>,
+        message: Buf<'py>,
+        aad: Option<Buf<'py>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        open_one(
+            py,
+            &mut self.inner,
+            aad.as_ref().map_or(&[][..], Buf::as_bytes),
+            message.as_bytes(),
+        )
     }
 
     /// Seal many payloads in one call. Stops at the first error, which is raised; the payloads
     /// before it were sealed and their nonces used, so on error nothing from this call is sent.
+    #[pyo3(signature = (payloads, aad = None))]
     fn seal_many<'py>(
         &mut self,
         py: Python<'py>,
         payloads: Vec<Buf<'py>>,
+        aad: Option<Buf<'py>>,
     ) -> PyResult<Bound<'py, PyList>> {
+        let ad = aad.as_ref().map_or(&[][..], Buf::as_bytes);
         let out = PyList::empty(py);
         for p in &payloads {
-            out.append(seal_one(py, &mut self.inner, p.as_bytes())?)?;
+            out.append(seal_one(py, &mut self.inner, ad, p.as_bytes())?)?;
         }
         Ok(out)
     }
@@ -383,7 +411,7 @@ impl PyChannelCipher {
         check_chunk_size(chunk_size)?;
         let out = PyList::empty(py);
         for chunk in data.as_bytes().chunks(chunk_size) {
-            out.append(seal_one(py, &mut self.inner, chunk)?)?;
+            out.append(seal_one(py, &mut self.inner, &[], chunk)?)?;
         }
         Ok(out)
     }
@@ -416,11 +444,14 @@ impl PyChannelCipher {
     /// Open many messages in one call. Each entry of the result is the payload, or the exception
     /// (DecryptError, ReplayError) for a refused message — refused messages change nothing, so
     /// the others are unaffected.
+    #[pyo3(signature = (messages, aad = None))]
     fn open_many<'py>(
         &mut self,
         py: Python<'py>,
         messages: Vec<Buf<'py>>,
+        aad: Option<Buf<'py>>,
     ) -> PyResult<Bound<'py, PyList>> {
+        let ad = aad.as_ref().map_or(&[][..], Buf::as_bytes);
         let out = PyList::empty(py);
         for m in &messages {
             let m = m.as_bytes();
@@ -430,7 +461,8 @@ impl PyChannelCipher {
                     let mut failure = None;
                     let r = PyBytes::new_with(py, len, |buf| {
                         let inner = &mut self.inner;
-                        if let Err(e) = maybe_detached(py, m.len(), || inner.open_to(m, buf)) {
+                        if let Err(e) = maybe_detached(py, m.len(), || inner.open_to_ad(ad, m, buf))
+                        {
                             failure = Some(e);
                         }
                         Ok(())
