@@ -2,7 +2,7 @@
 
 Run from the repository root, in the project's virtualenv (the extension built in release mode)::
 
-    python benches/run.py                    # full run, about 40 s on 2 cores
+    python benches/run.py                    # full run, about 100 s on 2 cores
     python benches/run.py --quick            # fewer, shorter rounds
     python benches/run.py --json out.json    # also write machine-readable results
     python benches/run.py --only transport   # only the groups whose key contains "transport"

@@ -21,19 +21,20 @@ def _issue(ctx: Context) -> int:
             raise InvalidArgumentError(f"attribute {key!r} given twice")
         attrs[key] = value
     c = ctx.registry().issue_credential(a.issuer, a.subject, attrs, a.ttl)
-    ctx.emit(
-        c.encode().hex(),
-        {
-            "credential": c.encode().hex(),
-            "id": c.id,
-            "subject": c.subject,
-            "issuer": c.issuer,
-            "attributes": dict(c.attributes),
-            "created_at": c.created_at,
-            "expires_at": c.expires_at,
-        },
-    )
+    ctx.emit(c.encode().hex(), {"credential": c.encode().hex(), **_facts(c)})
     return 0
+
+
+def _facts(c: Credential) -> dict[str, object]:
+    """What `--json` says about a credential."""
+    return {
+        "id": c.id,
+        "subject": c.subject,
+        "issuer": c.issuer,
+        "attributes": dict(c.attributes),
+        "created_at": c.created_at,
+        "expires_at": c.expires_at,
+    }
 
 
 def _verify(ctx: Context) -> int:
@@ -45,18 +46,7 @@ def _verify(ctx: Context) -> int:
         f"issued by {c.issuer}, expires {timestamp(c.expires_at)}",
     ]
     human += [f"  {k} = {v}" for k, v in sorted(c.attributes.items())]
-    ctx.emit(
-        "\n".join(human),
-        {
-            "valid": True,
-            "id": c.id,
-            "subject": c.subject,
-            "issuer": c.issuer,
-            "attributes": dict(c.attributes),
-            "created_at": c.created_at,
-            "expires_at": c.expires_at,
-        },
-    )
+    ctx.emit("\n".join(human), {"valid": True, **_facts(c)})
     return 0
 
 
