@@ -47,7 +47,6 @@ and closed by :func:`close`.
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import json
 import os
@@ -56,18 +55,17 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import trio
-from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 import cases
 from cases import BenchmarkError
-from harness import Group, Runner, Variant
+from harness import Group, Variant
 from node_cases import (
     BULK,
     CONCURRENCY,
@@ -75,6 +73,8 @@ from node_cases import (
     SMALL,
     STARTUP_TIMEOUT,
     TIMEOUT,
+    ClientLoop,
+    Singleton,
     Totals,
     _stop,
     tether_bulk,
@@ -169,14 +169,14 @@ def tls_client_context(cert_pem: str) -> ssl.SSLContext:
     return ctx
 
 
-class Session:
+class Session(ClientLoop):
     """Server S, and the client event loop with its tether node; closed by :func:`close`."""
 
     def __init__(self) -> None:
-        self._stack = ExitStack()
+        super().__init__()
         try:
             self.s = self._stack.enter_context(_server("bench-s"))
-            self.portal: BlockingPortal = self._stack.enter_context(start_blocking_portal("trio"))
+            self._start_loop()
             self.node: Node = self._stack.enter_context(
                 self.portal.wrap_async_context_manager(
                     Node("bench-channel-client", identity=ephemeral_identity())
@@ -228,36 +228,17 @@ class Session:
         _check(stream.version() == "TLSv1.3", f"TLS 1.3 negotiated (got {stream.version()})")
         return stream
 
-    def runner(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Runner:
-        """``run(n)``: ``fn(*args, n)`` in the client event loop."""
-        call, bound = self.portal.call, partial(fn, *args)
 
-        def run(n: int) -> None:
-            call(bound, n)
-
-        return run
-
-    def close(self) -> None:
-        self._stack.close()
-
-
-_session: Session | None = None
+_sessions = Singleton(Session)
 
 
 def session() -> Session:
-    global _session
-    if _session is None:
-        _session = Session()
-        atexit.register(close)
-    return _session
+    return _sessions.get()
 
 
 def close() -> None:
     """Close the channels, stop the client node and event loop and the server (idempotent)."""
-    global _session
-    if _session is not None:
-        s, _session = _session, None
-        s.close()
+    _sessions.close()
 
 
 # --- establishment -----------------------------------------------------------------------------

@@ -51,7 +51,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import trio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -131,40 +131,15 @@ def _server(name: str) -> Iterator[dict[str, int]]:
         _stop(proc)
 
 
-class Session:
-    """Servers A and B, and the client event loop with its tether node; closed by :func:`close`."""
+class ClientLoop:
+    """A trio event loop on a background thread, and everything opened in it or for it (an
+    ExitStack); :meth:`close` closes it all, in reverse order."""
 
     def __init__(self) -> None:
         self._stack = ExitStack()
-        try:
-            self.a = self._stack.enter_context(_server("bench-a"))
-            self.b = self._stack.enter_context(_server("bench-b"))
-            self.portal: BlockingPortal = self._stack.enter_context(start_blocking_portal("trio"))
-            self.node: Node = self._stack.enter_context(
-                self.portal.wrap_async_context_manager(Node("bench-client"))
-            )
-        except BaseException:
-            self._stack.close()
-            raise
 
-    def route(self, text: str) -> tuple[Address, ...]:
-        """``text`` parsed, after one request with an empty payload has opened its connections.
-
-        Workaround for a race in ``tether.transport.tcp``: a node reads its peer's hello with the
-        64-byte hello frame limit applied to the whole first read, so a first message of more
-        than 64 bytes that arrives in the same read as the hello closes the connection ("bad
-        framing: frame of 89 bytes exceeds the limit of 64 bytes") and its request times out.
-        A message with an empty payload is small enough, and later ones are read after the hello.
-        """
-        route = self.node.parse_route(text)
-        self.portal.call(self.node.request, route, b"")
-        return route
-
-    def connect(self, port: int) -> trio.SocketStream:
-        """A trio client connection, closed (before the event loop stops) by :meth:`close`."""
-        stream: trio.SocketStream = self.portal.call(trio.open_tcp_stream, "127.0.0.1", port)
-        self._stack.callback(self.portal.call, stream.aclose)
-        return stream
+    def _start_loop(self) -> None:
+        self.portal: BlockingPortal = self._stack.enter_context(start_blocking_portal("trio"))
 
     def runner(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Runner:
         """``run(n)``: ``fn(*args, n)`` in the client event loop."""
@@ -179,23 +154,68 @@ class Session:
         self._stack.close()
 
 
-_session: Session | None = None
+L = TypeVar("L", bound=ClientLoop)
+
+
+class Singleton(Generic[L]):
+    """One lazily made instance, closed at exit or by :meth:`close` (idempotent)."""
+
+    def __init__(self, make: Callable[[], L]) -> None:
+        self._make = make
+        self._value: L | None = None
+
+    def get(self) -> L:
+        if self._value is None:
+            self._value = self._make()
+            atexit.register(self.close)
+        return self._value
+
+    def close(self) -> None:
+        if self._value is not None:
+            value, self._value = self._value, None
+            value.close()
+
+
+class Session(ClientLoop):
+    """Servers A and B, and the client event loop with its tether node; closed by :func:`close`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        try:
+            self.a = self._stack.enter_context(_server("bench-a"))
+            self.b = self._stack.enter_context(_server("bench-b"))
+            self._start_loop()
+            self.node: Node = self._stack.enter_context(
+                self.portal.wrap_async_context_manager(Node("bench-client"))
+            )
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def route(self, text: str) -> tuple[Address, ...]:
+        """``text`` parsed, after one request with an empty payload has opened its connections
+        (so connection set-up stays out of the timed code)."""
+        route = self.node.parse_route(text)
+        self.portal.call(self.node.request, route, b"")
+        return route
+
+    def connect(self, port: int) -> trio.SocketStream:
+        """A trio client connection, closed (before the event loop stops) by :meth:`close`."""
+        stream: trio.SocketStream = self.portal.call(trio.open_tcp_stream, "127.0.0.1", port)
+        self._stack.callback(self.portal.call, stream.aclose)
+        return stream
+
+
+_sessions = Singleton(Session)
 
 
 def session() -> Session:
-    global _session
-    if _session is None:
-        _session = Session()
-        atexit.register(close)
-    return _session
+    return _sessions.get()
 
 
 def close() -> None:
     """Stop the client node, the client event loop and the server processes (idempotent)."""
-    global _session
-    if _session is not None:
-        s, _session = _session, None
-        s.close()
+    _sessions.close()
 
 
 # --- the operations, run in the client event loop ---------------------------------------------
