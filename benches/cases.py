@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import struct
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from noise.connection import Keypair, NoiseConnection  # type: ignore[import-untyped]
 
 from harness import Group, Runner, Variant
+from node_server import FrameReader
 from tether import credential, frame, identity, noise
 from tether.errors import CredentialSignatureError, SignatureError
 from tether.vault import KeyType, MemoryVault
@@ -228,37 +228,9 @@ def transport_group(size: int) -> Group:
 # --- frames ----------------------------------------------------------------------------------
 
 
-class PyFrameDecoder:
-    """The usual pure-Python decoder: a bytearray buffer and ``struct.unpack_from``.
-
-    Frames are returned as bytearray slices (one copy each; converting them to ``bytes`` would
-    cost a second copy), which is the cheapest form of this idiom, so the baseline is a fair one.
-    """
-
-    _header = struct.Struct(">I")
-
-    def __init__(self, max_frame_len: int = 1 << 20) -> None:
-        self._buf = bytearray()
-        self._max = max_frame_len
-
-    def feed(self, data: bytes) -> list[bytearray]:
-        buf = self._buf
-        buf += data
-        unpack_from = self._header.unpack_from
-        frames = []
-        pos, end_of_data = 0, len(buf)
-        while end_of_data - pos >= 4:
-            (length,) = unpack_from(buf, pos)
-            if length > self._max:
-                raise ValueError(f"frame of {length} bytes exceeds {self._max}")
-            end = pos + 4 + length
-            if end > end_of_data:
-                break
-            frames.append(buf[pos + 4 : end])
-            pos = end
-        if pos:
-            del buf[:pos]
-        return frames
+# The pure-Python baseline is the benchmark servers' own frame reader (a bytearray buffer and
+# ``struct.unpack_from``, frames returned as bytearray slices: the cheapest form of the idiom).
+PyFrameDecoder = FrameReader
 
 
 def _chunks(data: bytes, size: int) -> list[bytes]:
