@@ -32,6 +32,11 @@ _HOST = re.compile(
 
 NodeResolver = Callable[[str], Sequence[Address]]
 
+_IP: dict[str, tuple[int, Callable[[str], object]]] = {
+    "ip4": (4, ipaddress.IPv4Address),
+    "ip6": (6, ipaddress.IPv6Address),
+}
+
 #: A ``/secure/NAME`` segment: "open (or reuse) a secure channel to the listener NAME at the end
 #: of the route so far, and continue inside it". Resolved by the node; never on the wire.
 SECURE = 0xFFFE
@@ -81,21 +86,16 @@ def parse(route: str, resolve_node: NodeResolver | None = None) -> tuple[Address
         kind = segments[i]
         if kind in ("ip4", "ip6", "dnsaddr"):
             host = need(1, "an address")
-            if kind == "ip4":
+            if kind in _IP:
+                version, parse_ip = _IP[kind]
                 try:
-                    ipaddress.IPv4Address(host)
+                    parse_ip(host)
                 except ValueError:
                     raise RouteSyntaxError(
-                        route, i + 1, f"{host!r} is not an IPv4 address"
+                        route, i + 1, f"{host!r} is not an IPv{version} address"
                     ) from None
-            elif kind == "ip6":
-                try:
-                    ipaddress.IPv6Address(host)
-                except ValueError:
-                    raise RouteSyntaxError(
-                        route, i + 1, f"{host!r} is not an IPv6 address"
-                    ) from None
-                host = f"[{host}]"
+                if version == 6:
+                    host = f"[{host}]"
             elif not _HOST.fullmatch(host):
                 raise RouteSyntaxError(route, i + 1, f"{host!r} is not a host name")
             if need(2, "'/tcp/PORT'") != "tcp":
