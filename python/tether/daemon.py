@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -178,8 +179,7 @@ async def create_listener(d: Daemon, _params: dict[str, str], body: Any) -> tupl
 
 @api.add("DELETE", "/listeners/{id}")
 async def delete_listener(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
-    if p["id"] not in d.n.tcp.listeners:
-        raise ApiError(404, f"no listener {p['id']!r}")
+    _found(d.n.tcp.listeners, p["id"], "listener")
     await d.n.tcp.stop_listener(p["id"])
     spec = d.listener_specs.pop(p["id"], None)
     if spec in d.config.tcp_listeners:
@@ -238,18 +238,12 @@ async def create_channel(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, 
 
 @api.add("GET", "/secure-channels/{address}")
 async def get_channel(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
-    channel = d.n.channels.get(p["address"])
-    if channel is None:
-        raise ApiError(404, f"no secure channel {p['address']!r}")
-    return 200, channel.info()
+    return 200, _found(d.n.channels, p["address"], "secure channel").info()
 
 
 @api.add("DELETE", "/secure-channels/{address}")
 async def delete_channel(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
-    channel = d.n.channels.get(p["address"])
-    if channel is None:
-        raise ApiError(404, f"no secure channel {p['address']!r}")
-    await channel.close()
+    await _found(d.n.channels, p["address"], "secure channel").close()
     return 204, None
 
 
@@ -274,8 +268,7 @@ async def create_channel_listener(d: Daemon, _: dict[str, str], body: Any) -> tu
 
 @api.add("DELETE", "/secure-channel-listeners/{address}")
 async def delete_channel_listener(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
-    if p["address"] not in d.n.channel_listeners:
-        raise ApiError(404, f"no secure-channel listener {p['address']!r}")
+    _found(d.n.channel_listeners, p["address"], "secure-channel listener")
     del d.n.channel_listeners[p["address"]]
     await d.n.stop_worker(p["address"])
     d.config.channel_listeners = [
@@ -302,10 +295,7 @@ async def list_relays(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
 
 @api.add("GET", "/relays/{name}")
 async def get_relay(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
-    relay = d.n.relays.get(p["name"])
-    if relay is None:
-        raise ApiError(404, f"no relay {p['name']!r}")
-    return 200, relay.info()
+    return 200, _found(d.n.relays, p["name"], "relay").info()
 
 
 @api.add("POST", "/relays")
@@ -325,8 +315,7 @@ async def create_relay(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, An
 
 @api.add("DELETE", "/relays/{name}")
 async def delete_relay(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
-    if p["name"] not in d.n.relays:
-        raise ApiError(404, f"no relay {p['name']!r}")
+    _found(d.n.relays, p["name"], "relay")
     await d.n.delete_relay(p["name"])
     d.config.relays = [r for r in d.config.relays if r["name"] != p["name"]]
     d.persist()
@@ -360,6 +349,13 @@ async def send_message(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, An
         "reply": reply.decode("utf-8", "replace"),
         "reply_hex": reply.hex(),
     }
+
+
+def _found(table: Mapping[str, Any], key: str, what: str) -> Any:
+    """``table[key]``, or 404 naming what is missing."""
+    if key not in table:
+        raise ApiError(404, f"no {what} {key!r}")
+    return table[key]
 
 
 def _field(body: Any, name: str) -> str:
