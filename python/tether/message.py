@@ -8,7 +8,6 @@ truncated input, trailing bytes, over-long routes and empty addresses are
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -56,19 +55,3 @@ class RoutedMessage:
             tuple(Address(t, v) for t, v in ret),
             payload,
         )
-
-    def step(self, here: Address) -> RoutedMessage:
-        """The message as the next hop sees it: ``here`` popped from the onward route (it must be
-        first) and pushed onto the return route."""
-        if not self.onward or self.onward[0] != here:
-            from tether.errors import RouteError
-
-            raise RouteError(
-                f"message is not addressed to {here}: next hop is "
-                f"{self.onward[0] if self.onward else 'nothing'}"
-            )
-        return RoutedMessage(self.onward[1:], (here, *self.return_route), self.payload)
-
-
-def encode(onward: Sequence[Address], return_route: Sequence[Address], payload: bytes) -> bytes:
-    return _core.encode_message(onward, return_route, payload)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -312,8 +312,3 @@ class RelayClient:
 
     def stop(self) -> None:
         self._scope.cancel()
-
-
-def relay_route(route: Sequence[Address]) -> tuple[Address, ...]:
-    """The route to a relay node's channel listener from a route to the node itself."""
-    return (*route, Address.local("api"))
