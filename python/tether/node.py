@@ -146,6 +146,9 @@ class Node:
         self._channel_lock = anyio.Lock()
         self._workers: dict[str, Worker] = {}
         self._replies: dict[str, MemoryObjectSendStream[Message]] = {}
+        self._sinks: dict[str, Callable[[Message], None]] = {}
+        self.inlets: dict[str, Any] = {}
+        self.outlets: dict[str, Any] = {}
         self._tg: TaskGroup | None = None
         self._ids = itertools.count(1)
         self._resolve_node = resolve_node
@@ -240,7 +243,17 @@ class Node:
         return False
 
     def has_worker(self, address: str) -> bool:
-        return address in self._workers
+        return address in self._workers or address in self._sinks
+
+    def add_sink(self, address: str, handler: Callable[[Message], None]) -> None:
+        """Deliver messages for ``address`` by calling ``handler`` inline (no mailbox, no task):
+        for handlers that never block, such as portal sessions queueing bytes."""
+        if address in self._workers or address in self._sinks:
+            raise TetherError(f"a worker already listens at {address!r} on {self.name}")
+        self._sinks[address] = handler
+
+    def remove_sink(self, address: str) -> None:
+        self._sinks.pop(address, None)
 
     # --- routing ------------------------------------------------------------------------
 
@@ -292,6 +305,17 @@ class Node:
             name = head.value.decode("utf-8", errors="replace")
             w = self._workers.get(name)
             if w is None:
+                sink = self._sinks.get(name)
+                if sink is not None:
+                    try:
+                        sink(
+                            Message(
+                                msg.onward[1:], msg.return_route, msg.payload[1:], msg.payload[0]
+                            )
+                        )
+                    except Exception:
+                        log.exception("%s: %s failed on a message", self.name, name)
+                    return
                 reply = self._replies.get(name)
                 if reply is not None:
                     with contextlib.suppress(anyio.WouldBlock):  # only the first reply counts
@@ -432,6 +456,56 @@ class Node:
         if client is None:
             raise TetherError(f"no relay named {name!r} on node {self.name}")
         client.stop()
+
+    # --- portals ------------------------------------------------------------------------
+
+    async def create_tcp_outlet(
+        self, to: str, *, name: str = "outlet", allow: Any = None, options: Any = None
+    ) -> Any:
+        """Serve portal sessions at ``name`` by connecting each to ``to`` (``HOST:PORT``);
+        returns the :class:`~tether.portal.Outlet`."""
+        from tether.portal import Outlet
+
+        outlet = Outlet(self, name, to, allow=allow, options=options)
+        self.add_sink(name, outlet.handle)
+        self.outlets[name] = outlet
+        return outlet
+
+    async def delete_tcp_outlet(self, name: str) -> None:
+        outlet = self.outlets.pop(name, None)
+        if outlet is None:
+            raise TetherError(f"no tcp-outlet named {name!r} on node {self.name}")
+        self.remove_sink(name)
+        for session in list(outlet.sessions.values()):
+            session.abort(f"tcp-outlet {name!r} deleted", notify=True)
+
+    async def create_tcp_inlet(
+        self,
+        bind: str,
+        route: str | Sequence[Address],
+        *,
+        name: str | None = None,
+        allow: Any = None,
+        options: Any = None,
+    ) -> Any:
+        """Listen on ``bind`` (``HOST:PORT``, port 0 for any) and carry each connection to the
+        outlet at the end of ``route``; returns the :class:`~tether.portal.Inlet` (its
+        ``address`` is where clients connect)."""
+        from tether.portal import Inlet
+
+        name = name or self.next_id("inlet").replace("#", "")
+        if name in self.inlets:
+            raise TetherError(f"node {self.name} already has a tcp-inlet named {name!r}")
+        inlet = Inlet(self, name, bind, route, allow=allow, options=options)
+        await self.task_group.start(inlet.run)
+        self.inlets[name] = inlet
+        return inlet
+
+    async def delete_tcp_inlet(self, name: str) -> None:
+        inlet = self.inlets.pop(name, None)
+        if inlet is None:
+            raise TetherError(f"no tcp-inlet named {name!r} on node {self.name}")
+        inlet.stop()
 
     def connection_closed(self, address: str, peer: str | None) -> None:
         """A TCP connection closed: secure channels whose first hop it was can carry nothing

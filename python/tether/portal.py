@@ -1,0 +1,604 @@
+"""Portals: carry any TCP protocol through a secure channel.
+
+A **TCP outlet** sits on the node near the target (a database, a web server): it is a service
+at an address (``outlet`` by default) that, for each portal session opened through a secure
+channel, connects to ``HOST:PORT`` and pumps bytes both ways. A **TCP inlet** sits on the node
+near the client: it listens on a local TCP port and turns each accepted connection into a portal
+session to the outlet at the end of its route (``/node/relay/service/forward_to_db/secure/api/
+service/outlet``: through the relay, inside a secure channel to the database side's ``api``
+listener, to its ``outlet``).
+
+The session protocol (the payload of each message, inside the secure channel) is one type byte
+and a body:
+
+========  ======================================================================================
+OPEN      the inlet opens a session (the outlet connects to its target)
+DATA      bytes of the stream, at most :data:`MAX_DATA` per message
+EOF       the sender's side shut its write half (half-close): the receiver shuts its own write
+          side once everything before it is written
+CLOSE     the session is over (reset, refusal, error); the body is the reason
+CREDIT    flow control: the receiver wrote this many credit units to its socket
+========  ======================================================================================
+
+Sessions are keyed by their return route, which starts with the secure channel the message
+came through: a peer can only ever address the sessions of its own channel. All inlet→outlet
+messages go to the outlet's address (so DATA can follow OPEN at once, with no round trip before
+the first byte); outlet→inlet messages go to the inlet session's own address.
+
+**Flow control**: each direction has a window of :attr:`PortalOptions.window` credit units; a DATA
+message costs ``max(len, MIN_CHARGE)`` units. A sender with no credit stops reading its socket
+(so a slow reader slows the writer through TCP itself), and a receiver refuses a peer that
+overruns its window: memory per session is bounded by the window, whatever the peer does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import SocketAttribute, SocketStream
+
+from tether import routing
+from tether.errors import InvalidArgumentError, RouteError, TetherError
+from tether.message import LOCAL, Address, RoutedMessage
+
+if TYPE_CHECKING:
+    from tether.channel import SecureChannel
+    from tether.node import Message, Node
+    from tether.policy import Policy
+
+log = logging.getLogger("tether.portal")
+
+T_OPEN = 1
+T_DATA = 2
+T_EOF = 3
+T_CLOSE = 4
+T_CREDIT = 5
+_NAMES = {T_OPEN: "OPEN", T_DATA: "DATA", T_EOF: "EOF", T_CLOSE: "CLOSE", T_CREDIT: "CREDIT"}
+
+MAX_DATA = 256 * 1024
+"""The largest DATA body: also the size of one read from a portal's socket."""
+MIN_CHARGE = 512
+"""A DATA message costs at least this many credit units (small messages cost memory too)."""
+MAX_REASON = 1024
+
+
+class PortalError(TetherError):
+    """A portal session failed: refused, the target unreachable, or the path lost."""
+
+
+@dataclass
+class PortalOptions:
+    window: int = 4 << 20
+    """Credit units (bytes) one side may send before the other has written them out."""
+    connect_timeout: float = 10.0
+    """The outlet's limit for connecting to its target."""
+    open_timeout: float = 15.0
+    """The inlet's limit for reaching the outlet (route and secure channel) per connection."""
+    max_sessions: int = 10_000
+
+
+def _charge(n: int) -> int:
+    return max(n, MIN_CHARGE)
+
+
+def _reset(stream: SocketStream) -> None:
+    """Close with RST: the other end sees a reset, not an orderly end of the stream."""
+    with contextlib.suppress(Exception):
+        sock = stream.extra(SocketAttribute.raw_socket)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+class Session:
+    """One TCP connection carried through a portal: pumps its socket to the peer session and the
+    peer's bytes to its socket, with half-close, flow control and a bounded close."""
+
+    def __init__(
+        self,
+        node: Node,
+        address: str,
+        channel: SecureChannel,
+        peer_route: tuple[Address, ...],
+        options: PortalOptions,
+        owner: Any,
+    ) -> None:
+        self.node = node
+        self.address = address
+        self.channel = channel
+        self.peer_route = peer_route
+        self.options = options
+        self.owner = owner
+        self.stream: SocketStream | None = None
+        self.started = time.monotonic()
+        self.sent_bytes = 0
+        self.received_bytes = 0
+        self.close_reason = ""
+        self._return = (Address.local(address),)
+        self._queue: deque[bytes] = deque()
+        self._queued = 0  # credit units in _queue
+        self._credit = options.window  # what we may still send
+        self._consumed = 0  # written to our socket, not yet credited back
+        self._peer_eof = False
+        self._wake_writer = anyio.Event()
+        self._wake_reader = anyio.Event()
+        self._scope = anyio.CancelScope()
+        self._closed = False
+        self._aborted = False
+
+    # --- from the peer (synchronous: called inline by the node's router) --------------------
+
+    def deliver(self, msg: Message) -> None:
+        from tether.node import KIND_ERROR
+
+        if self._closed:
+            return
+        if msg.kind == KIND_ERROR:
+            self.abort(
+                f"the path to the peer failed: {msg.payload[:MAX_REASON].decode(errors='replace')}"
+            )
+            return
+        if not msg.payload:
+            self.abort("protocol error: empty portal message", notify=True)
+            return
+        t, body = msg.payload[0], msg.payload[1:]
+        if t == T_DATA:
+            if self._peer_eof:
+                self.abort("protocol error: DATA after EOF", notify=True)
+                return
+            if len(body) > MAX_DATA:
+                self.abort(f"protocol error: DATA of {len(body)} bytes (at most {MAX_DATA})", True)
+                return
+            self._queued += _charge(len(body))
+            if self._queued > self.options.window + _charge(MAX_DATA):
+                self.abort("protocol error: the peer overran its flow-control window", True)
+                return
+            self._queue.append(body)
+            self.received_bytes += len(body)
+            self._wake_writer.set()
+        elif t == T_CREDIT:
+            if len(body) != 4:
+                self.abort("protocol error: malformed CREDIT", notify=True)
+                return
+            self._credit += int.from_bytes(body, "big")
+            self._wake_reader.set()
+        elif t == T_EOF:
+            self._peer_eof = True
+            self._wake_writer.set()
+        elif t == T_CLOSE:
+            self.abort(body[:MAX_REASON].decode("utf-8", "replace") or "closed by the peer")
+        elif t != T_OPEN:  # a repeated OPEN is harmless
+            self.abort(f"protocol error: unknown portal message type {t}", notify=True)
+
+    # --- to the peer --------------------------------------------------------------------------
+
+    async def _send(self, t: int, body: bytes = b"") -> None:
+        from tether.node import KIND_DATA
+
+        await self.node.route(
+            RoutedMessage(self.peer_route, self._return, bytes((KIND_DATA, t)) + body)
+        )
+
+    def abort(self, reason: str, notify: bool = False) -> None:
+        """End the session now: reset the socket, and tell the peer if ``notify``."""
+        if self._closed:
+            return
+        self._closed = True
+        self._aborted = True
+        self.close_reason = reason
+        log.info("portal session %s closed: %s", self.address, reason)
+        if notify:
+            self.node.task_group.start_soon(self._notify_close, reason)
+        if self.stream is not None:
+            _reset(self.stream)
+        self._scope.cancel()
+
+    async def _notify_close(self, reason: str) -> None:
+        with contextlib.suppress(TetherError):
+            await self._send(T_CLOSE, reason.encode()[:MAX_REASON])
+
+    # --- the pumps ----------------------------------------------------------------------------
+
+    async def run(self, stream: SocketStream) -> None:
+        """Pump until both directions ended (or the session was aborted); always closes the
+        socket and leaves the owner's table."""
+        self.stream = stream
+        if self._aborted:
+            _reset(stream)
+        try:
+            with self._scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._watch_channel, tg)
+                    reader_done = anyio.Event()
+
+                    async def reader() -> None:
+                        await self._reader()
+                        reader_done.set()
+
+                    tg.start_soon(reader)
+                    await self._writer()
+                    await reader_done.wait()
+                    tg.cancel_scope.cancel()
+                self._closed = True
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            self.owner.forget(self)
+
+    async def _watch_channel(self, tg: Any) -> None:
+        await self.channel.closed.wait()
+        self.abort(f"secure channel {self.channel.address} closed")
+
+    async def _reader(self) -> None:
+        """Our socket → the peer, while we have credit."""
+        assert self.stream is not None
+        while True:
+            while self._credit <= 0:
+                self._wake_reader = anyio.Event()
+                await self._wake_reader.wait()
+            try:
+                data = await self.stream.receive(MAX_DATA)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                data = b""
+            except anyio.ClosedResourceError:
+                return
+            if not data:
+                await self._send_or_abort(T_EOF)
+                return
+            self._credit -= _charge(len(data))
+            self.sent_bytes += len(data)
+            if not await self._send_or_abort(T_DATA, data):
+                return
+
+    async def _send_or_abort(self, t: int, body: bytes = b"") -> bool:
+        try:
+            await self._send(t, body)
+            return True
+        except TetherError as e:
+            self.abort(f"could not send to the peer: {e}")
+            return False
+
+    async def _writer(self) -> None:
+        """The peer's bytes → our socket; then our socket's write half is shut on EOF."""
+        assert self.stream is not None
+        grant = max(self.options.window // 4, 1)
+        while True:
+            if not self._queue:
+                if self._peer_eof:
+                    with contextlib.suppress(Exception):
+                        await self.stream.send_eof()
+                    return
+                self._wake_writer = anyio.Event()
+                await self._wake_writer.wait()
+                continue
+            chunks = list(self._queue)
+            self._queue.clear()
+            charge = sum(_charge(len(c)) for c in chunks)
+            self._queued -= charge
+            try:
+                await self.stream.send(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
+                self.abort(f"the local connection failed: {type(e).__name__}", notify=True)
+                return
+            self._consumed += charge
+            if self._consumed >= grant:
+                n, self._consumed = self._consumed, 0
+                if not await self._send_or_abort(T_CREDIT, n.to_bytes(4, "big")):
+                    return
+
+    def info(self) -> dict[str, object]:
+        return {
+            "address": self.address,
+            "peer": self.channel.peer.identifier,
+            "sent": self.sent_bytes,
+            "received": self.received_bytes,
+            "age": round(time.monotonic() - self.started, 3),
+        }
+
+
+def _policy(allow: str | Policy | None) -> Policy | None:
+    if allow is None or allow == "":
+        return None
+    from tether.policy import Policy
+
+    return allow if isinstance(allow, Policy) else Policy.parse(allow)
+
+
+def _allowed(policy: Policy | None, channel: SecureChannel) -> bool:
+    if policy is None:
+        return True
+    from tether.policy import subject_attributes
+
+    return policy.allows(subject_attributes(channel.peer.identifier, channel.current_attributes()))
+
+
+def _host_port(spec: str, what: str) -> tuple[str, int]:
+    host, sep, port = spec.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InvalidArgumentError(
+            f"{what} must be HOST:PORT (for example 127.0.0.1:5432), not {spec!r}"
+        )
+    return host.strip("[]"), int(port)
+
+
+class _Portal:
+    """What inlets and outlets share: the session table and counters."""
+
+    kind = ""
+
+    def __init__(self, node: Node, name: str, options: PortalOptions | None) -> None:
+        self.node = node
+        self.name = name
+        self.options = options or PortalOptions()
+        self.sessions: dict[Any, Session] = {}
+        self.total = 0
+        self.refused = 0
+        self.failed = 0
+        self.last_error = ""
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.created_at = time.time()
+
+    def forget(self, session: Session) -> None:
+        for key, s in list(self.sessions.items()):
+            if s is session:
+                del self.sessions[key]
+        self.node.remove_sink(session.address)
+        self.bytes_in += session.received_bytes
+        self.bytes_out += session.sent_bytes
+        if session.close_reason:
+            self.failed += 1
+            self.last_error = session.close_reason
+
+    def _stats(self) -> dict[str, object]:
+        return {
+            "sessions": len(self.sessions),
+            "total": self.total,
+            "refused": self.refused,
+            "failed": self.failed,
+            "last_error": self.last_error,
+            "bytes_in": self.bytes_in + sum(s.received_bytes for s in self.sessions.values()),
+            "bytes_out": self.bytes_out + sum(s.sent_bytes for s in self.sessions.values()),
+        }
+
+
+class Outlet(_Portal):
+    """The service at ``name`` that connects each portal session to ``HOST:PORT``."""
+
+    kind = "tcp-outlet"
+
+    def __init__(
+        self,
+        node: Node,
+        name: str,
+        to: str,
+        *,
+        allow: str | Policy | None = None,
+        options: PortalOptions | None = None,
+    ) -> None:
+        super().__init__(node, name, options)
+        self.to = to
+        self.host, self.port = _host_port(to, "the outlet's target")
+        self.policy = _policy(allow)
+
+    def info(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "to": self.to,
+            "allow": str(self.policy) if self.policy else None,
+            **self._stats(),
+        }
+
+    def handle(self, msg: Message) -> None:
+        """Every inlet→outlet message (sync, inline in the router)."""
+        from tether.node import KIND_ERROR
+
+        if msg.kind == KIND_ERROR or not msg.return_route:
+            return
+        key = msg.return_route
+        session = self.sessions.get(key)
+        if session is not None:
+            session.deliver(msg)
+            return
+        t = msg.payload[0] if msg.payload else 0
+        if t != T_OPEN:
+            if t not in (T_CLOSE, T_CREDIT, T_EOF):  # a late message after the session ended
+                self._refuse(key, f"no portal session at tcp-outlet {self.name!r} (it ended)")
+            return
+        head = key[0]
+        channel = (
+            self.node.channels.get(head.value.decode(errors="replace"))
+            if head.transport == LOCAL
+            else None
+        )
+        if channel is None or channel.closed.is_set():
+            self.refused += 1
+            self._refuse(
+                key,
+                f"tcp-outlet {self.name!r} accepts sessions only through a secure channel: "
+                "add /secure/LISTENER to the inlet's route",
+            )
+            return
+        if not _allowed(self.policy, channel):
+            self.refused += 1
+            self.last_error = f"refused {channel.peer.identifier}: policy {self.policy}"
+            log.info("tcp-outlet %s: %s", self.name, self.last_error)
+            self._refuse(
+                key, f"tcp-outlet {self.name!r} refused {channel.peer.identifier} by its policy"
+            )
+            return
+        if len(self.sessions) >= self.options.max_sessions:
+            self.refused += 1
+            self._refuse(key, f"tcp-outlet {self.name!r} has {self.options.max_sessions} sessions")
+            return
+        session = Session(self.node, self.node.next_id("outlet"), channel, key, self.options, self)
+        self.sessions[key] = session
+        self.total += 1
+        self.node.task_group.start_soon(self._connect, session)
+
+    def _refuse(self, route: tuple[Address, ...], reason: str) -> None:
+        from tether.node import KIND_DATA
+
+        async def send() -> None:
+            with contextlib.suppress(TetherError):
+                await self.node.route(
+                    RoutedMessage(
+                        route,
+                        (Address.local(self.name),),
+                        bytes((KIND_DATA, T_CLOSE)) + reason.encode()[:MAX_REASON],
+                    )
+                )
+
+        self.node.task_group.start_soon(send)
+
+    async def _connect(self, session: Session) -> None:
+        try:
+            with anyio.fail_after(self.options.connect_timeout):
+                stream = await anyio.connect_tcp(self.host, self.port)
+        except (OSError, TimeoutError) as e:
+            why = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+            session.abort(f"tcp-outlet {self.name!r} could not connect to {self.to}: {why}", True)
+            self.forget(session)
+            return
+        _nodelay(stream)
+        await session.run(stream)
+
+
+def _nodelay(stream: SocketStream) -> None:
+    with contextlib.suppress(Exception):
+        stream.extra(SocketAttribute.raw_socket).setsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+        )
+
+
+class Inlet(_Portal):
+    """A local TCP listener whose connections become portal sessions along ``route``."""
+
+    kind = "tcp-inlet"
+
+    def __init__(
+        self,
+        node: Node,
+        name: str,
+        bind: str,
+        route: str | Sequence[Address],
+        *,
+        allow: str | Policy | None = None,
+        options: PortalOptions | None = None,
+    ) -> None:
+        super().__init__(node, name, options)
+        self.bind = bind
+        self.host, self.port = _host_port(bind, "the inlet's listening address")
+        self.route = route if isinstance(route, str) else routing.format_route(route)
+        self._parsed = node.parse_route(route)  # errors now, not at the first connection
+        if not any(a.transport == routing.SECURE for a in self._parsed):
+            raise InvalidArgumentError(
+                f"the inlet's route {self.route} has no secure channel: portal data must be "
+                "end-to-end encrypted; insert /secure/LISTENER before the outlet (for example "
+                "/node/db/secure/api/service/outlet)"
+            )
+        self.policy = _policy(allow)
+        self._listener: Any = None
+        self._scope = anyio.CancelScope()
+        self.state = "starting"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def info(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "from": self.address,
+            "to": self.route,
+            "allow": str(self.policy) if self.policy else None,
+            "state": self.state,
+            **self._stats(),
+        }
+
+    async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        try:
+            listener = await anyio.create_tcp_listener(
+                local_host=self.host, local_port=self.port, reuse_port=False
+            )
+        except OSError as e:
+            raise InvalidArgumentError(
+                f"tcp-inlet {self.name!r} cannot listen on {self.bind}: {e.strerror or e}"
+            ) from None
+        self._listener = listener
+        self.port = listener.extra(SocketAttribute.local_port)
+        self.state = "listening"
+        task_status.started()
+        try:
+            with self._scope:
+                async with listener:
+                    await listener.serve(self._accept)
+        finally:
+            self.state = "stopped"
+            for session in list(self.sessions.values()):
+                session.abort(f"tcp-inlet {self.name!r} deleted", notify=True)
+
+    def stop(self) -> None:
+        self._scope.cancel()
+
+    async def _accept(self, stream: SocketStream) -> None:
+        _nodelay(stream)
+        if len(self.sessions) >= self.options.max_sessions:
+            self.refused += 1
+            _reset(stream)
+            await stream.aclose()
+            return
+        self.total += 1
+        address = self.node.next_id("inlet")
+        try:
+            with anyio.fail_after(self.options.open_timeout):
+                onward = await self.node.resolve_route(self._parsed)
+        except (TetherError, TimeoutError) as e:
+            why = "timed out" if isinstance(e, TimeoutError) else str(e)
+            self.failed += 1
+            self.last_error = f"could not reach {self.route}: {why}"
+            log.warning("tcp-inlet %s: %s", self.name, self.last_error)
+            _reset(stream)
+            await stream.aclose()
+            return
+        head = onward[0]
+        channel = (
+            self.node.channels.get(head.value.decode(errors="replace"))
+            if head.transport == LOCAL
+            else None
+        )
+        if channel is None:
+            raise RouteError(f"the inlet's route {self.route} must start with a secure channel")
+        if not _allowed(self.policy, channel):
+            self.refused += 1
+            self.last_error = (
+                f"refused the outlet side {channel.peer.identifier}: policy {self.policy}"
+            )
+            log.warning("tcp-inlet %s: %s", self.name, self.last_error)
+            _reset(stream)
+            await stream.aclose()
+            return
+        session = Session(self.node, address, channel, onward, self.options, self)
+        expected = channel.address
+
+        def deliver(msg: Message) -> None:
+            # Only the channel this session runs in may speak for its outlet.
+            if msg.return_route and msg.return_route[0] == Address.local(expected):
+                session.deliver(msg)
+
+        self.sessions[address] = session
+        self.node.add_sink(address, deliver)
+        try:
+            await session._send(T_OPEN)
+        except TetherError as e:
+            session.abort(f"could not open a session through {self.route}: {e}")
+        await session.run(stream)
