@@ -57,7 +57,6 @@ from noise.connection import Keypair, NoiseConnection
 from tether import identity as ident
 from tether import noise
 from tether.channel import (
-    FRAGMENT,
     MAX_MESSAGE,
     PROLOGUE,
     PROTOCOL,
@@ -1154,14 +1153,15 @@ def test_a_lost_fragment_never_delivers_the_rest(action: str) -> None:
     sink_address = Address.local("sink")
     injected = RoutedMessage((sink_address,), (), bytes([KIND_DATA]) + b"INJECTED").encode()
     header = len(RoutedMessage((sink_address,), (), b"").encode())
-    payload = os.urandom(FRAGMENT - header - 1) + injected
-    data = RoutedMessage((sink_address,), (), bytes([KIND_DATA]) + payload).encode()
-    assert data[FRAGMENT:] == injected  # what the second fragment carries
     rules = [] if action == "none" else [Rule("a2b", Step.DATA, action, 0)]
 
     async def main() -> None:
         async with tapped(rules) as (a, _b, tap, _, sink):
             ch = await a.create_secure_channel(at(tap.port, "/service/api"), timeout=5)
+            fragment = ch.fragment_size - 1  # message bytes per fragment
+            payload = os.urandom(fragment - header - 1) + injected
+            data = RoutedMessage((sink_address,), (), bytes([KIND_DATA]) + payload).encode()
+            assert data[fragment:] == injected  # what the second fragment carries
             await a.send(through(ch, "sink"), payload)
             await a.send(through(ch, "sink"), b"after")
             assert await a.request(through(ch, "sink"), SENTINEL, timeout=5) == SENTINEL
@@ -1206,6 +1206,9 @@ class CaptureNode:
 
     async def route(self, msg: RoutedMessage, via: str | None = None) -> None:
         self.out.append(msg)
+
+    async def route_batch(self, msgs: list[RoutedMessage]) -> None:
+        self.out.extend(msgs)
 
     async def report(self, msg: RoutedMessage, reason: str) -> None:
         raise AssertionError(reason)
@@ -1273,12 +1276,12 @@ def capture_pair() -> tuple[list[CaptureNode], list[SecureChannel]]:
     return nodes, ends
 
 
-def two_fragment_payload(label: bytes) -> bytes:
+def two_fragment_payload(label: bytes, fragment_size: int) -> bytes:
     """A message payload that needs two fragments, the second of which is, byte for byte, a
     complete routed message to SINK (as application data may well be)."""
     tail = RoutedMessage((SINK,), (), bytes([KIND_DATA]) + b"tail of " + label).encode()
     header = len(RoutedMessage((SINK,), (APP,), b"").encode())
-    return label.ljust(FRAGMENT - header - 1, b".") + tail
+    return label.ljust(fragment_size - 1 - header - 1, b".") + tail
 
 
 class HostileWire(RuleBasedStateMachine):
@@ -1349,7 +1352,8 @@ class HostileWire(RuleBasedStateMachine):
 
     @rule(sender=st.integers(0, 1))
     def send_two_fragments(self, sender: int) -> None:
-        self._send(sender, two_fragment_payload(b"message %d" % len(self.messages)), 2)
+        label = b"message %d" % len(self.messages)
+        self._send(sender, two_fragment_payload(label, self.ends[sender].fragment_size), 2)
 
     @rule(end=st.integers(0, 1))
     def close(self, end: int) -> None:

@@ -58,7 +58,7 @@ def test_seal_stream_chunks_and_frames() -> None:
 def test_seal_frames_is_all_or_nothing() -> None:
     tx, _ = _pair(rekey_interval=2**62)  # so that skipping to the last nonces needs few rekeys
     with pytest.raises(InvalidArgumentError):
-        tx.seal_frames([b"fine", bytes(noise.MAX_PAYLOAD_LEN + 1)])
+        tx.seal_frames([b"fine", bytes(noise.CHANNEL_MAX_PAYLOAD_LEN + 1)])
     assert tx.sending_nonce == 0
     with pytest.raises(InvalidArgumentError):
         tx.seal_stream(b"x", chunk_size=0)

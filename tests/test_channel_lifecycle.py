@@ -14,7 +14,7 @@ import pytest
 from tether import credential as cred
 from tether import identity as ident
 from tether.channel import ChannelIdentity, ephemeral_identity, trust_credential
-from tether.message import Address
+from tether.message import Address, RoutedMessage
 from tether.node import Node, UnreachableError
 from tether.vault import KeyType, MemoryVault
 
@@ -50,7 +50,11 @@ def test_bulk_messages_are_split_and_reassembled() -> None:
             lb = await b.listen_tcp()
             ch = await a.create_secure_channel(f"/ip4/127.0.0.1/tcp/{lb.port}/service/api")
             route = [Address.local(ch.address), Address.local("echo")]
-            for size in (0, 1, 65517, 65518, 65519, 300_000, 2_000_000):
+            f = ch.fragment_size
+            header = len(RoutedMessage(tuple(route[1:]), (Address.local("reply#1"),), b"").encode())
+            # around the one-fragment boundary (the payload's kind byte and the inner header count)
+            edge = f - 1 - header - 1
+            for size in (0, 1, edge - 1, edge, edge + 1, edge + 2, 300_000, 2_000_000):
                 data = os.urandom(size)
                 reply = await a.request(route, data, timeout=30)
                 assert hashlib.sha256(reply).digest() == hashlib.sha256(data).digest(), size

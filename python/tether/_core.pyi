@@ -10,6 +10,7 @@ from tether.errors import TetherError
 __all__ = [
     "AEAD_NONCE_LEN",
     "AEAD_TAG_LEN",
+    "CHANNEL_MAX_PAYLOAD_LEN",
     "CHANNEL_OVERHEAD",
     "DEFAULT_REKEY_INTERVAL",
     "FRAME_HEADER_LEN",
@@ -80,6 +81,7 @@ class Aead:
 # noise
 MAX_MESSAGE_LEN: int
 MAX_PAYLOAD_LEN: int
+CHANNEL_MAX_PAYLOAD_LEN: int
 CHANNEL_OVERHEAD: int
 DEFAULT_REKEY_INTERVAL: int
 REPLAY_WINDOW: int
@@ -146,6 +148,13 @@ class ChannelCipher:
     def seal(self, payload: Buffer, aad: Buffer | None = None) -> bytes: ...
     def open(self, message: Buffer, aad: Buffer | None = None) -> bytes: ...
     def seal_many(self, payloads: Sequence[Buffer], aad: Buffer | None = None) -> list[bytes]: ...
+    def seal_routed_frame(
+        self,
+        header: Buffer,
+        prefix: Buffer,
+        parts: Sequence[Buffer],
+        aad: Buffer | None = None,
+    ) -> bytes: ...
     def seal_chunks(self, data: Buffer, chunk_size: int = ...) -> list[bytes]: ...
     def seal_frames(self, payloads: Sequence[Buffer]) -> bytes: ...
     def seal_stream(self, data: Buffer, chunk_size: int = ...) -> bytes: ...

@@ -56,7 +56,7 @@ from tether.identity import (
     verify_attestation,
     verify_history,
 )
-from tether.message import Address, RoutedMessage
+from tether.message import LOCAL, TCP, Address, RoutedMessage
 from tether.vault import SecretBytes
 
 if TYPE_CHECKING:
@@ -73,7 +73,10 @@ HANDSHAKE_TIMEOUT = 30.0
 DEFAULT_IDLE_TIMEOUT = 600.0
 #: Largest message a channel carries (split into fragments of FRAGMENT bytes on the wire).
 MAX_MESSAGE = 16 << 20
-FRAGMENT = noise.MAX_PAYLOAD_LEN - 1
+BULK_FRAME = (256 - 4) * 1024
+"""The wire size a fragment aims at: under the TCP transport's 256 KiB frame limit, with room
+for the return route that grows at each hop on the way."""
+MIN_FRAGMENT = 1024
 #: The first byte of every DATA plaintext: this fragment starts and/or ends its message.
 FIRST = 0b10
 LAST = 0b01
@@ -96,6 +99,8 @@ class Step(enum.IntEnum):
 #: rewritten on the wire (a DATA turned into a CLOSE, say) fails authentication and changes
 #: nothing.
 _AD = {step: bytes([step]) for step in Step}
+_WHOLE = bytes([FIRST | LAST])
+_DATA_PREFIX = bytes([0, Step.DATA])  # KIND_DATA, then the step
 
 
 class ChannelRefusedError(HandshakeError):
@@ -256,6 +261,9 @@ class SecureChannel:
     _partial: list[bytes] = field(default_factory=list)
     _partial_size: int = 0
     _next_fragment: int = 0
+    _fragment: int = 0
+    _frame_header: bytes | None = None
+    _conn: Any = None
 
     @property
     def decryptor(self) -> str:
@@ -299,15 +307,94 @@ class SecureChannel:
         # Bulk data: split into Noise-sized fragments, sealed in one batch call. Each plaintext
         # starts with a flag: 1 = the message's last fragment, 0 = more follow.
         n = len(data)
-        parts = [
-            bytes([(FIRST if start == 0 else 0) | (LAST if end >= n else 0)]) + data[start:end]
-            for start in range(0, max(n, 1), FRAGMENT)
-            for end in (min(start + FRAGMENT, n),)
-        ]
-        for sealed in self.cipher.seal_many(parts, aad=_AD[Step.DATA]):
-            await self._send_wire(Step.DATA, sealed)
+        size = self._fragment_size()
+        if n <= size:
+            parts = [_WHOLE + data]
+        else:
+            parts = [
+                bytes([(FIRST if start == 0 else 0) | (LAST if end >= n else 0)]) + data[start:end]
+                for start in range(0, n, size)
+                for end in (min(start + size, n),)
+            ]
+        sealed = self.cipher.seal_many(parts, aad=_AD[Step.DATA])
+        if len(sealed) == 1:
+            await self._send_wire(Step.DATA, sealed[0])
+        else:
+            # All fragments in one go: nothing else can come between them on the wire.
+            ret = (Address.local(self.decryptor),)
+            await self.node.route_batch(
+                [RoutedMessage(self.remote_route, ret, _DATA_PREFIX + part) for part in sealed]
+            )
         self.sent_messages += 1
         self.last_activity = time.monotonic()
+
+    async def send_parts(
+        self,
+        onward: tuple[Address, ...],
+        return_route: tuple[Address, ...],
+        head: bytes,
+        body: bytes,
+    ) -> None:
+        """Send the message ``head + body`` (its kind byte first) to ``onward`` beyond the peer:
+        the bulk path. When the channel's first hop is a TCP connection and the message fits one
+        fragment, the plaintext is copied once, straight into a sealed, ready-to-send frame;
+        otherwise it goes through the encryptor like any message."""
+        if self.closed.is_set():
+            raise ChannelClosedError(f"secure channel {self.address} is closed")
+        conn = await self._first_hop()
+        inner = RoutedMessage(onward, return_route, b"").encode()
+        n = len(head) + len(body)
+        if conn is None or len(inner) + n >= self._fragment_size():
+            await self.node.route(
+                RoutedMessage((Address.local(self.address), *onward), return_route, head + body)
+            )
+            return
+        if self._frame_header is None:
+            self._frame_header = RoutedMessage(
+                self.remote_route[1:], (Address.local(self.decryptor),), b""
+            ).encode()[:-4]
+        frame = self.cipher.seal_routed_frame(
+            self._frame_header,
+            _DATA_PREFIX,
+            [_WHOLE + inner[:-4] + n.to_bytes(4, "big") + head, body],
+            aad=_AD[Step.DATA],
+        )
+        await conn.send_framed(frame)
+        self.sent_messages += 1
+        self.last_activity = time.monotonic()
+
+    async def _first_hop(self) -> Any:
+        """The TCP connection of the channel's first hop (None if it is not one)."""
+        conn = self._conn
+        if conn is not None and not conn.closed.is_set():
+            return conn
+        head = self.remote_route[0] if self.remote_route else None
+        if head is None:
+            return None
+        if head.transport == TCP:
+            conn = await self.node.tcp.connect(head.value)
+        elif head.transport == LOCAL and not self.node.has_worker(
+            name := head.value.decode(errors="replace")
+        ):
+            conn = self.node.tcp.connection(name)
+        self._conn = conn
+        return conn
+
+    @property
+    def fragment_size(self) -> int:
+        """The plaintext bytes of one fragment (a flag byte, then the message's bytes)."""
+        return self._fragment_size() + 1
+
+    def _fragment_size(self) -> int:
+        if not self._fragment:
+            headers = len(
+                RoutedMessage(self.remote_route, (Address.local(self.decryptor),), b"").encode()
+            )
+            overhead = headers + 2 + noise.CHANNEL_OVERHEAD + 1
+            self._fragment = max(
+                MIN_FRAGMENT, min(noise.CHANNEL_MAX_PAYLOAD_LEN - 1, BULK_FRAME - overhead)
+            )
+        return self._fragment
 
     def current_attributes(self, now: int | None = None) -> dict[str, str]:
         """The attributes of the peer's credentials that are still valid now: a credential that
@@ -380,7 +467,7 @@ class SecureChannel:
             return
         if not msg.payload:
             return
-        step, body = msg.payload[0], msg.payload[1:]
+        step, body = msg.payload[0], memoryview(msg.payload)[1:]  # no copy: Rust reads it
         if step == Step.CREDENTIALS:
             try:
                 self._accept_credentials(self.cipher.open(body, aad=_AD[Step.CREDENTIALS]))
@@ -410,6 +497,27 @@ class SecureChannel:
             self.refused += 1
             return
         flags = plain[0]
+        data: bytes | memoryview | None
+        if flags == FIRST | LAST and not self._partial:
+            data = memoryview(plain)[1:]  # a whole message in one fragment: the common case
+        else:
+            data = self._reassemble(flags, plain, nonce)
+            if data is None:
+                return
+        try:
+            inner = RoutedMessage.decode(data)
+        except TetherError as e:
+            self.refused += 1
+            log.info("secure channel %s: malformed inner message: %s", self.address, e)
+            return
+        await self.node.route(
+            RoutedMessage(
+                inner.onward, (Address.local(self.address), *inner.return_route), inner.payload
+            )
+        )
+
+    def _reassemble(self, flags: int, plain: bytes, nonce: int) -> bytes | None:
+        """Collect fragments; the whole message once its last fragment arrived, else None."""
         if flags & FIRST:
             if self._partial:
                 log.info(
@@ -423,7 +531,7 @@ class SecureChannel:
             log.info("secure channel %s: a fragmented message lost a part; dropped", self.address)
             self._partial.clear()
             self._partial_size = 0
-            return
+            return None
         self._partial.append(plain[1:])
         self._partial_size += len(plain) - 1
         self._next_fragment = nonce + 1
@@ -431,23 +539,13 @@ class SecureChannel:
             log.info("secure channel %s: message over %d bytes dropped", self.address, MAX_MESSAGE)
             self._partial.clear()
             self._partial_size = 0
-            return
+            return None
         if not flags & LAST:
-            return  # more fragments follow
+            return None  # more fragments follow
         data = b"".join(self._partial)
         self._partial.clear()
         self._partial_size = 0
-        try:
-            inner = RoutedMessage.decode(data)
-        except TetherError as e:
-            self.refused += 1
-            log.info("secure channel %s: malformed inner message: %s", self.address, e)
-            return
-        await self.node.route(
-            RoutedMessage(
-                inner.onward, (Address.local(self.address), *inner.return_route), inner.payload
-            )
-        )
+        return data
 
     async def close(self, notify: bool = True) -> None:
         if self.closed.is_set():
@@ -541,7 +639,7 @@ async def open_channel(
             inbox_send.send_nowait(msg)
 
     decryptor.handshake = handshake_inbox
-    await node.start_worker(address + ".in", decryptor, kind="secure-channel")
+    await node.start_worker(address + ".in", decryptor, kind="secure-channel", inline=True)
     try:
         await node.route(
             RoutedMessage(
@@ -705,7 +803,7 @@ class ChannelListener:
             )
 
         decryptor.handshake = on_hs3
-        await self.node.start_worker(address + ".in", decryptor, kind="secure-channel")
+        await self.node.start_worker(address + ".in", decryptor, kind="secure-channel", inline=True)
         await self.node.route(
             RoutedMessage(
                 msg.return_route,

@@ -79,6 +79,7 @@ class Worker:
     kind: str = "custom"
     delivered: int = 0
     busy: bool = False
+    inline: bool = False
 
 
 class WorkerContext:
@@ -146,7 +147,7 @@ class Node:
         self._channel_lock = anyio.Lock()
         self._workers: dict[str, Worker] = {}
         self._replies: dict[str, MemoryObjectSendStream[Message]] = {}
-        self._sinks: dict[str, Callable[[Message], None]] = {}
+        self._sinks: dict[str, Callable[[RoutedMessage], None]] = {}
         self.inlets: dict[str, Any] = {}
         self.outlets: dict[str, Any] = {}
         self._tg: TaskGroup | None = None
@@ -191,13 +192,19 @@ class Node:
         *,
         kind: str = "custom",
         mailbox: int = MAILBOX_SIZE,
+        inline: bool = False,
     ) -> None:
-        if address in self._workers:
+        """Run ``handler`` for each message to ``address``: in the worker's own task, one message
+        at a time from a bounded mailbox; or, with ``inline``, directly in the task that routes
+        the message (no mailbox, no task switch: for handlers that are quick and keep their own
+        order, such as a channel's decryptor fed by one connection)."""
+        if address in self._workers or address in self._sinks:
             raise TetherError(f"a worker already listens at {address!r} on {self.name}")
-        send, receive = anyio.create_memory_object_stream[Message](mailbox)
-        w = Worker(address, handler, send, receive, kind=kind)
+        send, receive = anyio.create_memory_object_stream[Message](0 if inline else mailbox)
+        w = Worker(address, handler, send, receive, kind=kind, inline=inline)
         self._workers[address] = w
-        await self.task_group.start(self._run_worker, w)
+        if not inline:
+            await self.task_group.start(self._run_worker, w)
 
     async def _run_worker(self, w: Worker, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         ctx = WorkerContext(self, w.address)
@@ -245,9 +252,11 @@ class Node:
     def has_worker(self, address: str) -> bool:
         return address in self._workers or address in self._sinks
 
-    def add_sink(self, address: str, handler: Callable[[Message], None]) -> None:
+    def add_sink(self, address: str, handler: Callable[[RoutedMessage], None]) -> None:
         """Deliver messages for ``address`` by calling ``handler`` inline (no mailbox, no task):
-        for handlers that never block, such as portal sessions queueing bytes."""
+        for handlers that never block, such as portal sessions queueing bytes. The handler gets
+        the routed message as it arrived (``onward`` still starting with ``address``, the
+        payload still starting with its kind byte: nothing is copied)."""
         if address in self._workers or address in self._sinks:
             raise TetherError(f"a worker already listens at {address!r} on {self.name}")
         self._sinks[address] = handler
@@ -308,11 +317,7 @@ class Node:
                 sink = self._sinks.get(name)
                 if sink is not None:
                     try:
-                        sink(
-                            Message(
-                                msg.onward[1:], msg.return_route, msg.payload[1:], msg.payload[0]
-                            )
-                        )
+                        sink(msg)
                     except Exception:
                         log.exception("%s: %s failed on a message", self.name, name)
                     return
@@ -332,6 +337,15 @@ class Node:
                     await self.report(msg, f"no worker {name!r} on node {self.name}")
                 return
             m = Message(msg.onward[1:], msg.return_route, msg.payload[1:], msg.payload[0])
+            if w.inline:
+                w.delivered += 1
+                try:
+                    await w.handler(WorkerContext(self, w.address), m)
+                except TetherError as e:
+                    log.warning("%s: worker %s could not handle a message: %s", self.name, name, e)
+                except Exception:
+                    log.exception("%s: worker %s failed on a message", self.name, name)
+                return
             try:
                 await w.send.send(m)
                 w.delivered += 1
@@ -341,6 +355,28 @@ class Node:
             await self.tcp.forward(head, msg)
         else:
             await self.report(msg, f"unknown transport type {head.transport} at node {self.name}")
+
+    async def route_batch(self, msgs: Sequence[RoutedMessage]) -> None:
+        """Route messages that share their first hop, in order; over TCP they are queued as one
+        unit, so no other message comes between them."""
+        head = msgs[0].onward[0] if msgs and msgs[0].onward else None
+        conn = None
+        if head is not None and head.transport == TCP:
+            try:
+                conn = await self.tcp.connect(head.value)
+            except TetherError as e:
+                for m in msgs:
+                    await self.report(m, f"at node {self.name}: {e}")
+                return
+        elif head is not None and head.transport == LOCAL:
+            name = head.value.decode("utf-8", errors="replace")
+            if name not in self._workers and name not in self._sinks:
+                conn = self.tcp.connection(name)
+        if conn is None or any(m.onward[:1] != (head,) for m in msgs):
+            for m in msgs:
+                await self.route(m)
+            return
+        await self.tcp.send_many_via(conn, msgs)
 
     async def report(self, msg: RoutedMessage, reason: str) -> None:
         """Tell the sender (along the return route) that ``msg`` could not be delivered."""

@@ -39,6 +39,7 @@ and changes nothing. Errors are :mod:`tether.errors` classes.
 from __future__ import annotations
 
 from tether._core import (
+    CHANNEL_MAX_PAYLOAD_LEN,
     CHANNEL_OVERHEAD,
     DEFAULT_REKEY_INTERVAL,
     MAX_MESSAGE_LEN,
@@ -54,6 +55,7 @@ from tether._core import (
 )
 
 __all__ = [
+    "CHANNEL_MAX_PAYLOAD_LEN",
     "CHANNEL_OVERHEAD",
     "DEFAULT_REKEY_INTERVAL",
     "MAX_MESSAGE_LEN",

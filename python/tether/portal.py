@@ -41,7 +41,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 from anyio.abc import SocketAttribute, SocketStream
@@ -52,7 +52,7 @@ from tether.message import LOCAL, Address, RoutedMessage
 
 if TYPE_CHECKING:
     from tether.channel import SecureChannel
-    from tether.node import Message, Node
+    from tether.node import Node
     from tether.policy import Policy
 
 log = logging.getLogger("tether.portal")
@@ -64,8 +64,10 @@ T_CLOSE = 4
 T_CREDIT = 5
 _NAMES = {T_OPEN: "OPEN", T_DATA: "DATA", T_EOF: "EOF", T_CLOSE: "CLOSE", T_CREDIT: "CREDIT"}
 
-MAX_DATA = 256 * 1024
-"""The largest DATA body: also the size of one read from a portal's socket."""
+MAX_DATA = 240 * 1024
+"""The largest DATA body, and the size of one read from a portal's socket: small enough that a
+DATA message is one channel fragment on the wire."""
+_DATA = bytes((0, T_DATA))  # KIND_DATA, DATA
 MIN_CHARGE = 512
 """A DATA message costs at least this many credit units (small messages cost memory too)."""
 MAX_REASON = 1024
@@ -122,7 +124,7 @@ class Session:
         self.received_bytes = 0
         self.close_reason = ""
         self._return = (Address.local(address),)
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[bytes | memoryview] = deque()
         self._queued = 0  # credit units in _queue
         self._credit = options.window  # what we may still send
         self._consumed = 0  # written to our socket, not yet credited back
@@ -135,20 +137,21 @@ class Session:
 
     # --- from the peer (synchronous: called inline by the node's router) --------------------
 
-    def deliver(self, msg: Message) -> None:
+    def deliver(self, msg: RoutedMessage) -> None:
+        """One message from the peer session (payload: kind byte, type byte, body)."""
         from tether.node import KIND_ERROR
 
         if self._closed:
             return
-        if msg.kind == KIND_ERROR:
-            self.abort(
-                f"the path to the peer failed: {msg.payload[:MAX_REASON].decode(errors='replace')}"
-            )
+        payload = msg.payload
+        if payload[:1] == bytes((KIND_ERROR,)):
+            reason = payload[1 : 1 + MAX_REASON].decode(errors="replace")
+            self.abort(f"the path to the peer failed: {reason}")
             return
-        if not msg.payload:
+        if len(payload) < 2:
             self.abort("protocol error: empty portal message", notify=True)
             return
-        t, body = msg.payload[0], msg.payload[1:]
+        t, body = payload[1], memoryview(payload)[2:]  # no copy of the data
         if t == T_DATA:
             if self._peer_eof:
                 self.abort("protocol error: DATA after EOF", notify=True)
@@ -173,7 +176,7 @@ class Session:
             self._peer_eof = True
             self._wake_writer.set()
         elif t == T_CLOSE:
-            self.abort(body[:MAX_REASON].decode("utf-8", "replace") or "closed by the peer")
+            self.abort(bytes(body[:MAX_REASON]).decode("utf-8", "replace") or "closed by the peer")
         elif t != T_OPEN:  # a repeated OPEN is harmless
             self.abort(f"protocol error: unknown portal message type {t}", notify=True)
 
@@ -254,7 +257,10 @@ class Session:
                 return
             self._credit -= _charge(len(data))
             self.sent_bytes += len(data)
-            if not await self._send_or_abort(T_DATA, data):
+            try:
+                await self.channel.send_parts(self.peer_route[1:], self._return, _DATA, data)
+            except TetherError as e:
+                self.abort(f"could not send to the peer: {e}")
                 return
 
     async def _send_or_abort(self, t: int, body: bytes = b"") -> bool:
@@ -283,7 +289,9 @@ class Session:
             charge = sum(_charge(len(c)) for c in chunks)
             self._queued -= charge
             try:
-                await self.stream.send(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                # anyio sends any bytes-like object (it takes a memoryview of it)
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                await self.stream.send(cast(bytes, data))
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
                 self.abort(f"the local connection failed: {type(e).__name__}", notify=True)
                 return
@@ -397,18 +405,18 @@ class Outlet(_Portal):
             **self._stats(),
         }
 
-    def handle(self, msg: Message) -> None:
+    def handle(self, msg: RoutedMessage) -> None:
         """Every inlet→outlet message (sync, inline in the router)."""
-        from tether.node import KIND_ERROR
+        from tether.node import KIND_DATA
 
-        if msg.kind == KIND_ERROR or not msg.return_route:
-            return
+        if msg.payload[:1] != bytes((KIND_DATA,)) or not msg.return_route:
+            return  # error reports about our own messages: the session's channel handles loss
         key = msg.return_route
         session = self.sessions.get(key)
         if session is not None:
             session.deliver(msg)
             return
-        t = msg.payload[0] if msg.payload else 0
+        t = msg.payload[1] if len(msg.payload) > 1 else 0
         if t != T_OPEN:
             if t not in (T_CLOSE, T_CREDIT, T_EOF):  # a late message after the session ended
                 self._refuse(key, f"no portal session at tcp-outlet {self.name!r} (it ended)")
@@ -590,7 +598,7 @@ class Inlet(_Portal):
         session = Session(self.node, address, channel, onward, self.options, self)
         expected = channel.address
 
-        def deliver(msg: Message) -> None:
+        def deliver(msg: RoutedMessage) -> None:
             # Only the channel this session runs in may speak for its outlet.
             if msg.return_route and msg.return_route[0] == Address.local(expected):
                 session.deliver(msg)

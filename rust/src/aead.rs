@@ -112,8 +112,18 @@ impl Key {
                 "output buffer has the wrong size".into(),
             ));
         }
-        let (body, tag_out) = out.split_at_mut(plaintext.len());
-        body.copy_from_slice(plaintext);
+        out[..plaintext.len()].copy_from_slice(plaintext);
+        self.seal_in_place(nonce, aad, out)
+    }
+
+    /// Seal in place: `buf` holds the plaintext followed by `TAG_LEN` bytes for the tag.
+    pub fn seal_in_place(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> Result<()> {
+        if buf.len() < TAG_LEN {
+            return Err(Error::InvalidArgument(
+                "output buffer has the wrong size".into(),
+            ));
+        }
+        let (body, tag_out) = buf.split_at_mut(buf.len() - TAG_LEN);
         let tag = self
             .key
             .seal_in_place_separate_tag(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,7 @@ PROTOCOL_VERSION = 1
 MAGIC = b"tether\0"
 HELLO = MAGIC + bytes([PROTOCOL_VERSION])
 FRAME_HEADER = 4
+RECEIVE_SIZE = 256 * 1024
 
 
 @dataclass
@@ -93,6 +95,24 @@ class Connection:
     async def send(self, msg: RoutedMessage) -> None:
         """Queue a message (waits while the queue is full: back-pressure)."""
         data = msg.encode()
+        self._check(data)
+        await self._queue(encode_frame(data))
+
+    async def send_many(self, msgs: Sequence[RoutedMessage]) -> None:
+        """Queue messages as one unit (nothing else is sent between them)."""
+        frames = []
+        for msg in msgs:
+            data = msg.encode()
+            self._check(data)
+            frames.append(data)
+        await self._queue(encode_frames(frames))
+
+    async def send_framed(self, framed: bytes) -> None:
+        """Queue one ready-made frame (its 4-byte length included) carrying a routed message."""
+        self._check(framed[4:])
+        await self._queue(framed)
+
+    def _check(self, data: bytes) -> None:
         if len(data) > self.options.max_frame_len:
             # The peer would refuse the frame and drop the connection: refuse it here instead.
             raise RouteError(
@@ -100,8 +120,10 @@ class Connection:
                 f"frame limit of connection {self.address}; send bulk data through a secure "
                 "channel, which splits it"
             )
+
+    async def _queue(self, framed: bytes) -> None:
         try:
-            await self._send.send(data)
+            await self._send.send(framed)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise ConnectionClosed(
                 f"connection {self.address} to {self.peer} is closed"
@@ -153,12 +175,14 @@ class Connection:
                     data = self._recv.receive_nowait()
                 except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                     return
-                try:
-                    msg = RoutedMessage.decode(data)
-                except RouteError:
-                    continue
-                # The message was already popped past this hop; report along its return route.
-                await self.node.report(msg, f"at node {self.node.name}: {reason}")
+                # A queue item is one or more frames (see send_many).
+                for frame in FrameDecoder(max_frame_len=self.options.max_frame_len).feed(data):
+                    try:
+                        msg = RoutedMessage.decode(frame)
+                    except RouteError:
+                        continue
+                    # Already popped past this hop: report along its return route.
+                    await self.node.report(msg, f"at node {self.node.name}: {reason}")
 
     async def _guarded(self, fn: Any, *args: Any) -> Any:
         try:
@@ -230,7 +254,7 @@ class Connection:
                 deadline = last + o.dead_after
             chunk = b""
             with anyio.move_on_after(max(0.0, deadline - now)):
-                chunk = await self.stream.receive(65536)
+                chunk = await self.stream.receive(RECEIVE_SIZE)
             if not chunk:
                 if (
                     decoder.buffered
@@ -282,7 +306,7 @@ class Connection:
                     break
                 batch.append(more)
                 size += len(more)
-            await self.stream.send(encode_frames(batch))
+            await self.stream.send(batch[0] if len(batch) == 1 else b"".join(batch))
             self.sent += len(batch)
 
 
@@ -447,6 +471,15 @@ class TcpTransport:
             await conn.send(RoutedMessage(msg.onward[1:], msg.return_route, msg.payload))
         except (ConnectionClosed, RouteError) as e:
             await self.node.report(msg, f"at node {self.node.name}: {e}")
+
+    async def send_many_via(self, conn: Connection, msgs: Sequence[RoutedMessage]) -> None:
+        try:
+            await conn.send_many(
+                [RoutedMessage(m.onward[1:], m.return_route, m.payload) for m in msgs]
+            )
+        except (ConnectionClosed, RouteError) as e:
+            for m in msgs:
+                await self.node.report(m, f"at node {self.node.name}: {e}")
 
     async def send_via(self, conn: Connection, msg: RoutedMessage) -> None:
         try:

@@ -304,7 +304,7 @@ fn seal_one<'py>(
     ad: &[u8],
     pt: &[u8],
 ) -> PyResult<Bound<'py, PyBytes>> {
-    if pt.len() > noise::MAX_PAYLOAD_LEN {
+    if pt.len() > crate::channel::MAX_PAYLOAD_LEN {
         return Err(c.seal(pt).err().unwrap_or(Error::Broken).into());
     }
     PyBytes::new_with(py, ChannelCipher::sealed_len(pt.len()), |out| {
@@ -365,6 +365,55 @@ impl PyChannelCipher {
             aad.as_ref().map_or(&[][..], Buf::as_bytes),
             payload.as_bytes(),
         )
+    }
+
+    /// Seal the concatenation of `parts` as one message and return it as a ready-to-send frame
+    /// of the TCP transport carrying a routed message:
+    /// `frame_len:u32 | header | payload_len:u32 | prefix | nonce | ciphertext | tag`, where
+    /// `header` is an encoded routed message up to (not including) its payload length. The
+    /// plaintext is copied once, into the frame, and sealed there.
+    #[pyo3(signature = (header, prefix, parts, aad = None))]
+    fn seal_routed_frame<'py>(
+        &mut self,
+        py: Python<'py>,
+        header: Buf<'py>,
+        prefix: Buf<'py>,
+        parts: Vec<Buf<'py>>,
+        aad: Option<Buf<'py>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let ad = aad.as_ref().map_or(&[][..], Buf::as_bytes);
+        let header = header.as_bytes();
+        let prefix = prefix.as_bytes();
+        let parts: Vec<&[u8]> = parts.iter().map(Buf::as_bytes).collect();
+        let plain: usize = parts.iter().map(|p| p.len()).sum();
+        if plain > crate::channel::MAX_PAYLOAD_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "a channel message carries at most {} bytes, got {plain}; split bulk data",
+                crate::channel::MAX_PAYLOAD_LEN
+            ))
+            .into());
+        }
+        let payload_len = prefix.len() + ChannelCipher::sealed_len(plain);
+        let frame_len = header.len() + 4 + payload_len;
+        let (Ok(frame_len32), Ok(payload_len32)) =
+            (u32::try_from(frame_len), u32::try_from(payload_len))
+        else {
+            return Err(Error::InvalidArgument("frame too large".into()).into());
+        };
+        let c = &mut self.inner;
+        PyBytes::new_with(py, 4 + frame_len, |out| {
+            out[..4].copy_from_slice(&frame_len32.to_be_bytes());
+            let mut pos = 4;
+            out[pos..pos + header.len()].copy_from_slice(header);
+            pos += header.len();
+            out[pos..pos + 4].copy_from_slice(&payload_len32.to_be_bytes());
+            pos += 4;
+            out[pos..pos + prefix.len()].copy_from_slice(prefix);
+            pos += prefix.len();
+            let sealed = &mut out[pos..];
+            maybe_detached(py, plain, || c.seal_parts_to_ad(ad, &parts, sealed))?;
+            Ok(())
+        })
     }
 
     /// Open one message; raises DecryptError or ReplayError and changes nothing if it is refused.
@@ -586,6 +635,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(x25519, m)?)?;
     m.add("MAX_MESSAGE_LEN", noise::MAX_MESSAGE_LEN)?;
     m.add("MAX_PAYLOAD_LEN", noise::MAX_PAYLOAD_LEN)?;
+    m.add("CHANNEL_MAX_PAYLOAD_LEN", crate::channel::MAX_PAYLOAD_LEN)?;
     m.add("CHANNEL_OVERHEAD", channel::OVERHEAD)?;
     m.add("DEFAULT_REKEY_INTERVAL", channel::DEFAULT_REKEY_INTERVAL)?;
     m.add("REPLAY_WINDOW", crate::replay::WINDOW)?;
