@@ -96,6 +96,14 @@ class Daemon:
             for relay in cfg.relays:
                 # A relay whose node is not up yet keeps retrying in the background.
                 await node.create_relay(relay["name"], relay["at"])
+            for o in cfg.tcp_outlets:
+                await node.create_tcp_outlet(o["to"], name=o["name"], allow=o.get("allow"))
+            for i in cfg.tcp_inlets:
+                # An inlet listens at once; its route is reached per connection, so a path that
+                # is not up yet only fails the connections made before it is.
+                await node.create_tcp_inlet(
+                    i["from"], i["to"], name=i["name"], allow=i.get("allow")
+                )
             for svc in cfg.services:
                 if not node.has_worker(svc["address"]):
                     await node.start_worker(
@@ -322,6 +330,80 @@ async def delete_relay(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
     return 204, None
 
 
+@api.add("GET", "/tcp-outlets")
+async def list_outlets(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
+    return 200, [o.info() for o in d.n.outlets.values()]
+
+
+@api.add("GET", "/tcp-outlets/{name}")
+async def get_outlet(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
+    return 200, _found(d.n.outlets, p["name"], "tcp-outlet").info()
+
+
+@api.add("POST", "/tcp-outlets")
+async def create_outlet(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
+    to = _field(body, "to")
+    name = _optional(body, "name") or "outlet"
+    allow = _optional(body, "allow")
+    if d.n.has_worker(name):
+        raise ApiError(409, f"this node already has a service at {name!r}; choose another --from")
+    try:
+        outlet = await d.n.create_tcp_outlet(to, name=name, allow=allow)
+    except TetherError as e:
+        raise ApiError(400, str(e), type(e).__name__) from None
+    d.config.tcp_outlets.append({"name": name, "to": to, "allow": allow})
+    d.persist()
+    return 201, outlet.info()
+
+
+@api.add("DELETE", "/tcp-outlets/{name}")
+async def delete_outlet(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
+    _found(d.n.outlets, p["name"], "tcp-outlet")
+    await d.n.delete_tcp_outlet(p["name"])
+    d.config.tcp_outlets = [o for o in d.config.tcp_outlets if o["name"] != p["name"]]
+    d.persist()
+    return 204, None
+
+
+@api.add("GET", "/tcp-inlets")
+async def list_inlets(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
+    return 200, [i.info() for i in d.n.inlets.values()]
+
+
+@api.add("GET", "/tcp-inlets/{name}")
+async def get_inlet(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
+    return 200, _found(d.n.inlets, p["name"], "tcp-inlet").info()
+
+
+@api.add("POST", "/tcp-inlets")
+async def create_inlet(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
+    bind = _field(body, "from")
+    to = _field(body, "to")
+    name = _optional(body, "name")
+    allow = _optional(body, "allow")
+    if name is not None and name in d.n.inlets:
+        raise ApiError(409, f"this node already has a tcp-inlet named {name!r}")
+    try:
+        inlet = await d.n.create_tcp_inlet(bind, to, name=name, allow=allow)
+    except TetherError as e:
+        raise ApiError(400, str(e), type(e).__name__) from None
+    # Persist the port actually bound (port 0 picks one): a restart listens there again.
+    d.config.tcp_inlets.append(
+        {"name": inlet.name, "from": inlet.address, "to": to, "allow": allow}
+    )
+    d.persist()
+    return 201, inlet.info()
+
+
+@api.add("DELETE", "/tcp-inlets/{name}")
+async def delete_inlet(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
+    _found(d.n.inlets, p["name"], "tcp-inlet")
+    await d.n.delete_tcp_inlet(p["name"])
+    d.config.tcp_inlets = [i for i in d.config.tcp_inlets if i["name"] != p["name"]]
+    d.persist()
+    return 204, None
+
+
 @api.add("GET", "/relay-claims")
 async def list_claims(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
     return 200, d.n.relay_service.info() if d.n.relay_service else []
@@ -358,6 +440,15 @@ def _found(table: Mapping[str, Any], key: str, what: str) -> Any:
     return table[key]
 
 
+def _optional(body: Any, name: str) -> str | None:
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ApiError(400, f"{name!r} must be a string")
+    return value or None
+
+
 def _field(body: Any, name: str) -> str:
     if not isinstance(body, dict) or not isinstance(body.get(name), str):
         raise ApiError(400, f"the body must be a JSON object with a string {name!r}")
@@ -387,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     daemon = Daemon(home, store, config)
     try:
+        from tether.alloc import tune_for_bulk
+
+        tune_for_bulk()
         anyio.run(daemon.run, backend="trio")
     except TetherError as e:
         log.error("node %s failed: %s", args.name, e)

@@ -529,7 +529,9 @@ class Node:
         ``address`` is where clients connect)."""
         from tether.portal import Inlet
 
-        name = name or self.next_id("inlet").replace("#", "")
+        name = name or next(
+            f"inlet{k}" for k in itertools.count(1) if f"inlet{k}" not in self.inlets
+        )
         if name in self.inlets:
             raise TetherError(f"node {self.name} already has a tcp-inlet named {name!r}")
         inlet = Inlet(self, name, bind, route, allow=allow, options=options)

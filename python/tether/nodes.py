@@ -31,6 +31,8 @@ class NodeConfig:
     )
     channel_listeners: list[dict[str, Any]] = field(default_factory=list)
     relays: list[dict[str, str]] = field(default_factory=list)
+    tcp_outlets: list[dict[str, Any]] = field(default_factory=list)
+    tcp_inlets: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -45,6 +47,8 @@ class NodeConfig:
             list(d.get("services", [])),
             list(d.get("channel_listeners", [])),
             list(d.get("relays", [])),
+            list(d.get("tcp_outlets", [])),
+            list(d.get("tcp_inlets", [])),
         )
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tether import __version__
-from tether.cli import channel, credential, identity, node, relay
+from tether.cli import channel, credential, identity, node, portal, relay
 from tether.errors import TetherError
 
 EXAMPLES = """\
@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.register(groups)
     channel.register(groups)
     relay.register(groups)
+    portal.register(groups)
     return parser
 
 

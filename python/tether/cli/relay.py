@@ -16,8 +16,13 @@ if TYPE_CHECKING:
 
 def _node(ctx: Context) -> str:
     """--to, or the only running node."""
-    if ctx.args.to:
-        return str(ctx.args.to)
+    return running_node(ctx, ctx.args.to, "--to", "keeps the relay")
+
+
+def running_node(ctx: Context, given: str | None, flag: str, role: str) -> str:
+    """The node the user named with ``flag``, or the only running node."""
+    if given:
+        return given
     from tether.state import default_home
 
     home = ctx.home or default_home()
@@ -28,7 +33,7 @@ def _node(ctx: Context) -> str:
     ]
     if len(running) != 1:
         raise InvalidArgumentError(
-            f"say which node keeps the relay with --to NODE ({len(running)} nodes are running)"
+            f"say which node {role} with {flag} NODE ({len(running)} nodes are running)"
         )
     return running[0]
 

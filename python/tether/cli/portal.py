@@ -1,0 +1,171 @@
+"""``tether tcp-outlet …`` and ``tether tcp-inlet …``: portals that carry any TCP protocol through
+a secure channel."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from tether.cli.api import call
+from tether.cli.channel import _api
+from tether.cli.relay import running_node
+
+if TYPE_CHECKING:
+    from tether.cli import Context
+
+
+def _at(ctx: Context) -> str:
+    return running_node(ctx, ctx.args.at, "--at", "runs it")
+
+
+def _stats(p: dict[str, Any]) -> str:
+    line = (
+        f"  sessions {p['sessions']} open, {p['total']} in all, {p['refused']} refused, "
+        f"{p['failed']} failed; {p['bytes_out']} bytes out, {p['bytes_in']} bytes in"
+    )
+    if p.get("last_error"):
+        line += f"\n  last error: {p['last_error']}"
+    return line
+
+
+def _outlet(o: dict[str, Any]) -> str:
+    allow = f"\n  allows: {o['allow']}" if o.get("allow") else ""
+    return f"tcp-outlet {o['name']} → {o['to']}{allow}\n{_stats(o)}"
+
+
+def _inlet(i: dict[str, Any]) -> str:
+    allow = f"\n  allows: {i['allow']}" if i.get("allow") else ""
+    return f"tcp-inlet {i['name']}  {i['from']} → {i['to']}  ({i['state']}){allow}\n{_stats(i)}"
+
+
+def _outlet_create(ctx: Context) -> int:
+    a = ctx.args
+    body = {"to": a.to, "name": a.from_name, "allow": a.allow}
+    o = call(_api(ctx, _at(ctx)), "POST", "/tcp-outlets", body)
+    ctx.emit(
+        _outlet(o) + f"\n  reach it through a secure channel: …/secure/api/service/{o['name']}", o
+    )
+    return 0
+
+
+def _inlet_create(ctx: Context) -> int:
+    a = ctx.args
+    body = {"from": a.from_addr, "to": a.to, "name": a.name, "allow": a.allow}
+    i = call(_api(ctx, _at(ctx)), "POST", "/tcp-inlets", body, timeout=60)
+    ctx.emit(_inlet(i) + f"\n  clients connect to {i['from']}", i)
+    return 0
+
+
+def _lister(kind: str, describe: Any) -> Any:
+    def run(ctx: Context) -> int:
+        items = call(_api(ctx, _at(ctx)), "GET", f"/{kind}s")
+        ctx.emit("\n".join(describe(x) for x in items) or f"no {kind}s", items)
+        return 0
+
+    return run
+
+
+def _shower(kind: str, describe: Any) -> Any:
+    def run(ctx: Context) -> int:
+        x = call(_api(ctx, _at(ctx)), "GET", f"/{kind}s/{ctx.args.name}")
+        ctx.emit(describe(x), x)
+        return 0
+
+    return run
+
+
+def _deleter(kind: str) -> Any:
+    def run(ctx: Context) -> int:
+        call(_api(ctx, _at(ctx)), "DELETE", f"/{kind}s/{ctx.args.name}")
+        ctx.emit(f"deleted {kind} {ctx.args.name}", {"deleted": ctx.args.name})
+        return 0
+
+    return run
+
+
+ALLOW_HELP = (
+    "policy the peer must satisfy, e.g. 'subject.role = \"db-client\"' or "
+    "'subject.identifier = \"I…\"' (default: any authenticated peer)"
+)
+
+
+def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from tether.cli import add_command, add_group
+
+    sub = add_group(
+        groups,
+        "tcp-outlet",
+        "connect portal sessions to a TCP service near this node",
+        (
+            "A tcp-outlet is a service (default address: outlet) on the node near the target. "
+            "Each portal session that reaches it through a secure channel becomes a TCP "
+            "connection to --to. Pair it with a tcp-inlet near the client."
+        ),
+        "tether tcp-outlet create --at db --to 127.0.0.1:5432",
+    )
+    p = add_command(
+        sub,
+        "create",
+        "start an outlet to HOST:PORT",
+        "tether tcp-outlet create --at db --to 127.0.0.1:5432 --allow 'subject.role = \"db\"'",
+        _outlet_create,
+    )
+    p.add_argument("--at", help="the node near the target (default: the only running one)")
+    p.add_argument("--to", required=True, metavar="HOST:PORT", help="the TCP service")
+    p.add_argument(
+        "--from", dest="from_name", metavar="NAME", help="the outlet's address (default outlet)"
+    )
+    p.add_argument("--allow", metavar="EXPR", help=ALLOW_HELP)
+    _common(sub, "tcp-outlet", _outlet, "outlet")
+
+    sub = add_group(
+        groups,
+        "tcp-inlet",
+        "accept local TCP connections and carry them to a tcp-outlet",
+        (
+            "A tcp-inlet listens on --from near the client. Each connection becomes a portal "
+            "session along --to, a route that must pass through a secure channel "
+            "(/secure/LISTENER) and end at a tcp-outlet: for example "
+            "/node/relay/service/forward_to_db/secure/api/service/outlet."
+        ),
+        "tether tcp-inlet create --at app --from 127.0.0.1:15432 "
+        "--to /node/relay/service/forward_to_db/secure/api/service/outlet",
+    )
+    p = add_command(
+        sub,
+        "create",
+        "listen on HOST:PORT and carry connections along ROUTE",
+        "tether tcp-inlet create --at app --from 127.0.0.1:15432 "
+        "--to /node/db/secure/api/service/outlet",
+        _inlet_create,
+    )
+    p.add_argument("--at", help="the node near the client (default: the only running one)")
+    p.add_argument(
+        "--from", dest="from_addr", required=True, metavar="HOST:PORT", help="where to listen"
+    )
+    p.add_argument("--to", required=True, metavar="ROUTE", help="route to the outlet")
+    p.add_argument("--name", help="the inlet's name (default: inletN)")
+    p.add_argument("--allow", metavar="EXPR", help=ALLOW_HELP.replace("peer", "outlet side"))
+    _common(sub, "tcp-inlet", _inlet, "inlet1")
+
+
+def _common(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], kind: str, describe: Any, eg: str
+) -> None:
+    from tether.cli import add_command
+
+    p = add_command(
+        sub,
+        "list",
+        f"list a node's {kind}s",
+        f"tether {kind} list --at NODE",
+        _lister(kind, describe),
+    )
+    p.add_argument("--at", help="the node (default: the only running one)")
+    for name, help_text, handler in (
+        ("show", f"show one {kind} and its counters", _shower(kind, describe)),
+        ("delete", f"delete a {kind} (its open sessions are closed)", _deleter(kind)),
+    ):
+        p = add_command(sub, name, help_text, f"tether {kind} {name} {eg} --at NODE", handler)
+        p.add_argument("name")
+        p.add_argument("--at", help="the node (default: the only running one)")
