@@ -109,14 +109,17 @@ class Connection:
 
     async def send_framed(self, framed: bytes) -> None:
         """Queue one ready-made frame (its 4-byte length included) carrying a routed message."""
-        self._check(framed[4:])
+        self._check_len(len(framed) - 4)
         await self._queue(framed)
 
     def _check(self, data: bytes) -> None:
-        if len(data) > self.options.max_frame_len:
+        self._check_len(len(data))
+
+    def _check_len(self, n: int) -> None:
+        if n > self.options.max_frame_len:
             # The peer would refuse the frame and drop the connection: refuse it here instead.
             raise RouteError(
-                f"message of {len(data)} bytes exceeds the {self.options.max_frame_len}-byte "
+                f"message of {n} bytes exceeds the {self.options.max_frame_len}-byte "
                 f"frame limit of connection {self.address}; send bulk data through a secure "
                 "channel, which splits it"
             )
