@@ -88,6 +88,13 @@ class PortalOptions:
     max_sessions: int = 10_000
 
 
+def _why(e: BaseException) -> str:
+    cause = e.__cause__ if isinstance(e.__cause__, OSError) else e
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror.lower()
+    return type(e).__name__
+
+
 def _charge(n: int) -> int:
     return max(n, MIN_CHARGE)
 
@@ -248,8 +255,12 @@ class Session:
                 await self._wake_reader.wait()
             try:
                 data = await self.stream.receive(MAX_DATA)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+            except anyio.EndOfStream:
                 data = b""
+            except (anyio.BrokenResourceError, OSError) as e:
+                # A reset is not an orderly end: the peer's socket is reset too.
+                self.abort(f"the local connection failed: {_why(e)}", notify=True)
+                return
             except anyio.ClosedResourceError:
                 return
             if not data:
@@ -293,7 +304,7 @@ class Session:
                 data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 await self.stream.send(cast(bytes, data))
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
-                self.abort(f"the local connection failed: {type(e).__name__}", notify=True)
+                self.abort(f"the local connection failed: {_why(e)}", notify=True)
                 return
             self._consumed += charge
             if self._consumed >= grant:
