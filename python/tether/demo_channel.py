@@ -1,8 +1,10 @@
-"""The tether demo: a client reaches a service two networks away, through a node in the middle
-that forwards its traffic but can read none of it — and an identity without the right credential
-is turned away.
+"""The secure-channel demo: a client reaches a service two networks away, through a node in the
+middle that forwards its traffic but can read none of it — and an identity without the right
+credential is turned away.
 
-    python -m tether.demo            # or ci/demo from a fresh checkout
+    python -m tether.demo_channel
+
+(``python -m tether.demo``, or ``tether demo``, is the product demo: portals through a relay.)
 
 What happens (three nodes in this process, joined by real loopback TCP):
 
@@ -77,7 +79,7 @@ async def _run(megabytes: int) -> bool:
         client_id.identity, client_id.static_key, client_id.attestation, (cred,)
     )
     server_id = ephemeral_identity()
-    print("tether demo — a secure channel through a node that cannot read it\n")
+    print("tether channel demo — a secure channel through a node that cannot read it\n")
     print(f"  authority  {_short(authority.identifier)} issued the client role=db-client")
     print(f"  client     {_short(client_id.identity.identifier)}")
     print(
@@ -183,9 +185,9 @@ async def _run(megabytes: int) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tether.demo",
+        prog="python -m tether.demo_channel",
         description="A secure channel through a node that cannot read it, with credentials.",
-        epilog="example: python -m tether.demo --megabytes 64",
+        epilog="example: python -m tether.demo_channel --megabytes 64",
     )
     parser.add_argument("--megabytes", type=int, default=32, help="bulk transfer size (MiB)")
     args = parser.parse_args(argv)

@@ -505,6 +505,7 @@ class Node:
         outlet = Outlet(self, name, to, allow=allow, options=options)
         self.add_sink(name, outlet.handle)
         self.outlets[name] = outlet
+        self.task_group.start_soon(outlet.run)
         return outlet
 
     async def delete_tcp_outlet(self, name: str) -> None:
@@ -512,6 +513,7 @@ class Node:
         if outlet is None:
             raise TetherError(f"no tcp-outlet named {name!r} on node {self.name}")
         self.remove_sink(name)
+        outlet.stop()
         for session in list(outlet.sessions.values()):
             session.abort(f"tcp-outlet {name!r} deleted", notify=True)
 

@@ -86,6 +86,8 @@ class PortalOptions:
     open_timeout: float = 15.0
     """The inlet's limit for reaching the outlet (route and secure channel) per connection."""
     max_sessions: int = 10_000
+    recheck_interval: float = 1.0
+    """How often open sessions are checked against the policy again (credentials expire)."""
 
 
 def _why(e: BaseException) -> str:
@@ -330,12 +332,16 @@ def _policy(allow: str | Policy | None) -> Policy | None:
     return allow if isinstance(allow, Policy) else Policy.parse(allow)
 
 
-def _allowed(policy: Policy | None, channel: SecureChannel) -> bool:
+def _allowed(policy: Policy | None, channel: SecureChannel, kind: str, name: str) -> bool:
+    """Does the channel's peer, with the attributes still valid now, satisfy ``policy`` for
+    ``action.name = "connect"`` on this resource?"""
     if policy is None:
         return True
     from tether.policy import subject_attributes
 
-    return policy.allows(subject_attributes(channel.peer.identifier, channel.current_attributes()))
+    env = subject_attributes(channel.peer.identifier, channel.current_attributes())
+    env.update({"resource.type": kind, "resource.name": name, "action.name": "connect"})
+    return policy.allows(env)
 
 
 def _host_port(spec: str, what: str) -> tuple[str, int]:
@@ -356,6 +362,7 @@ class _Portal:
         self.node = node
         self.name = name
         self.options = options or PortalOptions()
+        self.policy: Policy | None = None
         self.sessions: dict[Any, Session] = {}
         self.total = 0
         self.refused = 0
@@ -364,6 +371,23 @@ class _Portal:
         self.bytes_in = 0
         self.bytes_out = 0
         self.created_at = time.time()
+
+    async def recheck(self) -> None:
+        """Re-evaluate the policy for open sessions every ``recheck_interval`` seconds: a peer
+        whose credential expired (or was replaced by one without the attributes) loses its
+        sessions within that bound."""
+        while True:
+            await anyio.sleep(self.options.recheck_interval)
+            if self.policy is None:
+                continue
+            for session in list(self.sessions.values()):
+                if not _allowed(self.policy, session.channel, self.kind, self.name):
+                    self.refused += 1
+                    session.abort(
+                        f"{self.kind} {self.name!r}: {session.channel.peer.identifier} no longer "
+                        f"satisfies its policy {self.policy} (a credential expired or was revoked)",
+                        notify=True,
+                    )
 
     def forget(self, session: Session) -> None:
         for key, s in list(self.sessions.items()):
@@ -405,7 +429,8 @@ class Outlet(_Portal):
         super().__init__(node, name, options)
         self.to = to
         self.host, self.port = _host_port(to, "the outlet's target")
-        self.policy = _policy(allow)
+        self._scope = anyio.CancelScope()
+        self.policy: Policy | None = _policy(allow)
 
     def info(self) -> dict[str, object]:
         return {
@@ -415,6 +440,13 @@ class Outlet(_Portal):
             "allow": str(self.policy) if self.policy else None,
             **self._stats(),
         }
+
+    async def run(self) -> None:
+        with self._scope:
+            await self.recheck()
+
+    def stop(self) -> None:
+        self._scope.cancel()
 
     def handle(self, msg: RoutedMessage) -> None:
         """Every inlet→outlet message (sync, inline in the router)."""
@@ -446,7 +478,7 @@ class Outlet(_Portal):
                 "add /secure/LISTENER to the inlet's route",
             )
             return
-        if not _allowed(self.policy, channel):
+        if not _allowed(self.policy, channel, self.kind, self.name):
             self.refused += 1
             self.last_error = f"refused {channel.peer.identifier}: policy {self.policy}"
             log.info("tcp-outlet %s: %s", self.name, self.last_error)
@@ -524,7 +556,7 @@ class Inlet(_Portal):
                 "end-to-end encrypted; insert /secure/LISTENER before the outlet (for example "
                 "/node/db/secure/api/service/outlet)"
             )
-        self.policy = _policy(allow)
+        self.policy: Policy | None = _policy(allow)
         self._listener: Any = None
         self._scope = anyio.CancelScope()
         self.state = "starting"
@@ -559,7 +591,8 @@ class Inlet(_Portal):
         task_status.started()
         try:
             with self._scope:
-                async with listener:
+                async with listener, anyio.create_task_group() as tg:
+                    tg.start_soon(self.recheck)
                     await listener.serve(self._accept)
         finally:
             self.state = "stopped"
@@ -597,7 +630,7 @@ class Inlet(_Portal):
         )
         if channel is None:
             raise RouteError(f"the inlet's route {self.route} must start with a secure channel")
-        if not _allowed(self.policy, channel):
+        if not _allowed(self.policy, channel, self.kind, self.name):
             self.refused += 1
             self.last_error = (
                 f"refused the outlet side {channel.peer.identifier}: policy {self.policy}"
