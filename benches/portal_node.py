@@ -1,0 +1,106 @@
+"""One tether node of the portal benchmark (``benches/portal.py``), run as its own process.
+
+    python benches/portal_node.py relay  --listen PORT
+    python benches/portal_node.py db     --listen PORT        --outlet NAME HOST:PORT [...]
+    python benches/portal_node.py db     --relay RELAY_PORT   --outlet NAME HOST:PORT [...]
+    python benches/portal_node.py client --inlet HOST:PORT ROUTE [--inlet ...]
+
+Roles, all on 127.0.0.1, each node with a secure-channel identity
+(:func:`tether.channel.ephemeral_identity`, so it accepts channels at ``api``):
+
+* ``relay``: a node that listens on TCP and serves relay claims (its built-in relay service);
+* ``db``: the target side: one TCP outlet per ``--outlet NAME HOST:PORT`` (the service ``NAME``
+  connects each portal session to ``HOST:PORT``). With ``--listen`` it listens on TCP itself;
+  with ``--relay`` it opens no port and claims the name ``db`` at the relay node on
+  127.0.0.1:RELAY_PORT, so it is reachable at ``/ip4/127.0.0.1/tcp/RELAY_PORT/service/
+  forward_to_db``;
+* ``client``: one TCP inlet per ``--inlet HOST:PORT ROUTE`` (listening on ``HOST:PORT``, each
+  connection carried to the outlet at the end of ``ROUTE``, which must contain
+  ``/secure/api``).
+
+When everything is set up (for ``db --relay``: the name is claimed) the process prints one line
+``ready {JSON}`` on stdout (the listening port and the inlets' addresses), then runs until
+SIGTERM or SIGINT. Warnings and errors of the node go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from typing import Any
+
+import anyio
+
+from tether.channel import ephemeral_identity
+from tether.node import Node
+
+HOST = "127.0.0.1"
+
+
+async def _until_signalled() -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            return
+
+
+async def serve(args: argparse.Namespace) -> None:
+    info: dict[str, Any] = {"role": args.role}
+    async with Node(args.role, identity=ephemeral_identity()) as node:
+        if args.listen is not None:
+            listener = await node.listen_tcp(HOST, args.listen)
+            info["listen"] = listener.port
+        if args.role == "db":
+            for name, target in args.outlet or []:
+                await node.create_tcp_outlet(target, name=name)
+            if args.relay is not None:
+                client = await node.create_relay("db", f"/ip4/{HOST}/tcp/{args.relay}")
+                with anyio.fail_after(30):
+                    await client.ready.wait()
+                info["forward_route"] = client.forward_route
+        elif args.role == "client":
+            info["inlets"] = []
+            for bind, route in args.inlet or []:
+                inlet = await node.create_tcp_inlet(bind, route)
+                info["inlets"].append(inlet.address)
+        print("ready " + json.dumps(info), flush=True)
+        await _until_signalled()
+        node.task_group.cancel_scope.cancel()
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("role", choices=["relay", "db", "client"])
+    p.add_argument("--listen", type=int, metavar="PORT", help="listen on 127.0.0.1:PORT")
+    p.add_argument("--relay", type=int, metavar="PORT", help="db: claim 'db' at this relay")
+    p.add_argument("--outlet", nargs=2, action="append", metavar=("NAME", "HOST:PORT"))
+    p.add_argument("--inlet", nargs=2, action="append", metavar=("HOST:PORT", "ROUTE"))
+    p.add_argument("--log-level", default="WARNING", help="of the node's log on stderr")
+    args = p.parse_args(argv)
+    if args.role == "relay" and args.listen is None:
+        p.error("relay needs --listen PORT")
+    if args.role == "db" and (args.listen is None) == (args.relay is None):
+        p.error("db needs exactly one of --listen PORT and --relay PORT")
+    if args.role == "db" and not args.outlet:
+        p.error("db needs at least one --outlet NAME HOST:PORT")
+    if args.role == "client" and not args.inlet:
+        p.error("client needs at least one --inlet HOST:PORT ROUTE")
+    return args
+
+
+def main() -> int:
+    args = parse_args(sys.argv[1:])
+    logging.basicConfig(
+        level=args.log_level.upper(), format=f"[{args.role}] %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        anyio.run(serve, args, backend="trio")
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
