@@ -122,7 +122,7 @@ def test_three_node_processes(cli: Cli) -> None:
 
     hops = "".join(f"/ip4/127.0.0.1/tcp/{ports[n]}" for n in ("n1", "n2", "n3"))
 
-    async def drive() -> tuple[list[bytes], list[bytes]]:
+    async def drive() -> tuple[list[bytes], list[bytes], Any]:
         async with Node("client") as client:
             # 1,000 concurrent requests through n1 -> n2 -> n3's echo and back.
             replies: dict[int, bytes] = {}
@@ -154,11 +154,14 @@ def test_three_node_processes(cli: Cli) -> None:
                 await client.send(route, payload)
             with anyio.fail_after(60):
                 await done.wait()
+            # While the client still runs: n2 has one connection out to n3 and one to the client
+            # (when the client stops, its connections close and n2 forgets them).
+            api = Path(cli.js("node", "show", "n2")["api"])
+            conns = await anyio.to_thread.run_sync(call, api, "GET", "/connections")
             client.task_group.cancel_scope.cancel()
-            return [replies[i] for i in range(1000)], got
+            return [replies[i] for i in range(1000)], got, conns
 
-    replies, got = anyio.run(drive, backend="trio")
+    replies, got, conns = anyio.run(drive, backend="trio")
     assert replies == [b"msg %d" % i for i in range(1000)]
     assert got == [b"%05d" % i for i in range(500)]
-    conns = call(Path(cli.js("node", "show", "n2")["api"]), "GET", "/connections")
     assert len([c for c in conns if c["direction"] == "outgoing"]) == 2  # to n3 and the client

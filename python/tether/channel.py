@@ -304,8 +304,13 @@ class SecureChannel:
                 f"(at most {MAX_MESSAGE})",
             )
             return
-        # Bulk data: split into Noise-sized fragments, sealed in one batch call. Each plaintext
-        # starts with a flag: 1 = the message's last fragment, 0 = more follow.
+        await self._seal_and_send(data)
+
+    async def _seal_and_send(self, data: bytes) -> None:
+        """Seal an encoded inner message as one or more fragments and send them (in the calling
+        task: messages leave in the order their callers send them)."""
+        # Bulk data: split into fragments, sealed in one batch call. Each plaintext starts with
+        # a flag: FIRST and/or LAST fragment of its message.
         n = len(data)
         size = self._fragment_size()
         if n <= size:
@@ -338,16 +343,21 @@ class SecureChannel:
         """Send the message ``head + body`` (its kind byte first) to ``onward`` beyond the peer:
         the bulk path. When the channel's first hop is a TCP connection and the message fits one
         fragment, the plaintext is copied once, straight into a sealed, ready-to-send frame;
-        otherwise it goes through the encryptor like any message."""
+        otherwise it is fragmented like any message — still in the calling task, so a caller's
+        messages always leave in the order it sent them."""
         if self.closed.is_set():
             raise ChannelClosedError(f"secure channel {self.address} is closed")
         conn = await self._first_hop()
         inner = RoutedMessage(onward, return_route, b"").encode()
         n = len(head) + len(body)
         if conn is None or len(inner) + n >= self._fragment_size():
-            await self.node.route(
-                RoutedMessage((Address.local(self.address), *onward), return_route, head + body)
-            )
+            data = RoutedMessage(onward, return_route, head + body).encode()
+            if len(data) > MAX_MESSAGE:
+                raise EncodingError(
+                    f"message of {len(data)} bytes is too large for secure channel "
+                    f"{self.address} (at most {MAX_MESSAGE})"
+                )
+            await self._seal_and_send(data)
             return
         if self._frame_header is None:
             self._frame_header = RoutedMessage(

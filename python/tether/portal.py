@@ -67,7 +67,7 @@ _NAMES = {T_OPEN: "OPEN", T_DATA: "DATA", T_EOF: "EOF", T_CLOSE: "CLOSE", T_CRED
 MAX_DATA = 240 * 1024
 """The largest DATA body, and the size of one read from a portal's socket: small enough that a
 DATA message is one channel fragment on the wire."""
-_DATA = bytes((0, T_DATA))  # KIND_DATA, DATA
+_HEAD = {t: bytes((0, t)) for t in _NAMES}  # KIND_DATA, then the type
 MIN_CHARGE = 512
 """A DATA message costs at least this many credit units (small messages cost memory too)."""
 MAX_REASON = 1024
@@ -192,11 +192,9 @@ class Session:
     # --- to the peer --------------------------------------------------------------------------
 
     async def _send(self, t: int, body: bytes = b"") -> None:
-        from tether.node import KIND_DATA
-
-        await self.node.route(
-            RoutedMessage(self.peer_route, self._return, bytes((KIND_DATA, t)) + body)
-        )
+        # Every message of a session takes the same ordered path (the channel's bulk path, in
+        # this task): an EOF or CLOSE can never overtake the DATA before it.
+        await self.channel.send_parts(self.peer_route[1:], self._return, _HEAD[t], body)
 
     def abort(self, reason: str, notify: bool = False) -> None:
         """End the session now: reset the socket, and tell the peer if ``notify``."""
@@ -270,10 +268,7 @@ class Session:
                 return
             self._credit -= _charge(len(data))
             self.sent_bytes += len(data)
-            try:
-                await self.channel.send_parts(self.peer_route[1:], self._return, _DATA, data)
-            except TetherError as e:
-                self.abort(f"could not send to the peer: {e}")
+            if not await self._send_or_abort(T_DATA, data):
                 return
 
     async def _send_or_abort(self, t: int, body: bytes = b"") -> bool:
@@ -515,7 +510,7 @@ class Outlet(_Portal):
             with anyio.fail_after(self.options.connect_timeout):
                 stream = await anyio.connect_tcp(self.host, self.port)
         except (OSError, TimeoutError) as e:
-            why = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+            why = "timed out" if isinstance(e, TimeoutError) else _why(e)
             session.abort(f"tcp-outlet {self.name!r} could not connect to {self.to}: {why}", True)
             self.forget(session)
             return

@@ -153,21 +153,26 @@ class Connection:
         """Hello, then read and write until closed. Never raises: every failure becomes the
         connection's logged close reason (and each task catches its own, so nothing crosses a
         task group as an exception group)."""
-        with self._scope:
-            decoder = FrameDecoder(max_frame_len=self.options.hello_max_frame_len)
-            rest = await self._guarded(self._hello, decoder)
-            if rest is not None:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._guarded, self._writer)
-                    await self._guarded(self._reader, decoder, rest)
-                    tg.cancel_scope.cancel()
-        self.closed.set()
-        self._send.close()
-        await self._report_unsent()
-        self._recv.close()
-        with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-            await self.stream.aclose()
-        self.transport._forget(self)
+        try:
+            with self._scope:
+                decoder = FrameDecoder(max_frame_len=self.options.hello_max_frame_len)
+                rest = await self._guarded(self._hello, decoder)
+                if rest is not None:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._guarded, self._writer)
+                        await self._guarded(self._reader, decoder, rest)
+                        tg.cancel_scope.cancel()
+        finally:
+            # Also when the node stops (its task group cancelled): the socket is closed now, so
+            # the peer learns at once rather than after its dead-peer timeout.
+            self.closed.set()
+            self._send.close()
+            with anyio.CancelScope(shield=True):
+                await self._report_unsent()
+                self._recv.close()
+                with anyio.move_on_after(1):
+                    await self.stream.aclose()
+            self.transport._forget(self)
 
     async def _report_unsent(self) -> None:
         """Messages still queued when the connection closed: tell their senders."""
