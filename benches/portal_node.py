@@ -20,7 +20,8 @@ Roles, all on 127.0.0.1, each node with a secure-channel identity
 
 When everything is set up (for ``db --relay``: the name is claimed) the process prints one line
 ``ready {JSON}`` on stdout (the listening port and the inlets' addresses), then runs until
-SIGTERM or SIGINT. Warnings and errors of the node go to stderr.
+SIGTERM or SIGINT. Warnings and errors of the node go to stderr. Like the node daemon, the
+process tunes malloc for bulk buffers (:mod:`tether.alloc`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 
 import anyio
 
+from tether.alloc import tune_for_bulk
 from tether.channel import ephemeral_identity
 from tether.node import Node
 
@@ -96,6 +98,7 @@ def main() -> int:
         level=args.log_level.upper(), format=f"[{args.role}] %(levelname)s %(name)s: %(message)s"
     )
     try:
+        tune_for_bulk()  # as the node daemon does (tether.alloc)
         anyio.run(serve, args, backend="trio")
     except KeyboardInterrupt:
         return 130

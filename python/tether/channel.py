@@ -462,9 +462,14 @@ class SecureChannel:
 
     async def decrypt(self, ctx: WorkerContext, msg: Message) -> None:
         """Decryptor: open the peer's ciphertext and route the inner message here."""
+        await self.decrypt_wire(msg.kind, msg.payload)
+
+    async def decrypt_wire(self, kind: int, data: bytes | memoryview) -> None:
+        """:meth:`decrypt` for a payload as it arrived (``data`` after the kind byte; a
+        memoryview is read in place)."""
         from tether.node import KIND_ERROR
 
-        if msg.kind == KIND_ERROR:
+        if kind == KIND_ERROR:
             # A hop reports that the path to the peer failed. Reports are not authenticated
             # (anyone who can reach this node could send one), so it does not close the channel:
             # a closed first-hop connection does (Node.connection_closed), as do the idle timeout
@@ -472,12 +477,12 @@ class SecureChannel:
             log.info(
                 "secure channel %s: a hop reported the path broken: %s",
                 self.address,
-                msg.payload.decode("utf-8", "replace")[:200],
+                bytes(data[:200]).decode("utf-8", "replace"),
             )
             return
-        if not msg.payload:
+        if not data:
             return
-        step, body = msg.payload[0], memoryview(msg.payload)[1:]  # no copy: Rust reads it
+        step, body = data[0], memoryview(data)[1:]  # no copy: Rust reads it
         if step == Step.CREDENTIALS:
             try:
                 self._accept_credentials(self.cipher.open(body, aad=_AD[Step.CREDENTIALS]))
@@ -507,15 +512,15 @@ class SecureChannel:
             self.refused += 1
             return
         flags = plain[0]
-        data: bytes | memoryview | None
+        whole: bytes | memoryview | None
         if flags == FIRST | LAST and not self._partial:
-            data = memoryview(plain)[1:]  # a whole message in one fragment: the common case
+            whole = memoryview(plain)[1:]  # a whole message in one fragment: the common case
         else:
-            data = self._reassemble(flags, plain, nonce)
-            if data is None:
+            whole = self._reassemble(flags, plain, nonce)
+            if whole is None:
                 return
         try:
-            inner = RoutedMessage.decode(data)
+            inner = RoutedMessage.decode(whole)
         except TetherError as e:
             self.refused += 1
             log.info("secure channel %s: malformed inner message: %s", self.address, e)
@@ -585,10 +590,16 @@ class _Decryptor:
         self.channel: SecureChannel | None = None
         self.handshake: Callable[[WorkerContext, Message], Any] | None = None
 
-    async def __call__(self, ctx: WorkerContext, msg: Message) -> None:
+    async def __call__(self, ctx: WorkerContext, raw: RoutedMessage) -> None:
+        """A raw inline worker: the message as it arrived, its payload not copied."""
+        if not raw.payload:
+            return
         if self.channel is not None:
-            await self.channel.decrypt(ctx, msg)
+            await self.channel.decrypt_wire(raw.payload[0], memoryview(raw.payload)[1:])
         elif self.handshake is not None:
+            from tether.node import Message
+
+            msg = Message(raw.onward[1:], raw.return_route, raw.payload[1:], raw.payload[0])
             await self.handshake(ctx, msg)
 
 
@@ -649,7 +660,9 @@ async def open_channel(
             inbox_send.send_nowait(msg)
 
     decryptor.handshake = handshake_inbox
-    await node.start_worker(address + ".in", decryptor, kind="secure-channel", inline=True)
+    await node.start_worker(
+        address + ".in", decryptor, kind="secure-channel", inline=True, raw=True
+    )
     try:
         await node.route(
             RoutedMessage(
@@ -813,7 +826,9 @@ class ChannelListener:
             )
 
         decryptor.handshake = on_hs3
-        await self.node.start_worker(address + ".in", decryptor, kind="secure-channel", inline=True)
+        await self.node.start_worker(
+            address + ".in", decryptor, kind="secure-channel", inline=True, raw=True
+        )
         await self.node.route(
             RoutedMessage(
                 msg.return_route,

@@ -67,12 +67,13 @@ class Message:
 
 
 Handler = Callable[["WorkerContext", Message], Awaitable[None]]
+RawHandler = Callable[["WorkerContext", RoutedMessage], Awaitable[None]]
 
 
 @dataclass
 class Worker:
     address: str
-    handler: Handler
+    handler: Any  # Handler, or RawHandler for a raw inline worker
     send: MemoryObjectSendStream[Message]
     receive: MemoryObjectReceiveStream[Message]
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
@@ -80,6 +81,7 @@ class Worker:
     delivered: int = 0
     busy: bool = False
     inline: bool = False
+    raw: bool = False
 
 
 class WorkerContext:
@@ -188,20 +190,25 @@ class Node:
     async def start_worker(
         self,
         address: str,
-        handler: Handler,
+        handler: Handler | RawHandler,
         *,
         kind: str = "custom",
         mailbox: int = MAILBOX_SIZE,
         inline: bool = False,
+        raw: bool = False,
     ) -> None:
         """Run ``handler`` for each message to ``address``: in the worker's own task, one message
         at a time from a bounded mailbox; or, with ``inline``, directly in the task that routes
         the message (no mailbox, no task switch: for handlers that are quick and keep their own
-        order, such as a channel's decryptor fed by one connection)."""
+        order, such as a channel's decryptor fed by one connection). An inline worker with
+        ``raw`` gets the :class:`RoutedMessage` as it arrived instead (its own address still at
+        the head of ``onward``, the kind byte still first in the payload: nothing copied)."""
+        if raw and not inline:
+            raise TetherError("only an inline worker can take raw messages")
         if address in self._workers or address in self._sinks:
             raise TetherError(f"a worker already listens at {address!r} on {self.name}")
         send, receive = anyio.create_memory_object_stream[Message](0 if inline else mailbox)
-        w = Worker(address, handler, send, receive, kind=kind, inline=inline)
+        w = Worker(address, handler, send, receive, kind=kind, inline=inline, raw=raw)
         self._workers[address] = w
         if not inline:
             await self.task_group.start(self._run_worker, w)
@@ -336,16 +343,23 @@ class Node:
                 else:
                     await self.report(msg, f"no worker {name!r} on node {self.name}")
                 return
-            m = Message(msg.onward[1:], msg.return_route, msg.payload[1:], msg.payload[0])
             if w.inline:
                 w.delivered += 1
                 try:
-                    await w.handler(WorkerContext(self, w.address), m)
+                    await w.handler(
+                        WorkerContext(self, w.address),
+                        msg
+                        if w.raw
+                        else Message(
+                            msg.onward[1:], msg.return_route, msg.payload[1:], msg.payload[0]
+                        ),
+                    )
                 except TetherError as e:
                     log.warning("%s: worker %s could not handle a message: %s", self.name, name, e)
                 except Exception:
                     log.exception("%s: worker %s failed on a message", self.name, name)
                 return
+            m = Message(msg.onward[1:], msg.return_route, msg.payload[1:], msg.payload[0])
             try:
                 await w.send.send(m)
                 w.delivered += 1

@@ -107,7 +107,9 @@ class RelayService:
         self.claims[name] = Claim(name, owner, tuple(msg.return_route[:-1]), channel.address)
         forwarder = FORWARD_PREFIX + name
         if not self.node.has_worker(forwarder):
-            await self.node.start_worker(forwarder, self._forwarder(name), kind="relay")
+            await self.node.start_worker(
+                forwarder, self._forwarder(name), kind="relay", inline=True, raw=True
+            )
         log.info(
             "%s: %s relay %r for %s",
             self.node.name,
@@ -134,21 +136,21 @@ class RelayService:
         return None
 
     def _forwarder(self, name: str) -> Any:
-        async def forward(ctx: WorkerContext, msg: Message) -> None:
+        # A raw inline worker: it runs in the task that delivered the message and forwards the
+        # payload as it arrived (no copy, no mailbox hop): relays carry bulk ciphertext.
+        async def forward(ctx: WorkerContext, msg: RoutedMessage) -> None:
             claim = self.claims.get(name)
             channel = self.node.channels.get(claim.channel) if claim else None
             if claim is None or channel is None or channel.closed.is_set():
                 await self.node.report(
-                    RoutedMessage(msg.onward, msg.return_route, bytes([msg.kind])),
+                    RoutedMessage(msg.onward[1:], msg.return_route, msg.payload[:1]),
                     f"relay {name!r} on node {self.node.name} is offline (its node is not "
                     "connected); try again when it reconnects",
                 )
                 return
             claim.forwarded += 1
             await self.node.route(
-                RoutedMessage(
-                    (*claim.route, *msg.onward), msg.return_route, bytes([msg.kind]) + msg.payload
-                )
+                RoutedMessage((*claim.route, *msg.onward[1:]), msg.return_route, msg.payload)
             )
 
         return forward
