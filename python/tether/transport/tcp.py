@@ -16,6 +16,7 @@ one node accepts.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,6 +83,9 @@ class Connection:
         self._recv: MemoryObjectReceiveStream[bytes]
         self._send, self._recv = anyio.create_memory_object_stream[bytes](self.options.send_queue)
         self._scope = anyio.CancelScope()
+        self._pending = 0  # frames given to the writer and not yet written
+        self._wlock = anyio.Lock()  # held while a task writes to the socket
+        self._raw: Any = None  # the socket, for non-blocking sends (after the hello)
 
     def info(self) -> dict[str, object]:
         return {
@@ -125,12 +129,47 @@ class Connection:
             )
 
     async def _queue(self, framed: bytes) -> None:
+        if self._raw is not None and not self._pending and not self._wlock.locked():
+            # Nothing is queued, in the writer's hands or being written: send now, with no task
+            # switch (the socket is non-blocking). If the kernel takes only part, finish this
+            # frame here, holding the write lock (taken without an await, so nothing overtakes).
+            sent = self._send_now(framed)
+            if sent < len(framed):
+                self._wlock.acquire_nowait()
+                try:
+                    await self.stream.send(framed[sent:])
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
+                    self.close(f"send failed: {e}")
+                    raise self._closed_error() from None
+                finally:
+                    self._wlock.release()
+            self.sent += 1
+            return
+        self._pending += 1  # counted until the writer has written it: no direct send meanwhile
         try:
             await self._send.send(framed)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._pending -= 1
+            raise self._closed_error() from None
+
+    def _closed_error(self) -> ConnectionClosed:
+        return ConnectionClosed(
+            f"connection {self.address} to {self.peer} is closed"
+            f"{': ' + self.close_reason if self.close_reason else ''}"
+        )
+
+    def _send_now(self, data: bytes) -> int:
+        """A non-blocking send straight to the socket: the bytes the kernel took."""
+        if self.close_reason:
+            return 0
+        try:
+            return int(self._raw.send(data))
+        except BlockingIOError:
+            return 0
+        except OSError as e:
+            self.close(f"send failed: {e.strerror or e}")
             raise ConnectionClosed(
-                f"connection {self.address} to {self.peer} is closed"
-                f"{': ' + self.close_reason if self.close_reason else ''}"
+                f"connection {self.address} to {self.peer} failed: {e}"
             ) from None
 
     def close(self, reason: str) -> None:
@@ -220,6 +259,11 @@ class Connection:
         # Only the hello frame is held to the small limit: the peer's first messages may
         # arrive in the same read, and are decoded with the full one.
         decoder.max_frame_len = self.options.max_frame_len
+        raw = self.stream.extra(SocketAttribute.raw_socket, None)
+        # Only a plain non-blocking socket that the event loop does not buffer for (trio's):
+        # asyncio's transports keep their own write buffer, which a direct send would overtake.
+        if type(raw) is socket.socket and not raw.getblocking():
+            self._raw = raw
         self.ready.set()
         return decoder.feed(rest)
 
@@ -303,7 +347,8 @@ class Connection:
             with anyio.move_on_after(o.keepalive):
                 item = await self._recv.receive()
             if item is None:
-                await self.stream.send(b"\0\0\0\0")  # keepalive: an empty frame
+                async with self._wlock:  # never inside another frame
+                    await self.stream.send(b"\0\0\0\0")  # keepalive: an empty frame
                 continue
             batch = [item]
             size = len(item)
@@ -314,8 +359,10 @@ class Connection:
                     break
                 batch.append(more)
                 size += len(more)
-            await self.stream.send(batch[0] if len(batch) == 1 else b"".join(batch))
+            async with self._wlock:
+                await self.stream.send(batch[0] if len(batch) == 1 else b"".join(batch))
             self.sent += len(batch)
+            self._pending -= len(batch)
 
 
 class Listener:
