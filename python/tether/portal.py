@@ -38,7 +38,7 @@ import logging
 import socket
 import struct
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -71,6 +71,9 @@ _HEAD = {t: bytes((0, t)) for t in _NAMES}  # KIND_DATA, then the type
 MIN_CHARGE = 512
 """A DATA message costs at least this many credit units (small messages cost memory too)."""
 MAX_REASON = 1024
+ENDED_MEMORY = 4096
+"""How many ended sessions an outlet remembers, so that what their inlets still send is dropped
+quietly instead of answered with a second CLOSE."""
 
 
 class PortalError(TetherError):
@@ -133,7 +136,10 @@ class Session:
         self.received_bytes = 0
         self.close_reason = ""
         self._return = (Address.local(address),)
-        self._queue: deque[bytes | memoryview] = deque()
+        self._queue: deque[tuple[bytes | memoryview, int]] = deque()  # (bytes, credit units)
+        self._writer_idle = False  # the writer waits with nothing to do
+        self._grant = max(options.window // 4, 1)  # credit is returned in steps of this
+        self._raw: Any = None  # the socket, for direct non-blocking writes (trio only)
         self._queued = 0  # credit units in _queue
         self._credit = options.window  # what we may still send
         self._consumed = 0  # written to our socket, not yet credited back
@@ -168,12 +174,29 @@ class Session:
             if len(body) > MAX_DATA:
                 self.abort(f"protocol error: DATA of {len(body)} bytes (at most {MAX_DATA})", True)
                 return
-            self._queued += _charge(len(body))
+            charge = _charge(len(body))
+            self.received_bytes += len(body)
+            if self._writer_idle and not self._queue and self._raw is not None:
+                # The writer waits with nothing queued: write now, in this task (the socket is
+                # non-blocking); only what the kernel does not take is queued for the writer.
+                try:
+                    n = self._raw.send(body)
+                except BlockingIOError:
+                    n = 0
+                except OSError as e:
+                    self.abort(f"the local connection failed: {_why(e)}", notify=True)
+                    return
+                if n == len(body):
+                    self._consumed += charge
+                    if self._consumed >= self._grant:
+                        self._wake_writer.set()  # the writer returns the credit
+                    return
+                body = body[n:]
+            self._queued += charge
             if self._queued > self.options.window + _charge(MAX_DATA):
                 self.abort("protocol error: the peer overran its flow-control window", True)
                 return
-            self._queue.append(body)
-            self.received_bytes += len(body)
+            self._queue.append((body, charge))
             self._wake_writer.set()
         elif t == T_CREDIT:
             if len(body) != 4:
@@ -220,6 +243,9 @@ class Session:
         """Pump until both directions ended (or the session was aborted); always closes the
         socket and leaves the owner's table."""
         self.stream = stream
+        raw = stream.extra(SocketAttribute.raw_socket, None)
+        if type(raw) is socket.socket and not raw.getblocking():
+            self._raw = raw  # trio's: no buffering of its own that a direct write could overtake
         if self._aborted:
             _reset(stream)
         try:
@@ -280,34 +306,36 @@ class Session:
             return False
 
     async def _writer(self) -> None:
-        """The peer's bytes → our socket; then our socket's write half is shut on EOF."""
+        """The peer's bytes → our socket (what ``deliver`` could not write at once); credit back
+        to the peer; then our socket's write half is shut on EOF."""
         assert self.stream is not None
-        grant = max(self.options.window // 4, 1)
         while True:
+            if self._consumed >= self._grant:
+                n, self._consumed = self._consumed, 0
+                if not await self._send_or_abort(T_CREDIT, n.to_bytes(4, "big")):
+                    return
             if not self._queue:
                 if self._peer_eof:
                     with contextlib.suppress(Exception):
                         await self.stream.send_eof()
                     return
                 self._wake_writer = anyio.Event()
+                self._writer_idle = True
                 await self._wake_writer.wait()
+                self._writer_idle = False
                 continue
             chunks = list(self._queue)
             self._queue.clear()
-            charge = sum(_charge(len(c)) for c in chunks)
+            charge = sum(c for _, c in chunks)
             self._queued -= charge
             try:
                 # anyio sends any bytes-like object (it takes a memoryview of it)
-                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                data = chunks[0][0] if len(chunks) == 1 else b"".join(c for c, _ in chunks)
                 await self.stream.send(cast(bytes, data))
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
                 self.abort(f"the local connection failed: {_why(e)}", notify=True)
                 return
             self._consumed += charge
-            if self._consumed >= grant:
-                n, self._consumed = self._consumed, 0
-                if not await self._send_or_abort(T_CREDIT, n.to_bytes(4, "big")):
-                    return
 
     def info(self) -> dict[str, object]:
         return {
@@ -359,6 +387,7 @@ class _Portal:
         self.options = options or PortalOptions()
         self.policy: Policy | None = None
         self.sessions: dict[Any, Session] = {}
+        self._ended: OrderedDict[Any, None] = OrderedDict()  # recently ended session keys
         self.total = 0
         self.refused = 0
         self.failed = 0
@@ -384,10 +413,16 @@ class _Portal:
                         notify=True,
                     )
 
+    def _remember_ended(self, key: Any) -> None:
+        self._ended[key] = None
+        while len(self._ended) > ENDED_MEMORY:
+            self._ended.popitem(last=False)
+
     def forget(self, session: Session) -> None:
         for key, s in list(self.sessions.items()):
             if s is session:
                 del self.sessions[key]
+                self._remember_ended(key)
         self.node.remove_sink(session.address)
         self.bytes_in += session.received_bytes
         self.bytes_out += session.sent_bytes
@@ -455,6 +490,8 @@ class Outlet(_Portal):
             session.deliver(msg)
             return
         t = msg.payload[1] if len(msg.payload) > 1 else 0
+        if key in self._ended:
+            return  # the rest of a session already refused or ended: it was told, once
         if t != T_OPEN:
             if t not in (T_CLOSE, T_CREDIT, T_EOF):  # a late message after the session ended
                 self._refuse(key, f"no portal session at tcp-outlet {self.name!r} (it ended)")
@@ -492,6 +529,8 @@ class Outlet(_Portal):
 
     def _refuse(self, route: tuple[Address, ...], reason: str) -> None:
         from tether.node import KIND_DATA
+
+        self._remember_ended(route)
 
         async def send() -> None:
             with contextlib.suppress(TetherError):
