@@ -408,11 +408,13 @@ class SecureChannel:
 
     def current_attributes(self, now: int | None = None) -> dict[str, str]:
         """The attributes of the peer's credentials that are still valid now: a credential that
-        expired (and was not refreshed) no longer grants anything."""
+        expired (and was not refreshed), or that its authority revoked (the node holds the
+        authority's latest revocation list), no longer grants anything."""
         t = int(time.time()) if now is None else now
+        revoked: Mapping[str, frozenset[str]] = getattr(self.node, "revoked_credentials", {})
         out: dict[str, str] = {}
         for c in self.peer.credentials:
-            if c.expires_at + DEFAULT_SKEW >= t:
+            if c.expires_at + DEFAULT_SKEW >= t and c.id not in revoked.get(c.issuer, ()):
                 out.update(c.attributes)
         return out
 
@@ -760,6 +762,24 @@ class ChannelListener:
             "refused": self.refused,
         }
 
+    def _check_policy(self, peer: Peer) -> None:
+        """The node's policy for this listener (by name or ``secure-channel-listener``)."""
+        policy = self.node.policy_for("secure-channel-listener", self.address)
+        if policy is None:
+            return
+        from tether.policy import subject_attributes
+
+        env = subject_attributes(peer.identifier, peer.attributes)
+        env.update(
+            {
+                "resource.type": "secure-channel-listener",
+                "resource.name": self.address,
+                "action.name": "connect",
+            }
+        )
+        if not policy.allows(env):
+            raise ChannelRefusedError(f"{peer.identifier} is refused by the policy {policy}")
+
     async def handle(self, ctx: WorkerContext, msg: Message) -> None:
         from tether.node import KIND_DATA
 
@@ -794,6 +814,7 @@ class ChannelListener:
             try:
                 payload = hsk.hs.read_message(m3.payload[1:])
                 peer = hsk.verify(payload)
+                self._check_policy(peer)
                 cipher = hsk.hs.into_channel_cipher()
             except ChannelRefusedError as e:
                 self.refused += 1

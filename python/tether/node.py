@@ -36,7 +36,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from tether import routing
-from tether.errors import RouteError, TetherError
+from tether.errors import InvalidArgumentError, RouteError, TetherError
 from tether.message import LOCAL, TCP, Address, RoutedMessage
 
 log = logging.getLogger("tether.node")
@@ -118,6 +118,24 @@ def encode_payload(kind: int, body: bytes) -> bytes:
     return bytes([kind]) + body
 
 
+@dataclass(frozen=True)
+class PolicyRule:
+    """A policy attached to a resource (by name) or to a resource type."""
+
+    id: str
+    resource: str | None
+    resource_type: str | None
+    policy: Any
+
+    def info(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "resource": self.resource,
+            "resource_type": self.resource_type,
+            "expression": str(self.policy),
+        }
+
+
 class Node:
     """See the module documentation."""
 
@@ -152,6 +170,14 @@ class Node:
         self._sinks: dict[str, Callable[[RoutedMessage], None]] = {}
         self.inlets: dict[str, Any] = {}
         self.outlets: dict[str, Any] = {}
+        self.authority: Any = None
+        self.memberships: dict[str, Any] = {}
+        self.revoked_credentials: dict[str, frozenset[str]] = {}
+        self.on_credential: Callable[[Any], None] | None = None
+        self.policies: dict[str, Any] = {}
+        """Policy id → :class:`PolicyRule`: policies attached to resources by name or type."""
+        """Called with each credential this node starts presenting (the daemon stores it)."""
+        """Authority identifier → ids of its credentials revoked (from its signed lists)."""
         self._tg: TaskGroup | None = None
         self._ids = itertools.count(1)
         self._resolve_node = resolve_node
@@ -343,6 +369,19 @@ class Node:
                 else:
                     await self.report(msg, f"no worker {name!r} on node {self.name}")
                 return
+            if self.policies and not w.inline:
+                policy = self.policy_for(w.kind, name)
+                if policy is not None and not self.allows(
+                    policy, self.arrival_channel(msg.return_route), w.kind, name, "send"
+                ):
+                    who = self.arrival_channel(msg.return_route)
+                    await self.report(
+                        msg,
+                        f"{w.kind} {name!r} on node {self.name} refused "
+                        f"{who.peer.identifier if who else 'a sender without a secure channel'} "
+                        f"by its policy",
+                    )
+                    return
             if w.inline:
                 w.delivered += 1
                 try:
@@ -456,7 +495,8 @@ class Node:
             self,
             address,
             me,
-            dict(authorities if authorities is not None else self.authorities),
+            # the node's own dict, not a copy: authorities trusted later (enrollment) count too
+            authorities if authorities is not None else self.authorities,
             trust or self.trust or trust_anyone,
         )
         await self.start_worker(address, listener.handle, kind="secure-channel-listener")
@@ -483,7 +523,7 @@ class Node:
             self,
             self.parse_route(route),
             me,
-            authorities=dict(authorities if authorities is not None else self.authorities),
+            authorities=authorities if authorities is not None else self.authorities,
             trust=trust or self.trust or trust_anyone,
             timeout=timeout,
         )
@@ -560,6 +600,162 @@ class Node:
         if inlet is None:
             raise TetherError(f"no tcp-inlet named {name!r} on node {self.name}")
         inlet.stop()
+
+    # --- policies -----------------------------------------------------------------------------
+
+    def add_policy(
+        self,
+        expression: str,
+        *,
+        resource: str | None = None,
+        resource_type: str | None = None,
+        policy_id: str | None = None,
+    ) -> PolicyRule:
+        """Attach a policy to the resource named ``resource`` (optionally of ``resource_type``)
+        or to every resource of ``resource_type``: tcp-outlet, tcp-inlet, relay,
+        secure-channel-listener, or a worker kind (echo, authority, …). A resource's own
+        ``allow`` comes first, then a policy for its name, then one for its type."""
+        from tether.policy import Policy
+
+        if not resource and not resource_type:
+            raise InvalidArgumentError("a policy needs a resource name or a resource type")
+        rule = PolicyRule(
+            policy_id or self.next_id("policy").replace("#", ""),
+            resource,
+            resource_type,
+            Policy.parse(expression),
+        )
+        self.policies[rule.id] = rule
+        return rule
+
+    def delete_policy(self, policy_id: str) -> None:
+        if self.policies.pop(policy_id, None) is None:
+            raise TetherError(f"no policy {policy_id!r} on node {self.name}")
+
+    def policy_for(self, resource_type: str, name: str) -> Any:
+        """The policy that applies to resource ``name`` of ``resource_type`` (None: none)."""
+        by_type = None
+        for rule in self.policies.values():
+            if rule.resource == name and rule.resource_type in (None, resource_type):
+                return rule.policy
+            if rule.resource is None and rule.resource_type == resource_type:
+                by_type = rule.policy
+        return by_type
+
+    def allows(
+        self,
+        policy: Any,
+        channel: Any,
+        resource_type: str,
+        name: str,
+        action: str,
+    ) -> bool:
+        """Evaluate ``policy`` for the peer of ``channel`` (None: a message that came through
+        no secure channel, so with no authenticated attributes at all)."""
+        from tether.policy import subject_attributes
+
+        env: dict[str, object] = (
+            subject_attributes(channel.peer.identifier, channel.current_attributes())
+            if channel is not None
+            else {}
+        )
+        env.update({"resource.type": resource_type, "resource.name": name, "action.name": action})
+        return bool(policy.allows(env))
+
+    def arrival_channel(self, return_route: Sequence[Address]) -> Any:
+        """The secure channel a message came through (the head of its return route), if any."""
+        if not return_route or return_route[0].transport != LOCAL:
+            return None
+        ch = self.channels.get(return_route[0].value.decode("utf-8", errors="replace"))
+        return None if ch is None or ch.closed.is_set() else ch
+
+    # --- authority and membership -----------------------------------------------------------
+
+    async def create_authority(
+        self, registry: Any, identity_name: str, shared: Any, **options: Any
+    ) -> Any:
+        """Run an authority (:mod:`tether.authority`) as the service ``authority``, with the
+        identity ``identity_name`` of ``registry`` and the member registry in ``shared``."""
+        from tether.authority import SERVICE, Authority
+
+        if self.authority is not None:
+            raise TetherError(f"node {self.name} already runs an authority")
+        authority = Authority(self, registry, identity_name, shared, **options)
+        await self.start_worker(SERVICE, authority.handle, kind="authority")
+        self.authority = authority
+        return authority
+
+    async def enroll(self, ticket: Any, *, poll_interval: float = 60.0) -> Any:
+        """Present a :class:`~tether.authority.Ticket` (or its text) to its authority: this
+        node becomes a member, trusts the authority, and from now on presents the credential
+        and keeps it fresh. Returns the :class:`~tether.authority.Membership`."""
+        from tether.authority import Ticket
+
+        t = Ticket.decode(ticket) if isinstance(ticket, str) else ticket
+        if self.identity is None:
+            raise TetherError(f"node {self.name} has no identity to enroll")
+        m = await self.join(t.authority, t.route, poll_interval=poll_interval, start=False)
+        try:
+            await m.enroll(t.secret)
+        except BaseException:
+            self.memberships.pop(m.identifier, None)
+            m.stop()
+            raise
+        await self.task_group.start(m.run)
+        return m
+
+    async def join(
+        self,
+        authority: Any,
+        route: str,
+        *,
+        poll_interval: float = 60.0,
+        start: bool = True,
+        credential: Any = None,
+    ) -> Any:
+        """Trust ``authority`` (an Identity) and keep a membership of it at ``route`` (after an
+        enrollment, or when a node restarts with a stored credential)."""
+        from tether.authority import Membership
+
+        self.authorities[authority.identifier] = authority
+        old = self.memberships.pop(authority.identifier, None)
+        if old is not None:
+            old.stop()
+        m = Membership(self, authority, route, poll_interval=poll_interval)
+        if credential is not None:
+            m.credential = credential
+            self.use_credential(credential)
+        self.memberships[authority.identifier] = m
+        if start:
+            await self.task_group.start(m.run)
+        return m
+
+    def use_credential(self, credential: Any) -> None:
+        """Present ``credential`` in this node's handshakes from now on (replacing one from
+        the same issuer)."""
+        from tether.channel import ChannelIdentity
+
+        me = self.identity
+        if me is None:
+            raise TetherError(f"node {self.name} has no identity")
+        creds = tuple(c for c in me.credentials if c.issuer != credential.issuer)
+        self.identity = ChannelIdentity(
+            me.identity, me.static_key, me.attestation, (*creds, credential)
+        )
+        for listener in self.channel_listeners.values():
+            if listener.me.identity.identifier == me.identity.identifier:
+                listener.me = self.identity
+        if self.on_credential is not None:
+            self.on_credential(credential)
+
+    async def present_credentials(self) -> None:
+        """Send this node's current credentials on every open channel (after a refresh)."""
+        if self.identity is None:
+            return
+        for channel in list(self.channels.values()):
+            if not channel.closed.is_set():
+                with contextlib.suppress(TetherError):
+                    await channel.present_credentials(self.identity.credentials)
 
     def connection_closed(self, address: str, peer: str | None) -> None:
         """A TCP connection closed: secure channels whose first hop it was can carry nothing

@@ -355,18 +355,6 @@ def _policy(allow: str | Policy | None) -> Policy | None:
     return allow if isinstance(allow, Policy) else Policy.parse(allow)
 
 
-def _allowed(policy: Policy | None, channel: SecureChannel, kind: str, name: str) -> bool:
-    """Does the channel's peer, with the attributes still valid now, satisfy ``policy`` for
-    ``action.name = "connect"`` on this resource?"""
-    if policy is None:
-        return True
-    from tether.policy import subject_attributes
-
-    env = subject_attributes(channel.peer.identifier, channel.current_attributes())
-    env.update({"resource.type": kind, "resource.name": name, "action.name": "connect"})
-    return policy.allows(env)
-
-
 def _host_port(spec: str, what: str) -> tuple[str, int]:
     host, sep, port = spec.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -402,16 +390,27 @@ class _Portal:
         sessions within that bound."""
         while True:
             await anyio.sleep(self.options.recheck_interval)
-            if self.policy is None:
+            if self.effective_policy() is None:
                 continue
             for session in list(self.sessions.values()):
-                if not _allowed(self.policy, session.channel, self.kind, self.name):
+                if not self.allowed(session.channel):
                     self.refused += 1
                     session.abort(
                         f"{self.kind} {self.name!r}: {session.channel.peer.identifier} no longer "
-                        f"satisfies its policy {self.policy} (a credential expired or was revoked)",
+                        f"satisfies its policy {self.effective_policy()} (a credential expired or "
+                        "was revoked)",
                         notify=True,
                     )
+
+    def effective_policy(self) -> Policy | None:
+        """Its own ``allow``, else the node's policy for its name, else for its type."""
+        return self.policy or self.node.policy_for(self.kind, self.name)
+
+    def allowed(self, channel: SecureChannel) -> bool:
+        """Does the channel's peer, with the attributes still valid now, satisfy the policy
+        for ``action.name = "connect"`` on this resource? (No policy: yes.)"""
+        policy = self.effective_policy()
+        return policy is None or self.node.allows(policy, channel, self.kind, self.name, "connect")
 
     def _remember_ended(self, key: Any) -> None:
         self._ended[key] = None
@@ -510,9 +509,9 @@ class Outlet(_Portal):
                 "add /secure/LISTENER to the inlet's route",
             )
             return
-        if not _allowed(self.policy, channel, self.kind, self.name):
+        if not self.allowed(channel):
             self.refused += 1
-            self.last_error = f"refused {channel.peer.identifier}: policy {self.policy}"
+            self.last_error = f"refused {channel.peer.identifier}: policy {self.effective_policy()}"
             log.info("tcp-outlet %s: %s", self.name, self.last_error)
             self._refuse(
                 key, f"tcp-outlet {self.name!r} refused {channel.peer.identifier} by its policy"
@@ -664,7 +663,7 @@ class Inlet(_Portal):
         )
         if channel is None:
             raise RouteError(f"the inlet's route {self.route} must start with a secure channel")
-        if not _allowed(self.policy, channel, self.kind, self.name):
+        if not self.allowed(channel):
             self.refused += 1
             self.last_error = (
                 f"refused the outlet side {channel.peer.identifier}: policy {self.policy}"

@@ -127,6 +127,9 @@ class RelayService:
                 "claims must come through a secure channel to the relay node "
                 "(route …/secure/api/service/relay), so the relay knows who claims"
             )
+        policy = self.node.policy_for("relay", name)
+        if policy is not None and not self.node.allows(policy, channel, "relay", name, "claim"):
+            return f"claiming the relay name {name!r} is refused by its policy {policy}"
         owner = self.owners.get(name)
         me = channel.peer.identifier
         if owner is not None and owner != me:
