@@ -21,6 +21,11 @@ from typing import Any
 import anyio
 
 from tether import nodes
+from tether.authority import (
+    DEFAULT_ADMIN_POLICY,
+    DEFAULT_CREDENTIAL_TTL,
+    DEFAULT_TICKET_TTL,
+)
 from tether.channel import ChannelRefusedError, trust_identifiers
 from tether.control import ApiError, Router, serve_connection
 from tether.errors import TetherError
@@ -82,6 +87,8 @@ class Daemon:
             identity=channel_identity,
         ) as node:
             self.node = node
+            # Credentials this node receives (enrollment, refresh) are kept in its store.
+            node.on_credential = self.registry.store_credential
             for spec in cfg.tcp_listeners:
                 host, _, port = spec.rpartition(":")
                 lst = await node.listen_tcp(host.strip("[]") or "127.0.0.1", int(port))
@@ -96,6 +103,12 @@ class Daemon:
             for relay in cfg.relays:
                 # A relay whose node is not up yet keeps retrying in the background.
                 await node.create_relay(relay["name"], relay["at"])
+            if cfg.authority is not None:
+                await self._start_authority(cfg.authority)
+            for m in cfg.memberships:
+                # Back to each authority this node enrolled with: its stored credential now, a
+                # fresh one (and revocations) as soon as the authority answers.
+                await self._rejoin(m)
             for o in cfg.tcp_outlets:
                 await node.create_tcp_outlet(o["to"], name=o["name"], allow=o.get("allow"))
             for i in cfg.tcp_inlets:
@@ -136,6 +149,49 @@ class Daemon:
                 tg.cancel_scope.cancel()
             node.task_group.cancel_scope.cancel()
         log.info("node %s stopped", cfg.name)
+
+    async def _start_authority(self, spec: dict[str, Any]) -> Any:
+        from tether.shared import open_shared
+
+        if not self.config.identity:
+            raise ApiError(400, "a node without an identity cannot run an authority")
+        shared = await anyio.to_thread.run_sync(open_shared, spec.get("database"), self.store)
+        return await self.n.create_authority(
+            self.registry,
+            self.config.identity,
+            shared,
+            name=spec.get("name", "authority"),
+            credential_ttl=int(spec.get("credential_ttl", DEFAULT_CREDENTIAL_TTL)),
+            admin_policy=spec.get("admin_policy") or DEFAULT_ADMIN_POLICY,
+        )
+
+    async def _rejoin(self, spec: dict[str, Any]) -> Any:
+        from tether.identity import verify_history
+
+        authority = verify_history(bytes.fromhex(spec["authority"]))
+        held = self._held_credential(authority.identifier)
+        return await self.n.join(
+            authority,
+            spec["route"],
+            poll_interval=float(spec.get("poll_interval", 60.0)),
+            credential=held,
+        )
+
+    def _held_credential(self, issuer: str) -> Any:
+        """The latest stored credential of this node's identity from ``issuer``, if valid."""
+        from tether.credential import Credential
+
+        if not self.identifier:
+            return None
+        row = self.store.query_one(
+            "SELECT data FROM credentials WHERE subject = ? AND issuer = ? "
+            "ORDER BY expires_at DESC LIMIT 1",
+            (self.identifier, issuer),
+        )
+        if row is None:
+            return None
+        c = Credential.decode(bytes(row[0]))
+        return c if c.expires_at > time.time() else None
 
     async def _signals(self, tg: Any) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -402,6 +458,147 @@ async def delete_inlet(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
     d.config.tcp_inlets = [i for i in d.config.tcp_inlets if i["name"] != p["name"]]
     d.persist()
     return 204, None
+
+
+@api.add("GET", "/authority")
+async def get_authority(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
+    if d.n.authority is None:
+        raise ApiError(404, "this node runs no authority (`tether authority create`)")
+    return 200, d.n.authority.info()
+
+
+@api.add("POST", "/authority")
+async def create_authority(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
+    if d.n.authority is not None:
+        raise ApiError(409, "this node already runs an authority")
+    spec = {
+        "name": _optional(body, "name") or "authority",
+        "database": _optional(body, "database"),
+        "credential_ttl": int(body.get("credential_ttl") or DEFAULT_CREDENTIAL_TTL),
+        "admin_policy": _optional(body, "admin_policy") or DEFAULT_ADMIN_POLICY,
+    }
+    trusted = body.get("trusted") or []
+    if not isinstance(trusted, list):
+        raise ApiError(400, "'trusted' must be a list of {identifier, attributes}")
+    try:
+        authority = await d._start_authority(spec)
+        for t in trusted:
+            await authority.add_member(
+                str(t.get("identifier", "")), dict(t.get("attributes") or {}), added_by="operator"
+            )
+    except TetherError as e:
+        if d.n.authority is not None:
+            await d.n.stop_worker("authority")
+            d.n.authority = None
+        raise ApiError(400, str(e), type(e).__name__) from None
+    d.config.authority = spec
+    d.persist()
+    return 201, authority.info()
+
+
+def _authority(d: Daemon) -> Any:
+    if d.n.authority is None:
+        raise ApiError(404, "this node runs no authority (`tether authority create`)")
+    return d.n.authority
+
+
+@api.add("GET", "/authority/members")
+async def list_members(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
+    return 200, await _authority(d).members()
+
+
+@api.add("POST", "/authority/members")
+async def add_member(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
+    identifier = _field(body, "identifier")
+    attributes = body.get("attributes") or {}
+    try:
+        await _authority(d).add_member(identifier, attributes, added_by="operator")
+    except TetherError as e:
+        raise ApiError(400, str(e), type(e).__name__) from None
+    return 201, {"identifier": identifier, "attributes": attributes}
+
+
+@api.add("DELETE", "/authority/members/{identifier}")
+async def delete_member(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
+    revoked = await _authority(d).delete_member(p["identifier"])
+    return 200, {"deleted": p["identifier"], "revoked": revoked}
+
+
+@api.add("POST", "/authority/tickets")
+async def create_ticket(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
+    authority = _authority(d)
+    attributes = dict(body.get("attributes") or {})
+    relay = _optional(body, "relay") or ""
+    if relay:
+        attributes["relay"] = relay  # the member may claim this relay name
+    route = _optional(body, "route") or _own_route(d)
+    try:
+        ticket = await authority.create_ticket(
+            attributes,
+            expires_in=int(body.get("expires_in") or DEFAULT_TICKET_TTL),
+            usage_count=int(body.get("usage_count") or 1),
+            relay=relay,
+            route=route,
+            created_by="operator",
+        )
+    except (TetherError, ValueError) as e:
+        raise ApiError(400, str(e), type(e).__name__) from None
+    return 201, {
+        "ticket": ticket.encode(),
+        "authority": authority.identifier,
+        "route": route,
+        "attributes": attributes,
+    }
+
+
+def _own_route(d: Daemon) -> str:
+    """A route to this node for a ticket: its first TCP listener."""
+    import ipaddress
+
+    listeners = list(d.n.tcp.listeners.values())
+    if not listeners:
+        raise ApiError(
+            400,
+            "this node has no TCP listener to put in the ticket: give --route (for example the "
+            "relay forwarder that reaches it)",
+        )
+    host, port = listeners[0].host, listeners[0].port
+    host = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host  # noqa: S104
+    try:
+        kind = "ip6" if ipaddress.ip_address(host).version == 6 else "ip4"
+    except ValueError:
+        kind = "dnsaddr"
+    return f"/{kind}/{host}/tcp/{port}"
+
+
+@api.add("POST", "/enroll")
+async def enroll(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
+    from tether.authority import AuthorityError
+
+    text = _field(body, "ticket")
+    poll = float(body.get("poll_interval") or 60.0)
+    try:
+        m = await d.n.enroll(text, poll_interval=poll)
+    except AuthorityError as e:
+        raise ApiError(422, str(e), "AuthorityError") from None
+    except (TetherError, TimeoutError) as e:
+        raise ApiError(400, f"enrollment failed: {e}", type(e).__name__) from None
+    d.config.memberships = [x for x in d.config.memberships if x.get("identifier") != m.identifier]
+    d.config.memberships.append(
+        {
+            "identifier": m.identifier,
+            "authority": m.authority.history.hex(),
+            "route": m.route,
+            "poll_interval": poll,
+        }
+    )
+    d.persist()
+    return 201, m.info()
+
+
+@api.add("GET", "/memberships")
+async def list_memberships(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
+    return 200, [m.info() for m in d.n.memberships.values()]
 
 
 @api.add("GET", "/relay-claims")

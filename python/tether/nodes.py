@@ -33,6 +33,9 @@ class NodeConfig:
     relays: list[dict[str, str]] = field(default_factory=list)
     tcp_outlets: list[dict[str, Any]] = field(default_factory=list)
     tcp_inlets: list[dict[str, Any]] = field(default_factory=list)
+    authority: dict[str, Any] | None = None
+    memberships: list[dict[str, Any]] = field(default_factory=list)
+    policies: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -49,6 +52,9 @@ class NodeConfig:
             list(d.get("relays", [])),
             list(d.get("tcp_outlets", [])),
             list(d.get("tcp_inlets", [])),
+            d.get("authority"),
+            list(d.get("memberships", [])),
+            list(d.get("policies", [])),
         )
 
 

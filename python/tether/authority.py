@@ -1,0 +1,567 @@
+"""The authority: a project's member registry, enrollment with one-time tickets, and the
+credentials (and revocations) that policies everywhere else check.
+
+**The service.** A node runs an authority (``Node.create_authority`` or ``tether authority
+create``) as the service ``authority``. Its identity is the node's; its member registry — who
+is a member (identifier → attributes), the tickets, the credentials it issued — lives in a
+:mod:`shared store <tether.shared>`: the node's SQLite store by default, or PostgreSQL, so that
+several authority instances (same identity) on different machines serve one project.
+
+Requests reach the service only through a secure channel, so the caller is the channel's
+authenticated peer. Each request and response is a JSON object (at most :data:`MAX_REQUEST`
+bytes):
+
+* ``{"op": "enroll", "secret": HEX}``: present a ticket's secret; the caller becomes a member
+  with the ticket's attributes and gets a credential.
+* ``{"op": "credential"}``: a fresh credential for a member (its current attributes).
+* ``{"op": "revocations"}``: the signed list of revoked, unexpired credential ids.
+* admin operations — the caller's member attributes must satisfy the authority's admin policy
+  (default ``subject.admin = "true"``): ``create_ticket`` (``attributes``, ``expires_in``,
+  ``usage_count``, ``relay``), ``add_member`` (``identifier``, ``attributes``),
+  ``delete_member`` (``identifier``; its credentials are revoked), ``members``.
+
+**Tickets.** ``tether-ticket1:`` + base64url of (version, the authority's identity history, the
+route to the authority, a 32-byte random secret, a relay name). The authority stores only the
+SHA-256 of the secret, with the attributes, the expiry and the uses left: a ticket cannot be
+forged (the secret is unguessable), replayed beyond its usage count (the count is decremented
+atomically in the shared store), or used after it expires.
+
+**Members' side.** ``Node.enroll(ticket)`` opens a secure channel to the authority (checking its
+identifier against the ticket), enrolls, stores the credential, trusts the authority for
+verifying others' credentials, presents the credential in every later handshake, refreshes it
+before it expires (and re-presents it on open channels), and polls the revocation list, so a
+revoked credential stops granting attributes within :attr:`Membership.poll_interval`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from tether import credential as cred
+from tether.encoding import Reader, Writer
+from tether.errors import (
+    CredentialError,
+    EncodingError,
+    IdentityError,
+    InvalidArgumentError,
+    TetherError,
+)
+from tether.identity import Identity, verify_history
+from tether.message import LOCAL, Address
+from tether.policy import Policy, subject_attributes
+
+if TYPE_CHECKING:
+    from tether.channel import SecureChannel
+    from tether.node import Message, Node, WorkerContext
+    from tether.registry import Registry
+    from tether.shared import SharedStore
+
+log = logging.getLogger("tether.authority")
+
+SERVICE = "authority"
+TICKET_PREFIX = "tether-ticket1:"
+SECRET_LEN = 32
+MAX_HISTORY = 60_000
+MAX_ROUTE = 2048
+MAX_REQUEST = 64 * 1024
+DEFAULT_CREDENTIAL_TTL = 30 * 24 * 3600
+DEFAULT_TICKET_TTL = 10 * 60
+DEFAULT_ADMIN_POLICY = 'subject.admin = "true"'
+MAX_TICKET_TTL = 365 * 24 * 3600
+MAX_USAGE_COUNT = 1_000_000
+
+
+class AuthorityError(TetherError):
+    """The authority refused a request (the message says why and what to do)."""
+
+
+class NotAMemberError(AuthorityError):
+    pass
+
+
+class NotAnAdminError(AuthorityError):
+    pass
+
+
+# --- tickets ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """What ``tether ticket create`` prints and ``tether enroll`` presents."""
+
+    authority: Identity
+    route: str
+    secret: bytes = field(repr=False)
+    relay: str = ""
+
+    def encode(self) -> str:
+        w = Writer().u8(1)
+        w.var(self.authority.history, MAX_HISTORY)
+        w.var(self.route.encode(), MAX_ROUTE)
+        w.var(self.secret, SECRET_LEN)
+        w.var(self.relay.encode(), 255)
+        return TICKET_PREFIX + base64.urlsafe_b64encode(w.getvalue()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Ticket:
+        text = text.strip()
+        if not text.startswith(TICKET_PREFIX):
+            raise InvalidArgumentError(
+                f"not a tether ticket: it must start with {TICKET_PREFIX!r} (copy the whole "
+                "line `tether ticket create` printed)"
+            )
+        body = text[len(TICKET_PREFIX) :]
+        if len(body) > 2 * MAX_HISTORY:
+            raise InvalidArgumentError("the ticket is too long to be a tether ticket")
+        try:
+            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        except (binascii.Error, ValueError):
+            raise InvalidArgumentError("the ticket is damaged (not base64url)") from None
+        try:
+            r = Reader(raw, "ticket", 4 * MAX_HISTORY)
+            version = r.u8("version")
+            if version != 1:
+                raise InvalidArgumentError(f"ticket version {version} is not supported (1 is)")
+            history = r.var(MAX_HISTORY, "authority identity")
+            route = r.var(MAX_ROUTE, "route").decode()
+            secret = r.var(SECRET_LEN, "secret")
+            relay = r.var(255, "relay").decode()
+            r.end()
+            authority = verify_history(history)
+        except (EncodingError, IdentityError, UnicodeDecodeError) as e:
+            raise InvalidArgumentError(f"the ticket is damaged: {e}") from None
+        if len(secret) != SECRET_LEN:
+            raise InvalidArgumentError("the ticket is damaged: its secret has the wrong length")
+        return cls(authority, route, secret, relay)
+
+    def __repr__(self) -> str:
+        return f"Ticket(authority={self.authority.identifier}, route={self.route!r})"
+
+
+def _hash(secret: bytes) -> bytes:
+    return hashlib.sha256(b"tether ticket\0" + secret).digest()
+
+
+def _check_attributes(attributes: Any) -> dict[str, str]:
+    if not isinstance(attributes, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()
+    ):
+        raise InvalidArgumentError("attributes must be an object of strings")
+    return dict(attributes)
+
+
+# --- the service -----------------------------------------------------------------------------
+
+
+class Authority:
+    """The ``authority`` service of a node (see the module documentation)."""
+
+    def __init__(
+        self,
+        node: Node,
+        registry: Registry,
+        identity_name: str,
+        shared: SharedStore,
+        *,
+        name: str = "authority",
+        credential_ttl: int = DEFAULT_CREDENTIAL_TTL,
+        admin_policy: str = DEFAULT_ADMIN_POLICY,
+    ) -> None:
+        self.node = node
+        self.registry = registry
+        self.identity_name = identity_name
+        self.identifier = registry.get(identity_name).identifier
+        self.shared = shared
+        self.name = name
+        self.credential_ttl = credential_ttl
+        self.admin_policy = Policy.parse(admin_policy)
+        self.enrolled = 0
+        self.issued = 0
+        self.refused = 0
+        self.last_error = ""
+
+    @property
+    def identity(self) -> Identity:
+        return self.registry.get(self.identity_name).identity
+
+    def info(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "identifier": self.identifier,
+            "service": SERVICE,
+            "credential_ttl": self.credential_ttl,
+            "admin_policy": str(self.admin_policy),
+            "database": repr(self.shared),
+            "enrolled": self.enrolled,
+            "issued": self.issued,
+            "refused": self.refused,
+            "last_error": self.last_error,
+        }
+
+    # Shared-store calls run in a worker thread (PostgreSQL may take a while; SQLite too).
+    async def _db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    # --- local operations (the node's operator, through its control API) -------------------
+
+    async def create_ticket(
+        self,
+        attributes: Mapping[str, str],
+        *,
+        expires_in: int = DEFAULT_TICKET_TTL,
+        usage_count: int = 1,
+        relay: str = "",
+        route: str,
+        created_by: str | None = None,
+    ) -> Ticket:
+        if not 0 < expires_in <= MAX_TICKET_TTL:
+            raise InvalidArgumentError(
+                f"a ticket expires in 1 s to {MAX_TICKET_TTL // 86400} days, not {expires_in} s"
+            )
+        if not 0 < usage_count <= MAX_USAGE_COUNT:
+            raise InvalidArgumentError(f"usage count must be 1 to {MAX_USAGE_COUNT}")
+        secret = os.urandom(SECRET_LEN)
+        now = int(time.time())
+        await self._db(
+            self.shared.add_ticket,
+            self.identifier,
+            _hash(secret),
+            dict(attributes),
+            expires_at=now + expires_in,
+            usage_count=usage_count,
+            created_by=created_by,
+            now=now,
+        )
+        return Ticket(self.identity, route, secret, relay)
+
+    async def add_member(
+        self, identifier: str, attributes: Mapping[str, str], *, added_by: str | None = None
+    ) -> None:
+        if not (identifier.startswith("I") and len(identifier) == 41):
+            raise InvalidArgumentError(f"not an identifier: {identifier!r} (I + 40 hex digits)")
+        await self._db(
+            self.shared.add_member,
+            self.identifier,
+            identifier,
+            dict(attributes),
+            added_by=added_by,
+            now=int(time.time()),
+        )
+
+    async def delete_member(self, identifier: str) -> list[str]:
+        """Remove a member and revoke its credentials; the revoked ids."""
+        now = int(time.time())
+        await self._db(self.shared.delete_member, self.identifier, identifier)
+        return list(
+            await self._db(self.shared.revoke_subject, self.identifier, identifier, now=now)
+        )
+
+    async def members(self) -> list[dict[str, object]]:
+        ms = await self._db(self.shared.list_members, self.identifier)
+        return [
+            {
+                "identifier": m.identifier,
+                "attributes": m.attributes,
+                "added_by": m.added_by,
+                "added_at": m.added_at,
+            }
+            for m in ms
+        ]
+
+    async def issue(self, subject: str, attributes: Mapping[str, str]) -> cred.Credential:
+        c: cred.Credential = await self._db(
+            self.registry.issue_credential,
+            self.identity_name,
+            subject,
+            dict(attributes),
+            self.credential_ttl,
+        )
+        now = int(time.time())
+        await self._db(
+            self.shared.record_credential,
+            self.identifier,
+            c.id,
+            subject,
+            expires_at=c.expires_at,
+            now=now,
+        )
+        self.issued += 1
+        return c
+
+    async def revocation_list(self) -> cred.RevocationList:
+        now = int(time.time())
+        ids = await self._db(self.shared.revoked, self.identifier, now=now)
+        key_id, att = await self._db(self.registry.credential_signer, self.identity_name)
+        # The sequence is the time in microseconds: instances sharing a store never go back.
+        return cred.sign_revocations(
+            self.registry.vault, key_id, att, ids, sequence=time.time_ns() // 1000, now=now
+        )
+
+    # --- the service: requests through secure channels --------------------------------------
+
+    async def handle(self, ctx: WorkerContext, msg: Message) -> None:
+        from tether.node import KIND_DATA
+
+        if msg.kind != KIND_DATA or not msg.return_route:
+            return
+        channel = self._channel_of(msg)
+        try:
+            if channel is None:
+                raise AuthorityError(
+                    "the authority answers only through a secure channel: add /secure/api "
+                    "before /service/authority"
+                )
+            if len(msg.payload) > MAX_REQUEST:
+                raise AuthorityError(f"request over {MAX_REQUEST} bytes")
+            try:
+                request = json.loads(msg.payload)
+            except (ValueError, UnicodeDecodeError):
+                raise AuthorityError("the request is not JSON") from None
+            if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+                raise AuthorityError('the request must be a JSON object with an "op"')
+            response = await self._serve(channel, request)
+        except (TetherError, ValueError) as e:
+            self.refused += 1
+            self.last_error = str(e)
+            log.info("authority: refused a request: %s", e)
+            response = {"ok": False, "error": str(e), "type": type(e).__name__}
+        await ctx.reply(msg, json.dumps(response).encode())
+
+    def _channel_of(self, msg: Message) -> SecureChannel | None:
+        head = msg.return_route[0]
+        if head.transport != LOCAL:
+            return None
+        ch: SecureChannel | None = self.node.channels.get(head.value.decode(errors="replace"))
+        return None if ch is None or ch.closed.is_set() else ch
+
+    async def _serve(self, channel: SecureChannel, request: dict[str, Any]) -> dict[str, Any]:
+        caller = channel.peer.identifier
+        op = request["op"]
+        if op == "enroll":
+            secret = request.get("secret")
+            try:
+                raw = bytes.fromhex(secret) if isinstance(secret, str) else b""
+            except ValueError:
+                raw = b""
+            if len(raw) != SECRET_LEN:
+                raise AuthorityError("the ticket's secret is malformed")
+            info = await self._db(
+                self.shared.use_ticket, self.identifier, _hash(raw), now=int(time.time())
+            )
+            existing = await self._db(self.shared.get_member, self.identifier, caller)
+            attributes = {**(existing.attributes if existing else {}), **info.attributes}
+            await self._db(
+                self.shared.add_member,
+                self.identifier,
+                caller,
+                attributes,
+                added_by=info.created_by,
+                now=int(time.time()),
+            )
+            c = await self.issue(caller, attributes)
+            self.enrolled += 1
+            log.info("authority: enrolled %s with %s", caller, attributes)
+            return {"ok": True, "credential": c.encode().hex(), "attributes": attributes}
+        member = await self._db(self.shared.get_member, self.identifier, caller)
+        if op == "credential":
+            if member is None:
+                raise NotAMemberError(
+                    f"{caller} is not a member of this authority: enroll with a ticket"
+                )
+            c = await self.issue(caller, member.attributes)
+            return {"ok": True, "credential": c.encode().hex(), "attributes": member.attributes}
+        if op == "revocations":
+            if member is None:
+                raise NotAMemberError(f"{caller} is not a member of this authority")
+            return {"ok": True, "revocations": (await self.revocation_list()).encode().hex()}
+        # Admin operations: who may do them is itself an attribute (the admin policy).
+        env = subject_attributes(caller, member.attributes if member else {})
+        env.update({"resource.type": "authority", "action.name": op})
+        if member is None or not self.admin_policy.allows(env):
+            raise NotAnAdminError(
+                f"{caller} may not {op}: the authority's admin policy is {self.admin_policy}"
+            )
+        if op == "create_ticket":
+            t = await self.create_ticket(
+                _check_attributes(request.get("attributes", {})),
+                expires_in=int(request.get("expires_in", DEFAULT_TICKET_TTL)),
+                usage_count=int(request.get("usage_count", 1)),
+                relay=str(request.get("relay", "")),
+                route=str(request.get("route", "")),
+                created_by=caller,
+            )
+            return {"ok": True, "ticket": t.encode()}
+        if op == "add_member":
+            identifier = str(request.get("identifier", ""))
+            await self.add_member(
+                identifier, _check_attributes(request.get("attributes", {})), added_by=caller
+            )
+            return {"ok": True}
+        if op == "delete_member":
+            revoked = await self.delete_member(str(request.get("identifier", "")))
+            return {"ok": True, "revoked": revoked}
+        if op == "members":
+            return {"ok": True, "members": await self.members()}
+        raise AuthorityError(f"unknown operation {op!r}")
+
+
+# --- the members' side -----------------------------------------------------------------------
+
+
+async def call(
+    node: Node, route: str | tuple[Address, ...], request: dict[str, Any], timeout: float = 15.0
+) -> dict[str, Any]:
+    """Send one request to an authority (``route`` ends at its service) and return the
+    response; raises AuthorityError with the authority's reason if it refused."""
+    raw = await node.request(route, json.dumps(request).encode(), timeout=timeout)
+    try:
+        response = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise AuthorityError("the authority's answer is not JSON") from None
+    if not isinstance(response, dict):
+        raise AuthorityError("the authority's answer is not a JSON object")
+    if not response.get("ok"):
+        raise AuthorityError(f"the authority refused: {response.get('error', 'no reason given')}")
+    return response
+
+
+@dataclass
+class Membership:
+    """This node's membership of one authority: its credential, kept fresh."""
+
+    node: Node
+    authority: Identity
+    route: str
+    """Route to the authority's node (``/node/auth``, ``/ip4/…/tcp/…``, a relay's forwarder):
+    a secure channel to its ``api`` listener carries the requests, and must end at the
+    authority's own identity."""
+    credential: cred.Credential | None = None
+    _channel: Any = None
+    poll_interval: float = 60.0
+    revoked: frozenset[str] = frozenset()
+    last_error: str = ""
+    refreshed: int = 0
+    _scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+
+    @property
+    def identifier(self) -> str:
+        return self.authority.identifier
+
+    def info(self) -> dict[str, object]:
+        c = self.credential
+        return {
+            "authority": self.identifier,
+            "route": self.route,
+            "attributes": dict(c.attributes) if c else {},
+            "credential": c.id if c else None,
+            "expires_at": c.expires_at if c else None,
+            "refreshed": self.refreshed,
+            "revoked_known": len(self.revoked),
+            "last_error": self.last_error,
+        }
+
+    def _accept(self, hex_credential: str) -> cred.Credential:
+        try:
+            c = cred.verify(
+                bytes.fromhex(hex_credential),
+                authorities={self.identifier: self.authority},
+                now=int(time.time()),
+                subject=self.node.identity.identity.identifier,
+            )
+        except (CredentialError, EncodingError, ValueError) as e:
+            raise AuthorityError(
+                f"the authority sent a credential that does not verify: {e}"
+            ) from None
+        self.credential = c
+        self.node.use_credential(c)
+        return c
+
+    async def request(self, request: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
+        """One request to the authority, through a secure channel that must end at the
+        authority's identity (the one in the ticket)."""
+        from tether.channel import trust_identifiers
+
+        ch = self._channel
+        if ch is None or ch.closed.is_set():
+            ch = await self.node.create_secure_channel(
+                f"{self.route.rstrip('/')}/service/api",
+                trust=trust_identifiers(self.identifier),
+                timeout=timeout,
+            )
+            self._channel = ch
+        return await call(
+            self.node, (Address.local(ch.address), Address.local(SERVICE)), request, timeout
+        )
+
+    async def enroll(self, secret: bytes) -> cred.Credential:
+        r = await self.request({"op": "enroll", "secret": secret.hex()})
+        return self._accept(str(r.get("credential", "")))
+
+    async def refresh(self) -> cred.Credential:
+        r = await self.request({"op": "credential"})
+        c = self._accept(str(r.get("credential", "")))
+        self.refreshed += 1
+        await self.node.present_credentials()
+        return c
+
+    async def poll_revocations(self) -> None:
+        r = await self.request({"op": "revocations"})
+        rl = cred.verify_revocations(
+            bytes.fromhex(str(r.get("revocations", ""))), self.authority, now=int(time.time())
+        )
+        self.revoked = rl.revoked
+        self.node.revoked_credentials[self.identifier] = rl.revoked
+
+    async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        """Refresh the credential when a third of its life is left (or it is missing), and
+        poll revocations every ``poll_interval`` seconds; errors are retried, and logged."""
+        task_status.started()
+        with self._scope:
+            next_poll = 0.0
+            while True:
+                now = time.time()
+                c = self.credential
+                try:
+                    if c is None or c.expires_at - now < (c.expires_at - c.created_at) / 3:
+                        await self.refresh()
+                    if time.monotonic() >= next_poll:
+                        await self.poll_revocations()
+                        next_poll = time.monotonic() + self.poll_interval
+                    self.last_error = ""
+                except (TetherError, TimeoutError) as e:
+                    self.last_error = str(e)
+                    log.warning("membership of %s: %s (retrying)", self.identifier, e)
+                c = self.credential
+                wait = self.poll_interval
+                if c is not None:
+                    refresh_at = c.expires_at - (c.expires_at - c.created_at) / 3
+                    wait = min(wait, max(1.0, refresh_at - time.time()))
+                await anyio.sleep(min(wait, max(0.2, next_poll - time.monotonic())))
+
+    def stop(self) -> None:
+        self._scope.cancel()
+        if self._channel is not None and not self._channel.closed.is_set():
+            self.node.task_group.start_soon(self._channel.close)
+
+
+__all__ = [
+    "Authority",
+    "AuthorityError",
+    "Membership",
+    "NotAMemberError",
+    "NotAnAdminError",
+    "Ticket",
+    "call",
+]
