@@ -103,6 +103,13 @@ class Daemon:
             for relay in cfg.relays:
                 # A relay whose node is not up yet keeps retrying in the background.
                 await node.create_relay(relay["name"], relay["at"])
+            for rule in cfg.policies:
+                node.add_policy(
+                    rule["expression"],
+                    resource=rule.get("resource"),
+                    resource_type=rule.get("resource_type"),
+                    policy_id=rule["id"],
+                )
             if cfg.authority is not None:
                 await self._start_authority(cfg.authority)
             for m in cfg.memberships:
@@ -599,6 +606,39 @@ async def enroll(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
 @api.add("GET", "/memberships")
 async def list_memberships(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
     return 200, [m.info() for m in d.n.memberships.values()]
+
+
+@api.add("GET", "/policies")
+async def list_policies(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
+    return 200, [r.info() for r in d.n.policies.values()]
+
+
+@api.add("GET", "/policies/{id}")
+async def get_policy(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
+    return 200, _found(d.n.policies, p["id"], "policy").info()
+
+
+@api.add("POST", "/policies")
+async def create_policy(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
+    expression = _field(body, "expression")
+    resource = _optional(body, "resource")
+    resource_type = _optional(body, "resource_type")
+    try:
+        rule = d.n.add_policy(expression, resource=resource, resource_type=resource_type)
+    except TetherError as e:
+        raise ApiError(400, str(e), type(e).__name__) from None
+    d.config.policies.append(rule.info())
+    d.persist()
+    return 201, rule.info()
+
+
+@api.add("DELETE", "/policies/{id}")
+async def delete_policy(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
+    _found(d.n.policies, p["id"], "policy")
+    d.n.delete_policy(p["id"])
+    d.config.policies = [x for x in d.config.policies if x["id"] != p["id"]]
+    d.persist()
+    return 204, None
 
 
 @api.add("GET", "/relay-claims")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tether import __version__
-from tether.cli import channel, credential, identity, node, portal, relay
+from tether.cli import authority, channel, credential, identity, node, portal, relay
 from tether.errors import TetherError
 
 EXAMPLES = """\
@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     channel.register(groups)
     relay.register(groups)
     portal.register(groups)
+    authority.register(groups)
     _register_demo(groups)
     return parser
 

@@ -1,0 +1,329 @@
+"""``tether authority …``, ``tether ticket create``, ``tether enroll``, ``tether membership
+list`` and ``tether policy …``: a project's members, their enrollment, and the policies that
+use their attributes."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from tether.cli.api import call
+from tether.cli.channel import _api
+from tether.cli.common import attribute, timestamp, ttl
+from tether.cli.relay import running_node
+from tether.errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from tether.cli import Context
+
+
+def _trusted(text: str) -> dict[str, Any]:
+    """``IDENTIFIER=key=value,key=value`` (or just ``IDENTIFIER``)."""
+    identifier, _, rest = text.partition("=")
+    attrs: dict[str, str] = {}
+    for pair in filter(None, rest.split(",")):
+        k, v = attribute(pair)
+        attrs[k] = v
+    if not identifier.startswith("I"):
+        raise argparse.ArgumentTypeError(
+            f"invalid --trusted {text!r}: use IDENTIFIER=key=value,key=value"
+        )
+    return {"identifier": identifier, "attributes": attrs}
+
+
+def _at(ctx: Context) -> str:
+    return running_node(ctx, ctx.args.at, "--at", "runs the authority")
+
+
+def _authority_create(ctx: Context) -> int:
+    a = ctx.args
+    body = {
+        "name": a.name,
+        "database": a.database,
+        "credential_ttl": a.credential_ttl,
+        "admin_policy": a.admin_policy,
+        "trusted": a.trusted or [],
+    }
+    info = call(_api(ctx, _at(ctx)), "POST", "/authority", body, timeout=60)
+    ctx.emit(
+        f"authority {info['name']} ({info['identifier']}) runs at {_at(ctx)}\n"
+        f"  members' state: {info['database']}\n"
+        f"  admins: {info['admin_policy']}; credentials for {info['credential_ttl'] // 86400} d\n"
+        f"  enroll members: tether ticket create --authority {_at(ctx)} --attribute KEY=VALUE",
+        info,
+    )
+    return 0
+
+
+def _authority_show(ctx: Context) -> int:
+    info = call(_api(ctx, _at(ctx)), "GET", "/authority")
+    ctx.emit(
+        "\n".join(f"{k:15} {v}" for k, v in info.items()),
+        info,
+    )
+    return 0
+
+
+def _members(ctx: Context) -> int:
+    items = call(_api(ctx, _at(ctx)), "GET", "/authority/members")
+    lines = [
+        f"{m['identifier']}  {m['attributes']}  (added {timestamp(m['added_at'])})" for m in items
+    ]
+    ctx.emit("\n".join(lines) or "no members", items)
+    return 0
+
+
+def _add_member(ctx: Context) -> int:
+    a = ctx.args
+    body = {"identifier": a.identifier, "attributes": dict(a.attribute or [])}
+    r = call(_api(ctx, _at(ctx)), "POST", "/authority/members", body)
+    ctx.emit(f"member {a.identifier} with {r['attributes']}", r)
+    return 0
+
+
+def _delete_member(ctx: Context) -> int:
+    r = call(_api(ctx, _at(ctx)), "DELETE", f"/authority/members/{ctx.args.identifier}")
+    ctx.emit(f"deleted member {ctx.args.identifier}; revoked {len(r['revoked'])} credential(s)", r)
+    return 0
+
+
+def _ticket_create(ctx: Context) -> int:
+    a = ctx.args
+    node = running_node(ctx, a.authority, "--authority", "runs the authority")
+    body = {
+        "attributes": dict(a.attribute or []),
+        "expires_in": a.expires_in,
+        "usage_count": a.usage_count,
+        "relay": a.relay,
+        "route": a.route,
+    }
+    r = call(_api(ctx, node), "POST", "/authority/tickets", body)
+    ctx.emit(r["ticket"], r)
+    return 0
+
+
+def _enroll(ctx: Context) -> int:
+    a = ctx.args
+    node = running_node(ctx, a.node, "--node", "enrolls")
+    text = a.ticket
+    if text == "-":
+        import sys
+
+        text = sys.stdin.read()
+    body = {"ticket": text.strip(), "poll_interval": a.poll_interval}
+    m = call(_api(ctx, node), "POST", "/enroll", body, timeout=60)
+    ctx.emit(
+        f"{node} is a member of {m['authority']} with {m['attributes']}\n"
+        f"  credential {m['credential']} until {timestamp(m['expires_at'])} (refreshed "
+        "automatically)",
+        m,
+    )
+    return 0
+
+
+def _memberships(ctx: Context) -> int:
+    node = running_node(ctx, ctx.args.at, "--at", "holds the memberships")
+    items = call(_api(ctx, node), "GET", "/memberships")
+    lines = [
+        f"{m['authority']}  {m['attributes']}  until "
+        f"{timestamp(m['expires_at']) if m['expires_at'] else '-'}"
+        + (f"  (last error: {m['last_error']})" if m["last_error"] else "")
+        for m in items
+    ]
+    ctx.emit("\n".join(lines) or "no memberships", items)
+    return 0
+
+
+def _policy_create(ctx: Context) -> int:
+    a = ctx.args
+    if not a.resource and not a.resource_type:
+        raise InvalidArgumentError("say what the policy is for: --resource NAME or --resource-type")
+    body = {"resource": a.resource, "resource_type": a.resource_type, "expression": a.expression}
+    r = call(_api(ctx, _policy_node(ctx)), "POST", "/policies", body)
+    ctx.emit(_policy_line(r), r)
+    return 0
+
+
+def _policy_node(ctx: Context) -> str:
+    return running_node(ctx, ctx.args.at, "--at", "holds the policy")
+
+
+def _policy_line(p: dict[str, Any]) -> str:
+    target = p["resource"] or f"every {p['resource_type']}"
+    if p["resource"] and p["resource_type"]:
+        target = f"{p['resource_type']} {p['resource']}"
+    return f"{p['id']}  {target}: {p['expression']}"
+
+
+def _policy_list(ctx: Context) -> int:
+    items = call(_api(ctx, _policy_node(ctx)), "GET", "/policies")
+    ctx.emit("\n".join(_policy_line(p) for p in items) or "no policies", items)
+    return 0
+
+
+def _policy_show(ctx: Context) -> int:
+    p = call(_api(ctx, _policy_node(ctx)), "GET", f"/policies/{ctx.args.id}")
+    ctx.emit(_policy_line(p), p)
+    return 0
+
+
+def _policy_delete(ctx: Context) -> int:
+    call(_api(ctx, _policy_node(ctx)), "DELETE", f"/policies/{ctx.args.id}")
+    ctx.emit(f"deleted policy {ctx.args.id}", {"deleted": ctx.args.id})
+    return 0
+
+
+def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from tether.cli import add_command, add_group
+
+    sub = add_group(
+        groups,
+        "authority",
+        "run a project's authority: its members and their credentials",
+        (
+            "An authority keeps the member registry (identifier → attributes), enrolls members "
+            "with one-time tickets and issues their credentials (30 days by default) over "
+            "secure channels. Its state is the node's SQLite store, or PostgreSQL with "
+            "--database (or TETHER_DATABASE_URL), so several authority nodes with the same "
+            "identity serve one project."
+        ),
+        "tether authority create acme --at auth --trusted I0123…=admin=true",
+    )
+    p = add_command(
+        sub,
+        "create",
+        "run an authority on a node (its identity is the authority's)",
+        "tether authority create acme --at auth --database postgresql://tether@127.0.0.1/acme",
+        _authority_create,
+    )
+    p.add_argument("name", help="the project's name (a label)")
+    p.add_argument("--at", help="the node (default: the only running one)")
+    p.add_argument(
+        "--trusted",
+        type=_trusted,
+        action="append",
+        metavar="IDENTIFIER=K=V,…",
+        help="a member from the start, e.g. an admin: I0123…=admin=true (repeatable)",
+    )
+    p.add_argument("--database", metavar="URL", help="PostgreSQL URL (default: the node's store)")
+    p.add_argument(
+        "--credential-ttl", type=ttl, default=30 * 86400, help="credential lifetime (default 30d)"
+    )
+    p.add_argument(
+        "--admin-policy",
+        metavar="EXPR",
+        help='who may create tickets and manage members (default: subject.admin = "true")',
+    )
+    p = add_command(
+        sub, "show", "show the authority", "tether authority show --at auth", _authority_show
+    )
+    p.add_argument("--at", help="the node (default: the only running one)")
+    p = add_command(
+        sub, "members", "list the members", "tether authority members --at auth", _members
+    )
+    p.add_argument("--at", help="the node (default: the only running one)")
+    p = add_command(
+        sub,
+        "add-member",
+        "make an identity a member with attributes",
+        "tether authority add-member I0123… --attribute role=db-client --at auth",
+        _add_member,
+    )
+    p.add_argument("identifier")
+    p.add_argument("--attribute", type=attribute, action="append", metavar="KEY=VALUE")
+    p.add_argument("--at", help="the node (default: the only running one)")
+    p = add_command(
+        sub,
+        "delete-member",
+        "remove a member and revoke its credentials",
+        "tether authority delete-member I0123… --at auth",
+        _delete_member,
+    )
+    p.add_argument("identifier")
+    p.add_argument("--at", help="the node (default: the only running one)")
+
+    sub = add_group(
+        groups,
+        "ticket",
+        "one-time enrollment tickets",
+        "A ticket lets whoever presents it become a member with the ticket's attributes.",
+        "tether ticket create --authority auth --attribute role=db-client",
+    )
+    p = add_command(
+        sub,
+        "create",
+        "print a ticket (single-use, 10 minutes by default)",
+        "tether ticket create --authority auth --attribute role=db-client --expires-in 10m",
+        _ticket_create,
+    )
+    p.add_argument("--authority", help="the node running the authority (default: the only one)")
+    p.add_argument("--attribute", type=attribute, action="append", metavar="KEY=VALUE")
+    p.add_argument("--expires-in", type=ttl, default=600, help="lifetime (default 10m)")
+    p.add_argument("--usage-count", type=int, default=1, help="how many enrollments (default 1)")
+    p.add_argument("--relay", help="also let the member claim this relay name")
+    p.add_argument(
+        "--route", help="route by which members reach the authority's node (default: its listener)"
+    )
+
+    p = add_command(
+        groups,
+        "enroll",
+        "present a ticket: the node becomes a member and gets its credential",
+        "tether enroll tether-ticket1:… --node app",
+        _enroll,
+    )
+    p.add_argument("ticket", help="the ticket (or - to read it from stdin)")
+    p.add_argument("--node", help="the node that enrolls (default: the only running one)")
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=60.0,
+        help="seconds between revocation checks (default 60)",
+    )
+
+    sub = add_group(
+        groups,
+        "membership",
+        "a node's memberships of authorities",
+        "The authorities a node enrolled with, and its credentials from them.",
+        "tether membership list --at app",
+    )
+    p = add_command(
+        sub, "list", "list memberships", "tether membership list --at app", _memberships
+    )
+    p.add_argument("--at", help="the node (default: the only running one)")
+
+    sub = add_group(
+        groups,
+        "policy",
+        "attribute-based access control for a node's resources",
+        (
+            "A policy is an expression over the peer's authenticated attributes (subject.*), "
+            "the resource (resource.type, resource.name) and the action (action.name), e.g. "
+            "'subject.role = \"db-client\"' or the short form 'web and not test'. It attaches to "
+            "a resource by name (--resource) or to every resource of a type (--resource-type: "
+            "tcp-outlet, tcp-inlet, relay, secure-channel-listener, or a service kind such as "
+            "echo). Deny by default: a missing attribute makes a comparison false."
+        ),
+        "tether policy create --at db --resource outlet 'subject.role = \"db-client\"'",
+    )
+    p = add_command(
+        sub,
+        "create",
+        "attach a policy",
+        "tether policy create --at db --resource-type tcp-outlet 'subject.role = \"db-client\"'",
+        _policy_create,
+    )
+    p.add_argument("expression")
+    p.add_argument("--resource", metavar="NAME")
+    p.add_argument("--resource-type", metavar="TYPE")
+    p.add_argument("--at", help="the node (default: the only running one)")
+    p = add_command(sub, "list", "list policies", "tether policy list --at db", _policy_list)
+    p.add_argument("--at", help="the node (default: the only running one)")
+    for name, help_text, handler in (
+        ("show", "show one policy", _policy_show),
+        ("delete", "delete a policy", _policy_delete),
+    ):
+        p = add_command(sub, name, help_text, f"tether policy {name} policy1 --at db", handler)
+        p.add_argument("id")
+        p.add_argument("--at", help="the node (default: the only running one)")
