@@ -104,12 +104,16 @@ def _ticket_create(ctx: Context) -> int:
 
 def _enroll(ctx: Context) -> int:
     a = ctx.args
-    node = running_node(ctx, a.node, "--node", "enrolls")
     text = a.ticket
     if text == "-":
         import sys
 
         text = sys.stdin.read()
+    if a.identity:
+        if a.node:
+            raise InvalidArgumentError("enroll either --node or --identity, not both")
+        return _enroll_identity(ctx, a.identity, text.strip())
+    node = running_node(ctx, a.node, "--node", "enrolls")
     body = {"ticket": text.strip(), "poll_interval": a.poll_interval}
     m = call(_api(ctx, node), "POST", "/enroll", body, timeout=60)
     ctx.emit(
@@ -117,6 +121,42 @@ def _enroll(ctx: Context) -> int:
         f"  credential {m['credential']} until {timestamp(m['expires_at'])} (refreshed "
         "automatically)",
         m,
+    )
+    return 0
+
+
+def _enroll_identity(ctx: Context, name: str, text: str) -> int:
+    """Enroll an identity (no running node): a node in this process presents the ticket; the
+    credential and the authority's identity are stored for the identity's later use."""
+    import anyio
+
+    from tether import nodes
+    from tether.authority import Ticket
+    from tether.node import Node
+    from tether.state import default_home
+
+    registry = ctx.registry()
+    ticket = Ticket.decode(text)
+    home = ctx.home or default_home()
+
+    async def run() -> Any:
+        async with Node(
+            "enroll",
+            identity=registry.channel_identity(name),
+            resolve_node=nodes.resolver(home),
+        ) as node:
+            m = await node.enroll(ticket)
+            node.task_group.cancel_scope.cancel()
+            return m
+
+    m = anyio.run(run, backend="trio")
+    registry.import_identity(ticket.authority.history)
+    registry.store_credential(m.credential)
+    info = m.info()
+    ctx.emit(
+        f"identity {name} is a member of {info['authority']} with {info['attributes']}\n"
+        f"  credential {info['credential']} until {timestamp(int(str(info['expires_at'])))}",
+        info,
     )
     return 0
 
@@ -274,6 +314,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     p.add_argument("ticket", help="the ticket (or - to read it from stdin)")
     p.add_argument("--node", help="the node that enrolls (default: the only running one)")
+    p.add_argument("--identity", help="enroll this identity instead (no node needs to run)")
     p.add_argument(
         "--poll-interval",
         type=float,
