@@ -264,6 +264,14 @@ class SecureChannel:
     _fragment: int = 0
     _frame_header: bytes | None = None
     _conn: Any = None
+    _close_callbacks: dict[Callable[[], None], None] = field(default_factory=dict)
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (synchronously) when the channel closes."""
+        self._close_callbacks[callback] = None
+
+    def remove_on_close(self, callback: Callable[[], None]) -> None:
+        self._close_callbacks.pop(callback, None)
 
     @property
     def decryptor(self) -> str:
@@ -577,6 +585,12 @@ class SecureChannel:
                 log.info("could not tell the peer that %s closed: %s", self.address, e)
         self.closed.set()
         self.cipher.erase()  # keys dropped now, not whenever this object is collected
+        callbacks, self._close_callbacks = list(self._close_callbacks), {}
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("secure channel %s: a close callback failed", self.address)
         self.node.forget_channel(self)
         self._partial.clear()
         for address in (self.address, self.decryptor):

@@ -249,9 +249,12 @@ class Session:
         if self._aborted:
             _reset(stream)
         try:
+            # A closed channel resets the session (a callback, not a task per session).
+            self.channel.on_close(self._channel_closed)
+            if self.channel.closed.is_set():
+                self._channel_closed()
             with self._scope:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._watch_channel, tg)
                     reader_done = anyio.Event()
 
                     async def reader() -> None:
@@ -264,12 +267,12 @@ class Session:
                     tg.cancel_scope.cancel()
                 self._closed = True
         finally:
+            self.channel.remove_on_close(self._channel_closed)
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
             self.owner.forget(self)
 
-    async def _watch_channel(self, tg: Any) -> None:
-        await self.channel.closed.wait()
+    def _channel_closed(self) -> None:
         self.abort(f"secure channel {self.channel.address} closed")
 
     async def _reader(self) -> None:
