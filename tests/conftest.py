@@ -15,7 +15,9 @@ the selected profile (``settings().max_examples`` is the profile's value at impo
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -34,3 +36,17 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# --- a throwaway PostgreSQL, shared by the session -------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """The URL of a fresh database on a throwaway PostgreSQL server (tests/pgserver.py), started
+    the first time a test asks for it and stopped when the session ends. Tests share it: each
+    keeps to its own names (for tether.shared, its own authority identifiers)."""
+    from pgserver import running
+
+    with running() as server:
+        yield server.create_database("tether_test")

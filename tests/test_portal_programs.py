@@ -12,14 +12,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import pwd
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -28,41 +25,12 @@ from typing import Any
 import anyio
 import pytest
 
+from pgserver import require, running, unused_port
 from tether.channel import ephemeral_identity
 from tether.node import Node
 
 HOST = "127.0.0.1"
 MB = 1 << 20
-PG_ROOT = Path("/usr/lib/postgresql")
-
-
-def require(program: str, package: str, path: str | None = None) -> str:
-    found = shutil.which(program, path=path)
-    assert found, (
-        f"{program} is not installed (looked in {path or 'PATH'}): this test runs it; install "
-        f"the Debian package {package} (apt-get install {package})"
-    )
-    return found
-
-
-def pg_bindir() -> Path:
-    """The newest PostgreSQL server's bin directory (Debian puts them under PG_ROOT)."""
-    found = sorted(
-        (d for d in PG_ROOT.glob("*/bin") if (d / "initdb").exists() and d.parent.name.isdigit()),
-        key=lambda d: int(d.parent.name),
-    )
-    assert found, (
-        f"no PostgreSQL server under {PG_ROOT}: install the Debian package postgresql-15 "
-        "(apt-get install postgresql-15 postgresql-client-15)"
-    )
-    return found[-1]
-
-
-def unused_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_for_port(port: int, timeout: float, what: str, proc: subprocess.Popen[Any]) -> None:
@@ -243,69 +211,8 @@ def postgres() -> Iterator[tuple[int, Path]]:
     """A throwaway PostgreSQL cluster (trust authentication on 127.0.0.1, no fsync); yields its
     port and the bin directory. PostgreSQL refuses to run as root: as root, it runs as the
     ``postgres`` user (which the Debian package creates) in a directory that user owns."""
-    bindir = pg_bindir()
-    as_pg: list[str] = []
-    owner: pwd.struct_passwd | None = None
-    if os.geteuid() == 0:
-        require("runuser", "util-linux")
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.fail(
-                "running as root, PostgreSQL needs the postgres user to run as: install the "
-                "Debian package postgresql-15, which creates it"
-            )
-        as_pg = ["runuser", "-u", "postgres", "--"]
-    # Not under pytest's tmp_path: the postgres user must be able to reach it.
-    with tempfile.TemporaryDirectory(prefix="tether-pg-") as tmp:
-        if owner is not None:
-            os.chown(tmp, owner.pw_uid, owner.pw_gid)
-        data = f"{tmp}/data"
-        log = Path(tmp) / "server.log"
-
-        def pg(*args: str, timeout: float = 60) -> None:
-            p = subprocess.run(
-                [*as_pg, *args], capture_output=True, text=True, timeout=timeout, check=False
-            )
-            assert p.returncode == 0, (
-                f"{' '.join(args)}: exit {p.returncode}\n{p.stdout}\n{p.stderr}\n"
-                + (log.read_text() if log.exists() else "")
-            )
-
-        pg(
-            str(bindir / "initdb"),
-            "-D",
-            data,
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        )
-        port = unused_port()
-        settings = (
-            f"-p {port} -k {tmp} -c listen_addresses={HOST} -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off"
-        )
-        pg(
-            str(bindir / "pg_ctl"),
-            "-D",
-            data,
-            "-l",
-            str(log),
-            "-o",
-            settings,
-            "-w",
-            "-t",
-            "30",
-            "start",
-        )
-        try:
-            yield port, bindir
-        finally:
-            pg(str(bindir / "pg_ctl"), "-D", data, "-m", "immediate", "-w", "stop")
+    with running() as server:
+        yield server.port, server.bindir
 
 
 PG_ENV = {"PGCONNECT_TIMEOUT": "10", "PGSSLMODE": "disable", "PGUSER": "postgres"}

@@ -95,6 +95,39 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (node, name)
     );
     """,
+    # 3 -> 4: an authority's shared state (tether.shared.SqliteShared), namespaced by the
+    # authority's identifier: members, tickets (only the secret's hash), credentials issued.
+    """
+    CREATE TABLE authority_members (
+        authority TEXT NOT NULL,
+        identifier TEXT NOT NULL,
+        attributes TEXT NOT NULL,
+        added_by TEXT,
+        added_at INTEGER NOT NULL,
+        PRIMARY KEY (authority, identifier)
+    );
+    CREATE TABLE authority_tickets (
+        authority TEXT NOT NULL,
+        hash BLOB NOT NULL,
+        attributes TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        remaining INTEGER NOT NULL CHECK (remaining >= 0),
+        created_by TEXT,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (authority, hash)
+    );
+    CREATE TABLE authority_credentials_issued (
+        authority TEXT NOT NULL,
+        credential_id TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        issued_at INTEGER NOT NULL,
+        revoked_at INTEGER,
+        PRIMARY KEY (authority, credential_id)
+    );
+    CREATE INDEX authority_credentials_issued_by_subject
+        ON authority_credentials_issued(authority, subject);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,0 +1,991 @@
+"""The shared state of an authority: its member registry, its enrollment tickets, and the
+credentials it issued (for revocation).
+
+Several authority instances — the same identity, on different machines — may serve one project,
+so this state lives in a database they share. Two backends keep one contract
+(:class:`SharedStore`):
+
+* :class:`SqliteShared`: the node's own SQLite store (:mod:`tether.state`, tables added by its
+  migration 3 -> 4); enough for one authority instance, or several processes on one machine.
+* :class:`PostgresShared`: a PostgreSQL database (``postgresql://`` URL, psycopg 3; the
+  ``postgres`` extra), for instances on several machines.
+
+One database can serve several authorities: every row carries the authority's identifier, and
+every call names it.
+
+**Tickets.** The store never sees a ticket's secret, only its hash (the caller hashes), with the
+attributes a member enrolling with it gets, an expiry and the uses left. :meth:`use_ticket` is the
+one operation that must be atomic across machines: a single conditional decrement
+(``UPDATE ... SET remaining = remaining - 1 WHERE ... remaining > 0 AND expires_at > now``). Under
+PostgreSQL's READ COMMITTED, concurrent updates of one row queue on its row lock and each
+re-checks the condition on the row as the previous one left it, so a ticket with ``k`` uses
+succeeds exactly ``k`` times whatever the number of racing processes. On SQLite the check and the
+decrement run in one ``BEGIN IMMEDIATE`` transaction, which holds the database's write lock. Only
+when no use happened does a second read say why (unknown, expired, or used up); an unknown
+ticket's error says nothing about the tickets that do exist.
+
+**Failures.** Every call is one transaction: it happens entirely or not at all. A PostgreSQL
+connection that broke is reopened once. A call is retried on the new connection when that is safe:
+reads always, writes only when the connection failed before the write was sent. A write whose
+outcome is unknown (the connection failed after sending it) is never retried — retrying a ticket
+use could spend a use twice — and raises :class:`DatabaseError` saying so.
+
+**Secrets.** Database passwords never appear in errors, logs or reprs: URLs are shown with the
+password masked, and database messages are scrubbed of it.
+
+Times are integer Unix seconds, passed in by the caller (no clock in here). Calls are
+synchronous; an async caller runs them in a worker thread. A store object may be shared by
+threads: calls on it are serialised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sqlite3
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+
+from tether.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    StateError,
+    StoreError,
+    TetherError,
+)
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from tether.state import Store
+
+__all__ = [
+    "DATABASE_URL_ENV",
+    "DatabaseError",
+    "Member",
+    "PostgresShared",
+    "SharedStore",
+    "SqliteShared",
+    "TicketError",
+    "TicketExpiredError",
+    "TicketInfo",
+    "TicketUnknownError",
+    "TicketUsedError",
+    "database_url",
+    "mask_url",
+    "open_shared",
+]
+
+#: The environment variable naming the shared database when no URL is given explicitly.
+DATABASE_URL_ENV = "TETHER_DATABASE_URL"
+
+MAX_ATTRIBUTES = 64
+MAX_ATTRIBUTE_KEY = 128  # bytes of UTF-8
+MAX_ATTRIBUTE_VALUE = 1024  # bytes of UTF-8
+MAX_IDENTIFIER = 64  # characters: authorities, members, credential ids, subjects, added_by...
+MAX_TICKET_HASH = 64  # bytes
+MAX_USAGE_COUNT = 2**31 - 1  # PostgreSQL INTEGER
+MAX_TIME = 2**63 - 1  # PostgreSQL BIGINT
+
+T = TypeVar("T")
+
+
+# --- results and errors ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Member:
+    """A member of an authority: an identity's identifier and its attributes."""
+
+    identifier: str
+    attributes: dict[str, str] = field(hash=False)
+    added_by: str | None
+    added_at: int
+
+
+@dataclass(frozen=True)
+class TicketInfo:
+    """What a successful :meth:`SharedStore.use_ticket` returns: the ticket's attributes and
+    what is left of it (``remaining`` counts the uses left after this one)."""
+
+    attributes: dict[str, str] = field(hash=False)
+    expires_at: int
+    remaining: int
+    created_by: str | None
+
+
+class TicketError(TetherError):
+    """A ticket cannot be used. Subclasses say why."""
+
+
+class TicketUnknownError(TicketError):
+    """No such ticket: forged, mistyped, or for another authority."""
+
+
+class TicketExpiredError(TicketError):
+    """The ticket expired before it was used."""
+
+
+class TicketUsedError(TicketError):
+    """The ticket was already used as many times as it allows."""
+
+
+class DatabaseError(StoreError):
+    """The shared database cannot be reached, its connection failed, or it refused a statement.
+    The message names the database (host, port, name) but never its password."""
+
+
+# --- the contract ----------------------------------------------------------------------------
+
+
+@runtime_checkable
+class SharedStore(Protocol):
+    """An authority's shared state. See the module documentation."""
+
+    def add_member(
+        self,
+        authority: str,
+        identifier: str,
+        attributes: Mapping[str, str],
+        *,
+        added_by: str | None,
+        now: int,
+    ) -> None:
+        """Add a member, or replace an existing member's attributes (and who added it, when)."""
+        ...
+
+    def get_member(self, authority: str, identifier: str) -> Member | None: ...
+
+    def list_members(self, authority: str) -> list[Member]:
+        """All members, ordered by identifier (code point order)."""
+        ...
+
+    def delete_member(self, authority: str, identifier: str) -> bool:
+        """Remove a member; False if it was not one. Its credentials stay valid: revoke them
+        with :meth:`revoke_subject`."""
+        ...
+
+    def add_ticket(
+        self,
+        authority: str,
+        ticket_hash: bytes,
+        attributes: Mapping[str, str],
+        *,
+        expires_at: int,
+        usage_count: int,
+        created_by: str | None,
+        now: int,
+    ) -> None:
+        """Store a new ticket (by the hash of its secret); AlreadyExistsError if that hash is
+        already a ticket of this authority."""
+        ...
+
+    def use_ticket(self, authority: str, ticket_hash: bytes, *, now: int) -> TicketInfo:
+        """Spend one use of a ticket, atomically. TicketUnknownError, TicketExpiredError
+        (``now >= expires_at``) or TicketUsedError, and then nothing changed."""
+        ...
+
+    def record_credential(
+        self, authority: str, credential_id: str, subject: str, *, expires_at: int, now: int
+    ) -> None:
+        """Remember an issued credential so that :meth:`revoke_subject` can revoke it."""
+        ...
+
+    def revoke_subject(self, authority: str, subject: str, *, now: int) -> list[str]:
+        """Revoke every unexpired credential recorded for ``subject``; the ids newly revoked,
+        sorted."""
+        ...
+
+    def revoked(self, authority: str, *, now: int) -> list[str]:
+        """The ids of revoked credentials that have not expired yet, sorted."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# --- arguments -------------------------------------------------------------------------------
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{what} must be a string, not {type(value).__name__}")
+    if "\0" in value:
+        raise InvalidArgumentError(f"{what} contains a NUL character")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(f"{what} is not valid Unicode (a lone surrogate)") from None
+    return value
+
+
+def _name(value: object, what: str) -> str:
+    s = _text(value, what)
+    if not 0 < len(s) <= MAX_IDENTIFIER:
+        raise InvalidArgumentError(f"{what} must be 1 to {MAX_IDENTIFIER} characters, not {len(s)}")
+    return s
+
+
+def _optional_name(value: object, what: str) -> str | None:
+    return None if value is None else _name(value, what)
+
+
+def _time(value: object, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgumentError(f"{what} must be an integer (Unix seconds)")
+    if not 0 <= value <= MAX_TIME:
+        raise InvalidArgumentError(f"{what} is out of range: {value}")
+    return value
+
+
+def _hash(value: object) -> bytes:
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise InvalidArgumentError("a ticket hash must be bytes")
+    raw = bytes(value)
+    if not 0 < len(raw) <= MAX_TICKET_HASH:
+        raise InvalidArgumentError(
+            f"a ticket hash must be 1 to {MAX_TICKET_HASH} bytes, not {len(raw)}"
+        )
+    return raw
+
+
+def _attributes(value: object) -> str:
+    """Check attributes and encode them as canonical JSON (sorted keys)."""
+    if not isinstance(value, Mapping):
+        raise InvalidArgumentError("attributes must be a mapping of strings to strings")
+    if len(value) > MAX_ATTRIBUTES:
+        raise InvalidArgumentError(f"{len(value)} attributes exceed the limit of {MAX_ATTRIBUTES}")
+    checked: dict[str, str] = {}
+    for k, v in value.items():
+        key = _text(k, "an attribute name")
+        if not 0 < len(key.encode()) <= MAX_ATTRIBUTE_KEY:
+            raise InvalidArgumentError(
+                f"an attribute name must be 1 to {MAX_ATTRIBUTE_KEY} bytes of UTF-8, "
+                f"not {len(key.encode())}"
+            )
+        val = _text(v, f"attribute {key!r}")
+        if len(val.encode()) > MAX_ATTRIBUTE_VALUE:
+            raise InvalidArgumentError(
+                f"attribute {key!r} is {len(val.encode())} bytes; the limit is "
+                f"{MAX_ATTRIBUTE_VALUE}"
+            )
+        checked[key] = val
+    return json.dumps(checked, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def _decode_attributes(text: str) -> dict[str, str]:
+    attrs: dict[str, str] = json.loads(text)
+    return attrs
+
+
+def _ticket_refusal(row: tuple[Any, ...] | None, now: int) -> TicketError:
+    """Why a ticket could not be used, from its (remaining, expires_at) row or its absence."""
+    if row is None:
+        # The same words whatever exists (another authority's ticket, a hash prefix...).
+        return TicketUnknownError("unknown ticket: this authority never issued it")
+    remaining, expires_at = int(row[0]), int(row[1])
+    if remaining <= 0:
+        return TicketUsedError("the ticket was already used as many times as it allows")
+    return TicketExpiredError(f"the ticket expired ({now - expires_at} s ago); ask for a new one")
+
+
+def _member(row: tuple[Any, ...]) -> Member:
+    return Member(
+        identifier=row[0],
+        attributes=_decode_attributes(row[1]),
+        added_by=row[2],
+        added_at=int(row[3]),
+    )
+
+
+def _ticket(row: tuple[Any, ...]) -> TicketInfo:
+    return TicketInfo(
+        attributes=_decode_attributes(row[0]),
+        expires_at=int(row[1]),
+        remaining=int(row[2]),
+        created_by=row[3],
+    )
+
+
+# --- SQLite: the node's store ----------------------------------------------------------------
+
+
+class SqliteShared:
+    """The shared state in the node's SQLite store (tables ``authority_*``). Closing it leaves
+    the store open: the node owns the store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"SqliteShared({str(self._store.path)!r})"
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[Store]:
+        if self._closed:
+            raise StateError("the shared store is closed")
+        try:
+            yield self._store
+        except sqlite3.Error as e:
+            raise StoreError(f"the state store {self._store.path} failed: {e}") from None
+
+    def add_member(
+        self,
+        authority: str,
+        identifier: str,
+        attributes: Mapping[str, str],
+        *,
+        added_by: str | None,
+        now: int,
+    ) -> None:
+        params = (
+            _name(authority, "the authority"),
+            _name(identifier, "a member's identifier"),
+            _attributes(attributes),
+            _optional_name(added_by, "added_by"),
+            _time(now, "now"),
+        )
+        with self._guard() as s:
+            s.execute(
+                "INSERT INTO authority_members (authority, identifier, attributes, added_by, "
+                "added_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (authority, identifier) DO UPDATE "
+                "SET attributes = excluded.attributes, added_by = excluded.added_by, "
+                "added_at = excluded.added_at",
+                params,
+            )
+
+    def get_member(self, authority: str, identifier: str) -> Member | None:
+        params = (_name(authority, "the authority"), _name(identifier, "a member's identifier"))
+        with self._guard() as s:
+            row = s.query_one(
+                "SELECT identifier, attributes, added_by, added_at FROM authority_members "
+                "WHERE authority = ? AND identifier = ?",
+                params,
+            )
+        return None if row is None else _member(row)
+
+    def list_members(self, authority: str) -> list[Member]:
+        params = (_name(authority, "the authority"),)
+        with self._guard() as s:
+            rows = s.query(
+                "SELECT identifier, attributes, added_by, added_at FROM authority_members "
+                "WHERE authority = ? ORDER BY identifier",
+                params,
+            )
+        return [_member(r) for r in rows]
+
+    def delete_member(self, authority: str, identifier: str) -> bool:
+        params = (_name(authority, "the authority"), _name(identifier, "a member's identifier"))
+        with self._guard() as s:
+            return (
+                s.execute(
+                    "DELETE FROM authority_members WHERE authority = ? AND identifier = ?",
+                    params,
+                )
+                > 0
+            )
+
+    def add_ticket(
+        self,
+        authority: str,
+        ticket_hash: bytes,
+        attributes: Mapping[str, str],
+        *,
+        expires_at: int,
+        usage_count: int,
+        created_by: str | None,
+        now: int,
+    ) -> None:
+        params = _ticket_params(
+            authority, ticket_hash, attributes, expires_at, usage_count, created_by, now
+        )
+        with self._guard() as s:
+            added = s.execute(
+                "INSERT INTO authority_tickets (authority, hash, attributes, expires_at, "
+                "remaining, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (authority, hash) DO NOTHING",
+                params,
+            )
+        if not added:
+            raise AlreadyExistsError("a ticket with this hash already exists")
+
+    def use_ticket(self, authority: str, ticket_hash: bytes, *, now: int) -> TicketInfo:
+        key = (_name(authority, "the authority"), _hash(ticket_hash))
+        _time(now, "now")
+        # BEGIN IMMEDIATE takes the write lock first: nobody else (thread or process) can use
+        # the ticket between the read and the decrement.
+        with self._guard() as s, s.transaction():
+            row = s.query_one(
+                "SELECT attributes, expires_at, remaining, created_by FROM authority_tickets "
+                "WHERE authority = ? AND hash = ?",
+                key,
+            )
+            if row is None or row[2] <= 0 or row[1] <= now:
+                raise _ticket_refusal(None if row is None else (row[2], row[1]), now)
+            s.execute(
+                "UPDATE authority_tickets SET remaining = remaining - 1 "
+                "WHERE authority = ? AND hash = ?",
+                key,
+            )
+        return _ticket((row[0], row[1], row[2] - 1, row[3]))
+
+    def record_credential(
+        self, authority: str, credential_id: str, subject: str, *, expires_at: int, now: int
+    ) -> None:
+        params = _credential_params(authority, credential_id, subject, expires_at, now)
+        with self._guard() as s:
+            added = s.execute(
+                "INSERT INTO authority_credentials_issued (authority, credential_id, subject, "
+                "expires_at, issued_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (authority, credential_id) DO NOTHING",
+                params,
+            )
+        if not added:
+            raise AlreadyExistsError(f"credential {credential_id} is already recorded")
+
+    def revoke_subject(self, authority: str, subject: str, *, now: int) -> list[str]:
+        a, subj, t = (
+            _name(authority, "the authority"),
+            _name(subject, "the subject"),
+            _time(now, "now"),
+        )
+        with self._guard() as s, s.transaction():
+            ids = [
+                r[0]
+                for r in s.query(
+                    "SELECT credential_id FROM authority_credentials_issued WHERE authority = ? "
+                    "AND subject = ? AND expires_at > ? AND revoked_at IS NULL",
+                    (a, subj, t),
+                )
+            ]
+            s.execute(
+                "UPDATE authority_credentials_issued SET revoked_at = ? WHERE authority = ? "
+                "AND subject = ? AND expires_at > ? AND revoked_at IS NULL",
+                (t, a, subj, t),
+            )
+        return sorted(ids)
+
+    def revoked(self, authority: str, *, now: int) -> list[str]:
+        params = (_name(authority, "the authority"), _time(now, "now"))
+        with self._guard() as s:
+            rows = s.query(
+                "SELECT credential_id FROM authority_credentials_issued WHERE authority = ? "
+                "AND revoked_at IS NOT NULL AND expires_at > ? ORDER BY credential_id",
+                params,
+            )
+        return [r[0] for r in rows]
+
+    def close(self) -> None:
+        self._closed = True
+
+
+def _ticket_params(
+    authority: object,
+    ticket_hash: object,
+    attributes: object,
+    expires_at: object,
+    usage_count: object,
+    created_by: object,
+    now: object,
+) -> tuple[str, bytes, str, int, int, str | None, int]:
+    t = _time(now, "now")
+    e = _time(expires_at, "expires_at")
+    if e <= t:
+        raise InvalidArgumentError("a ticket must expire after it is created (expires_at > now)")
+    if (
+        not isinstance(usage_count, int)
+        or isinstance(usage_count, bool)
+        or not 0 < usage_count <= MAX_USAGE_COUNT
+    ):
+        raise InvalidArgumentError(f"usage_count must be an integer from 1 to {MAX_USAGE_COUNT}")
+    return (
+        _name(authority, "the authority"),
+        _hash(ticket_hash),
+        _attributes(attributes),
+        e,
+        usage_count,
+        _optional_name(created_by, "created_by"),
+        t,
+    )
+
+
+def _credential_params(
+    authority: object, credential_id: object, subject: object, expires_at: object, now: object
+) -> tuple[str, str, str, int, int]:
+    return (
+        _name(authority, "the authority"),
+        _name(credential_id, "the credential id"),
+        _name(subject, "the subject"),
+        _time(expires_at, "expires_at"),
+        _time(now, "now"),
+    )
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+PG_SCHEMA_VERSION = 1
+#: Serialises schema creation between processes starting at once (CREATE TABLE IF NOT EXISTS
+#: alone can fail with a duplicate-key error when two sessions race). Any fixed 64-bit value.
+PG_SCHEMA_LOCK = 0x7465_7468_6572_0001  # "tether" 0001
+
+PG_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS authority_schema (
+        component TEXT PRIMARY KEY,
+        version INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS authority_members (
+        authority TEXT NOT NULL,
+        identifier TEXT NOT NULL,
+        attributes TEXT NOT NULL,
+        added_by TEXT,
+        added_at BIGINT NOT NULL,
+        PRIMARY KEY (authority, identifier)
+    )""",
+    """CREATE TABLE IF NOT EXISTS authority_tickets (
+        authority TEXT NOT NULL,
+        hash BYTEA NOT NULL,
+        attributes TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        remaining INTEGER NOT NULL CHECK (remaining >= 0),
+        created_by TEXT,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (authority, hash)
+    )""",
+    """CREATE TABLE IF NOT EXISTS authority_credentials_issued (
+        authority TEXT NOT NULL,
+        credential_id TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        issued_at BIGINT NOT NULL,
+        revoked_at BIGINT,
+        PRIMARY KEY (authority, credential_id)
+    )""",
+    """CREATE INDEX IF NOT EXISTS authority_credentials_issued_by_subject
+        ON authority_credentials_issued (authority, subject)""",
+]
+
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^@/?#]*)@")
+_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)([^&#]*)", re.IGNORECASE)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (in the user part or a ``password=`` parameter) replaced by
+    ``***``, for messages and reprs."""
+
+    def userinfo(m: re.Match[str]) -> str:
+        user, colon, _ = m.group(2).partition(":")
+        return f"{m.group(1)}{user}{':***' if colon else ''}@"
+
+    return _QUERY_PASSWORD.sub(r"\1***", _USERINFO.sub(userinfo, url, count=1))
+
+
+def _url_secrets(url: str) -> list[str]:
+    """Every form in which the URL's passwords could appear in a message."""
+    found: list[str] = []
+    m = _USERINFO.match(url)
+    if m and ":" in m.group(2):
+        found.append(m.group(2).partition(":")[2])
+    found += [q.group(2) for q in _QUERY_PASSWORD.finditer(url)]
+    out: set[str] = set()
+    for s in found:
+        if s:
+            out.add(s)
+            out.add(urllib.parse.unquote(s))
+    return sorted(out, key=len, reverse=True)
+
+
+class PostgresShared:
+    """The shared state in a PostgreSQL database (tables ``authority_*``, created when missing).
+    One connection, reopened when it breaks; calls from several threads take turns on it."""
+
+    def __init__(self, url: str, *, connect_timeout: int = 10) -> None:
+        try:
+            import psycopg
+            from psycopg.conninfo import conninfo_to_dict
+        except ImportError:
+            raise DatabaseError(
+                "PostgreSQL support needs psycopg 3: pip install 'tether[postgres]'"
+            ) from None
+        self._url = url
+        self._masked = mask_url(url)
+        self._secrets = _url_secrets(url)
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.Error as e:
+            raise InvalidArgumentError(
+                f"not a valid PostgreSQL URL: {self._scrub(e)} (the form is "
+                "postgresql://user:password@host:port/database)"
+            ) from None
+        self._secrets = sorted(
+            {
+                *self._secrets,
+                *(str(params[k]) for k in ("password", "sslpassword") if params.get(k)),
+            },
+            key=len,
+            reverse=True,
+        )
+        host = str(params.get("host") or params.get("hostaddr") or "the local socket")
+        self._where = (
+            f"database {params.get('dbname') or '(default)'} at {host} port "
+            f"{params.get('port') or 5432}"
+        )
+        self._options: dict[str, Any] = {"autocommit": False}
+        if "connect_timeout" not in params:
+            self._options["connect_timeout"] = connect_timeout
+        if "application_name" not in params:
+            self._options["application_name"] = "tether-authority"
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._closed = False
+        with self._lock:
+            try:
+                self._create_schema()
+            except BaseException:
+                self._drop()
+                raise
+
+    def __repr__(self) -> str:
+        return f"PostgresShared({self._masked!r})"
+
+    def _scrub(self, e: BaseException | str) -> str:
+        text = " ".join(str(e).split())  # libpq's messages span lines
+        text = text.replace(self._url, self._masked)
+        for s in self._secrets:
+            text = text.replace(s, "***")
+        return text
+
+    # --- connection and transactions ----------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection[tuple[Any, ...]]:
+        import psycopg
+
+        if self._closed:
+            raise StateError("the shared store is closed")
+        conn = self._conn
+        if conn is not None and not (conn.closed or conn.broken):
+            return conn
+        self._drop()
+        try:
+            self._conn = psycopg.connect(self._url, **self._options)
+        except psycopg.Error as e:
+            raise DatabaseError(f"cannot connect to the {self._where}: {self._scrub(e)}") from None
+        return self._conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            # A broken connection may fail to close; it is gone either way.
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _run(self, what: str, fn: Callable[[_Attempt], T], *, idempotent: bool) -> T:
+        """Run ``fn`` in one transaction (call with the lock held). A broken connection is
+        reopened and ``fn`` retried once if that cannot do anything twice."""
+        import psycopg
+
+        for attempt in (1, 2):
+            conn = self._connection()
+            a = _Attempt(conn)
+            try:
+                # BEGIN goes out (and comes back) on entering: a connection that died while
+                # idle fails here, before anything was written.
+                with conn.transaction():
+                    return fn(a)
+            except psycopg.Error as e:
+                if not (conn.closed or conn.broken):
+                    raise DatabaseError(
+                        f"the {self._where} refused to {what}: {self._scrub(e)}"
+                    ) from None
+                self._drop()
+                if attempt == 1 and (idempotent or not a.wrote):
+                    continue
+                if a.wrote:
+                    raise DatabaseError(
+                        f"the connection to the {self._where} failed while trying to {what}; "
+                        f"whether it took effect is unknown ({self._scrub(e)})"
+                    ) from None
+                raise DatabaseError(
+                    f"the connection to the {self._where} failed: {self._scrub(e)}"
+                ) from None
+        raise AssertionError("unreachable")
+
+    def _create_schema(self) -> None:
+        def version(a: _Attempt) -> int | None:
+            row = a.read_one("SELECT to_regclass('authority_schema') IS NOT NULL")
+            if not (row and row[0]):
+                return None
+            row = a.read_one("SELECT version FROM authority_schema WHERE component = 'authority'")
+            return None if row is None else int(row[0])
+
+        def create(a: _Attempt) -> int | None:
+            a.write("SELECT pg_advisory_xact_lock(%s)", (PG_SCHEMA_LOCK,))
+            for statement in PG_SCHEMA:
+                a.write(statement)
+            a.write(
+                "INSERT INTO authority_schema (component, version) VALUES ('authority', %s) "
+                "ON CONFLICT (component) DO NOTHING",
+                (PG_SCHEMA_VERSION,),
+            )
+            return version(a)
+
+        # Looking first lets a role without CREATE rights use tables another role made.
+        found = self._run("read the authority schema version", version, idempotent=True)
+        if found is None or found < PG_SCHEMA_VERSION:
+            found = self._run("create the authority tables", create, idempotent=True)
+        if found is not None and found > PG_SCHEMA_VERSION:
+            raise DatabaseError(
+                f"the {self._where} has authority schema version {found}, newer than this "
+                f"tether ({PG_SCHEMA_VERSION}); upgrade tether"
+            )
+
+    # --- the contract --------------------------------------------------------------------
+
+    def add_member(
+        self,
+        authority: str,
+        identifier: str,
+        attributes: Mapping[str, str],
+        *,
+        added_by: str | None,
+        now: int,
+    ) -> None:
+        params = (
+            _name(authority, "the authority"),
+            _name(identifier, "a member's identifier"),
+            _attributes(attributes),
+            _optional_name(added_by, "added_by"),
+            _time(now, "now"),
+        )
+        with self._lock:
+            self._run(
+                "add a member",
+                lambda a: a.write(
+                    "INSERT INTO authority_members (authority, identifier, attributes, "
+                    "added_by, added_at) VALUES (%s, %s, %s, %s, %s) "
+                    "ON CONFLICT (authority, identifier) DO UPDATE SET "
+                    "attributes = excluded.attributes, added_by = excluded.added_by, "
+                    "added_at = excluded.added_at",
+                    params,
+                ),
+                idempotent=False,
+            )
+
+    def get_member(self, authority: str, identifier: str) -> Member | None:
+        params = (_name(authority, "the authority"), _name(identifier, "a member's identifier"))
+        with self._lock:
+            row = self._run(
+                "read a member",
+                lambda a: a.read_one(
+                    "SELECT identifier, attributes, added_by, added_at FROM authority_members "
+                    "WHERE authority = %s AND identifier = %s",
+                    params,
+                ),
+                idempotent=True,
+            )
+        return None if row is None else _member(row)
+
+    def list_members(self, authority: str) -> list[Member]:
+        params = (_name(authority, "the authority"),)
+        with self._lock:
+            rows = self._run(
+                "list members",
+                lambda a: a.read(
+                    # COLLATE "C": code point order, as SQLite and Python sort, whatever the
+                    # database's locale.
+                    "SELECT identifier, attributes, added_by, added_at FROM authority_members "
+                    'WHERE authority = %s ORDER BY identifier COLLATE "C"',
+                    params,
+                ),
+                idempotent=True,
+            )
+        return [_member(r) for r in rows]
+
+    def delete_member(self, authority: str, identifier: str) -> bool:
+        params = (_name(authority, "the authority"), _name(identifier, "a member's identifier"))
+        with self._lock:
+            deleted = self._run(
+                "delete a member",
+                lambda a: a.write(
+                    "DELETE FROM authority_members WHERE authority = %s AND identifier = %s "
+                    "RETURNING identifier",
+                    params,
+                ),
+                idempotent=False,
+            )
+        return bool(deleted)
+
+    def add_ticket(
+        self,
+        authority: str,
+        ticket_hash: bytes,
+        attributes: Mapping[str, str],
+        *,
+        expires_at: int,
+        usage_count: int,
+        created_by: str | None,
+        now: int,
+    ) -> None:
+        params = _ticket_params(
+            authority, ticket_hash, attributes, expires_at, usage_count, created_by, now
+        )
+        with self._lock:
+            added = self._run(
+                "add a ticket",
+                lambda a: a.write(
+                    "INSERT INTO authority_tickets (authority, hash, attributes, expires_at, "
+                    "remaining, created_by, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT (authority, hash) DO NOTHING RETURNING hash",
+                    params,
+                ),
+                idempotent=False,
+            )
+        if not added:
+            raise AlreadyExistsError("a ticket with this hash already exists")
+
+    def use_ticket(self, authority: str, ticket_hash: bytes, *, now: int) -> TicketInfo:
+        key = (_name(authority, "the authority"), _hash(ticket_hash))
+        t = _time(now, "now")
+
+        def use(a: _Attempt) -> TicketInfo | TicketError:
+            rows = a.write(
+                "UPDATE authority_tickets SET remaining = remaining - 1 "
+                "WHERE authority = %s AND hash = %s AND remaining > 0 AND expires_at > %s "
+                "RETURNING attributes, expires_at, remaining, created_by",
+                (*key, t),
+            )
+            if rows:
+                return _ticket(rows[0])
+            # Nothing changed: say why (the row may have moved on since; that changes nothing).
+            return _ticket_refusal(
+                a.read_one(
+                    "SELECT remaining, expires_at FROM authority_tickets "
+                    "WHERE authority = %s AND hash = %s",
+                    key,
+                ),
+                t,
+            )
+
+        with self._lock:
+            result = self._run("use a ticket", use, idempotent=False)
+        if isinstance(result, TicketError):
+            raise result
+        return result
+
+    def record_credential(
+        self, authority: str, credential_id: str, subject: str, *, expires_at: int, now: int
+    ) -> None:
+        params = _credential_params(authority, credential_id, subject, expires_at, now)
+        with self._lock:
+            added = self._run(
+                "record a credential",
+                lambda a: a.write(
+                    "INSERT INTO authority_credentials_issued (authority, credential_id, "
+                    "subject, expires_at, issued_at) VALUES (%s, %s, %s, %s, %s) "
+                    "ON CONFLICT (authority, credential_id) DO NOTHING RETURNING credential_id",
+                    params,
+                ),
+                idempotent=False,
+            )
+        if not added:
+            raise AlreadyExistsError(f"credential {credential_id} is already recorded")
+
+    def revoke_subject(self, authority: str, subject: str, *, now: int) -> list[str]:
+        a_, subj, t = (
+            _name(authority, "the authority"),
+            _name(subject, "the subject"),
+            _time(now, "now"),
+        )
+        with self._lock:
+            rows = self._run(
+                "revoke credentials",
+                lambda a: a.write(
+                    "UPDATE authority_credentials_issued SET revoked_at = %s WHERE "
+                    "authority = %s AND subject = %s AND expires_at > %s AND revoked_at IS NULL "
+                    "RETURNING credential_id",
+                    (t, a_, subj, t),
+                ),
+                idempotent=False,
+            )
+        return sorted(r[0] for r in rows)
+
+    def revoked(self, authority: str, *, now: int) -> list[str]:
+        params = (_name(authority, "the authority"), _time(now, "now"))
+        with self._lock:
+            rows = self._run(
+                "read revocations",
+                lambda a: a.read(
+                    "SELECT credential_id FROM authority_credentials_issued WHERE "
+                    "authority = %s AND revoked_at IS NOT NULL AND expires_at > %s "
+                    'ORDER BY credential_id COLLATE "C"',
+                    params,
+                ),
+                idempotent=True,
+            )
+        return [r[0] for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._drop()
+
+
+class _Attempt:
+    """One try at a transaction: remembers whether a write was sent (then a broken connection
+    leaves the outcome unknown, and the call is not retried)."""
+
+    def __init__(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        self.conn = conn
+        self.wrote = False
+
+    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def read_one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        return self.conn.execute(sql, params).fetchone()
+
+    def write(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        self.wrote = True
+        cur = self.conn.execute(sql, params)
+        return cur.fetchall() if cur.description is not None else []
+
+
+# --- choosing a backend ----------------------------------------------------------------------
+
+
+def database_url(explicit: str | None) -> str | None:
+    """The shared database's URL: ``explicit`` if given (an empty string means "the node's
+    SQLite store", overriding the environment), else ``$TETHER_DATABASE_URL``, else None."""
+    if explicit is not None:
+        return explicit or None
+    return os.environ.get(DATABASE_URL_ENV) or None
+
+
+def open_shared(url: str | None, store: Store | None = None) -> SharedStore:
+    """Open the shared state: PostgreSQL for a ``postgresql://`` (or ``postgres://``) URL, else
+    the node's SQLite ``store``."""
+    if not url:
+        if store is None:
+            raise InvalidArgumentError(
+                "no shared database: give a postgresql:// URL (or set "
+                f"{DATABASE_URL_ENV}), or the node's store"
+            )
+        return SqliteShared(store)
+    if not isinstance(url, str):
+        raise InvalidArgumentError("the database URL must be a string")
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        # Not echoed: it may be a key=value connection string with a password in it.
+        raise InvalidArgumentError(
+            "not a database URL: use postgresql://user:password@host:port/database"
+        )
+    if scheme.lower() not in ("postgresql", "postgres"):
+        raise InvalidArgumentError(
+            f"unsupported database {scheme!r}: tether shares state in PostgreSQL "
+            "(postgresql://user:password@host:port/database)"
+        )
+    return PostgresShared(url)
