@@ -155,10 +155,20 @@ def _hash(secret: bytes) -> bytes:
 
 
 def _check_attributes(attributes: Any) -> dict[str, str]:
+    """Attributes that a credential can carry (checked before anything is stored)."""
     if not isinstance(attributes, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()
     ):
         raise InvalidArgumentError("attributes must be an object of strings")
+    if len(attributes) > cred.MAX_ATTRIBUTES:
+        raise InvalidArgumentError(f"at most {cred.MAX_ATTRIBUTES} attributes")
+    for k, v in attributes.items():
+        if not k or len(k.encode()) > cred.MAX_KEY_LEN:
+            raise InvalidArgumentError(f"attribute names are 1 to {cred.MAX_KEY_LEN} bytes: {k!r}")
+        if len(v.encode()) > cred.MAX_VALUE_LEN:
+            raise InvalidArgumentError(
+                f"attribute {k!r}: values are at most {cred.MAX_VALUE_LEN} bytes"
+            )
     return dict(attributes)
 
 
@@ -232,6 +242,7 @@ class Authority:
             )
         if not 0 < usage_count <= MAX_USAGE_COUNT:
             raise InvalidArgumentError(f"usage count must be 1 to {MAX_USAGE_COUNT}")
+        attributes = _check_attributes(dict(attributes))
         secret = os.urandom(SECRET_LEN)
         now = int(time.time())
         await self._db(
@@ -251,6 +262,7 @@ class Authority:
     ) -> None:
         if not (identifier.startswith("I") and len(identifier) == 41):
             raise InvalidArgumentError(f"not an identifier: {identifier!r} (I + 40 hex digits)")
+        attributes = _check_attributes(dict(attributes))
         await self._db(
             self.shared.add_member,
             self.identifier,
@@ -362,6 +374,8 @@ class Authority:
             )
             existing = await self._db(self.shared.get_member, self.identifier, caller)
             attributes = {**(existing.attributes if existing else {}), **info.attributes}
+            if len(attributes) > cred.MAX_ATTRIBUTES:
+                attributes = dict(info.attributes)  # the ticket's own always fit (checked)
             await self._db(
                 self.shared.add_member,
                 self.identifier,
