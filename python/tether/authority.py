@@ -41,6 +41,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tether.authority")
 
 SERVICE = "authority"
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 TICKET_PREFIX = "tether-ticket1:"
 SECRET_LEN = 32
 MAX_HISTORY = 60_000
@@ -125,6 +127,12 @@ class Ticket:
         body = text[len(TICKET_PREFIX) :]
         if len(body) > 2 * MAX_HISTORY:
             raise InvalidArgumentError("the ticket is too long to be a tether ticket")
+        if not _BASE64URL.fullmatch(body):
+            raise InvalidArgumentError(
+                "the ticket is damaged (not base64url): it may hold only letters, digits, '-' "
+                "and '_' after "
+                f"{TICKET_PREFIX!r}"
+            )
         try:
             raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
         except (binascii.Error, ValueError):
@@ -195,6 +203,10 @@ class Authority:
         self.identifier = registry.get(identity_name).identifier
         self.shared = shared
         self.name = name
+        if not 0 < credential_ttl <= 5 * 365 * 86400:
+            raise InvalidArgumentError(
+                f"credentials live 1 s to 5 years, not {credential_ttl} s (--credential-ttl)"
+            )
         self.credential_ttl = credential_ttl
         self.admin_policy = Policy.parse(admin_policy)
         self.enrolled = 0
@@ -408,12 +420,17 @@ class Authority:
                 f"{caller} may not {op}: the authority's admin policy is {self.admin_policy}"
             )
         if op == "create_ticket":
+            route = request.get("route")
+            if not isinstance(route, str) or not route:
+                raise AuthorityError(
+                    'create_ticket needs a "route": how members reach this authority\'s node'
+                )
             t = await self.create_ticket(
                 _check_attributes(request.get("attributes", {})),
                 expires_in=int(request.get("expires_in", DEFAULT_TICKET_TTL)),
                 usage_count=int(request.get("usage_count", 1)),
                 relay=str(request.get("relay", "")),
-                route=str(request.get("route", "")),
+                route=route,
                 created_by=caller,
             )
             return {"ok": True, "ticket": t.encode()}
@@ -447,7 +464,10 @@ async def call(
     if not isinstance(response, dict):
         raise AuthorityError("the authority's answer is not a JSON object")
     if not response.get("ok"):
-        raise AuthorityError(f"the authority refused: {response.get('error', 'no reason given')}")
+        kind = {"NotAMemberError": NotAMemberError, "NotAnAdminError": NotAnAdminError}.get(
+            str(response.get("type")), AuthorityError
+        )
+        raise kind(f"the authority refused: {response.get('error', 'no reason given')}")
     return response
 
 
@@ -462,6 +482,9 @@ class Membership:
     a secure channel to its ``api`` listener carries the requests, and must end at the
     authority's own identity."""
     credential: cred.Credential | None = None
+    active: bool = False
+    """Adopted by the node (after a successful enrollment): credentials it receives are
+    presented from then on."""
     _channel: Any = None
     poll_interval: float = 60.0
     revoked: frozenset[str] = frozenset()
@@ -499,21 +522,27 @@ class Membership:
                 f"the authority sent a credential that does not verify: {e}"
             ) from None
         self.credential = c
-        self.node.use_credential(c)
+        if self.active:
+            self.node.use_credential(c)
         return c
 
     async def request(self, request: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
         """One request to the authority, through a secure channel that must end at the
         authority's identity (the one in the ticket)."""
-        from tether.channel import trust_identifiers
+        from tether.channel import ChannelRefusedError, trust_identifiers
 
         ch = self._channel
         if ch is None or ch.closed.is_set():
-            ch = await self.node.create_secure_channel(
-                f"{self.route.rstrip('/')}/service/api",
-                trust=trust_identifiers(self.identifier),
-                timeout=timeout,
-            )
+            try:
+                ch = await self.node.create_secure_channel(
+                    f"{self.route.rstrip('/')}/service/api",
+                    trust=trust_identifiers(self.identifier),
+                    timeout=timeout,
+                )
+            except ChannelRefusedError as e:
+                raise ChannelRefusedError(
+                    f"could not reach the authority {self.identifier} at {self.route}: {e}"
+                ) from None
             self._channel = ch
         return await call(
             self.node, (Address.local(ch.address), Address.local(SERVICE)), request, timeout

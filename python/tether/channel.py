@@ -240,6 +240,18 @@ def verify_peer(
 # --- the channel ends -----------------------------------------------------------------------
 
 
+def valid_attributes(peer: Peer, node: Any, now: int | None = None) -> dict[str, str]:
+    """The attributes of ``peer``'s credentials that are still valid now: not expired, and
+    not revoked by their authority (``node.revoked_credentials``)."""
+    t = int(time.time()) if now is None else now
+    revoked: Mapping[str, frozenset[str]] = getattr(node, "revoked_credentials", {})
+    out: dict[str, str] = {}
+    for c in peer.credentials:
+        if c.expires_at + DEFAULT_SKEW >= t and c.id not in revoked.get(c.issuer, ()):
+            out.update(c.attributes)
+    return out
+
+
 @dataclass
 class SecureChannel:
     """One end of an established channel."""
@@ -418,13 +430,7 @@ class SecureChannel:
         """The attributes of the peer's credentials that are still valid now: a credential that
         expired (and was not refreshed), or that its authority revoked (the node holds the
         authority's latest revocation list), no longer grants anything."""
-        t = int(time.time()) if now is None else now
-        revoked: Mapping[str, frozenset[str]] = getattr(self.node, "revoked_credentials", {})
-        out: dict[str, str] = {}
-        for c in self.peer.credentials:
-            if c.expires_at + DEFAULT_SKEW >= t and c.id not in revoked.get(c.issuer, ()):
-                out.update(c.attributes)
-        return out
+        return valid_attributes(self.peer, self.node, now)
 
     async def present_credentials(self, credentials: Sequence[Credential]) -> None:
         """Send fresh credentials to the peer inside the channel (before the old ones expire)."""
@@ -783,7 +789,7 @@ class ChannelListener:
             return
         from tether.policy import subject_attributes
 
-        env = subject_attributes(peer.identifier, peer.attributes)
+        env = subject_attributes(peer.identifier, valid_attributes(peer, self.node))
         env.update(
             {
                 "resource.type": "secure-channel-listener",

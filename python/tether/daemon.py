@@ -481,7 +481,7 @@ async def create_authority(d: Daemon, _: dict[str, str], body: Any) -> tuple[int
     spec = {
         "name": _optional(body, "name") or "authority",
         "database": _optional(body, "database"),
-        "credential_ttl": int(body.get("credential_ttl") or DEFAULT_CREDENTIAL_TTL),
+        "credential_ttl": int(_default(body.get("credential_ttl"), DEFAULT_CREDENTIAL_TTL)),
         "admin_policy": _optional(body, "admin_policy") or DEFAULT_ADMIN_POLICY,
     }
     trusted = body.get("trusted") or []
@@ -542,8 +542,8 @@ async def create_ticket(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, A
     try:
         ticket = await authority.create_ticket(
             attributes,
-            expires_in=int(body.get("expires_in") or DEFAULT_TICKET_TTL),
-            usage_count=int(body.get("usage_count") or 1),
+            expires_in=int(_default(body.get("expires_in"), DEFAULT_TICKET_TTL)),
+            usage_count=int(_default(body.get("usage_count"), 1)),
             relay=relay,
             route=route,
             created_by="operator",
@@ -583,7 +583,7 @@ async def enroll(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
     from tether.authority import AuthorityError
 
     text = _field(body, "ticket")
-    poll = float(body.get("poll_interval") or 60.0)
+    poll = float(_default(body.get("poll_interval"), 60.0))
     try:
         m = await d.n.enroll(text, poll_interval=poll)
     except AuthorityError as e:
@@ -675,6 +675,11 @@ def _found(table: Mapping[str, Any], key: str, what: str) -> Any:
     if key not in table:
         raise ApiError(404, f"no {what} {key!r}")
     return table[key]
+
+
+def _default(value: Any, default: Any) -> Any:
+    """``value`` unless it is absent (None): 0 is a value, and is checked as one."""
+    return default if value is None else value
 
 
 def _optional(body: Any, name: str) -> str | None:

@@ -47,6 +47,11 @@ KIND_ERROR = 1
 
 MAILBOX_SIZE = 64
 
+#: Worker kinds whose policies are checked where they make sense rather than per message: a
+#: listener's in the handshake (its first messages come through no channel yet), a channel's
+#: own workers never (they are the channel).
+_OWN_ENFORCEMENT = frozenset({"secure-channel-listener", "secure-channel"})
+
 
 class UnreachableError(RouteError):
     """A hop could not deliver the message; the reason names the hop and the problem."""
@@ -369,7 +374,7 @@ class Node:
                 else:
                     await self.report(msg, f"no worker {name!r} on node {self.name}")
                 return
-            if self.policies and not w.inline:
+            if self.policies and not w.inline and w.kind not in _OWN_ENFORCEMENT:
                 policy = self.policy_for(w.kind, name)
                 if policy is not None and not self.allows(
                     policy, self.arrival_channel(msg.return_route), w.kind, name, "send"
@@ -683,25 +688,28 @@ class Node:
         authority = Authority(self, registry, identity_name, shared, **options)
         await self.start_worker(SERVICE, authority.handle, kind="authority")
         self.authority = authority
+        # This node honours the credentials it issues (its own policies see members' roles).
+        self.authorities[authority.identifier] = authority.identity
         return authority
 
     async def enroll(self, ticket: Any, *, poll_interval: float = 60.0) -> Any:
         """Present a :class:`~tether.authority.Ticket` (or its text) to its authority: this
         node becomes a member, trusts the authority, and from now on presents the credential
-        and keeps it fresh. Returns the :class:`~tether.authority.Membership`."""
-        from tether.authority import Ticket
+        and keeps it fresh. Returns the :class:`~tether.authority.Membership`. Nothing about
+        this node changes unless the enrollment succeeds (a refused ticket leaves no trust in
+        its authority behind, and an existing membership as it was)."""
+        from tether.authority import Membership, Ticket
 
         t = Ticket.decode(ticket) if isinstance(ticket, str) else ticket
         if self.identity is None:
             raise TetherError(f"node {self.name} has no identity to enroll")
-        m = await self.join(t.authority, t.route, poll_interval=poll_interval, start=False)
+        m = Membership(self, t.authority, t.route, poll_interval=poll_interval)
         try:
             await m.enroll(t.secret)
         except BaseException:
-            self.memberships.pop(m.identifier, None)
             m.stop()
             raise
-        await self.task_group.start(m.run)
+        await self._adopt(m)
         return m
 
     async def join(
@@ -710,25 +718,29 @@ class Node:
         route: str,
         *,
         poll_interval: float = 60.0,
-        start: bool = True,
         credential: Any = None,
     ) -> Any:
-        """Trust ``authority`` (an Identity) and keep a membership of it at ``route`` (after an
-        enrollment, or when a node restarts with a stored credential)."""
+        """Trust ``authority`` (an Identity) and keep a membership of it at ``route`` (when a
+        node restarts with a stored credential, or was made a member by an admin)."""
         from tether.authority import Membership
 
-        self.authorities[authority.identifier] = authority
-        old = self.memberships.pop(authority.identifier, None)
+        m = Membership(self, authority, route, poll_interval=poll_interval)
+        m.credential = credential
+        await self._adopt(m)
+        return m
+
+    async def _adopt(self, m: Any) -> None:
+        """Make ``m`` this node's membership of its authority: trust the authority, present
+        the credential, keep it fresh."""
+        self.authorities[m.identifier] = m.authority
+        old = self.memberships.pop(m.identifier, None)
         if old is not None:
             old.stop()
-        m = Membership(self, authority, route, poll_interval=poll_interval)
-        if credential is not None:
-            m.credential = credential
-            self.use_credential(credential)
-        self.memberships[authority.identifier] = m
-        if start:
-            await self.task_group.start(m.run)
-        return m
+        self.memberships[m.identifier] = m
+        m.active = True
+        if m.credential is not None:
+            self.use_credential(m.credential)
+        await self.task_group.start(m.run)
 
     def use_credential(self, credential: Any) -> None:
         """Present ``credential`` in this node's handshakes from now on (replacing one from
