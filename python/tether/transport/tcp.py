@@ -83,6 +83,9 @@ class Connection:
         self._recv: MemoryObjectReceiveStream[bytes]
         self._send, self._recv = anyio.create_memory_object_stream[bytes](self.options.send_queue)
         self._scope = anyio.CancelScope()
+        self._rx_last = time.monotonic()  # when the peer last sent anything (for the watchdog)
+        self._frame_started: float | None = None  # when the partial frame now held began
+        self._delivering = False  # the reader is handing frames on (perhaps blocked)
         self._pending = 0  # frames given to the writer and not yet written
         self._wlock = anyio.Lock()  # held while a task writes to the socket
         self._raw: Any = None  # the socket, for non-blocking sends (after the hello)
@@ -199,6 +202,7 @@ class Connection:
                 if rest is not None:
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(self._guarded, self._writer)
+                        tg.start_soon(self._guarded, self._watchdog)
                         await self._guarded(self._reader, decoder, rest)
                         tg.cancel_scope.cancel()
         finally:
@@ -291,41 +295,56 @@ class Connection:
             )
 
     async def _reader(self, decoder: FrameDecoder, pending: list[bytes]) -> None:
+        """Read and deliver frames. The timeouts (a silent peer, a frame dripping in too
+        slowly) are the watchdog's: no cancel scope per read on the hot path."""
+        self._rx_last = time.monotonic()
+        self._delivering = True
+        try:
+            for frame in pending:
+                await self._deliver(frame)
+        finally:
+            self._delivering = False
+        self._rx_last = time.monotonic()
+        while True:
+            chunk = await self.stream.receive(RECEIVE_SIZE)
+            self._rx_last = time.monotonic()
+            frames = decoder.feed(chunk)
+            if frames:
+                self._frame_started = None
+                self._delivering = True
+                try:
+                    for frame in frames:
+                        await self._deliver(frame)
+                finally:
+                    self._delivering = False
+                # time blocked handing frames on is not peer silence
+                self._rx_last = time.monotonic()
+            if decoder.buffered and self._frame_started is None:
+                self._frame_started = self._rx_last
+
+    async def _watchdog(self) -> None:
+        """Close the connection when the peer has been silent for ``dead_after`` (keepalives
+        count) or a frame has not been completed within ``frame_timeout``. Time the reader
+        spends blocked handing frames on (back-pressure) is neither."""
         o = self.options
-        for frame in pending:
-            await self._deliver(frame)
-        last = time.monotonic()
-        frame_started: float | None = None
+        # A partial frame may begin at any moment: look at least this often.
+        tick = min(o.dead_after, o.frame_timeout) / 4
         while True:
             now = time.monotonic()
-            if decoder.buffered:
-                frame_started = frame_started or now
-                deadline = min(frame_started + o.frame_timeout, last + o.dead_after)
-            else:
-                frame_started = None
-                deadline = last + o.dead_after
-            chunk = b""
-            with anyio.move_on_after(max(0.0, deadline - now)):
-                chunk = await self.stream.receive(RECEIVE_SIZE)
-            if not chunk:
-                if (
-                    decoder.buffered
-                    and frame_started is not None
-                    and (time.monotonic() - frame_started >= o.frame_timeout)
-                ):
-                    raise ConnectionClosed(
-                        f"a frame was not completed within {o.frame_timeout:g} s (slow peer)"
-                    )
+            if self._delivering:
+                await anyio.sleep(tick)
+                continue
+            started = self._frame_started
+            if started is not None and now - started >= o.frame_timeout:
+                raise ConnectionClosed(
+                    f"a frame was not completed within {o.frame_timeout:g} s (slow peer)"
+                )
+            if now - self._rx_last >= o.dead_after:
                 raise ConnectionClosed(f"peer silent for {o.dead_after:g} s: presumed dead")
-            last = time.monotonic()
-            frames = decoder.feed(chunk)
-            for frame in frames:
-                frame_started = None
-                await self._deliver(frame)
-            if frames:
-                last = time.monotonic()  # time blocked handing frames on is not peer silence
-            if decoder.buffered and frame_started is None:
-                frame_started = last
+            deadline = self._rx_last + o.dead_after
+            if started is not None:
+                deadline = min(deadline, started + o.frame_timeout)
+            await anyio.sleep(min(tick, max(0.01, deadline - now)))
 
     async def _deliver(self, frame: bytes) -> None:
         if not frame:
