@@ -30,6 +30,7 @@ __all__ = [
     "encode_frame",
     "encode_frames",
     "encode_message",
+    "encode_message_frame",
     "generate_keypair",
     "public_key",
     "x25519",
@@ -46,6 +47,9 @@ FRAME_HEADER_LEN: int
 class FrameDecoder:
     def __new__(cls, max_frame_len: int = ...) -> FrameDecoder: ...
     def feed(self, data: Buffer) -> list[bytes]: ...
+    def feed_messages(
+        self, data: Buffer
+    ) -> list[tuple[list[tuple[int, bytes]], list[tuple[int, bytes]], bytes] | TetherError]: ...
     @property
     def max_frame_len(self) -> int: ...
     @max_frame_len.setter
@@ -65,6 +69,11 @@ def encode_message(
 def decode_message(
     data: Buffer,
 ) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]], bytes]: ...
+def encode_message_frame(
+    onward: Sequence[tuple[int, Buffer]],
+    return_route: Sequence[tuple[int, Buffer]],
+    payload: Buffer,
+) -> bytes: ...
 
 # aead
 AEAD_TAG_LEN: int

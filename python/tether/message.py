@@ -47,6 +47,10 @@ class RoutedMessage:
     def encode(self) -> bytes:
         return _core.encode_message(self.onward, self.return_route, self.payload)
 
+    def encode_frame(self) -> bytes:
+        """The message as one frame of a stream (4-byte length first), in one copy."""
+        return _core.encode_message_frame(self.onward, self.return_route, self.payload)
+
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview) -> RoutedMessage:
         onward, ret, payload = _core.decode_message(data)

@@ -83,6 +83,7 @@ class Connection:
         self._recv: MemoryObjectReceiveStream[bytes]
         self._send, self._recv = anyio.create_memory_object_stream[bytes](self.options.send_queue)
         self._scope = anyio.CancelScope()
+        self._me = Address.local(self.address)
         self._rx_last = time.monotonic()  # when the peer last sent anything (for the watchdog)
         self._frame_started: float | None = None  # when the partial frame now held began
         self._delivering = False  # the reader is handing frames on (perhaps blocked)
@@ -101,9 +102,9 @@ class Connection:
 
     async def send(self, msg: RoutedMessage) -> None:
         """Queue a message (waits while the queue is full: back-pressure)."""
-        data = msg.encode()
-        self._check(data)
-        await self._queue(encode_frame(data))
+        framed = msg.encode_frame()
+        self._check_len(len(framed) - FRAME_HEADER)
+        await self._queue(framed)
 
     async def send_many(self, msgs: Sequence[RoutedMessage]) -> None:
         """Queue messages as one unit (nothing else is sent between them)."""
@@ -308,13 +309,17 @@ class Connection:
         while True:
             chunk = await self.stream.receive(RECEIVE_SIZE)
             self._rx_last = time.monotonic()
-            frames = decoder.feed(chunk)
-            if frames:
+            # Frames decoded straight into messages (one copy of each payload, in Rust).
+            messages = decoder.feed_messages(chunk)
+            if messages or not decoder.buffered:
                 self._frame_started = None
+            if messages:
                 self._delivering = True
                 try:
-                    for frame in frames:
-                        await self._deliver(frame)
+                    for m in messages:
+                        if isinstance(m, TetherError):  # a RouteError in its place
+                            raise ConnectionClosed(f"malformed message from the peer: {m}")
+                        await self._forward(*m)
                 finally:
                     self._delivering = False
                 # time blocked handing frames on is not peer silence
@@ -353,10 +358,22 @@ class Connection:
             msg = RoutedMessage.decode(frame)
         except RouteError as e:
             raise ConnectionClosed(f"malformed message from the peer: {e}") from None
+        await self._forward(msg.onward, msg.return_route, msg.payload)
+
+    async def _forward(
+        self,
+        onward: Sequence[tuple[int, bytes]],
+        return_route: Sequence[tuple[int, bytes]],
+        payload: bytes,
+    ) -> None:
         self.received += 1
         # The receiving end of a link is the hop that pushes itself onto the return route.
         await self.node.route(
-            RoutedMessage(msg.onward, (Address.local(self.address), *msg.return_route), msg.payload)
+            RoutedMessage(
+                tuple(Address(t, v) for t, v in onward),
+                (self._me, *(Address(t, v) for t, v in return_route)),
+                payload,
+            )
         )
 
     async def _writer(self) -> None:

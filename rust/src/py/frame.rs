@@ -43,6 +43,38 @@ impl PyFrameDecoder {
         }
     }
 
+    /// Feed the next bytes of a stream of frames that each carry a routed message: returns the
+    /// messages they complete, decoded, in order — `(onward, return_route, payload)`, or the
+    /// `RouteError` of a malformed one in its place — with one copy of each payload (no frame
+    /// copy in between). Empty frames (keepalives) are skipped.
+    fn feed_messages<'py>(
+        &mut self,
+        py: Python<'py>,
+        data: Buf<'py>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        let mut append_err = None;
+        let res = self.inner.feed(data.as_bytes(), |f| {
+            if append_err.is_some() || f.is_empty() {
+                return;
+            }
+            let item = match route::decode(f) {
+                Ok(m) => message_to_py(py, &m).map(Bound::into_any),
+                Err(e) => Ok(PyErr::from(e).into_value(py).into_bound(py).into_any()),
+            };
+            if let Err(e) = item.and_then(|i| out.append(i)) {
+                append_err = Some(e);
+            }
+        });
+        if let Some(e) = append_err {
+            return Err(e);
+        }
+        match res {
+            Ok(()) => Ok(out),
+            Err(e) => Err(frame_error_with_frames(py, e, &out)),
+        }
+    }
+
     #[getter]
     fn max_frame_len(&self) -> u32 {
         self.inner.max_frame_len()
@@ -150,10 +182,10 @@ fn route_to_py<'py>(py: Python<'py>, route: &[route::Address<'_>]) -> PyResult<B
     PyList::new(py, items)
 }
 
-/// Decode a routed message: `(onward, return_route, payload)`.
-#[pyfunction]
-fn decode_message<'py>(py: Python<'py>, data: Buf<'py>) -> PyResult<Bound<'py, PyTuple>> {
-    let m = route::decode(data.as_bytes())?;
+fn message_to_py<'py>(
+    py: Python<'py>,
+    m: &route::RoutedMessage<'_>,
+) -> PyResult<Bound<'py, PyTuple>> {
     PyTuple::new(
         py,
         [
@@ -164,12 +196,51 @@ fn decode_message<'py>(py: Python<'py>, data: Buf<'py>) -> PyResult<Bound<'py, P
     )
 }
 
+/// Decode a routed message: `(onward, return_route, payload)`.
+#[pyfunction]
+fn decode_message<'py>(py: Python<'py>, data: Buf<'py>) -> PyResult<Bound<'py, PyTuple>> {
+    let m = route::decode(data.as_bytes())?;
+    message_to_py(py, &m)
+}
+
+/// Encode a routed message as one frame (4-byte length, then the message): one copy of the
+/// payload, straight into the buffer written to the socket.
+#[pyfunction]
+fn encode_message_frame<'py>(
+    py: Python<'py>,
+    onward: PyRoute<'py>,
+    return_route: PyRoute<'py>,
+    payload: Buf<'py>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let (o, r, p) = (
+        addresses(&onward),
+        addresses(&return_route),
+        payload.as_bytes(),
+    );
+    let len = route::encoded_len(&o, &r, p.len())?;
+    let Ok(len32) = u32::try_from(len) else {
+        return Err(
+            crate::error::Error::InvalidArgument("message too large for a frame".into()).into(),
+        );
+    };
+    PyBytes::new_with(py, frame::HEADER_LEN + len, |out| {
+        out[..frame::HEADER_LEN].copy_from_slice(&len32.to_be_bytes());
+        Ok(route::encode_to_slice(
+            &o,
+            &r,
+            p,
+            &mut out[frame::HEADER_LEN..],
+        )?)
+    })
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyFrameDecoder>()?;
     m.add_function(wrap_pyfunction!(encode_frame, m)?)?;
     m.add_function(wrap_pyfunction!(encode_frames, m)?)?;
     m.add_function(wrap_pyfunction!(encode_message, m)?)?;
     m.add_function(wrap_pyfunction!(decode_message, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_message_frame, m)?)?;
     m.add("ROUTE_VERSION", route::VERSION)?;
     m.add("MAX_HOPS", route::MAX_HOPS)?;
     m.add("FRAME_HEADER_LEN", frame::HEADER_LEN)?;
