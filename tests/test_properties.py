@@ -229,6 +229,51 @@ def test_routed_message_round_trip(msg: RoutedMessage, kind: str) -> None:
 
 
 @given(msg=routed_messages)
+def test_encode_frame_is_the_framed_encoding(msg: RoutedMessage) -> None:
+    assert msg.encode_frame() == encode_frame(_reference_encode(msg))
+
+
+@given(
+    items=st.lists(st.one_of(routed_messages, st.binary(max_size=64)), max_size=8),
+    cuts=st.lists(st.integers(0, 4096), max_size=8),
+)
+def test_feed_messages_agrees_with_feed_then_decode(
+    items: list[RoutedMessage | bytes], cuts: list[int]
+) -> None:
+    """Messages decoded straight from the stream are exactly what feeding frames and decoding
+    each gives: malformed ones become a RouteError in their place, keepalives (empty frames)
+    are skipped, and any split of the stream gives the same result."""
+    frames = [m.encode() if isinstance(m, RoutedMessage) else m for m in items]
+    stream = encode_frames(frames)
+    expected: list[RoutedMessage | type[RouteError]] = []
+    for f in frames:
+        if not f:
+            continue
+        try:
+            expected.append(RoutedMessage.decode(f))
+        except RouteError:
+            expected.append(RouteError)
+    dec = FrameDecoder(max_frame_len=1 << 16)
+    got: list[RoutedMessage | type[RouteError]] = []
+    points = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
+    for a, b in itertools.pairwise(points):
+        for m in dec.feed_messages(stream[a:b]):
+            if isinstance(m, RouteError):
+                got.append(RouteError)
+            else:
+                onward, ret, payload = m
+                got.append(
+                    RoutedMessage(
+                        tuple(Address(t, v) for t, v in onward),
+                        tuple(Address(t, v) for t, v in ret),
+                        payload,
+                    )
+                )
+    assert got == expected
+    assert dec.buffered == 0
+
+
+@given(msg=routed_messages)
 def test_every_strict_prefix_of_a_routed_message_is_refused(msg: RoutedMessage) -> None:
     encoded = memoryview(msg.encode())
     for n in range(len(encoded)):
