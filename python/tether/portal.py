@@ -130,6 +130,7 @@ class Session:
         self.peer_route = peer_route
         self.options = options
         self.owner = owner
+        self.key: Any = None  # the owner's key for it (the return route, or the address)
         self.stream: SocketStream | None = None
         self.started = time.monotonic()
         self.sent_bytes = 0
@@ -421,10 +422,11 @@ class _Portal:
             self._ended.popitem(last=False)
 
     def forget(self, session: Session) -> None:
-        for key, s in list(self.sessions.items()):
-            if s is session:
-                del self.sessions[key]
-                self._remember_ended(key)
+        key = session.key
+        if self.sessions.get(key) is not session:
+            return  # forgotten already
+        del self.sessions[key]
+        self._remember_ended(key)
         self.node.remove_sink(session.address)
         self.bytes_in += session.received_bytes
         self.bytes_out += session.sent_bytes
@@ -525,6 +527,7 @@ class Outlet(_Portal):
             self._refuse(key, f"tcp-outlet {self.name!r} has {self.options.max_sessions} sessions")
             return
         session = Session(self.node, self.node.next_id("outlet"), channel, key, self.options, self)
+        session.key = key
         self.sessions[key] = session
         self.total += 1
         self.node.task_group.start_soon(self._connect, session)
@@ -683,6 +686,7 @@ class Inlet(_Portal):
             if msg.return_route and msg.return_route[0] == Address.local(expected):
                 session.deliver(msg)
 
+        session.key = address
         self.sessions[address] = session
         self.node.add_sink(address, deliver)
         try:
