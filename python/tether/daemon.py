@@ -388,8 +388,7 @@ async def create_relay(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, An
 async def delete_relay(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
     _found(d.n.relays, p["name"], "relay")
     await d.n.delete_relay(p["name"])
-    d.config.relays = [r for r in d.config.relays if r["name"] != p["name"]]
-    d.persist()
+    _unsave(d, "relays", "name", p["name"])
     return 204, None
 
 
@@ -423,8 +422,7 @@ async def create_outlet(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, A
 async def delete_outlet(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
     _found(d.n.outlets, p["name"], "tcp-outlet")
     await d.n.delete_tcp_outlet(p["name"])
-    d.config.tcp_outlets = [o for o in d.config.tcp_outlets if o["name"] != p["name"]]
-    d.persist()
+    _unsave(d, "tcp_outlets", "name", p["name"])
     return 204, None
 
 
@@ -462,8 +460,7 @@ async def create_inlet(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, An
 async def delete_inlet(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
     _found(d.n.inlets, p["name"], "tcp-inlet")
     await d.n.delete_tcp_inlet(p["name"])
-    d.config.tcp_inlets = [i for i in d.config.tcp_inlets if i["name"] != p["name"]]
-    d.persist()
+    _unsave(d, "tcp_inlets", "name", p["name"])
     return 204, None
 
 
@@ -636,8 +633,7 @@ async def create_policy(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, A
 async def delete_policy(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
     _found(d.n.policies, p["id"], "policy")
     d.n.delete_policy(p["id"])
-    d.config.policies = [x for x in d.config.policies if x["id"] != p["id"]]
-    d.persist()
+    _unsave(d, "policies", "id", p["id"])
     return 204, None
 
 
@@ -675,6 +671,12 @@ def _found(table: Mapping[str, Any], key: str, what: str) -> Any:
     if key not in table:
         raise ApiError(404, f"no {what} {key!r}")
     return table[key]
+
+
+def _unsave(d: Daemon, section: str, key: str, value: str) -> None:
+    """Drop the entries of configuration ``section`` whose ``key`` is ``value``; save."""
+    setattr(d.config, section, [x for x in getattr(d.config, section) if x[key] != value])
+    d.persist()
 
 
 def _default(value: Any, default: Any) -> Any:

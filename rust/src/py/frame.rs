@@ -157,13 +157,31 @@ fn encode_message<'py>(
     return_route: PyRoute<'py>,
     payload: Buf<'py>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let (o, r, p) = (
-        addresses(&onward),
-        addresses(&return_route),
-        payload.as_bytes(),
-    );
-    let len = route::encoded_len(&o, &r, p.len())?;
-    PyBytes::new_with(py, len, |out| Ok(route::encode_to_slice(&o, &r, p, out)?))
+    encode_with_header(py, &onward, &return_route, payload.as_bytes(), 0)
+}
+
+/// Encode a routed message after `header` zero bytes (0, or a frame header the caller fills):
+/// the payload is copied once, into the result.
+fn encode_with_header<'py>(
+    py: Python<'py>,
+    onward: &PyRoute<'py>,
+    return_route: &PyRoute<'py>,
+    payload: &[u8],
+    header: usize,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let (o, r) = (addresses(onward), addresses(return_route));
+    let len = route::encoded_len(&o, &r, payload.len())?;
+    let Ok(len32) = u32::try_from(len) else {
+        return Err(
+            crate::error::Error::InvalidArgument("message too large for a frame".into()).into(),
+        );
+    };
+    PyBytes::new_with(py, header + len, |out| {
+        if header == frame::HEADER_LEN {
+            out[..header].copy_from_slice(&len32.to_be_bytes());
+        }
+        Ok(route::encode_to_slice(&o, &r, payload, &mut out[header..])?)
+    })
 }
 
 fn route_to_py<'py>(py: Python<'py>, route: &[route::Address<'_>]) -> PyResult<Bound<'py, PyList>> {
@@ -212,26 +230,13 @@ fn encode_message_frame<'py>(
     return_route: PyRoute<'py>,
     payload: Buf<'py>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let (o, r, p) = (
-        addresses(&onward),
-        addresses(&return_route),
+    encode_with_header(
+        py,
+        &onward,
+        &return_route,
         payload.as_bytes(),
-    );
-    let len = route::encoded_len(&o, &r, p.len())?;
-    let Ok(len32) = u32::try_from(len) else {
-        return Err(
-            crate::error::Error::InvalidArgument("message too large for a frame".into()).into(),
-        );
-    };
-    PyBytes::new_with(py, frame::HEADER_LEN + len, |out| {
-        out[..frame::HEADER_LEN].copy_from_slice(&len32.to_be_bytes());
-        Ok(route::encode_to_slice(
-            &o,
-            &r,
-            p,
-            &mut out[frame::HEADER_LEN..],
-        )?)
-    })
+        frame::HEADER_LEN,
+    )
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
