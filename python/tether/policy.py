@@ -172,8 +172,17 @@ def _fail(reason: str | None) -> None:
         raise PolicyError(reason)
 
 
+class _Printed:
+    """Every expression node prints as its canonical full form (:func:`format`)."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return format(self)  # type: ignore[arg-type]  # each subclass is an Expr
+
+
 @dataclass(frozen=True, slots=True)
-class Attribute:
+class Attribute(_Printed):
     """The value of an attribute, by full name (``subject.role``)."""
 
     name: str
@@ -186,12 +195,9 @@ class Attribute:
                 "or action.KEY, keys made of letters, digits, '_', '-' and inner '.'"
             )
 
-    def __str__(self) -> str:
-        return format(self)
-
 
 @dataclass(frozen=True, slots=True)
-class String:
+class String(_Printed):
     """A string literal."""
 
     value: str
@@ -201,12 +207,9 @@ class String:
         if not isinstance(self.value, str):
             raise PolicyError(f"a String holds a str, not {type(self.value).__name__}")
 
-    def __str__(self) -> str:
-        return format(self)
-
 
 @dataclass(frozen=True, slots=True)
-class Integer:
+class Integer(_Printed):
     """A signed 64-bit integer literal."""
 
     value: int
@@ -218,12 +221,9 @@ class Integer:
         if not _INT_MIN <= self.value <= _INT_MAX:
             raise PolicyError("integer out of range: integers are signed 64-bit")
 
-    def __str__(self) -> str:
-        return format(self)
-
 
 @dataclass(frozen=True, slots=True)
-class Boolean:
+class Boolean(_Printed):
     """``true`` or ``false``: a literal, and also a condition by itself."""
 
     value: bool
@@ -233,15 +233,12 @@ class Boolean:
         if not isinstance(self.value, bool):
             raise PolicyError(f"a Boolean holds a bool, not {type(self.value).__name__}")
 
-    def __str__(self) -> str:
-        return format(self)
-
 
 Scalar: TypeAlias = "String | Integer | Boolean"
 
 
 @dataclass(frozen=True, slots=True)
-class List:
+class List(_Printed):
     """A list literal: strings, integers and booleans (no attributes, no nested lists)."""
 
     items: tuple[Scalar, ...]
@@ -253,16 +250,13 @@ class List:
         ):
             raise PolicyError("list items must be literals: strings, integers, true or false")
 
-    def __str__(self) -> str:
-        return format(self)
-
 
 Value: TypeAlias = "Attribute | String | Integer | Boolean | List"
 ComparisonOp: TypeAlias = TypingLiteral["=", "!=", "<", ">"]
 
 
 @dataclass(frozen=True, slots=True)
-class Compare:
+class Compare(_Printed):
     """``left op right`` with ``op`` one of ``=``, ``!=``, ``<``, ``>``."""
 
     op: ComparisonOp
@@ -277,12 +271,9 @@ class Compare:
         _fail(problem and problem[1])
         object.__setattr__(self, "depth", 1)
 
-    def __str__(self) -> str:
-        return format(self)
-
 
 @dataclass(frozen=True, slots=True)
-class Member:
+class Member(_Printed):
     """``item member? collection``: the collection is a list literal or an attribute."""
 
     item: Value
@@ -294,12 +285,9 @@ class Member:
         _fail(problem and problem[1])
         object.__setattr__(self, "depth", 1)
 
-    def __str__(self) -> str:
-        return format(self)
-
 
 @dataclass(frozen=True, slots=True)
-class Exists:
+class Exists(_Printed):
     """``attribute exists?``."""
 
     attribute: Attribute
@@ -309,12 +297,9 @@ class Exists:
         _fail(_exists_problem(self.attribute))
         object.__setattr__(self, "depth", 1)
 
-    def __str__(self) -> str:
-        return format(self)
-
 
 @dataclass(frozen=True, slots=True)
-class Not:
+class Not(_Printed):
     """``not operand``."""
 
     operand: Condition
@@ -324,12 +309,9 @@ class Not:
         _fail(_not_problem(self.operand))
         object.__setattr__(self, "depth", _checked_depth(1 + self.operand.depth))
 
-    def __str__(self) -> str:
-        return format(self)
-
 
 @dataclass(frozen=True, slots=True)
-class And:
+class And(_Printed):
     """``a and b and ...``: two or more conditions."""
 
     operands: tuple[Condition, ...]
@@ -339,12 +321,9 @@ class And:
         _fail(_junction_problem(self.operands))
         object.__setattr__(self, "depth", _checked_depth(1 + max(o.depth for o in self.operands)))
 
-    def __str__(self) -> str:
-        return format(self)
-
 
 @dataclass(frozen=True, slots=True)
-class Or:
+class Or(_Printed):
     """``a or b or ...``: two or more conditions."""
 
     operands: tuple[Condition, ...]
@@ -353,9 +332,6 @@ class Or:
     def __post_init__(self) -> None:
         _fail(_junction_problem(self.operands))
         object.__setattr__(self, "depth", _checked_depth(1 + max(o.depth for o in self.operands)))
-
-    def __str__(self) -> str:
-        return format(self)
 
 
 Condition: TypeAlias = "Boolean | Compare | Member | Exists | Not | And | Or"
@@ -901,7 +877,7 @@ def _equal(a: _Loaded, b: _Loaded) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class Policy:
+class Policy(_Printed):
     """A parsed policy: the text as written, and its expression.
 
     ``Policy(text)`` and ``Policy.parse(text)`` parse (raising :class:`PolicyError`);
