@@ -39,6 +39,7 @@ from tether.registry import Registry
 from tether.relay import RelayClaimError
 from tether.shared import open_shared
 from tether.state import Store
+from trio_run import run
 
 HOST = "127.0.0.1"
 ROLE = 'subject.role = "db-client"'
@@ -46,25 +47,6 @@ KB = 1024
 
 
 # --- plumbing -------------------------------------------------------------------------------------
-
-
-def run(main: Callable[[], Awaitable[None]]) -> None:
-    """Run ``main`` on trio; a single failure comes out of its task groups unwrapped."""
-    try:
-        anyio.run(main, backend="trio")
-    except BaseExceptionGroup as group:
-        leaves = list(_leaves(group))
-        if len(leaves) == 1:
-            raise leaves[0] from None
-        raise
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
-    for e in group.exceptions:
-        if isinstance(e, BaseExceptionGroup):
-            yield from _leaves(e)
-        else:
-            yield e
 
 
 @contextlib.contextmanager

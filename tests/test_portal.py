@@ -33,6 +33,7 @@ from tether.errors import InvalidArgumentError
 from tether.node import Node
 from tether.portal import MAX_DATA, T_CLOSE, T_DATA, T_OPEN, PortalOptions
 from tether.transport.tcp import TcpOptions
+from trio_run import run
 
 HOST = "127.0.0.1"
 MB = 1 << 20
@@ -206,25 +207,6 @@ async def sessions_end(p: Portal, timeout: float = 5.0) -> None:
         timeout,
         f"every portal session ended (inlet {p.inlet.info()}, outlet {p.outlet.info()})",
     )
-
-
-def run(main: Callable[[], Awaitable[None]]) -> None:
-    """Run ``main`` on trio; a single failure comes out of its task groups unwrapped."""
-    try:
-        anyio.run(main, backend="trio")
-    except BaseExceptionGroup as group:
-        leaves = list(leaves_of(group))
-        if len(leaves) == 1:
-            raise leaves[0] from None
-        raise
-
-
-def leaves_of(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
-    for e in group.exceptions:
-        if isinstance(e, BaseExceptionGroup):
-            yield from leaves_of(e)
-        else:
-            yield e
 
 
 # --- bytes ------------------------------------------------------------------------------------

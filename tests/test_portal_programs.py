@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import pytest
 from pgserver import require, running, unused_port
 from tether.channel import ephemeral_identity
 from tether.node import Node
+from trio_run import run
 
 HOST = "127.0.0.1"
 MB = 1 << 20
@@ -51,24 +52,6 @@ def stop(proc: subprocess.Popen[Any]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-
-
-def run(main: Callable[[], Awaitable[None]]) -> None:
-    """Run ``main`` on trio; a single failure comes out of its task groups unwrapped."""
-    try:
-        anyio.run(main, backend="trio")
-    except BaseExceptionGroup as group:
-        leaves: list[BaseException] = []
-        stack: list[BaseException] = [group]
-        while stack:
-            e = stack.pop()
-            if isinstance(e, BaseExceptionGroup):
-                stack.extend(e.exceptions)
-            else:
-                leaves.append(e)
-        if len(leaves) == 1:
-            raise leaves[0] from None
-        raise
 
 
 async def program(
