@@ -19,10 +19,13 @@ one operation that must be atomic across machines: a single conditional decremen
 (``UPDATE ... SET remaining = remaining - 1 WHERE ... remaining > 0 AND expires_at > now``). Under
 PostgreSQL's READ COMMITTED, concurrent updates of one row queue on its row lock and each
 re-checks the condition on the row as the previous one left it, so a ticket with ``k`` uses
-succeeds exactly ``k`` times whatever the number of racing processes. On SQLite the check and the
-decrement run in one ``BEGIN IMMEDIATE`` transaction, which holds the database's write lock. Only
-when no use happened does a second read say why (unknown, expired, or used up); an unknown
-ticket's error says nothing about the tickets that do exist.
+succeeds exactly ``k`` times whatever the number of racing processes. On SQLite the decrement
+runs in a ``BEGIN IMMEDIATE`` transaction, which holds the database's write lock. A second read in
+the same transaction gives the ticket's attributes, or, when no use happened, says why (unknown,
+expired, or used up); an unknown ticket's error says nothing about the tickets that do exist.
+
+Each operation (its arguments, SQL, results and refusals) is written once, in a base class; a
+backend supplies only how a transaction runs and a few dialect details.
 
 **Failures.** Every call is one transaction: it happens entirely or not at all. A PostgreSQL
 connection that broke is reopened once. A call is retried on the new connection when that is safe:
@@ -311,28 +314,46 @@ def _ticket(row: tuple[Any, ...]) -> TicketInfo:
     )
 
 
-# --- SQLite: the node's store ----------------------------------------------------------------
+# --- the contract, written once --------------------------------------------------------------
+
+_Row = tuple[Any, ...]
 
 
-class SqliteShared:
-    """The shared state in the node's SQLite store (tables ``authority_*``). Closing it leaves
-    the store open: the node owns the store."""
+class _Tx(Protocol):
+    """What a backend offers the operations inside one of its transactions. SQL is written with
+    ``?`` placeholders (the PostgreSQL backend translates them)."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._closed = False
+    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[_Row]: ...
 
-    def __repr__(self) -> str:
-        return f"SqliteShared({str(self._store.path)!r})"
+    def read_one(self, sql: str, params: tuple[Any, ...] = ()) -> _Row | None: ...
 
-    @contextlib.contextmanager
-    def _guard(self) -> Iterator[Store]:
-        if self._closed:
-            raise StateError("the shared store is closed")
-        try:
-            yield self._store
-        except sqlite3.Error as e:
-            raise StoreError(f"the state store {self._store.path} failed: {e}") from None
+    def write(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        """Run a write; the number of rows it changed."""
+        ...
+
+    def update_returning(
+        self, table: str, assignments: str, where: str, params: tuple[Any, ...], key: str
+    ) -> list[_Row]:
+        """``UPDATE table SET assignments WHERE where`` (``params`` fill the assignments, then
+        the condition); the ``key`` column (which the update must not change) of each row it
+        changed."""
+        ...
+
+
+class _Shared:
+    """The operations of :class:`SharedStore` — arguments, SQL, results, refusals — on top of
+    a backend's two ways of running a transaction (:meth:`_read`, :meth:`_write`)."""
+
+    #: What makes ``ORDER BY`` sort text by code point (as Python does) on this backend.
+    _BY_CODE_POINT = ""
+
+    def _read(self, what: str, fn: Callable[[_Tx], T]) -> T:
+        """Run ``fn`` (reads only) in one transaction; ``what`` names it for errors."""
+        raise NotImplementedError
+
+    def _write(self, what: str, fn: Callable[[_Tx], T]) -> T:
+        """Run ``fn`` (which writes) in one transaction; ``what`` names it for errors."""
+        raise NotImplementedError
 
     def add_member(
         self,
@@ -350,45 +371,50 @@ class SqliteShared:
             _optional_name(added_by, "added_by"),
             _time(now, "now"),
         )
-        with self._guard() as s:
-            s.execute(
+        self._write(
+            "add a member",
+            lambda tx: tx.write(
                 "INSERT INTO authority_members (authority, identifier, attributes, added_by, "
                 "added_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (authority, identifier) DO UPDATE "
                 "SET attributes = excluded.attributes, added_by = excluded.added_by, "
                 "added_at = excluded.added_at",
                 params,
-            )
+            ),
+        )
 
     def get_member(self, authority: str, identifier: str) -> Member | None:
         params = (_name(authority, "the authority"), _name(identifier, "a member's identifier"))
-        with self._guard() as s:
-            row = s.query_one(
+        row = self._read(
+            "read a member",
+            lambda tx: tx.read_one(
                 "SELECT identifier, attributes, added_by, added_at FROM authority_members "
                 "WHERE authority = ? AND identifier = ?",
                 params,
-            )
+            ),
+        )
         return None if row is None else _member(row)
 
     def list_members(self, authority: str) -> list[Member]:
         params = (_name(authority, "the authority"),)
-        with self._guard() as s:
-            rows = s.query(
-                "SELECT identifier, attributes, added_by, added_at FROM authority_members "
-                "WHERE authority = ? ORDER BY identifier",
+        rows = self._read(
+            "list members",
+            lambda tx: tx.read(
+                "SELECT identifier, attributes, added_by, added_at FROM authority_members "  # noqa: S608
+                f"WHERE authority = ? ORDER BY identifier{self._BY_CODE_POINT}",
                 params,
-            )
+            ),
+        )
         return [_member(r) for r in rows]
 
     def delete_member(self, authority: str, identifier: str) -> bool:
         params = (_name(authority, "the authority"), _name(identifier, "a member's identifier"))
-        with self._guard() as s:
-            return (
-                s.execute(
-                    "DELETE FROM authority_members WHERE authority = ? AND identifier = ?",
-                    params,
-                )
-                > 0
-            )
+        deleted = self._write(
+            "delete a member",
+            lambda tx: tx.write(
+                "DELETE FROM authority_members WHERE authority = ? AND identifier = ?", params
+            ),
+        )
+        return deleted > 0
 
     def add_ticket(
         self,
@@ -404,47 +430,59 @@ class SqliteShared:
         params = _ticket_params(
             authority, ticket_hash, attributes, expires_at, usage_count, created_by, now
         )
-        with self._guard() as s:
-            added = s.execute(
+        added = self._write(
+            "add a ticket",
+            lambda tx: tx.write(
                 "INSERT INTO authority_tickets (authority, hash, attributes, expires_at, "
                 "remaining, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (authority, hash) DO NOTHING",
                 params,
-            )
+            ),
+        )
         if not added:
             raise AlreadyExistsError("a ticket with this hash already exists")
 
     def use_ticket(self, authority: str, ticket_hash: bytes, *, now: int) -> TicketInfo:
         key = (_name(authority, "the authority"), _hash(ticket_hash))
-        _time(now, "now")
-        # BEGIN IMMEDIATE takes the write lock first: nobody else (thread or process) can use
-        # the ticket between the read and the decrement.
-        with self._guard() as s, s.transaction():
-            row = s.query_one(
+        t = _time(now, "now")
+
+        def use(tx: _Tx) -> TicketInfo | TicketError:
+            # The conditional decrement is the atomic step (see the module documentation).
+            used = tx.write(
+                "UPDATE authority_tickets SET remaining = remaining - 1 "
+                "WHERE authority = ? AND hash = ? AND remaining > 0 AND expires_at > ?",
+                (*key, t),
+            )
+            # Read in the same transaction: after a use, the row is this transaction's (locked
+            # until it ends); otherwise it says why nothing changed (the row may have moved on
+            # since; that changes nothing).
+            row = tx.read_one(
                 "SELECT attributes, expires_at, remaining, created_by FROM authority_tickets "
                 "WHERE authority = ? AND hash = ?",
                 key,
             )
-            if row is None or row[2] <= 0 or row[1] <= now:
-                raise _ticket_refusal(None if row is None else (row[2], row[1]), now)
-            s.execute(
-                "UPDATE authority_tickets SET remaining = remaining - 1 "
-                "WHERE authority = ? AND hash = ?",
-                key,
-            )
-        return _ticket((row[0], row[1], row[2] - 1, row[3]))
+            if used and row is not None:
+                return _ticket(row)
+            return _ticket_refusal(None if row is None else (row[2], row[1]), t)
+
+        result = self._write("use a ticket", use)
+        if isinstance(result, TicketError):
+            raise result
+        return result
 
     def record_credential(
         self, authority: str, credential_id: str, subject: str, *, expires_at: int, now: int
     ) -> None:
         params = _credential_params(authority, credential_id, subject, expires_at, now)
-        with self._guard() as s:
-            added = s.execute(
+        added = self._write(
+            "record a credential",
+            lambda tx: tx.write(
                 "INSERT INTO authority_credentials_issued (authority, credential_id, subject, "
                 "expires_at, issued_at) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (authority, credential_id) DO NOTHING",
                 params,
-            )
+            ),
+        )
         if not added:
             raise AlreadyExistsError(f"credential {credential_id} is already recorded")
 
@@ -454,34 +492,30 @@ class SqliteShared:
             _name(subject, "the subject"),
             _time(now, "now"),
         )
-        with self._guard() as s, s.transaction():
-            ids = [
-                r[0]
-                for r in s.query(
-                    "SELECT credential_id FROM authority_credentials_issued WHERE authority = ? "
-                    "AND subject = ? AND expires_at > ? AND revoked_at IS NULL",
-                    (a, subj, t),
-                )
-            ]
-            s.execute(
-                "UPDATE authority_credentials_issued SET revoked_at = ? WHERE authority = ? "
-                "AND subject = ? AND expires_at > ? AND revoked_at IS NULL",
+        rows = self._write(
+            "revoke credentials",
+            lambda tx: tx.update_returning(
+                "authority_credentials_issued",
+                "revoked_at = ?",
+                "authority = ? AND subject = ? AND expires_at > ? AND revoked_at IS NULL",
                 (t, a, subj, t),
-            )
-        return sorted(ids)
+                "credential_id",
+            ),
+        )
+        return sorted(r[0] for r in rows)
 
     def revoked(self, authority: str, *, now: int) -> list[str]:
         params = (_name(authority, "the authority"), _time(now, "now"))
-        with self._guard() as s:
-            rows = s.query(
-                "SELECT credential_id FROM authority_credentials_issued WHERE authority = ? "
-                "AND revoked_at IS NOT NULL AND expires_at > ? ORDER BY credential_id",
+        rows = self._read(
+            "read revocations",
+            lambda tx: tx.read(
+                "SELECT credential_id FROM authority_credentials_issued WHERE authority = ? "  # noqa: S608
+                "AND revoked_at IS NOT NULL AND expires_at > ? "
+                f"ORDER BY credential_id{self._BY_CODE_POINT}",
                 params,
-            )
+            ),
+        )
         return [r[0] for r in rows]
-
-    def close(self) -> None:
-        self._closed = True
 
 
 def _ticket_params(
@@ -524,6 +558,69 @@ def _credential_params(
         _time(expires_at, "expires_at"),
         _time(now, "now"),
     )
+
+
+# --- SQLite: the node's store ----------------------------------------------------------------
+
+
+class SqliteShared(_Shared):
+    """The shared state in the node's SQLite store (tables ``authority_*``). Closing it leaves
+    the store open: the node owns the store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"SqliteShared({str(self._store.path)!r})"
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[Store]:
+        if self._closed:
+            raise StateError("the shared store is closed")
+        try:
+            yield self._store
+        except sqlite3.Error as e:
+            raise StoreError(f"the state store {self._store.path} failed: {e}") from None
+
+    def _read(self, what: str, fn: Callable[[_Tx], T]) -> T:
+        with self._guard() as s:
+            return fn(_SqliteTx(s))
+
+    def _write(self, what: str, fn: Callable[[_Tx], T]) -> T:
+        # BEGIN IMMEDIATE takes the write lock first: nobody else (thread or process) writes
+        # between this transaction's reads and writes.
+        with self._guard() as s, s.transaction():
+            return fn(_SqliteTx(s))
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class _SqliteTx:
+    """:class:`_Tx` on the node's store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[_Row]:
+        return self.store.query(sql, params)
+
+    def read_one(self, sql: str, params: tuple[Any, ...] = ()) -> _Row | None:
+        return self.store.query_one(sql, params)
+
+    def write(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        return self.store.execute(sql, params)
+
+    def update_returning(
+        self, table: str, assignments: str, where: str, params: tuple[Any, ...], key: str
+    ) -> list[_Row]:
+        # No RETURNING (older SQLite): look, then update; the write lock that _write holds
+        # keeps the two in agreement.
+        where_params = params[assignments.count("?") :]
+        rows = self.read(f"SELECT {key} FROM {table} WHERE {where}", where_params)  # noqa: S608
+        self.write(f"UPDATE {table} SET {assignments} WHERE {where}", params)  # noqa: S608
+        return rows
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------
@@ -599,7 +696,7 @@ def _url_secrets(url: str) -> list[str]:
     return sorted(out, key=len, reverse=True)
 
 
-class PostgresShared:
+class PostgresShared(_Shared):
     """The shared state in a PostgreSQL database (tables ``authority_*``, created when missing).
     One connection, reopened when it breaks; calls from several threads take turns on it."""
 
@@ -723,11 +820,11 @@ class PostgresShared:
             return None if row is None else int(row[0])
 
         def create(a: _Attempt) -> int | None:
-            a.write("SELECT pg_advisory_xact_lock(%s)", (PG_SCHEMA_LOCK,))
+            a.write("SELECT pg_advisory_xact_lock(?)", (PG_SCHEMA_LOCK,))
             for statement in PG_SCHEMA:
                 a.write(statement)
             a.write(
-                "INSERT INTO authority_schema (component, version) VALUES ('authority', %s) "
+                "INSERT INTO authority_schema (component, version) VALUES ('authority', ?) "
                 "ON CONFLICT (component) DO NOTHING",
                 (PG_SCHEMA_VERSION,),
             )
@@ -743,190 +840,17 @@ class PostgresShared:
                 f"tether ({PG_SCHEMA_VERSION}); upgrade tether"
             )
 
-    # --- the contract --------------------------------------------------------------------
+    # --- the backend's transactions ------------------------------------------------------
 
-    def add_member(
-        self,
-        authority: str,
-        identifier: str,
-        attributes: Mapping[str, str],
-        *,
-        added_by: str | None,
-        now: int,
-    ) -> None:
-        params = (
-            _name(authority, "the authority"),
-            _name(identifier, "a member's identifier"),
-            _attributes(attributes),
-            _optional_name(added_by, "added_by"),
-            _time(now, "now"),
-        )
+    _BY_CODE_POINT = ' COLLATE "C"'  # whatever the database's locale
+
+    def _read(self, what: str, fn: Callable[[_Tx], T]) -> T:
         with self._lock:
-            self._run(
-                "add a member",
-                lambda a: a.write(
-                    "INSERT INTO authority_members (authority, identifier, attributes, "
-                    "added_by, added_at) VALUES (%s, %s, %s, %s, %s) "
-                    "ON CONFLICT (authority, identifier) DO UPDATE SET "
-                    "attributes = excluded.attributes, added_by = excluded.added_by, "
-                    "added_at = excluded.added_at",
-                    params,
-                ),
-                idempotent=False,
-            )
+            return self._run(what, fn, idempotent=True)
 
-    def get_member(self, authority: str, identifier: str) -> Member | None:
-        params = (_name(authority, "the authority"), _name(identifier, "a member's identifier"))
+    def _write(self, what: str, fn: Callable[[_Tx], T]) -> T:
         with self._lock:
-            row = self._run(
-                "read a member",
-                lambda a: a.read_one(
-                    "SELECT identifier, attributes, added_by, added_at FROM authority_members "
-                    "WHERE authority = %s AND identifier = %s",
-                    params,
-                ),
-                idempotent=True,
-            )
-        return None if row is None else _member(row)
-
-    def list_members(self, authority: str) -> list[Member]:
-        params = (_name(authority, "the authority"),)
-        with self._lock:
-            rows = self._run(
-                "list members",
-                lambda a: a.read(
-                    # COLLATE "C": code point order, as SQLite and Python sort, whatever the
-                    # database's locale.
-                    "SELECT identifier, attributes, added_by, added_at FROM authority_members "
-                    'WHERE authority = %s ORDER BY identifier COLLATE "C"',
-                    params,
-                ),
-                idempotent=True,
-            )
-        return [_member(r) for r in rows]
-
-    def delete_member(self, authority: str, identifier: str) -> bool:
-        params = (_name(authority, "the authority"), _name(identifier, "a member's identifier"))
-        with self._lock:
-            deleted = self._run(
-                "delete a member",
-                lambda a: a.write(
-                    "DELETE FROM authority_members WHERE authority = %s AND identifier = %s "
-                    "RETURNING identifier",
-                    params,
-                ),
-                idempotent=False,
-            )
-        return bool(deleted)
-
-    def add_ticket(
-        self,
-        authority: str,
-        ticket_hash: bytes,
-        attributes: Mapping[str, str],
-        *,
-        expires_at: int,
-        usage_count: int,
-        created_by: str | None,
-        now: int,
-    ) -> None:
-        params = _ticket_params(
-            authority, ticket_hash, attributes, expires_at, usage_count, created_by, now
-        )
-        with self._lock:
-            added = self._run(
-                "add a ticket",
-                lambda a: a.write(
-                    "INSERT INTO authority_tickets (authority, hash, attributes, expires_at, "
-                    "remaining, created_by, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT (authority, hash) DO NOTHING RETURNING hash",
-                    params,
-                ),
-                idempotent=False,
-            )
-        if not added:
-            raise AlreadyExistsError("a ticket with this hash already exists")
-
-    def use_ticket(self, authority: str, ticket_hash: bytes, *, now: int) -> TicketInfo:
-        key = (_name(authority, "the authority"), _hash(ticket_hash))
-        t = _time(now, "now")
-
-        def use(a: _Attempt) -> TicketInfo | TicketError:
-            rows = a.write(
-                "UPDATE authority_tickets SET remaining = remaining - 1 "
-                "WHERE authority = %s AND hash = %s AND remaining > 0 AND expires_at > %s "
-                "RETURNING attributes, expires_at, remaining, created_by",
-                (*key, t),
-            )
-            if rows:
-                return _ticket(rows[0])
-            # Nothing changed: say why (the row may have moved on since; that changes nothing).
-            return _ticket_refusal(
-                a.read_one(
-                    "SELECT remaining, expires_at FROM authority_tickets "
-                    "WHERE authority = %s AND hash = %s",
-                    key,
-                ),
-                t,
-            )
-
-        with self._lock:
-            result = self._run("use a ticket", use, idempotent=False)
-        if isinstance(result, TicketError):
-            raise result
-        return result
-
-    def record_credential(
-        self, authority: str, credential_id: str, subject: str, *, expires_at: int, now: int
-    ) -> None:
-        params = _credential_params(authority, credential_id, subject, expires_at, now)
-        with self._lock:
-            added = self._run(
-                "record a credential",
-                lambda a: a.write(
-                    "INSERT INTO authority_credentials_issued (authority, credential_id, "
-                    "subject, expires_at, issued_at) VALUES (%s, %s, %s, %s, %s) "
-                    "ON CONFLICT (authority, credential_id) DO NOTHING RETURNING credential_id",
-                    params,
-                ),
-                idempotent=False,
-            )
-        if not added:
-            raise AlreadyExistsError(f"credential {credential_id} is already recorded")
-
-    def revoke_subject(self, authority: str, subject: str, *, now: int) -> list[str]:
-        a_, subj, t = (
-            _name(authority, "the authority"),
-            _name(subject, "the subject"),
-            _time(now, "now"),
-        )
-        with self._lock:
-            rows = self._run(
-                "revoke credentials",
-                lambda a: a.write(
-                    "UPDATE authority_credentials_issued SET revoked_at = %s WHERE "
-                    "authority = %s AND subject = %s AND expires_at > %s AND revoked_at IS NULL "
-                    "RETURNING credential_id",
-                    (t, a_, subj, t),
-                ),
-                idempotent=False,
-            )
-        return sorted(r[0] for r in rows)
-
-    def revoked(self, authority: str, *, now: int) -> list[str]:
-        params = (_name(authority, "the authority"), _time(now, "now"))
-        with self._lock:
-            rows = self._run(
-                "read revocations",
-                lambda a: a.read(
-                    "SELECT credential_id FROM authority_credentials_issued WHERE "
-                    "authority = %s AND revoked_at IS NOT NULL AND expires_at > %s "
-                    'ORDER BY credential_id COLLATE "C"',
-                    params,
-                ),
-                idempotent=True,
-            )
-        return [r[0] for r in rows]
+            return self._run(what, fn, idempotent=False)
 
     def close(self) -> None:
         with self._lock:
@@ -934,24 +858,35 @@ class PostgresShared:
             self._drop()
 
 
+def _pg(sql: str) -> str:
+    """``?`` placeholders as psycopg's ``%s`` (the SQL here has no other ``?`` or ``%``)."""
+    return sql.replace("?", "%s")
+
+
 class _Attempt:
-    """One try at a transaction: remembers whether a write was sent (then a broken connection
-    leaves the outcome unknown, and the call is not retried)."""
+    """One try at a transaction (:class:`_Tx` on PostgreSQL): remembers whether a write was sent
+    (then a broken connection leaves the outcome unknown, and the call is not retried)."""
 
     def __init__(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
         self.conn = conn
         self.wrote = False
 
-    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        return self.conn.execute(sql, params).fetchall()
+    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[_Row]:
+        return self.conn.execute(_pg(sql), params).fetchall()
 
-    def read_one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
-        return self.conn.execute(sql, params).fetchone()
+    def read_one(self, sql: str, params: tuple[Any, ...] = ()) -> _Row | None:
+        return self.conn.execute(_pg(sql), params).fetchone()
 
-    def write(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    def write(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         self.wrote = True
-        cur = self.conn.execute(sql, params)
-        return cur.fetchall() if cur.description is not None else []
+        return self.conn.execute(_pg(sql), params).rowcount
+
+    def update_returning(
+        self, table: str, assignments: str, where: str, params: tuple[Any, ...], key: str
+    ) -> list[_Row]:
+        self.wrote = True
+        sql = f"UPDATE {table} SET {assignments} WHERE {where} RETURNING {key}"  # noqa: S608
+        return self.conn.execute(_pg(sql), params).fetchall()
 
 
 # --- choosing a backend ----------------------------------------------------------------------
