@@ -273,10 +273,12 @@ async def create_service(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, 
         raise ApiError(400, f"unknown service kind {kind!r}; known: {sorted(SERVICE_KINDS)}")
     if d.n.has_worker(address):
         raise ApiError(409, f"a worker already listens at {address!r}")
+    allow = _optional(body, "allow")
+    rule = _allow_policy(d, allow, address, kind)
     await d.n.start_worker(address, SERVICE_KINDS[kind], kind=kind)
     d.config.services.append({"kind": kind, "address": address})
     d.persist()
-    return 201, {"kind": kind, "address": address}
+    return 201, {"kind": kind, "address": address, "policy": rule.info() if rule else None}
 
 
 @api.add("DELETE", "/services/{address}")
@@ -329,6 +331,7 @@ async def create_channel_listener(d: Daemon, _: dict[str, str], body: Any) -> tu
     if d.n.has_worker(address):
         raise ApiError(409, f"a worker already listens at {address!r}")
     identity, trust = _identity_and_trust(d, body)
+    _allow_policy(d, _optional(body, "allow"), address, "secure-channel-listener")
     listener = await d.n.create_secure_channel_listener(address, identity=identity, trust=trust)
     d.config.channel_listeners.append(
         {k: v for k, v in body.items() if k in ("address", "identity", "authorized")}
@@ -671,6 +674,20 @@ def _found(table: Mapping[str, Any], key: str, what: str) -> Any:
     if key not in table:
         raise ApiError(404, f"no {what} {key!r}")
     return table[key]
+
+
+def _allow_policy(d: Daemon, allow: str | None, name: str, resource_type: str) -> Any:
+    """``--allow EXPR`` on a command that creates a resource: a policy attached to it by name
+    (saved like any policy; `tether policy list` shows it)."""
+    if not allow:
+        return None
+    try:
+        rule = d.n.add_policy(allow, resource=name, resource_type=resource_type)
+    except TetherError as e:
+        raise ApiError(400, str(e), type(e).__name__) from None
+    d.config.policies.append(rule.info())
+    d.persist()
+    return rule
 
 
 def _unsave(d: Daemon, section: str, key: str, value: str) -> None:

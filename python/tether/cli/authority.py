@@ -37,9 +37,11 @@ def _at(ctx: Context) -> str:
 
 def _authority_create(ctx: Context) -> int:
     a = ctx.args
+    from tether.shared import database_url
+
     body = {
         "name": a.name,
-        "database": a.database,
+        "database": database_url(a.database),  # --database, else $TETHER_DATABASE_URL
         "credential_ttl": a.credential_ttl,
         "admin_policy": a.admin_policy,
         "trusted": a.trusted or [],

@@ -72,6 +72,8 @@ def _listener_create(ctx: Context) -> int:
         body["identity"] = a.identity
     if a.authorized:
         body["authorized"] = a.authorized
+    if a.allow:
+        body["allow"] = a.allow
     lst = call(_api(ctx, a.at), "POST", "/secure-channel-listeners", body)
     ctx.emit(f"secure-channel listener {lst['address']} on {a.at} as {lst['identifier']}", lst)
     return 0
@@ -163,6 +165,11 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         action="append",
         metavar="IDENTIFIER",
         help="admit only this identity (repeatable; default: any authenticated)",
+    )
+    p.add_argument(
+        "--allow",
+        metavar="EXPR",
+        help="policy a peer must satisfy in the handshake, e.g. 'subject.role = \"db\"'",
     )
     p = add_command(
         sub,
