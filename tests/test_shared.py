@@ -275,6 +275,34 @@ def test_revocations(shared: SharedStore, authority: str) -> None:
     assert shared.revoked(authority, now=NOW + 600) == ["c1", "c2", "c3"]
 
 
+def test_purge_forgets_only_what_expired(shared: SharedStore, authority: str) -> None:
+    """Expired tickets and expired credential records go; live ones, and revoked credentials
+    that have not expired (the revocation list still needs them), stay; other authorities'
+    records are untouched."""
+    other = fresh_id()
+    s = fresh_id()
+    for a in (authority, other):
+        shared.add_ticket(
+            a, b"\x01" * 32, {}, expires_at=NOW + 100, usage_count=1, created_by=None, now=NOW
+        )
+        shared.add_ticket(
+            a, b"\x02" * 32, {}, expires_at=NOW + 900, usage_count=1, created_by=None, now=NOW
+        )
+        shared.record_credential(a, "c-old", s, expires_at=NOW + 100, now=NOW)
+        shared.record_credential(a, "c-new", s, expires_at=NOW + 900, now=NOW)
+    assert shared.revoke_subject(authority, s, now=NOW + 50) == ["c-new", "c-old"]
+    assert shared.purge(authority, now=NOW + 100) == 2  # the first ticket and c-old
+    assert shared.purge(authority, now=NOW + 100) == 0
+    with pytest.raises(TicketUnknownError):
+        shared.use_ticket(authority, b"\x01" * 32, now=NOW + 50)
+    assert shared.use_ticket(authority, b"\x02" * 32, now=NOW + 150).remaining == 0
+    assert shared.revoked(authority, now=NOW + 150) == ["c-new"]
+    # The other authority's records are all still there.
+    with pytest.raises(TicketExpiredError):
+        shared.use_ticket(other, b"\x01" * 32, now=NOW + 150)
+    assert shared.purge(other, now=NOW + 1000) == 4
+
+
 # --- argument limits -------------------------------------------------------------------------
 
 

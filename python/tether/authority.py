@@ -82,6 +82,7 @@ DEFAULT_TICKET_TTL = 10 * 60
 DEFAULT_ADMIN_POLICY = 'subject.admin = "true"'
 MAX_TICKET_TTL = 365 * 24 * 3600
 MAX_USAGE_COUNT = 1_000_000
+PURGE_INTERVAL = 3600.0
 
 
 class AuthorityError(TetherError):
@@ -209,6 +210,7 @@ class Authority:
             )
         self.credential_ttl = credential_ttl
         self.admin_policy = Policy.parse(admin_policy)
+        self._scope = anyio.CancelScope()
         self.enrolled = 0
         self.issued = 0
         self.refused = 0
@@ -332,6 +334,30 @@ class Authority:
         return cred.sign_revocations(
             self.registry.vault, key_id, att, ids, sequence=time.time_ns() // 1000, now=now
         )
+
+    async def purge(self) -> int:
+        """Forget expired tickets and expired credential records (the shared store would
+        otherwise only grow)."""
+        return int(await self._db(self.shared.purge, self.identifier, now=int(time.time())))
+
+    async def run_maintenance(self, interval: float = PURGE_INTERVAL) -> None:
+        """Purge every ``interval`` seconds (errors are logged and retried), until
+        :meth:`stop`."""
+        with self._scope:
+            await self._maintain(interval)
+
+    def stop(self) -> None:
+        self._scope.cancel()
+
+    async def _maintain(self, interval: float) -> None:
+        while True:
+            try:
+                n = await self.purge()
+                if n:
+                    log.info("authority: purged %d expired tickets and credential records", n)
+            except TetherError as e:
+                log.warning("authority: could not purge expired records: %s", e)
+            await anyio.sleep(interval)
 
     # --- the service: requests through secure channels --------------------------------------
 

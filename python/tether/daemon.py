@@ -495,6 +495,7 @@ async def create_authority(d: Daemon, _: dict[str, str], body: Any) -> tuple[int
             )
     except TetherError as e:
         if d.n.authority is not None:
+            d.n.authority.stop()
             await d.n.stop_worker("authority")
             d.n.authority = None
         raise ApiError(400, str(e), type(e).__name__) from None

@@ -690,6 +690,7 @@ class Node:
         self.authority = authority
         # This node honours the credentials it issues (its own policies see members' roles).
         self.authorities[authority.identifier] = authority.identity
+        self.task_group.start_soon(authority.run_maintenance)
         return authority
 
     async def enroll(self, ticket: Any, *, poll_interval: float = 60.0) -> Any:

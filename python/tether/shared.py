@@ -208,6 +208,11 @@ class SharedStore(Protocol):
         """The ids of revoked credentials that have not expired yet, sorted."""
         ...
 
+    def purge(self, authority: str, *, now: int) -> int:
+        """Delete expired tickets and the records of expired credentials (a revoked one is
+        kept until it expires, so the revocation list covers it); the number of rows deleted."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -516,6 +521,19 @@ class _Shared:
             ),
         )
         return [r[0] for r in rows]
+
+    def purge(self, authority: str, *, now: int) -> int:
+        params = (_name(authority, "the authority"), _time(now, "now"))
+
+        def run(tx: _Tx) -> int:
+            return tx.write(
+                "DELETE FROM authority_tickets WHERE authority = ? AND expires_at <= ?", params
+            ) + tx.write(
+                "DELETE FROM authority_credentials_issued WHERE authority = ? AND expires_at <= ?",
+                params,
+            )
+
+        return self._write("purge expired tickets and credentials", run)
 
 
 def _ticket_params(
