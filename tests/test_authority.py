@@ -20,7 +20,7 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from tether.registry import Registry
 from tether.relay import RelayClaimError
 from tether.shared import open_shared
 from tether.state import Store
-from trio_run import run
+from trio_run import run, until, within
 
 HOST = "127.0.0.1"
 ROLE = 'subject.role = "db-client"'
@@ -47,22 +47,6 @@ KB = 1024
 
 
 # --- plumbing -------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def within(seconds: float, what: str) -> Iterator[None]:
-    """A deadline: the block is cancelled and the test fails, saying ``what`` did not happen."""
-    try:
-        with anyio.fail_after(seconds):
-            yield
-    except TimeoutError:
-        raise AssertionError(f"not within {seconds:g} s: {what}") from None
-
-
-async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    with within(timeout, what):
-        while not condition():
-            await anyio.sleep(0.01)
 
 
 def sha(data: bytes) -> str:

@@ -19,7 +19,7 @@ import resource
 import socket
 import termios
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ from tether.errors import InvalidArgumentError
 from tether.node import Node
 from tether.portal import MAX_DATA, T_CLOSE, T_DATA, T_OPEN, PortalOptions
 from tether.transport.tcp import TcpOptions
-from trio_run import run
+from trio_run import run, until, within
 
 HOST = "127.0.0.1"
 MB = 1 << 20
@@ -182,23 +182,6 @@ async def portal(
             f"{HOST}:0", f"/ip4/{HOST}/tcp/{hop}/secure/api/service/outlet", options=options
         )
         yield Portal(near, far, listen_port, inlet, outlet)
-
-
-@contextlib.contextmanager
-def within(seconds: float, what: str) -> Iterator[None]:
-    """A deadline: the block is cancelled and the test fails, saying ``what`` did not happen."""
-    try:
-        with anyio.fail_after(seconds):
-            yield
-    except TimeoutError:
-        raise AssertionError(f"not within {seconds:g} s: {what}") from None
-
-
-async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail with ``what`` after ``timeout`` seconds."""
-    with within(timeout, what):
-        while not condition():
-            await anyio.sleep(0.01)
 
 
 async def sessions_end(p: Portal, timeout: float = 5.0) -> None:
