@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -291,11 +291,6 @@ async def delete_service(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any
     return 204, None
 
 
-@api.add("GET", "/secure-channels")
-async def list_channels(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
-    return 200, [c.info() for c in d.n.channels.values()]
-
-
 @api.add("POST", "/secure-channels")
 async def create_channel(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
     to = _field(body, "to")
@@ -307,11 +302,6 @@ async def create_channel(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, 
     except ChannelRefusedError as e:
         raise ApiError(422, str(e), "ChannelRefusedError") from None
     return 201, channel.info()
-
-
-@api.add("GET", "/secure-channels/{address}")
-async def get_channel(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
-    return 200, _found(d.n.channels, p["address"], "secure channel").info()
 
 
 @api.add("DELETE", "/secure-channels/{address}")
@@ -362,16 +352,6 @@ def _identity_and_trust(d: Daemon, body: Any) -> tuple[Any, Any]:
     return identity, trust
 
 
-@api.add("GET", "/relays")
-async def list_relays(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
-    return 200, [r.info() for r in d.n.relays.values()]
-
-
-@api.add("GET", "/relays/{name}")
-async def get_relay(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
-    return 200, _found(d.n.relays, p["name"], "relay").info()
-
-
 @api.add("POST", "/relays")
 async def create_relay(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
     name = _field(body, "name")
@@ -393,16 +373,6 @@ async def delete_relay(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
     await d.n.delete_relay(p["name"])
     _unsave(d, "relays", "name", p["name"])
     return 204, None
-
-
-@api.add("GET", "/tcp-outlets")
-async def list_outlets(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
-    return 200, [o.info() for o in d.n.outlets.values()]
-
-
-@api.add("GET", "/tcp-outlets/{name}")
-async def get_outlet(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
-    return 200, _found(d.n.outlets, p["name"], "tcp-outlet").info()
 
 
 @api.add("POST", "/tcp-outlets")
@@ -427,16 +397,6 @@ async def delete_outlet(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]
     await d.n.delete_tcp_outlet(p["name"])
     _unsave(d, "tcp_outlets", "name", p["name"])
     return 204, None
-
-
-@api.add("GET", "/tcp-inlets")
-async def list_inlets(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
-    return 200, [i.info() for i in d.n.inlets.values()]
-
-
-@api.add("GET", "/tcp-inlets/{name}")
-async def get_inlet(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
-    return 200, _found(d.n.inlets, p["name"], "tcp-inlet").info()
 
 
 @api.add("POST", "/tcp-inlets")
@@ -609,16 +569,6 @@ async def list_memberships(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, 
     return 200, [m.info() for m in d.n.memberships.values()]
 
 
-@api.add("GET", "/policies")
-async def list_policies(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
-    return 200, [r.info() for r in d.n.policies.values()]
-
-
-@api.add("GET", "/policies/{id}")
-async def get_policy(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
-    return 200, _found(d.n.policies, p["id"], "policy").info()
-
-
 @api.add("POST", "/policies")
 async def create_policy(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
     expression = _field(body, "expression")
@@ -668,6 +618,26 @@ async def send_message(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, An
         "reply": reply.decode("utf-8", "replace"),
         "reply_hex": reply.hex(),
     }
+
+
+def _readable(path: str, what: str, table: Callable[[Daemon], Mapping[str, Any]]) -> None:
+    """``GET /path`` (every item's ``info()``) and ``GET /path/{key}`` (one, or 404) for a
+    table of the node's resources."""
+
+    @api.add("GET", path)
+    async def list_all(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
+        return 200, [x.info() for x in table(d).values()]
+
+    @api.add("GET", path + "/{key}")
+    async def get_one(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
+        return 200, _found(table(d), p["key"], what).info()
+
+
+_readable("/secure-channels", "secure channel", lambda d: d.n.channels)
+_readable("/relays", "relay", lambda d: d.n.relays)
+_readable("/tcp-outlets", "tcp-outlet", lambda d: d.n.outlets)
+_readable("/tcp-inlets", "tcp-inlet", lambda d: d.n.inlets)
+_readable("/policies", "policy", lambda d: d.n.policies)
 
 
 def _found(table: Mapping[str, Any], key: str, what: str) -> Any:
