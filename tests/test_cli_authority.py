@@ -378,3 +378,25 @@ def test_allow_on_listener_and_service_creation_attaches_a_policy(cli: Cli) -> N
         "subject.role =",
         reason="column",
     )
+
+
+def test_enroll_an_identity_with_no_running_node(cli: Cli) -> None:
+    """`tether enroll TICKET --identity NAME`: the identity becomes a member; its credential is
+    stored and verifies against the authority, whose identity is now known here; a second use of
+    the ticket is refused with the authority's reason."""
+    cli.js("node", "create", "auth", "--tcp-listener", "127.0.0.1:0")
+    cli.js("authority", "create", "acme", "--at", "auth")
+    cli.js("identity", "create", "alice")
+    ticket = cli.js("ticket", "create", "--authority", "auth", "--attribute", "role=ops")["ticket"]
+    m = cli.js("enroll", ticket, "--identity", "alice")
+    assert m["attributes"] == {"role": "ops"}
+    alice = cli.js("identity", "show", "alice")["identifier"]
+    members = {
+        x["identifier"]: x["attributes"] for x in cli.js("authority", "members", "--at", "auth")
+    }
+    assert members[alice] == {"role": "ops"}
+    held = [c for c in cli.js("credential", "list") if c.get("subject") == alice]
+    assert held
+    assert held[0]["attributes"] == {"role": "ops"}
+    cli.fails("enroll", ticket, "--identity", "alice", reason="already used")
+    cli.fails("enroll", ticket, "--identity", "alice", "--node", "auth", reason="not both")

@@ -11,7 +11,7 @@ from tether.cli.api import call
 from tether.cli.channel import _api
 from tether.cli.common import attribute, timestamp, ttl
 from tether.cli.relay import running_node
-from tether.errors import InvalidArgumentError
+from tether.errors import InvalidArgumentError, TetherError
 
 if TYPE_CHECKING:
     from tether.cli import Context
@@ -142,16 +142,23 @@ def _enroll_identity(ctx: Context, name: str, text: str) -> int:
     home = ctx.home or default_home()
 
     async def run() -> Any:
+        # The outcome leaves the node's task group as a value, so a refusal reaches the user
+        # as its own error (not wrapped in an exception group).
         async with Node(
             "enroll",
             identity=registry.channel_identity(name),
             resolve_node=nodes.resolver(home),
         ) as node:
-            m = await node.enroll(ticket)
+            try:
+                outcome: Any = await node.enroll(ticket)
+            except (TetherError, TimeoutError) as e:
+                outcome = e
             node.task_group.cancel_scope.cancel()
-            return m
+        return outcome
 
     m = anyio.run(run, backend="trio")
+    if isinstance(m, BaseException):
+        raise m
     registry.import_identity(ticket.authority.history)
     registry.store_credential(m.credential)
     info = m.info()
