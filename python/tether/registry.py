@@ -7,17 +7,25 @@ list) is one store transaction, so a crash leaves either all of it or none of it
 
 from __future__ import annotations
 
+import base64
+import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
 from tether import credential as cred
 from tether import identity as ident
 from tether.credential import Credential, RevocationList
+from tether.encoding import Reader, Writer
 from tether.errors import (
     AlreadyExistsError,
+    IdentityError,
     InvalidArgumentError,
     NotFoundError,
     UntrustedIssuerError,
@@ -43,6 +51,19 @@ class LocalIdentity:
     @property
     def identifier(self) -> str:
         return self.identity.identifier
+
+
+SECRET_EXPORT_PREFIX = "tether-identity-secret1:"  # noqa: S105 (a format tag, not a secret)
+SECRET_EXPORT_MAX_HISTORY = 60_000
+SCRYPT_LOG2_N = 15  # 32 MiB and about 0.1 s per derivation
+_EXPORT_AAD = b"tether identity export v1"
+MIN_PASSPHRASE = 8
+
+
+def _export_key(passphrase: str, salt: bytes, log2_n: int) -> bytes:
+    if len(passphrase) < MIN_PASSPHRASE:
+        raise InvalidArgumentError(f"the passphrase must have at least {MIN_PASSPHRASE} characters")
+    return Scrypt(salt=salt, length=32, n=1 << log2_n, r=8, p=1).derive(passphrase.encode())
 
 
 def check_name(name: str, what: str = "identity") -> str:
@@ -172,6 +193,78 @@ class Registry:
             )
             self.vault.delete(local.primary_key_id)
         return LocalIdentity(name, identity, key_id, local.created_at)
+
+    def export_secret(self, name: str, passphrase: str) -> str:
+        """The identity ``name`` with its primary private key, encrypted under ``passphrase``
+        (scrypt, then ChaCha20-Poly1305): for running the same identity on another machine, such
+        as a second instance of an authority. Its purpose keys are not exported; the importing
+        side makes its own, attested by the primary key."""
+        local = self.get(name)
+        secret = self.vault.export_secret(local.primary_key_id)
+        w = Writer()
+        w.var(local.identity.history, SECRET_EXPORT_MAX_HISTORY)
+        w.var(secret.reveal(), 32)
+        salt, nonce = os.urandom(16), os.urandom(12)
+        key = _export_key(passphrase, salt, SCRYPT_LOG2_N)
+        sealed = ChaCha20Poly1305(key).encrypt(nonce, w.getvalue(), _EXPORT_AAD)
+        body = bytes([1, SCRYPT_LOG2_N]) + salt + nonce + sealed
+        return SECRET_EXPORT_PREFIX + base64.urlsafe_b64encode(body).decode().rstrip("=")
+
+    def import_secret(self, name: str, text: str, passphrase: str) -> LocalIdentity:
+        """Make an exported identity a local identity here, named ``name``."""
+        check_name(name)
+        text = text.strip()
+        if not text.startswith(SECRET_EXPORT_PREFIX):
+            raise InvalidArgumentError(
+                f"not an identity export: it starts with {SECRET_EXPORT_PREFIX!r} "
+                "(`tether identity export NAME --secret` writes one)"
+            )
+        body_text = text[len(SECRET_EXPORT_PREFIX) :]
+        if len(body_text) > 4 * SECRET_EXPORT_MAX_HISTORY or not re.fullmatch(
+            r"[A-Za-z0-9_-]*", body_text
+        ):
+            raise InvalidArgumentError("the identity export is damaged")
+        body = base64.urlsafe_b64decode(body_text + "=" * (-len(body_text) % 4))
+        if len(body) < 2 + 16 + 12 + 16 or body[0] != 1:
+            raise InvalidArgumentError("the identity export is damaged or of another version")
+        log2_n, salt, nonce, sealed = body[1], body[2:18], body[18:30], body[30:]
+        if not 14 <= log2_n <= 20:
+            raise InvalidArgumentError("the identity export has implausible scrypt parameters")
+        try:
+            plain = ChaCha20Poly1305(_export_key(passphrase, salt, log2_n)).decrypt(
+                nonce, sealed, _EXPORT_AAD
+            )
+        except InvalidTag:
+            raise InvalidArgumentError(
+                "cannot open the identity export: wrong passphrase, or the file is damaged"
+            ) from None
+        r = Reader(plain, "identity export", len(plain))
+        history = r.var(SECRET_EXPORT_MAX_HISTORY, "history")
+        secret = SecretBytes(r.var(32, "private key"))
+        r.end()
+        identity = ident.verify_history(history)
+        now = self.now()
+        with self.store.transaction():
+            if self.store.query_one("SELECT 1 FROM local_identities WHERE name = ?", (name,)):
+                raise AlreadyExistsError(f"an identity named {name!r} already exists")
+            if self.store.query_one(
+                "SELECT 1 FROM local_identities WHERE identifier = ?", (identity.identifier,)
+            ):
+                raise AlreadyExistsError(f"{identity.identifier} is already a local identity here")
+            key_id = self.vault.import_key(KeyType.ED25519, secret)
+            if self.vault.public_key(key_id) != identity.primary_key:
+                raise IdentityError(
+                    "the exported private key is not the identity's current primary key (the "
+                    "identity was rotated after the export): export it again"
+                )
+            self.import_identity(identity.history)
+            self.store.execute(
+                "INSERT INTO local_identities (name, identifier, primary_key_id, created_at) "
+                "VALUES (?, ?, ?, ?)",
+                (name, identity.identifier, key_id, now),
+            )
+            self._new_purpose_key(identity, key_id, Purpose.SECURE_CHANNEL, now)
+        return LocalIdentity(name, identity, key_id, now)
 
     def delete(self, name: str) -> str:
         """Delete an identity and its keys; returns its identifier."""

@@ -72,6 +72,12 @@ class Vault(Protocol):
 
     def delete(self, key_id: str) -> None: ...
 
+    def export_secret(self, key_id: str) -> SecretBytes:
+        """The private key, for an encrypted identity export only."""
+
+    def import_key(self, key_type: KeyType, secret: SecretBytes) -> str:
+        """Store a private key (from an identity export); returns its id."""
+
 
 def _key_id(key_type: KeyType, public: bytes) -> str:
     return f"K{key_type.value[0]}" + hashlib.sha256(public).hexdigest()[:24]
@@ -91,6 +97,19 @@ def _new_key(key_type: KeyType) -> tuple[bytes, bytes]:
         return secret, public
     secret, public = _core.generate_keypair()
     return secret, public
+
+
+def _public_of(key_type: KeyType, secret: bytes) -> bytes:
+    """The public key of a private key (refusing one of the wrong size)."""
+    if len(secret) != 32:
+        raise VaultError(f"an {key_type.value} private key is 32 bytes, not {len(secret)}")
+    if key_type is KeyType.ED25519:
+        return (
+            Ed25519PrivateKey.from_private_bytes(secret)
+            .public_key()
+            .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        )
+    return _core.public_key(secret)
 
 
 def _sign(secret: bytes, message: bytes) -> bytes:
@@ -125,6 +144,18 @@ class _Base:
             raise VaultError(f"key {key_id} is an {kt.value} key, not a Noise static key")
         return SecretBytes(secret)
 
+    def export_secret(self, key_id: str) -> SecretBytes:
+        return SecretBytes(self._load(key_id)[1])
+
+    def import_key(self, key_type: KeyType, secret: SecretBytes) -> str:
+        public = _public_of(key_type, secret.reveal())
+        key_id = _key_id(key_type, public)
+        self._store_key(key_id, key_type, secret.reveal(), public)
+        return key_id
+
+    def _store_key(self, key_id: str, key_type: KeyType, secret: bytes, public: bytes) -> None:
+        raise NotImplementedError
+
 
 class MemoryVault(_Base):
     """Keys in this process's memory only."""
@@ -146,6 +177,9 @@ class MemoryVault(_Base):
 
     def delete(self, key_id: str) -> None:
         self._keys.pop(key_id, None)
+
+    def _store_key(self, key_id: str, key_type: KeyType, secret: bytes, public: bytes) -> None:
+        self._keys[key_id] = (key_type, secret, public)
 
     def __repr__(self) -> str:
         return f"MemoryVault({len(self._keys)} keys)"
@@ -183,6 +217,13 @@ class SqliteVault(_Base):
 
     def delete(self, key_id: str) -> None:
         self._store.execute("DELETE FROM secrets WHERE key_id = ?", (key_id,))
+
+    def _store_key(self, key_id: str, key_type: KeyType, secret: bytes, public: bytes) -> None:
+        self._store.execute(
+            "INSERT OR IGNORE INTO secrets (key_id, key_type, secret, public, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (key_id, key_type.value, secret, public, int(time.time())),
+        )
 
     def __repr__(self) -> str:
         return f"SqliteVault({self._store.path})"

@@ -167,3 +167,79 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     p.add_argument("history", nargs="?", help="the change history, hex (from `show --full`)")
     p.add_argument("--file", help="read the hex history from a file ('-' for stdin)")
+    p = add_command(
+        sub,
+        "export-secret",
+        "write an identity with its private key, encrypted under a passphrase",
+        "TETHER_PASSPHRASE=… tether identity export-secret authority --file authority.secret",
+        _export_secret,
+    )
+    p.add_argument("name")
+    p.add_argument("--file", required=True, help="where to write it (created 0600, never replaced)")
+    p = add_command(
+        sub,
+        "import-secret",
+        "make an exported identity a local one here (e.g. a second authority instance)",
+        "TETHER_PASSPHRASE=… tether identity import-secret authority --file authority.secret",
+        _import_secret,
+    )
+    p.add_argument("name", help="a local name for the identity")
+    p.add_argument("--file", required=True, help="the file `export-secret` wrote")
+
+
+def _passphrase(confirm: bool) -> str:
+    """From $TETHER_PASSPHRASE, else asked on the terminal (twice when choosing one)."""
+    import getpass
+    import os
+    import sys
+
+    from tether.errors import InvalidArgumentError
+
+    value = os.environ.get("TETHER_PASSPHRASE")
+    if value is not None:
+        return value
+    if not sys.stdin.isatty():
+        raise InvalidArgumentError("set TETHER_PASSPHRASE, or run this in a terminal to type it")
+    value = getpass.getpass("passphrase: ")
+    if confirm and getpass.getpass("passphrase again: ") != value:
+        raise InvalidArgumentError("the passphrases differ")
+    return value
+
+
+def _export_secret(ctx: Context) -> int:
+    import os
+
+    from tether.errors import InvalidArgumentError
+
+    text = ctx.registry().export_secret(ctx.args.name, _passphrase(confirm=True))
+    try:
+        fd = os.open(ctx.args.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise InvalidArgumentError(f"{ctx.args.file} exists; it is never replaced") from None
+    except OSError as e:
+        raise InvalidArgumentError(f"cannot write {ctx.args.file}: {e.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    ctx.emit(
+        f"wrote {ctx.args.name} with its private key, encrypted, to {ctx.args.file}\n"
+        "  keep it like the key itself; import it with `tether identity import-secret`",
+        {"name": ctx.args.name, "file": ctx.args.file},
+    )
+    return 0
+
+
+def _import_secret(ctx: Context) -> int:
+    from pathlib import Path
+
+    from tether.errors import InvalidArgumentError
+
+    try:
+        text = Path(ctx.args.file).read_text()
+    except OSError as e:
+        raise InvalidArgumentError(f"cannot read {ctx.args.file}: {e.strerror}") from None
+    local = ctx.registry().import_secret(ctx.args.name, text, _passphrase(confirm=False))
+    ctx.emit(
+        f"{local.name} {local.identifier} is a local identity here now",
+        {"name": local.name, "identifier": local.identifier},
+    )
+    return 0
