@@ -400,3 +400,27 @@ def test_enroll_an_identity_with_no_running_node(cli: Cli) -> None:
     assert held[0]["attributes"] == {"role": "ops"}
     cli.fails("enroll", ticket, "--identity", "alice", reason="already used")
     cli.fails("enroll", ticket, "--identity", "alice", "--node", "auth", reason="not both")
+
+
+def test_identity_export_secret_and_import_secret(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commands that move an identity to another machine: a 0600 file never overwritten,
+    the passphrase from TETHER_PASSPHRASE, the same identifier on the other side, a wrong
+    passphrase refused."""
+    cli.js("identity", "create", "authority")
+    secret = tmp_path / "authority.secret"
+    monkeypatch.setenv("TETHER_PASSPHRASE", "a long passphrase")
+    cli.js("identity", "export-secret", "authority", "--file", str(secret))
+    assert secret.stat().st_mode & 0o777 == 0o600
+    cli.fails(
+        "identity", "export-secret", "authority", "--file", str(secret), reason="never replaced"
+    )
+    got = Cli(tmp_path / "other").js(
+        "identity", "import-secret", "authority", "--file", str(secret)
+    )
+    assert got["identifier"] == cli.js("identity", "show", "authority")["identifier"]
+    monkeypatch.setenv("TETHER_PASSPHRASE", "not the passphrase")
+    Cli(tmp_path / "third").fails(
+        "identity", "import-secret", "authority", "--file", str(secret), reason="wrong passphrase"
+    )
