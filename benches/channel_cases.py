@@ -50,13 +50,11 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import select
 import ssl
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -64,23 +62,23 @@ from typing import Any
 import trio
 
 import cases
-from cases import BenchmarkError
+from cases import _check
 from harness import Group, Variant
 from node_cases import (
     BULK,
     CONCURRENCY,
-    SERVER,
     SMALL,
-    STARTUP_TIMEOUT,
     TIMEOUT,
     ClientLoop,
     Singleton,
     Totals,
-    _stop,
     tether_bulk,
     tether_requests,
     trio_bulk,
     trio_pipelined,
+)
+from node_cases import (
+    _server as node_server,
 )
 from node_server import COLD_LISTENER, HOST, TOTALS
 from tether import identity
@@ -108,11 +106,6 @@ BULK_PLAIN = "tether plain send"
 BULK_TLS = "TLS 1.3 send"
 
 
-def _check(ok: bool, what: str) -> None:
-    if not ok:
-        raise BenchmarkError(f"correctness check failed: {what}")
-
-
 # --- the server process and the client event loop ---------------------------------------------
 
 
@@ -129,37 +122,16 @@ class ServerInfo:
     """The TLS server's self-signed certificate (PEM), the only one the TLS clients trust."""
 
 
-def _read_info(proc: subprocess.Popen[bytes], name: str) -> ServerInfo:
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], STARTUP_TIMEOUT)
-    line = proc.stdout.readline() if ready else b""
-    if not line:
-        with suppress(subprocess.TimeoutExpired):
-            proc.wait(1)
-        raise BenchmarkError(
-            f"node server {name} did not start (exit status {proc.poll()}); see its stderr above"
-        )
-    info: dict[str, Any] = json.loads(line)
-    return ServerInfo(
-        node=int(info["node"]),
-        tls_echo=int(info["tls_echo"]),
-        tls_count=int(info["tls_count"]),
-        identifier=str(info["identifier"]),
-        cert=str(info["cert"]),
-    )
-
-
 @contextmanager
 def _server(name: str) -> Iterator[ServerInfo]:
-    proc = subprocess.Popen(
-        [sys.executable, str(SERVER), name, "--channel"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    try:
-        yield _read_info(proc, name)
-    finally:
-        _stop(proc)
+    with node_server(name, "--channel") as info:
+        yield ServerInfo(
+            node=int(info["node"]),
+            tls_echo=int(info["tls_echo"]),
+            tls_count=int(info["tls_count"]),
+            identifier=str(info["identifier"]),
+            cert=str(info["cert"]),
+        )
 
 
 def tls_client_context(cert_pem: str) -> ssl.SSLContext:

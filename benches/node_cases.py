@@ -56,7 +56,7 @@ from typing import Any, Generic, TypeVar
 import trio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from cases import BenchmarkError
+from cases import BenchmarkError, _check
 from harness import Group, Measurement, Runner, Variant
 from node_server import HEADER, READ_SIZE, TOTALS, FrameReader, encode
 from tether.message import Address
@@ -85,15 +85,11 @@ TETHER_BULK = "tether send"
 TRIO_BULK = "trio send"
 
 
-def _check(ok: bool, what: str) -> None:
-    if not ok:
-        raise BenchmarkError(f"correctness check failed: {what}")
-
-
 # --- processes and the client event loop ------------------------------------------------------
 
 
-def _read_ports(proc: subprocess.Popen[bytes], name: str) -> dict[str, int]:
+def _read_ready(proc: subprocess.Popen[bytes], name: str) -> dict[str, Any]:
+    """The JSON line a server prints when it listens (its ports, and more with ``--channel``)."""
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], STARTUP_TIMEOUT)
     line = proc.stdout.readline() if ready else b""
@@ -103,8 +99,8 @@ def _read_ports(proc: subprocess.Popen[bytes], name: str) -> dict[str, int]:
         raise BenchmarkError(
             f"node server {name} did not start (exit status {proc.poll()}); see its stderr above"
         )
-    ports: dict[str, int] = json.loads(line)
-    return ports
+    info: dict[str, Any] = json.loads(line)
+    return info
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -121,12 +117,13 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def _server(name: str) -> Iterator[dict[str, int]]:
+def _server(name: str, *options: str) -> Iterator[dict[str, Any]]:
+    """Server process ``name`` (``node_server.py NAME [OPTIONS]``) and its start-up line."""
     proc = subprocess.Popen(
-        [sys.executable, str(SERVER), name], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        [sys.executable, str(SERVER), name, *options], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     try:
-        yield _read_ports(proc, name)
+        yield _read_ready(proc, name)
     finally:
         _stop(proc)
 
