@@ -621,8 +621,7 @@ class _Decryptor:
         elif self.handshake is not None:
             from tether.node import Message
 
-            msg = Message(raw.onward[1:], raw.return_route, raw.payload[1:], raw.payload[0])
-            await self.handshake(ctx, msg)
+            await self.handshake(ctx, Message.delivered(raw))
 
 
 class _Handshaker:

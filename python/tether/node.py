@@ -70,6 +70,12 @@ class Message:
     payload: bytes
     kind: int = KIND_DATA
 
+    @classmethod
+    def delivered(cls, msg: RoutedMessage) -> Message:
+        """``msg`` as the worker at its first onward address gets it: that address popped, the
+        kind byte split off the payload."""
+        return cls(msg.onward[1:], msg.return_route, msg.payload[1:], msg.payload[0])
+
 
 Handler = Callable[["WorkerContext", Message], Awaitable[None]]
 RawHandler = Callable[["WorkerContext", RoutedMessage], Awaitable[None]]
@@ -362,11 +368,7 @@ class Node:
                 reply = self._replies.get(name)
                 if reply is not None:
                     with contextlib.suppress(anyio.WouldBlock):  # only the first reply counts
-                        reply.send_nowait(
-                            Message(
-                                msg.onward[1:], msg.return_route, msg.payload[1:], msg.payload[0]
-                            )
-                        )
+                        reply.send_nowait(Message.delivered(msg))
                     return
                 conn = self.tcp.connection(name)
                 if conn is not None:  # a link back to where a message came from
@@ -392,20 +394,15 @@ class Node:
                 try:
                     await w.handler(
                         WorkerContext(self, w.address),
-                        msg
-                        if w.raw
-                        else Message(
-                            msg.onward[1:], msg.return_route, msg.payload[1:], msg.payload[0]
-                        ),
+                        msg if w.raw else Message.delivered(msg),
                     )
                 except TetherError as e:
                     log.warning("%s: worker %s could not handle a message: %s", self.name, name, e)
                 except Exception:
                     log.exception("%s: worker %s failed on a message", self.name, name)
                 return
-            m = Message(msg.onward[1:], msg.return_route, msg.payload[1:], msg.payload[0])
             try:
-                await w.send.send(m)
+                await w.send.send(Message.delivered(msg))
                 w.delivered += 1
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 await self.report(msg, f"worker {name!r} on node {self.name} stopped")
