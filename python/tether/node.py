@@ -114,7 +114,7 @@ class WorkerContext:
             RoutedMessage(
                 msg.onward,
                 (Address.local(self.address), *msg.return_route),
-                bytes([msg.kind]) + msg.payload,
+                encode_payload(msg.kind, msg.payload),
             )
         )
 
@@ -184,11 +184,11 @@ class Node:
         self.authority: Any = None
         self.memberships: dict[str, Any] = {}
         self.revoked_credentials: dict[str, frozenset[str]] = {}
+        """Authority identifier → ids of its credentials revoked (from its signed lists)."""
         self.on_credential: Callable[[Any], None] | None = None
+        """Called with each credential this node starts presenting (the daemon stores it)."""
         self.policies: dict[str, Any] = {}
         """Policy id → :class:`PolicyRule`: policies attached to resources by name or type."""
-        """Called with each credential this node starts presenting (the daemon stores it)."""
-        """Authority identifier → ids of its credentials revoked (from its signed lists)."""
         self._tg: TaskGroup | None = None
         self._ids = itertools.count(1)
         self._resolve_node = resolve_node
@@ -242,7 +242,7 @@ class Node:
         the head of ``onward``, the kind byte still first in the payload: nothing copied)."""
         if raw and not inline:
             raise TetherError("only an inline worker can take raw messages")
-        if address in self._workers or address in self._sinks:
+        if self.has_worker(address):
             raise TetherError(f"a worker already listens at {address!r} on {self.name}")
         send, receive = anyio.create_memory_object_stream[Message](0 if inline else mailbox)
         w = Worker(address, handler, send, receive, kind=kind, inline=inline, raw=raw)
@@ -301,7 +301,7 @@ class Node:
         for handlers that never block, such as portal sessions queueing bytes. The handler gets
         the routed message as it arrived (``onward`` still starting with ``address``, the
         payload still starting with its kind byte: nothing is copied)."""
-        if address in self._workers or address in self._sinks:
+        if self.has_worker(address):
             raise TetherError(f"a worker already listens at {address!r} on {self.name}")
         self._sinks[address] = handler
 
@@ -378,10 +378,8 @@ class Node:
                 return
             if self.policies and not w.inline and w.kind not in _OWN_ENFORCEMENT:
                 policy = self.policy_for(w.kind, name)
-                if policy is not None and not self.allows(
-                    policy, self.arrival_channel(msg.return_route), w.kind, name, "send"
-                ):
-                    who = self.arrival_channel(msg.return_route)
+                who = self.arrival_channel(msg.return_route) if policy is not None else None
+                if policy is not None and not self.allows(policy, who, w.kind, name, "send"):
                     await self.report(
                         msg,
                         f"{w.kind} {name!r} on node {self.name} refused "
@@ -425,7 +423,7 @@ class Node:
                 return
         elif head is not None and head.transport == LOCAL:
             name = head.value.decode("utf-8", errors="replace")
-            if name not in self._workers and name not in self._sinks:
+            if not self.has_worker(name):
                 conn = self.tcp.connection(name)
         if conn is None or any(m.onward[:1] != (head,) for m in msgs):
             for m in msgs:
