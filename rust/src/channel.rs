@@ -56,6 +56,17 @@ struct Receiver {
     window: ReplayWindow,
 }
 
+/// Refuse a plaintext larger than [`MAX_PAYLOAD_LEN`]: the one size check of every seal, also
+/// for callers that must size an output buffer before sealing into it.
+pub fn check_payload_len(len: usize) -> Result<()> {
+    if len > MAX_PAYLOAD_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "a channel message carries at most {MAX_PAYLOAD_LEN} bytes, got {len}; split bulk data"
+        )));
+    }
+    Ok(())
+}
+
 /// The explicit-nonce transport cipher of a secure channel.
 #[derive(Debug)]
 pub struct ChannelCipher {
@@ -188,11 +199,7 @@ impl ChannelCipher {
             return Err(Error::Broken);
         }
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        if len > MAX_PAYLOAD_LEN {
-            return Err(Error::InvalidArgument(format!(
-                "a channel message carries at most {MAX_PAYLOAD_LEN} bytes, got {len}; split bulk data"
-            )));
-        }
+        check_payload_len(len)?;
         if out.len() != len + OVERHEAD {
             return Err(Error::InvalidArgument(
                 "output buffer has the wrong size".into(),
@@ -232,11 +239,8 @@ impl ChannelCipher {
     /// `sealed_frames_len(payloads)` bytes): a stream ready to write to a socket. All sizes and
     /// the nonce budget are checked first, so either every payload is sealed or nothing changes.
     pub fn seal_frames_to(&mut self, payloads: &[&[u8]], out: &mut [u8]) -> Result<()> {
-        if let Some(p) = payloads.iter().find(|p| p.len() > MAX_PAYLOAD_LEN) {
-            return Err(Error::InvalidArgument(format!(
-                "a channel message carries at most {MAX_PAYLOAD_LEN} bytes, got {}; split bulk data",
-                p.len()
-            )));
+        for p in payloads {
+            check_payload_len(p.len())?;
         }
         if out.len() != Self::sealed_frames_len(payloads.iter().copied()) {
             return Err(Error::InvalidArgument(

@@ -304,9 +304,8 @@ fn seal_one<'py>(
     ad: &[u8],
     pt: &[u8],
 ) -> PyResult<Bound<'py, PyBytes>> {
-    if pt.len() > crate::channel::MAX_PAYLOAD_LEN {
-        return Err(c.seal(pt).err().unwrap_or(Error::Broken).into());
-    }
+    // Before the output is allocated: an oversized payload costs no buffer of its size.
+    channel::check_payload_len(pt.len())?;
     PyBytes::new_with(py, ChannelCipher::sealed_len(pt.len()), |out| {
         maybe_detached(py, pt.len(), || c.seal_to_ad(ad, pt, out))?;
         Ok(())
@@ -386,13 +385,7 @@ impl PyChannelCipher {
         let prefix = prefix.as_bytes();
         let parts: Vec<&[u8]> = parts.iter().map(Buf::as_bytes).collect();
         let plain: usize = parts.iter().map(|p| p.len()).sum();
-        if plain > crate::channel::MAX_PAYLOAD_LEN {
-            return Err(Error::InvalidArgument(format!(
-                "a channel message carries at most {} bytes, got {plain}; split bulk data",
-                crate::channel::MAX_PAYLOAD_LEN
-            ))
-            .into());
-        }
+        channel::check_payload_len(plain)?;
         let payload_len = prefix.len() + ChannelCipher::sealed_len(plain);
         let frame_len = header.len() + 4 + payload_len;
         let (Ok(frame_len32), Ok(payload_len32)) =
