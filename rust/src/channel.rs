@@ -254,9 +254,8 @@ impl ChannelCipher {
         let mut pos = 0;
         for p in payloads {
             let sealed = p.len() + OVERHEAD;
-            let header =
-                u32::try_from(sealed).map_err(|_| Error::Frame("frame too large".into()))?;
-            out[pos..pos + crate::frame::HEADER_LEN].copy_from_slice(&header.to_be_bytes());
+            out[pos..pos + crate::frame::HEADER_LEN]
+                .copy_from_slice(&crate::frame::header(sealed)?);
             pos += crate::frame::HEADER_LEN;
             self.seal_to(p, &mut out[pos..pos + sealed])?;
             pos += sealed;

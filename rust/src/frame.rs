@@ -142,34 +142,33 @@ pub fn encoded_len(payload_len: usize) -> usize {
     HEADER_LEN + payload_len
 }
 
+/// The length prefix of a frame of `len` bytes, or an error if the format cannot carry it.
+pub fn header(len: usize) -> Result<[u8; HEADER_LEN]> {
+    u32::try_from(len).map(u32::to_be_bytes).map_err(|_| {
+        Error::Frame(format!(
+            "a frame carries at most {MAX_FRAME_LEN} bytes, got {len}"
+        ))
+    })
+}
+
 /// Append one frame to `out`.
 pub fn encode_into(payload: &[u8], out: &mut Vec<u8>) -> Result<()> {
-    let len = u32::try_from(payload.len()).map_err(|_| {
-        Error::Frame(format!(
-            "a frame carries at most {MAX_FRAME_LEN} bytes, got {}",
-            payload.len()
-        ))
-    })?;
+    let header = header(payload.len())?;
     out.reserve(HEADER_LEN + payload.len());
-    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&header);
     out.extend_from_slice(payload);
     Ok(())
 }
 
 /// Write one frame into `out`, which must be exactly `encoded_len(payload.len())` bytes.
 pub fn encode_to_slice(payload: &[u8], out: &mut [u8]) -> Result<()> {
-    let len = u32::try_from(payload.len()).map_err(|_| {
-        Error::Frame(format!(
-            "a frame carries at most {MAX_FRAME_LEN} bytes, got {}",
-            payload.len()
-        ))
-    })?;
+    let header = header(payload.len())?;
     if out.len() != HEADER_LEN + payload.len() {
         return Err(Error::InvalidArgument(
             "output buffer has the wrong size".into(),
         ));
     }
-    out[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    out[..HEADER_LEN].copy_from_slice(&header);
     out[HEADER_LEN..].copy_from_slice(payload);
     Ok(())
 }

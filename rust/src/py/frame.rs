@@ -157,30 +157,34 @@ fn encode_message<'py>(
     return_route: PyRoute<'py>,
     payload: Buf<'py>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    encode_with_header(py, &onward, &return_route, payload.as_bytes(), 0)
+    encode_routed(py, &onward, &return_route, payload.as_bytes(), false)
 }
 
-/// Encode a routed message after `header` zero bytes (0, or a frame header the caller fills):
-/// the payload is copied once, into the result.
-fn encode_with_header<'py>(
+/// Encode a routed message, as one frame (4-byte length, then the message) if `framed`: the
+/// payload is copied once, into the result.
+fn encode_routed<'py>(
     py: Python<'py>,
     onward: &PyRoute<'py>,
     return_route: &PyRoute<'py>,
     payload: &[u8],
-    header: usize,
+    framed: bool,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let (o, r) = (addresses(onward), addresses(return_route));
     let len = route::encoded_len(&o, &r, payload.len())?;
-    let Ok(len32) = u32::try_from(len) else {
-        return Err(
-            crate::error::Error::InvalidArgument("message too large for a frame".into()).into(),
-        );
-    };
-    PyBytes::new_with(py, header + len, |out| {
-        if header == frame::HEADER_LEN {
-            out[..header].copy_from_slice(&len32.to_be_bytes());
-        }
-        Ok(route::encode_to_slice(&o, &r, payload, &mut out[header..])?)
+    if !framed {
+        return PyBytes::new_with(py, len, |out| {
+            Ok(route::encode_to_slice(&o, &r, payload, out)?)
+        });
+    }
+    let header = frame::header(len)?;
+    PyBytes::new_with(py, frame::encoded_len(len), |out| {
+        out[..frame::HEADER_LEN].copy_from_slice(&header);
+        Ok(route::encode_to_slice(
+            &o,
+            &r,
+            payload,
+            &mut out[frame::HEADER_LEN..],
+        )?)
     })
 }
 
@@ -230,13 +234,7 @@ fn encode_message_frame<'py>(
     return_route: PyRoute<'py>,
     payload: Buf<'py>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    encode_with_header(
-        py,
-        &onward,
-        &return_route,
-        payload.as_bytes(),
-        frame::HEADER_LEN,
-    )
+    encode_routed(py, &onward, &return_route, payload.as_bytes(), true)
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -386,20 +386,20 @@ impl PyChannelCipher {
         let parts: Vec<&[u8]> = parts.iter().map(Buf::as_bytes).collect();
         let plain: usize = parts.iter().map(|p| p.len()).sum();
         channel::check_payload_len(plain)?;
+        // The routed message's payload_len is a u32 like a frame's length: the same encoder.
         let payload_len = prefix.len() + ChannelCipher::sealed_len(plain);
         let frame_len = header.len() + 4 + payload_len;
-        let (Ok(frame_len32), Ok(payload_len32)) =
-            (u32::try_from(frame_len), u32::try_from(payload_len))
-        else {
-            return Err(Error::InvalidArgument("frame too large".into()).into());
-        };
+        let (frame_hdr, payload_hdr) = (
+            crate::frame::header(frame_len)?,
+            crate::frame::header(payload_len)?,
+        );
         let c = &mut self.inner;
-        PyBytes::new_with(py, 4 + frame_len, |out| {
-            out[..4].copy_from_slice(&frame_len32.to_be_bytes());
+        PyBytes::new_with(py, crate::frame::encoded_len(frame_len), |out| {
+            out[..4].copy_from_slice(&frame_hdr);
             let mut pos = 4;
             out[pos..pos + header.len()].copy_from_slice(header);
             pos += header.len();
-            out[pos..pos + 4].copy_from_slice(&payload_len32.to_be_bytes());
+            out[pos..pos + 4].copy_from_slice(&payload_hdr);
             pos += 4;
             out[pos..pos + prefix.len()].copy_from_slice(prefix);
             pos += prefix.len();
