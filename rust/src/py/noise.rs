@@ -349,7 +349,7 @@ fn seal_frames<'py>(
 
 #[pymethods]
 impl PyChannelCipher {
-    /// Seal one payload (<= 65519 bytes) into a message carrying its nonce. `aad`, if given,
+    /// Seal one payload (<= CHANNEL_MAX_PAYLOAD_LEN bytes) into a message carrying its nonce. `aad`, if given,
     /// is authenticated but not sent: `open` must be given the same bytes.
     #[pyo3(signature = (payload, aad = None))]
     fn seal<'py>(
