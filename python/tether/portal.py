@@ -49,6 +49,7 @@ from anyio.abc import SocketAttribute, SocketStream
 from tether import routing
 from tether.errors import InvalidArgumentError, RouteError, TetherError
 from tether.message import LOCAL, Address, RoutedMessage
+from tether.node import KIND_DATA, KIND_ERROR
 
 if TYPE_CHECKING:
     from tether.channel import SecureChannel
@@ -67,7 +68,9 @@ _NAMES = {T_OPEN: "OPEN", T_DATA: "DATA", T_EOF: "EOF", T_CLOSE: "CLOSE", T_CRED
 MAX_DATA = 240 * 1024
 """The largest DATA body, and the size of one read from a portal's socket: small enough that a
 DATA message is one channel fragment on the wire."""
-_HEAD = {t: bytes((0, t)) for t in _NAMES}  # KIND_DATA, then the type
+_HEAD = {t: bytes((KIND_DATA, t)) for t in _NAMES}
+_DATA = bytes((KIND_DATA,))
+_ERROR = bytes((KIND_ERROR,))
 MIN_CHARGE = 512
 """A DATA message costs at least this many credit units (small messages cost memory too)."""
 MAX_REASON = 1024
@@ -155,12 +158,10 @@ class Session:
 
     def deliver(self, msg: RoutedMessage) -> None:
         """One message from the peer session (payload: kind byte, type byte, body)."""
-        from tether.node import KIND_ERROR
-
         if self._closed:
             return
         payload = msg.payload
-        if payload[:1] == bytes((KIND_ERROR,)):
+        if payload[:1] == _ERROR:
             reason = payload[1 : 1 + MAX_REASON].decode(errors="replace")
             self.abort(f"the path to the peer failed: {reason}")
             return
@@ -484,9 +485,7 @@ class Outlet(_Portal):
 
     def handle(self, msg: RoutedMessage) -> None:
         """Every inlet→outlet message (sync, inline in the router)."""
-        from tether.node import KIND_DATA
-
-        if msg.payload[:1] != bytes((KIND_DATA,)) or not msg.return_route:
+        if msg.payload[:1] != _DATA or not msg.return_route:
             return  # error reports about our own messages: the session's channel handles loss
         key = msg.return_route
         session = self.sessions.get(key)
@@ -533,8 +532,6 @@ class Outlet(_Portal):
         self.node.task_group.start_soon(self._connect, session)
 
     def _refuse(self, route: tuple[Address, ...], reason: str) -> None:
-        from tether.node import KIND_DATA
-
         self._remember_ended(route)
 
         async def send() -> None:
@@ -543,7 +540,7 @@ class Outlet(_Portal):
                     RoutedMessage(
                         route,
                         (Address.local(self.name),),
-                        bytes((KIND_DATA, T_CLOSE)) + reason.encode()[:MAX_REASON],
+                        _HEAD[T_CLOSE] + reason.encode()[:MAX_REASON],
                     )
                 )
 
