@@ -499,13 +499,8 @@ class Outlet(_Portal):
             if t not in (T_CLOSE, T_CREDIT, T_EOF):  # a late message after the session ended
                 self._refuse(key, f"no portal session at tcp-outlet {self.name!r} (it ended)")
             return
-        head = key[0]
-        channel = (
-            self.node.channels.get(head.value.decode(errors="replace"))
-            if head.transport == LOCAL
-            else None
-        )
-        if channel is None or channel.closed.is_set():
+        channel = self.node.arrival_channel(key)
+        if channel is None:
             self.refused += 1
             self._refuse(
                 key,
