@@ -11,6 +11,8 @@ sliced). Every decoder also refuses an input over its structure's total size lim
 
 from __future__ import annotations
 
+import base64
+import re
 import struct
 from collections.abc import Mapping
 
@@ -19,6 +21,19 @@ from tether.errors import EncodingError
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def to_base64url(data: bytes) -> str:
+    """``data`` as unpadded base64url: the text form of tickets and identity exports."""
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def from_base64url(text: str) -> bytes:
+    """The bytes of unpadded base64url ``text``; ValueError if it is not that."""
+    if not _BASE64URL.fullmatch(text):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))  # binascii.Error: ValueError
 
 
 def _utf8(s: str) -> bytes:

@@ -7,7 +7,6 @@ list) is one store transaction, so a crash leaves either all of it or none of it
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import time
@@ -22,7 +21,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from tether import credential as cred
 from tether import identity as ident
 from tether.credential import Credential, RevocationList
-from tether.encoding import Reader, Writer
+from tether.encoding import Reader, Writer, from_base64url, to_base64url
 from tether.errors import (
     AlreadyExistsError,
     IdentityError,
@@ -208,7 +207,7 @@ class Registry:
         key = _export_key(passphrase, salt, SCRYPT_LOG2_N)
         sealed = ChaCha20Poly1305(key).encrypt(nonce, w.getvalue(), _EXPORT_AAD)
         body = bytes([1, SCRYPT_LOG2_N]) + salt + nonce + sealed
-        return SECRET_EXPORT_PREFIX + base64.urlsafe_b64encode(body).decode().rstrip("=")
+        return SECRET_EXPORT_PREFIX + to_base64url(body)
 
     def import_secret(self, name: str, text: str, passphrase: str) -> LocalIdentity:
         """Make an exported identity a local identity here, named ``name``."""
@@ -220,11 +219,12 @@ class Registry:
                 "(`tether identity export NAME --secret` writes one)"
             )
         body_text = text[len(SECRET_EXPORT_PREFIX) :]
-        if len(body_text) > 4 * SECRET_EXPORT_MAX_HISTORY or not re.fullmatch(
-            r"[A-Za-z0-9_-]*", body_text
-        ):
+        if len(body_text) > 4 * SECRET_EXPORT_MAX_HISTORY:
             raise InvalidArgumentError("the identity export is damaged")
-        body = base64.urlsafe_b64decode(body_text + "=" * (-len(body_text) % 4))
+        try:
+            body = from_base64url(body_text)
+        except ValueError:
+            raise InvalidArgumentError("the identity export is damaged") from None
         if len(body) < 2 + 16 + 12 + 16 or body[0] != 1:
             raise InvalidArgumentError("the identity export is damaged or of another version")
         log2_n, salt, nonce, sealed = body[1], body[2:18], body[18:30], body[30:]
