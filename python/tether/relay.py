@@ -94,7 +94,7 @@ class RelayService:
         if op != CLAIM:
             return
         name = body.decode("utf-8", errors="replace")
-        channel = self.node.channels.get(msg.return_route[0].value.decode("utf-8", "replace"))
+        channel = self.node.arrival_channel(msg.return_route)
         reason = self._refusal(name, channel)
         if reason is not None:
             log.info("%s: refused a claim of %r: %s", self.node.name, name, reason)
