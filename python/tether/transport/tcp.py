@@ -111,17 +111,14 @@ class Connection:
         frames = []
         for msg in msgs:
             data = msg.encode()
-            self._check(data)
+            self._check_len(len(data))
             frames.append(data)
         await self._queue(encode_frames(frames))
 
     async def send_framed(self, framed: bytes) -> None:
         """Queue one ready-made frame (its 4-byte length included) carrying a routed message."""
-        self._check_len(len(framed) - 4)
+        self._check_len(len(framed) - FRAME_HEADER)
         await self._queue(framed)
-
-    def _check(self, data: bytes) -> None:
-        self._check_len(len(data))
 
     def _check_len(self, n: int) -> None:
         if n > self.options.max_frame_len:
@@ -559,9 +556,10 @@ class TcpTransport:
         assert head.transport == TCP
         try:
             conn = await self.connect(head.value)
-            await conn.send(RoutedMessage(msg.onward[1:], msg.return_route, msg.payload))
         except (ConnectionClosed, RouteError) as e:
             await self.node.report(msg, f"at node {self.node.name}: {e}")
+            return
+        await self.send_via(conn, msg)
 
     async def send_many_via(self, conn: Connection, msgs: Sequence[RoutedMessage]) -> None:
         try:
