@@ -554,29 +554,29 @@ class SecureChannel:
                 log.info(
                     "secure channel %s: a fragmented message lost its end; dropped", self.address
                 )
-            self._partial.clear()
-            self._partial_size = 0
+            self._drop_partial()
         elif not self._partial or nonce != self._next_fragment:
             # A continuation that does not continue anything: its message lost a part (or the
             # parts were reordered). Never deliver what is left of it.
             log.info("secure channel %s: a fragmented message lost a part; dropped", self.address)
-            self._partial.clear()
-            self._partial_size = 0
+            self._drop_partial()
             return None
         self._partial.append(plain[1:])
         self._partial_size += len(plain) - 1
         self._next_fragment = nonce + 1
         if self._partial_size > MAX_MESSAGE:
             log.info("secure channel %s: message over %d bytes dropped", self.address, MAX_MESSAGE)
-            self._partial.clear()
-            self._partial_size = 0
+            self._drop_partial()
             return None
         if not flags & LAST:
             return None  # more fragments follow
         data = b"".join(self._partial)
+        self._drop_partial()
+        return data
+
+    def _drop_partial(self) -> None:
         self._partial.clear()
         self._partial_size = 0
-        return data
 
     async def close(self, notify: bool = True) -> None:
         if self.closed.is_set():
@@ -598,7 +598,7 @@ class SecureChannel:
             except Exception:
                 log.exception("secure channel %s: a close callback failed", self.address)
         self.node.forget_channel(self)
-        self._partial.clear()
+        self._drop_partial()
         for address in (self.address, self.decryptor):
             if self.node.has_worker(address):
                 await self.node.stop_worker(address)
