@@ -783,20 +783,11 @@ class ChannelListener:
 
     def _check_policy(self, peer: Peer) -> None:
         """The node's policy for this listener (by name or ``secure-channel-listener``)."""
-        policy = self.node.policy_for("secure-channel-listener", self.address)
-        if policy is None:
-            return
-        from tether.policy import subject_attributes
-
-        env = subject_attributes(peer.identifier, valid_attributes(peer, self.node))
-        env.update(
-            {
-                "resource.type": "secure-channel-listener",
-                "resource.name": self.address,
-                "action.name": "connect",
-            }
-        )
-        if not policy.allows(env):
+        kind = "secure-channel-listener"
+        policy = self.node.policy_for(kind, self.address)
+        if policy is not None and not self.node.peer_allows(
+            policy, peer, kind, self.address, "connect"
+        ):
             raise ChannelRefusedError(f"{peer.identifier} is refused by the policy {policy}")
 
     async def handle(self, ctx: WorkerContext, msg: Message) -> None:

@@ -652,11 +652,26 @@ class Node:
     ) -> bool:
         """Evaluate ``policy`` for the peer of ``channel`` (None: a message that came through
         no secure channel, so with no authenticated attributes at all)."""
+        return self.peer_allows(
+            policy, None if channel is None else channel.peer, resource_type, name, action
+        )
+
+    def peer_allows(
+        self,
+        policy: Any,
+        peer: Any,
+        resource_type: str,
+        name: str,
+        action: str,
+    ) -> bool:
+        """:meth:`allows` for a verified :class:`~tether.channel.Peer` (None: no peer), with
+        the attributes of its credentials still valid now."""
+        from tether.channel import valid_attributes
         from tether.policy import subject_attributes
 
         env: dict[str, object] = (
-            subject_attributes(channel.peer.identifier, channel.current_attributes())
-            if channel is not None
+            subject_attributes(peer.identifier, valid_attributes(peer, self))
+            if peer is not None
             else {}
         )
         env.update({"resource.type": resource_type, "resource.name": name, "action.name": action})
