@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import pytest
 from tether.authority import AuthorityError, Ticket
 from tether.channel import ephemeral_identity
 from tether.node import Node
+from trio_run import run
 
 TETHER = [sys.executable, "-m", "tether.cli"]
 HOST = "127.0.0.1"
@@ -57,10 +58,6 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
         yield c
     finally:
         c.run("node", "delete", "--all", ok=False)
-
-
-def run(main: Callable[[], Awaitable[None]]) -> None:
-    anyio.run(main, backend="trio")
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,13 +86,10 @@ from tether.node import (
     WorkerContext,
 )
 from tether.vault import KeyType, MemoryVault, SecretBytes
+from trio_run import run
 
 HOST = "127.0.0.1"
 SENTINEL = b"sentinel: everything before me was handled"
-
-
-def run(main: Callable[[], Awaitable[None]]) -> None:
-    anyio.run(main, backend="trio")
 
 
 def at(port: int, rest: str = "") -> str:

@@ -20,7 +20,7 @@ import logging
 import math
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from tether.node import (
     WorkerContext,
 )
 from tether.transport.tcp import HELLO, MAGIC, PROTOCOL_VERSION, TcpOptions
+from trio_run import run
 
 BACKENDS = ["trio", "asyncio"]
 HOST = "127.0.0.1"
@@ -51,10 +52,6 @@ ME = Address(LOCAL, b"me")  # the return address a raw client puts on its messag
 # closed for what it sent, not because some timer ran out.
 PATIENT = TcpOptions(hello_timeout=20, frame_timeout=20, keepalive=20, dead_after=20)
 ATTACK_CLOSE_WITHIN = 3.0
-
-
-def run(main: Callable[[], Awaitable[None]], backend: str = "trio") -> None:
-    anyio.run(main, backend=backend)
 
 
 def at(port: int, rest: str = "/service/echo") -> str:

@@ -10,10 +10,11 @@ from collections.abc import Awaitable, Callable, Iterator
 import anyio
 
 
-def run(main: Callable[[], Awaitable[None]]) -> None:
-    """Run ``main`` on trio; a single failure comes out of its task groups unwrapped."""
+def run(main: Callable[[], Awaitable[None]], backend: str = "trio") -> None:
+    """Run ``main`` on trio (or ``backend``); a single failure comes out of its task groups
+    unwrapped."""
     try:
-        anyio.run(main, backend="trio")
+        anyio.run(main, backend=backend)
     except BaseExceptionGroup as group:
         leaves = list(leaves_of(group))
         if len(leaves) == 1:
