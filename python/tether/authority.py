@@ -59,7 +59,7 @@ from tether.errors import (
     TetherError,
 )
 from tether.identity import Identity, verify_history
-from tether.message import LOCAL, Address
+from tether.message import Address
 from tether.policy import Policy, subject_attributes
 
 if TYPE_CHECKING:
@@ -366,7 +366,7 @@ class Authority:
 
         if msg.kind != KIND_DATA or not msg.return_route:
             return
-        channel = self._channel_of(msg)
+        channel: SecureChannel | None = self.node.arrival_channel(msg.return_route)
         try:
             if channel is None:
                 raise AuthorityError(
@@ -388,13 +388,6 @@ class Authority:
             log.info("authority: refused a request: %s", e)
             response = {"ok": False, "error": str(e), "type": type(e).__name__}
         await ctx.reply(msg, json.dumps(response).encode())
-
-    def _channel_of(self, msg: Message) -> SecureChannel | None:
-        head = msg.return_route[0]
-        if head.transport != LOCAL:
-            return None
-        ch: SecureChannel | None = self.node.channels.get(head.value.decode(errors="replace"))
-        return None if ch is None or ch.closed.is_set() else ch
 
     async def _serve(self, channel: SecureChannel, request: dict[str, Any]) -> dict[str, Any]:
         caller = channel.peer.identifier
