@@ -286,8 +286,7 @@ async def delete_service(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any
     if not d.n.has_worker(p["address"]):
         raise ApiError(404, f"no service at {p['address']!r}")
     await d.n.stop_worker(p["address"])
-    d.config.services = [s for s in d.config.services if s["address"] != p["address"]]
-    d.persist()
+    _unsave(d, "services", "address", p["address"])
     return 204, None
 
 
@@ -335,10 +334,7 @@ async def delete_channel_listener(d: Daemon, p: dict[str, str], _: Any) -> tuple
     _found(d.n.channel_listeners, p["address"], "secure-channel listener")
     del d.n.channel_listeners[p["address"]]
     await d.n.stop_worker(p["address"])
-    d.config.channel_listeners = [
-        c for c in d.config.channel_listeners if c.get("address") != p["address"]
-    ]
-    d.persist()
+    _unsave(d, "channel_listeners", "address", p["address"])
     return 204, None
 
 
@@ -429,9 +425,7 @@ async def delete_inlet(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
 
 @api.add("GET", "/authority")
 async def get_authority(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
-    if d.n.authority is None:
-        raise ApiError(404, "this node runs no authority (`tether authority create`)")
-    return 200, d.n.authority.info()
+    return 200, _authority(d).info()
 
 
 @api.add("POST", "/authority")
@@ -572,14 +566,7 @@ async def list_memberships(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, 
 @api.add("POST", "/policies")
 async def create_policy(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
     expression = _field(body, "expression")
-    resource = _optional(body, "resource")
-    resource_type = _optional(body, "resource_type")
-    try:
-        rule = d.n.add_policy(expression, resource=resource, resource_type=resource_type)
-    except TetherError as e:
-        raise ApiError(400, str(e), type(e).__name__) from None
-    d.config.policies.append(rule.info())
-    d.persist()
+    rule = _add_policy(d, expression, _optional(body, "resource"), _optional(body, "resource_type"))
     return 201, rule.info()
 
 
@@ -650,10 +637,13 @@ def _found(table: Mapping[str, Any], key: str, what: str) -> Any:
 def _allow_policy(d: Daemon, allow: str | None, name: str, resource_type: str) -> Any:
     """``--allow EXPR`` on a command that creates a resource: a policy attached to it by name
     (saved like any policy; `tether policy list` shows it)."""
-    if not allow:
-        return None
+    return _add_policy(d, allow, name, resource_type) if allow else None
+
+
+def _add_policy(d: Daemon, expression: str, resource: str | None, resource_type: str | None) -> Any:
+    """Add a policy to the node and save it (400 if the expression does not parse)."""
     try:
-        rule = d.n.add_policy(allow, resource=name, resource_type=resource_type)
+        rule = d.n.add_policy(expression, resource=resource, resource_type=resource_type)
     except TetherError as e:
         raise ApiError(400, str(e), type(e).__name__) from None
     d.config.policies.append(rule.info())
