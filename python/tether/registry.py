@@ -216,7 +216,7 @@ class Registry:
         if not text.startswith(SECRET_EXPORT_PREFIX):
             raise InvalidArgumentError(
                 f"not an identity export: it starts with {SECRET_EXPORT_PREFIX!r} "
-                "(`tether identity export NAME --secret` writes one)"
+                "(`tether identity export-secret NAME` writes one)"
             )
         body_text = text[len(SECRET_EXPORT_PREFIX) :]
         if len(body_text) > 4 * SECRET_EXPORT_MAX_HISTORY:
