@@ -46,12 +46,13 @@ def _authority_create(ctx: Context) -> int:
         "admin_policy": a.admin_policy,
         "trusted": a.trusted or [],
     }
-    info = call(_api(ctx, _at(ctx)), "POST", "/authority", body, timeout=60)
+    node = _at(ctx)
+    info = call(_api(ctx, node), "POST", "/authority", body, timeout=60)
     ctx.emit(
-        f"authority {info['name']} ({info['identifier']}) runs at {_at(ctx)}\n"
+        f"authority {info['name']} ({info['identifier']}) runs at {node}\n"
         f"  members' state: {info['database']}\n"
         f"  admins: {info['admin_policy']}; credentials for {info['credential_ttl'] // 86400} d\n"
-        f"  enroll members: tether ticket create --authority {_at(ctx)} --attribute KEY=VALUE",
+        f"  enroll members: tether ticket create --authority {node} --attribute KEY=VALUE",
         info,
     )
     return 0
