@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from tether.cli.api import call
 from tether.cli.channel import _api
-from tether.cli.common import attribute, timestamp, ttl
+from tether.cli.common import attribute, deleter, lister, shower, timestamp, ttl
 from tether.cli.relay import running_node
 from tether.errors import InvalidArgumentError, TetherError
 
@@ -205,22 +205,9 @@ def _policy_line(p: dict[str, Any]) -> str:
     return f"{p['id']}  {target}: {p['expression']}"
 
 
-def _policy_list(ctx: Context) -> int:
-    items = call(_api(ctx, _policy_node(ctx)), "GET", "/policies")
-    ctx.emit("\n".join(_policy_line(p) for p in items) or "no policies", items)
-    return 0
-
-
-def _policy_show(ctx: Context) -> int:
-    p = call(_api(ctx, _policy_node(ctx)), "GET", f"/policies/{ctx.args.id}")
-    ctx.emit(_policy_line(p), p)
-    return 0
-
-
-def _policy_delete(ctx: Context) -> int:
-    call(_api(ctx, _policy_node(ctx)), "DELETE", f"/policies/{ctx.args.id}")
-    ctx.emit(f"deleted policy {ctx.args.id}", {"deleted": ctx.args.id})
-    return 0
+_policy_list = lister(_policy_node, "/policies", _policy_line, "no policies")
+_policy_show = shower(_policy_node, "/policies", _policy_line, "id")
+_policy_delete = deleter(_policy_node, "/policies", "id", "deleted policy {}")
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -6,9 +6,18 @@ import argparse
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from tether.cli.api import call
+from tether.cli.channel import _api
 from tether.errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from tether.cli import Context, Handler
+
+Describe = Callable[[dict[str, Any]], str]
 
 _TTL = re.compile(r"^(\d+)([smhdw]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -51,3 +60,37 @@ def hex_input(value: str | None, path: str | None, what: str) -> bytes:
 
 def timestamp(t: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+# ``list``, ``show`` and ``delete`` of a node's resources at ``path`` (e.g. ``/relays``), on the
+# node that ``node`` picks from the arguments; ``key`` is the argument naming one resource.
+
+
+def lister(node: Callable[[Context], str], path: str, describe: Describe, empty: str) -> Handler:
+    def run(ctx: Context) -> int:
+        items = call(_api(ctx, node(ctx)), "GET", path)
+        ctx.emit("\n".join(describe(x) for x in items) or empty, items)
+        return 0
+
+    return run
+
+
+def shower(node: Callable[[Context], str], path: str, describe: Describe, key: str) -> Handler:
+    def run(ctx: Context) -> int:
+        x = call(_api(ctx, node(ctx)), "GET", f"{path}/{getattr(ctx.args, key)}")
+        ctx.emit(describe(x), x)
+        return 0
+
+    return run
+
+
+def deleter(node: Callable[[Context], str], path: str, key: str, done: str) -> Handler:
+    """``done`` is what is printed, with ``{}`` for the deleted resource."""
+
+    def run(ctx: Context) -> int:
+        name = getattr(ctx.args, key)
+        call(_api(ctx, node(ctx)), "DELETE", f"{path}/{name}")
+        ctx.emit(done.format(name), {"deleted": name})
+        return 0
+
+    return run

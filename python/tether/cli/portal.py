@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from tether.cli.api import call
 from tether.cli.channel import _api
+from tether.cli.common import deleter, lister, shower
 from tether.cli.relay import running_node
 
 if TYPE_CHECKING:
@@ -54,33 +55,6 @@ def _inlet_create(ctx: Context) -> int:
     i = call(_api(ctx, _at(ctx)), "POST", "/tcp-inlets", body, timeout=60)
     ctx.emit(_inlet(i) + f"\n  clients connect to {i['from']}", i)
     return 0
-
-
-def _lister(kind: str, describe: Any) -> Any:
-    def run(ctx: Context) -> int:
-        items = call(_api(ctx, _at(ctx)), "GET", f"/{kind}s")
-        ctx.emit("\n".join(describe(x) for x in items) or f"no {kind}s", items)
-        return 0
-
-    return run
-
-
-def _shower(kind: str, describe: Any) -> Any:
-    def run(ctx: Context) -> int:
-        x = call(_api(ctx, _at(ctx)), "GET", f"/{kind}s/{ctx.args.name}")
-        ctx.emit(describe(x), x)
-        return 0
-
-    return run
-
-
-def _deleter(kind: str) -> Any:
-    def run(ctx: Context) -> int:
-        call(_api(ctx, _at(ctx)), "DELETE", f"/{kind}s/{ctx.args.name}")
-        ctx.emit(f"deleted {kind} {ctx.args.name}", {"deleted": ctx.args.name})
-        return 0
-
-    return run
 
 
 ALLOW_HELP = (
@@ -159,12 +133,16 @@ def _common(
         "list",
         f"list a node's {kind}s",
         f"tether {kind} list --at NODE",
-        _lister(kind, describe),
+        lister(_at, f"/{kind}s", describe, f"no {kind}s"),
     )
     p.add_argument("--at", help="the node (default: the only running one)")
     for name, help_text, handler in (
-        ("show", f"show one {kind} and its counters", _shower(kind, describe)),
-        ("delete", f"delete a {kind} (its open sessions are closed)", _deleter(kind)),
+        ("show", f"show one {kind} and its counters", shower(_at, f"/{kind}s", describe, "name")),
+        (
+            "delete",
+            f"delete a {kind} (its open sessions are closed)",
+            deleter(_at, f"/{kind}s", "name", f"deleted {kind} {{}}"),
+        ),
     ):
         p = add_command(sub, name, help_text, f"tether {kind} {name} {eg} --at NODE", handler)
         p.add_argument("name")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from tether import nodes
 from tether.cli.api import call
 from tether.cli.channel import _api
+from tether.cli.common import deleter, lister, shower
 from tether.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
@@ -52,22 +53,9 @@ def _create(ctx: Context) -> int:
     return 0
 
 
-def _list(ctx: Context) -> int:
-    items = call(_api(ctx, _node(ctx)), "GET", "/relays")
-    ctx.emit("\n".join(_describe(r) for r in items) or "no relays", items)
-    return 0
-
-
-def _show(ctx: Context) -> int:
-    r = call(_api(ctx, _node(ctx)), "GET", f"/relays/{ctx.args.name}")
-    ctx.emit(_describe(r), r)
-    return 0
-
-
-def _delete(ctx: Context) -> int:
-    call(_api(ctx, _node(ctx)), "DELETE", f"/relays/{ctx.args.name}")
-    ctx.emit(f"stopped keeping relay {ctx.args.name}", {"deleted": ctx.args.name})
-    return 0
+_list = lister(_node, "/relays", _describe, "no relays")
+_show = shower(_node, "/relays", _describe, "name")
+_delete = deleter(_node, "/relays", "name", "stopped keeping relay {}")
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
