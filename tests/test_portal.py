@@ -380,6 +380,37 @@ def test_a_target_that_is_down_closes_the_client_promptly_and_says_why() -> None
     run(main)
 
 
+def test_a_channel_that_closes_while_a_connection_opens_fails_that_connection_only() -> None:
+    """The inlet's route resolved to a secure channel that is gone by the time the session
+    starts: that client is turned away with the reason recorded, and the inlet goes on serving
+    (the failure must not escape into the inlet's accept loop and end it)."""
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            target = await serve(tg, echo)
+            async with portal(target) as p:
+                assert (await exchange(p.port, b"first")).data == b"first"
+                real = p.near.resolve_route
+
+                async def gone(route: Any) -> Any:
+                    onward = await real(route)
+                    await p.near.channels[onward[0].value.decode()].close()
+                    return onward
+
+                p.near.resolve_route = gone  # type: ignore[method-assign]
+                got = await exchange(p.port, b"lost")
+                assert got.data == b""
+                info = p.inlet.info()
+                assert info["failed"] == 1, info
+                assert "secure channel closed while opening" in str(info["last_error"])
+                assert info["state"] == "listening"
+                p.near.resolve_route = real  # type: ignore[method-assign]
+                assert (await exchange(p.port, b"again")).data == b"again"
+            tg.cancel_scope.cancel()
+
+    run(main)
+
+
 # --- flow control -----------------------------------------------------------------------------
 
 

@@ -47,8 +47,8 @@ import anyio
 from anyio.abc import SocketAttribute, SocketStream
 
 from tether import routing
-from tether.errors import InvalidArgumentError, RouteError, TetherError
-from tether.message import LOCAL, Address, RoutedMessage
+from tether.errors import InvalidArgumentError, TetherError
+from tether.message import Address, RoutedMessage
 from tether.node import KIND_DATA, KIND_ERROR
 
 if TYPE_CHECKING:
@@ -105,6 +105,12 @@ def _why(e: BaseException) -> str:
 
 def _charge(n: int) -> int:
     return max(n, MIN_CHARGE)
+
+
+async def _turn_away(stream: SocketStream) -> None:
+    """Close a client connection with a reset."""
+    _reset(stream)
+    await stream.aclose()
 
 
 def _reset(stream: SocketStream) -> None:
@@ -633,12 +639,19 @@ class Inlet(_Portal):
     def stop(self) -> None:
         self._scope.cancel()
 
+    async def _fail(self, stream: SocketStream, reason: str, *, count: bool = True) -> None:
+        """Turn one client connection away (reset), recording why."""
+        if count:
+            self.failed += 1
+        self.last_error = reason
+        log.warning("tcp-inlet %s: %s", self.name, reason)
+        await _turn_away(stream)
+
     async def _accept(self, stream: SocketStream) -> None:
         _nodelay(stream)
         if len(self.sessions) >= self.options.max_sessions:
             self.refused += 1
-            _reset(stream)
-            await stream.aclose()
+            await _turn_away(stream)
             return
         self.total += 1
         address = self.node.next_id("inlet")
@@ -647,28 +660,24 @@ class Inlet(_Portal):
                 onward = await self.node.resolve_route(self._parsed)
         except (TetherError, TimeoutError) as e:
             why = "timed out" if isinstance(e, TimeoutError) else str(e)
-            self.failed += 1
-            self.last_error = f"could not reach {self.route}: {why}"
-            log.warning("tcp-inlet %s: %s", self.name, self.last_error)
-            _reset(stream)
-            await stream.aclose()
+            await self._fail(stream, f"could not reach {self.route}: {why}")
             return
-        head = onward[0]
-        channel = (
-            self.node.channels.get(head.value.decode(errors="replace"))
-            if head.transport == LOCAL
-            else None
-        )
+        # The route resolves to a secure channel first; it may have closed meanwhile. Either
+        # way only this connection fails: an exception here would end the whole inlet.
+        channel = self.node.arrival_channel(onward)
         if channel is None:
-            raise RouteError(f"the inlet's route {self.route} must start with a secure channel")
+            await self._fail(
+                stream, f"could not reach {self.route}: its secure channel closed while opening"
+            )
+            return
         if not self.allowed(channel):
             self.refused += 1
-            self.last_error = (
-                f"refused the outlet side {channel.peer.identifier}: policy {self.policy}"
+            await self._fail(
+                stream,
+                f"refused the outlet side {channel.peer.identifier}: "
+                f"policy {self.effective_policy()}",
+                count=False,
             )
-            log.warning("tcp-inlet %s: %s", self.name, self.last_error)
-            _reset(stream)
-            await stream.aclose()
             return
         session = Session(self.node, address, channel, onward, self.options, self)
         expected = channel.address
