@@ -35,13 +35,10 @@ revoked credential stops granting attributes within :attr:`Membership.poll_inter
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from tether import credential as cred
-from tether.encoding import Reader, Writer
+from tether.encoding import Reader, Writer, from_base64url, to_base64url
 from tether.errors import (
     CredentialError,
     EncodingError,
@@ -71,7 +68,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("tether.authority")
 
 SERVICE = "authority"
-_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 TICKET_PREFIX = "tether-ticket1:"
 SECRET_LEN = 32
 MAX_HISTORY = 60_000
@@ -115,7 +111,7 @@ class Ticket:
         w.var(self.route.encode(), MAX_ROUTE)
         w.var(self.secret, SECRET_LEN)
         w.var(self.relay.encode(), 255)
-        return TICKET_PREFIX + base64.urlsafe_b64encode(w.getvalue()).decode().rstrip("=")
+        return TICKET_PREFIX + to_base64url(w.getvalue())
 
     @classmethod
     def decode(cls, text: str) -> Ticket:
@@ -128,16 +124,13 @@ class Ticket:
         body = text[len(TICKET_PREFIX) :]
         if len(body) > 2 * MAX_HISTORY:
             raise InvalidArgumentError("the ticket is too long to be a tether ticket")
-        if not _BASE64URL.fullmatch(body):
+        try:
+            raw = from_base64url(body)
+        except ValueError:
             raise InvalidArgumentError(
                 "the ticket is damaged (not base64url): it may hold only letters, digits, '-' "
-                "and '_' after "
-                f"{TICKET_PREFIX!r}"
-            )
-        try:
-            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-        except (binascii.Error, ValueError):
-            raise InvalidArgumentError("the ticket is damaged (not base64url)") from None
+                f"and '_' after {TICKET_PREFIX!r}"
+            ) from None
         try:
             r = Reader(raw, "ticket", 4 * MAX_HISTORY)
             version = r.u8("version")
