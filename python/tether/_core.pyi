@@ -1,7 +1,7 @@
 """Type stubs for tether's Rust extension (checked against the built module by mypy's stubtest)."""
 
 from collections.abc import Sequence
-from typing import final
+from typing import Any, final
 
 from typing_extensions import Buffer
 
@@ -13,6 +13,7 @@ __all__ = [
     "CHANNEL_MAX_PAYLOAD_LEN",
     "CHANNEL_OVERHEAD",
     "DEFAULT_REKEY_INTERVAL",
+    "ENGINE_MAX_DATA",
     "FRAME_HEADER_LEN",
     "MAX_HOPS",
     "MAX_MESSAGE_LEN",
@@ -22,6 +23,7 @@ __all__ = [
     "ROUTE_VERSION",
     "Aead",
     "ChannelCipher",
+    "Engine",
     "FrameDecoder",
     "Handshake",
     "Transport",
@@ -192,3 +194,73 @@ class ChannelCipher:
     def initiator(self) -> bool: ...
     @property
     def protocol_name(self) -> str: ...
+
+# --- the data plane (tether.engine) ------------------------------------------------------
+
+ENGINE_MAX_DATA: int
+
+@final
+class Engine:
+    def __new__(cls, notify_fd: int) -> Engine: ...
+    def add_link(
+        self,
+        fd: int,
+        name: bytes,
+        rest: Buffer,
+        max_frame_len: int,
+        keepalive: float,
+        dead_after: float,
+        frame_timeout: float,
+    ) -> int: ...
+    def send(self, link: int, data: Buffer) -> int: ...
+    def ack(self, link: int, n: int) -> None: ...
+    def close_link(self, link: int, reason: str) -> None: ...
+    def link_stats(self, link: int) -> tuple[int, int, int] | None: ...
+    def add_channel(
+        self,
+        address: bytes,
+        cipher: ChannelCipher,
+        frame_header: bytes,
+        link: int | None,
+        via: int | None,
+    ) -> int: ...
+    def set_forward(
+        self, name: bytes, channel: int | None, route: list[tuple[int, bytes]]
+    ) -> None: ...
+    def forwarded(self, name: bytes) -> int: ...
+    def remove_channel(self, channel: int, reason: str) -> None: ...
+    def channel_idle(self, channel: int) -> float | None: ...
+    def add_session(
+        self,
+        channel: int,
+        fd: int | None,
+        header: bytes,
+        address: bytes,
+        match_return: bytes | None,
+        window: int,
+        open: bool,
+        sync: int,
+        connect_timeout: float,
+        connect_prefix: str,
+    ) -> int: ...
+    def session_connect(self, session: int, host: str, port: int) -> None: ...
+    def session_deliver(self, session: int, payload: Buffer) -> None: ...
+    def session_synced(self, session: int) -> None: ...
+    def close_session(self, session: int, reason: str, notify: bool) -> None: ...
+    def session_stats(self, session: int) -> tuple[int, int, int] | None: ...
+    def add_inlet(self, fd: int, prefix: bytes, window: int, max_sessions: int) -> int: ...
+    def bind_inlet(self, inlet: int, channel: int | None, onward: bytes | None) -> None: ...
+    def remove_inlet(self, inlet: int) -> None: ...
+    def add_outlet(
+        self,
+        name: bytes,
+        window: int,
+        max_sessions: int,
+        connect_timeout: float,
+        connect_prefix: str,
+    ) -> int: ...
+    def set_outlet_target(self, outlet: int, host: str | None, port: int) -> None: ...
+    def allow_outlet(self, outlet: int, channel: int, allowed: bool) -> None: ...
+    def remove_outlet(self, outlet: int) -> None: ...
+    def take_events(self) -> list[tuple[Any, ...]]: ...
+    def stop(self) -> None: ...

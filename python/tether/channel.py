@@ -276,6 +276,8 @@ class SecureChannel:
     _fragment: int = 0
     _frame_header: bytes | None = None
     _conn: Any = None
+    _engine_id: int | None = None  # its id in the data plane (tether.engine), if there
+    _engine_link: int | None = None  # the data plane's link of its first hop, if one
     _close_callbacks: dict[Callable[[], None], None] = field(default_factory=dict)
 
     def on_close(self, callback: Callable[[], None]) -> None:
@@ -463,10 +465,18 @@ class SecureChannel:
             attributes.update(c.attributes)
         self.peer = Peer(self.peer.identity, attributes, tuple(creds))
 
+    def _last_activity(self) -> float:
+        """When the channel last carried anything (here or in the data plane)."""
+        plane = self.node.dataplane
+        idle = plane.channel_idle(self) if plane is not None else None
+        if idle is None:
+            return self.last_activity
+        return max(self.last_activity, time.monotonic() - idle)
+
     async def watch_idle(self) -> None:
         """Close the channel after ``idle_timeout`` seconds without traffic either way."""
         while not self.closed.is_set():
-            remaining = self.last_activity + self.idle_timeout - time.monotonic()
+            remaining = self._last_activity() + self.idle_timeout - time.monotonic()
             if remaining <= 0:
                 log.info(
                     "secure channel %s idle for %g s: closing", self.address, self.idle_timeout
@@ -522,8 +532,13 @@ class SecureChannel:
             self.refused += 1
             log.info("secure channel %s refused a message: %s", self.address, type(e).__name__)
             return
+        await self.deliver_plain(plain, int.from_bytes(body[:8], "big"))
+
+    async def deliver_plain(self, plain: bytes, nonce: int) -> None:
+        """An opened DATA plaintext (its flag byte first) with its nonce: join fragments and
+        route the inner message. (The data plane hands over the continuations of a message
+        whose start arrived here.)"""
         self.last_activity = time.monotonic()
-        nonce = int.from_bytes(body[:8], "big")
         if not plain or plain[0] > FIRST | LAST:
             self.refused += 1
             return
@@ -544,6 +559,25 @@ class SecureChannel:
         await self.node.route(
             RoutedMessage(
                 inner.onward, (Address.local(self.address), *inner.return_route), inner.payload
+            )
+        )
+
+    async def deliver_inner(
+        self,
+        onward: Sequence[tuple[int, bytes]],
+        return_route: Sequence[tuple[int, bytes]],
+        payload: bytes,
+    ) -> None:
+        """An inner message the data plane opened (as its ``(onward, return_route, payload)``
+        tuples): route it here with this channel pushed onto its return route."""
+        if self.closed.is_set():
+            return
+        self.last_activity = time.monotonic()
+        await self.node.route(
+            RoutedMessage(
+                tuple(Address(t, v) for t, v in onward),
+                (Address.local(self.address), *(Address(t, v) for t, v in return_route)),
+                payload,
             )
         )
 

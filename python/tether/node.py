@@ -160,6 +160,7 @@ class Node:
         authorities: Any = None,
         trust: Any = None,
         relay_owners: Any = None,
+        dataplane: bool | None = None,
     ) -> None:
         from tether.transport.tcp import TcpOptions, TcpTransport
 
@@ -193,12 +194,23 @@ class Node:
         self._ids = itertools.count(1)
         self._resolve_node = resolve_node
         self.tcp = TcpTransport(self, tcp_options or TcpOptions())
+        from tether import engine
+
+        self._use_dataplane = engine.enabled() if dataplane is None else dataplane
+        self.dataplane: engine.DataPlane | None = None
+        """The Rust data plane (:mod:`tether.engine`) while the node runs, unless disabled
+        (``dataplane=False`` or ``TETHER_DATAPLANE=python``)."""
 
     # --- lifecycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> Node:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
+        if self._use_dataplane:
+            from tether.engine import DataPlane
+
+            self.dataplane = DataPlane(self)
+            await self._tg.start(self.dataplane.run)
         await self.start_worker("echo", echo, kind="echo")
         if self.identity is not None:
             await self.create_secure_channel_listener("api")
@@ -792,7 +804,11 @@ class Node:
 
     def remember_channel(self, channel: Any) -> None:
         self.channels[channel.address] = channel
+        if self.dataplane is not None and not self.dataplane.stopped:
+            self.dataplane.add_channel(channel)
         self.task_group.start_soon(channel.watch_idle)
 
     def forget_channel(self, channel: Any) -> None:
         self.channels.pop(channel.address, None)
+        if self.dataplane is not None:
+            self.dataplane.remove_channel(channel)

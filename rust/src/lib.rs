@@ -1,6 +1,6 @@
 //! tether's core: the hot, security-critical path of the tether package.
 //!
-//! Everything here is sans-IO: functions take bytes (and, where needed, randomness or the
+//! Everything but `engine` is sans-IO: functions take bytes (and, where needed, randomness or the
 //! handshake's ephemeral key) and return bytes or typed errors. No sockets, no clocks.
 //!
 //! | module      | owns |
@@ -11,6 +11,7 @@
 //! | [`noise`]   | the Noise XX handshake (from `snow`) and the transport cipher states it splits into |
 //! | [`replay`]  | the sliding anti-replay bitmap window |
 //! | [`channel`] | explicit-nonce transport messages for secure channels: replay window and rekey by count |
+//! | `engine`    | the data plane (feature `engine`): the one module that does I/O — a thread per node owning its TCP links and portal sessions |
 //! | `py`        | the pyo3 bindings (feature `python`); nothing else touches Python |
 //!
 //! The house rules (see `docs/architecture.md`): a rejected input changes no state; an object
@@ -18,6 +19,8 @@
 
 pub mod aead;
 pub mod channel;
+#[cfg(feature = "engine")]
+pub mod engine;
 pub mod error;
 pub mod frame;
 pub mod noise;

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ import anyio
 from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from tether import engine as dp
 from tether.errors import FrameError, RouteError, TetherError
 from tether.frame import FrameDecoder, encode_frame, encode_frames
 from tether.message import TCP, Address, RoutedMessage
@@ -90,14 +92,28 @@ class Connection:
         self._pending = 0  # frames given to the writer and not yet written
         self._wlock = anyio.Lock()  # held while a task writes to the socket
         self._raw: Any = None  # the socket, for non-blocking sends (after the hello)
+        # With the data plane (tether.engine) the socket is the engine's after the hello:
+        self._link: int | None = None  # its link id
+        self._inbox: deque[tuple[Any, ...]] = deque()  # its events for this connection
+        self._inbox_wake = anyio.Event()
+        self._congested = False  # the engine's queue is over its high-water mark
+        self._drained = anyio.Event()
+        self._unsent: list[bytes] = []  # frames the engine could not send before closing
 
     def info(self) -> dict[str, object]:
+        sent, received = self.sent, self.received
+        plane = self.node.dataplane
+        if self._link is not None and plane is not None and not plane.stopped:
+            stats = plane.engine.link_stats(self._link)
+            if stats is not None:
+                received, sent = stats[0], stats[1]
         return {
             "address": self.address,
             "peer": self.peer,
             "direction": "outgoing" if self.outgoing else "incoming",
-            "sent": self.sent,
-            "received": self.received,
+            "sent": sent,
+            "received": received,
+            "data_plane": "rust" if self._link is not None else "python",
         }
 
     async def send(self, msg: RoutedMessage) -> None:
@@ -130,6 +146,9 @@ class Connection:
             )
 
     async def _queue(self, framed: bytes) -> None:
+        if self._link is not None:
+            await self._engine_send(framed)
+            return
         if self._raw is not None and not self._pending and not self._wlock.locked():
             # Nothing is queued, in the writer's hands or being written: send now, with no task
             # switch (the socket is non-blocking). If the kernel takes only part, finish this
@@ -152,6 +171,76 @@ class Connection:
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             self._pending -= 1
             raise self._closed_error() from None
+
+    async def _engine_send(self, framed: bytes) -> None:
+        """Hand frames to the engine (it writes at once when nothing is queued); while its
+        queue for this link is over the high-water mark, wait for it to drain."""
+        while self._congested and not self.close_reason:
+            await self._drained.wait()
+        plane = self.node.dataplane
+        link = self._link
+        if self.close_reason or plane is None or link is None or plane.stopped:
+            raise self._closed_error()
+        status = plane.engine.send(link, framed)
+        if status == dp.SEND_CLOSED:
+            raise self._closed_error()
+        if status == dp.SEND_CONGESTED and not self._congested:
+            self._congested = True
+            self._drained = anyio.Event()
+        self.sent += 1
+
+    def engine_event(self, ev: tuple[Any, ...]) -> None:
+        """An event of this connection from the data plane (delivered in order by its
+        reader)."""
+        self._inbox.append(ev)
+        self._inbox_wake.set()
+
+    def engine_drained(self) -> None:
+        self._congested = False
+        self._drained.set()
+
+    def engine_closed(self, reason: str, unsent: list[bytes]) -> None:
+        """The engine closed the link (the peer, a timeout, bad input): close this too."""
+        self._unsent = unsent
+        self.close(reason)
+        self._drained.set()
+
+    async def _engine_reader(self) -> None:
+        """Deliver the engine's events for this connection, in order; each is acknowledged
+        once delivered (the engine stops reading the link while too much waits here)."""
+        plane = self.node.dataplane
+        assert plane is not None
+        assert self._link is not None
+        engine, link = plane.engine, self._link
+        while True:
+            while not self._inbox:
+                self._inbox_wake = anyio.Event()
+                await self._inbox_wake.wait()
+            ev = self._inbox.popleft()
+            t = ev[0]
+            if t == dp.EV_MESSAGE:
+                m = ev[3]
+                if isinstance(m, TetherError):
+                    raise ConnectionClosed(f"malformed message from the peer: {m}")
+                await self._forward(*m)
+            elif t == dp.EV_INNER:
+                channel = plane.channels.get(ev[3])
+                if channel is not None:
+                    await channel.deliver_inner(*ev[4])
+            elif t == dp.EV_PLAIN:
+                channel = plane.channels.get(ev[3])
+                if channel is not None:
+                    await channel.deliver_plain(ev[4], ev[5])
+            elif t == dp.EV_SYNC:
+                if not plane.stopped:
+                    engine.session_synced(ev[2])
+                continue
+            if not plane.stopped:
+                engine.ack(link, ev[2])
+
+    def pending_events(self) -> bool:
+        """Whether events of this connection wait to be delivered."""
+        return bool(self._inbox)
 
     def _closed_error(self) -> ConnectionClosed:
         return ConnectionClosed(
@@ -188,6 +277,7 @@ class Connection:
                 reason,
             )
         self._scope.cancel()
+        self._drained.set()
 
     async def run(self) -> None:
         """Hello, then read and write until closed. Never raises: every failure becomes the
@@ -197,13 +287,22 @@ class Connection:
             with self._scope:
                 decoder = FrameDecoder(max_frame_len=self.options.hello_max_frame_len)
                 rest = await self._guarded(self._hello, decoder)
-                if rest is not None:
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(self._guarded, self._writer)
-                        tg.start_soon(self._guarded, self._watchdog)
-                        await self._guarded(self._reader, decoder, rest)
-                        tg.cancel_scope.cancel()
+                plane = self.node.dataplane
+                if rest is None:
+                    pass
+                elif plane is not None and not plane.stopped and self._raw is not None:
+                    self._link = plane.add_link(self, rest)
+                    self.ready.set()
+                    await self._guarded(self._engine_reader)
+                else:
+                    self.ready.set()
+                    await self._guarded(self._serve, decoder, rest)
         finally:
+            plane = self.node.dataplane
+            if self._link is not None and plane is not None:
+                plane.links.pop(self._link, None)
+                if not plane.stopped:
+                    plane.engine.close_link(self._link, self.close_reason)
             # Also when the node stops (its task group cancelled): the socket is closed now, so
             # the peer learns at once rather than after its dead-peer timeout.
             self.closed.set()
@@ -215,15 +314,28 @@ class Connection:
                     await self.stream.aclose()
             self.transport._forget(self)
 
+    async def _serve(self, decoder: FrameDecoder, rest: bytes) -> None:
+        """The connection in Python (no data plane): a reader, a writer and a watchdog."""
+        pending = decoder.feed(rest)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._guarded, self._writer)
+            tg.start_soon(self._guarded, self._watchdog)
+            await self._guarded(self._reader, decoder, pending)
+            tg.cancel_scope.cancel()
+
     async def _report_unsent(self) -> None:
         """Messages still queued when the connection closed: tell their senders."""
         reason = f"connection {self.address} to {self.peer} closed: {self.close_reason}"
+        unsent, self._unsent = self._unsent, []
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             while True:
-                try:
-                    data = self._recv.receive_nowait()
-                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                    return
+                if unsent:
+                    data = unsent.pop(0)
+                else:
+                    try:
+                        data = self._recv.receive_nowait()
+                    except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                        return
                 # A queue item is one or more frames (see send_many).
                 for frame in FrameDecoder(max_frame_len=self.options.max_frame_len).feed(data):
                     try:
@@ -253,7 +365,7 @@ class Connection:
             self.close(f"internal error: {type(e).__name__}")
         return None
 
-    async def _hello(self, decoder: FrameDecoder) -> list[bytes]:
+    async def _hello(self, decoder: FrameDecoder) -> bytes:
         await self.stream.send(encode_frame(HELLO))
         with anyio.fail_after(self.options.hello_timeout):
             hello, rest = await self._read_hello(decoder)
@@ -266,8 +378,7 @@ class Connection:
         # asyncio's transports keep their own write buffer, which a direct send would overtake.
         if type(raw) is socket.socket and not raw.getblocking():
             self._raw = raw
-        self.ready.set()
-        return decoder.feed(rest)
+        return rest
 
     async def _read_hello(self, decoder: FrameDecoder) -> tuple[bytes, bytes]:
         """Read exactly the hello frame (through ``decoder`` and its small limit); return it

@@ -188,7 +188,10 @@ fn encode_routed<'py>(
     })
 }
 
-fn route_to_py<'py>(py: Python<'py>, route: &[route::Address<'_>]) -> PyResult<Bound<'py, PyList>> {
+pub(crate) fn route_to_py<'py>(
+    py: Python<'py>,
+    route: &[route::Address<'_>],
+) -> PyResult<Bound<'py, PyList>> {
     let items: Vec<Bound<'py, PyTuple>> = route
         .iter()
         .map(|a| {
@@ -204,7 +207,7 @@ fn route_to_py<'py>(py: Python<'py>, route: &[route::Address<'_>]) -> PyResult<B
     PyList::new(py, items)
 }
 
-fn message_to_py<'py>(
+pub(crate) fn message_to_py<'py>(
     py: Python<'py>,
     m: &route::RoutedMessage<'_>,
 ) -> PyResult<Bound<'py, PyTuple>> {

@@ -3,6 +3,7 @@
 
 mod aead;
 mod buffer;
+mod engine;
 mod errors;
 mod frame;
 mod noise;
@@ -34,5 +35,6 @@ fn tether_core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     frame::register(m)?;
     aead::register(m)?;
     noise::register(m)?;
+    engine::register(m)?;
     Ok(())
 }

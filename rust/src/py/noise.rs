@@ -1,5 +1,7 @@
 //! Bindings for `crate::noise` and `crate::channel`.
 
+use std::sync::{Arc, Mutex};
+
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
@@ -7,6 +9,7 @@ use super::buffer::Buf;
 use super::errors::instance;
 use super::maybe_detached;
 use crate::channel::{self, ChannelCipher};
+use crate::engine::SharedCipher;
 use crate::error::Error;
 use crate::noise::{self, Handshake, TransportState};
 
@@ -147,7 +150,10 @@ impl PyHandshake {
     fn into_channel_cipher(&mut self, rekey_interval: u64) -> PyResult<PyChannelCipher> {
         let split = self.take_split()?;
         Ok(PyChannelCipher {
-            inner: ChannelCipher::from_split(&split, rekey_interval)?,
+            inner: Arc::new(Mutex::new(ChannelCipher::from_split(
+                &split,
+                rekey_interval,
+            )?)),
             handshake_hash: split.handshake_hash.clone(),
             remote_static: split.remote_static,
             protocol_name: self.protocol_name.clone(),
@@ -291,7 +297,8 @@ impl PyTransport {
 /// rekey every `rekey_interval` messages.
 #[pyclass(module = "tether._core", name = "ChannelCipher")]
 pub(crate) struct PyChannelCipher {
-    inner: ChannelCipher,
+    /// Shared with the data plane (`crate::engine`), which seals and opens bulk data with it.
+    inner: SharedCipher,
     handshake_hash: Vec<u8>,
     remote_static: [u8; 32],
     protocol_name: String,
@@ -347,6 +354,18 @@ fn seal_frames<'py>(
     })
 }
 
+impl PyChannelCipher {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ChannelCipher> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn shared(&self) -> SharedCipher {
+        Arc::clone(&self.inner)
+    }
+}
+
 #[pymethods]
 impl PyChannelCipher {
     /// Seal one payload (<= CHANNEL_MAX_PAYLOAD_LEN bytes) into a message carrying its nonce. `aad`, if given,
@@ -360,7 +379,7 @@ impl PyChannelCipher {
     ) -> PyResult<Bound<'py, PyBytes>> {
         seal_one(
             py,
-            &mut self.inner,
+            &mut self.lock(),
             aad.as_ref().map_or(&[][..], Buf::as_bytes),
             payload.as_bytes(),
         )
@@ -393,7 +412,8 @@ impl PyChannelCipher {
             crate::frame::header(frame_len)?,
             crate::frame::header(payload_len)?,
         );
-        let c = &mut self.inner;
+        let mut guard = self.lock();
+        let c = &mut *guard;
         PyBytes::new_with(py, crate::frame::encoded_len(frame_len), |out| {
             out[..4].copy_from_slice(&frame_hdr);
             let mut pos = 4;
@@ -419,7 +439,7 @@ impl PyChannelCipher {
     ) -> PyResult<Bound<'py, PyBytes>> {
         open_one(
             py,
-            &mut self.inner,
+            &mut self.lock(),
             aad.as_ref().map_or(&[][..], Buf::as_bytes),
             message.as_bytes(),
         )
@@ -437,7 +457,7 @@ impl PyChannelCipher {
         let ad = aad.as_ref().map_or(&[][..], Buf::as_bytes);
         let out = PyList::empty(py);
         for p in &payloads {
-            out.append(seal_one(py, &mut self.inner, ad, p.as_bytes())?)?;
+            out.append(seal_one(py, &mut self.lock(), ad, p.as_bytes())?)?;
         }
         Ok(out)
     }
@@ -453,7 +473,7 @@ impl PyChannelCipher {
         check_chunk_size(chunk_size)?;
         let out = PyList::empty(py);
         for chunk in data.as_bytes().chunks(chunk_size) {
-            out.append(seal_one(py, &mut self.inner, &[], chunk)?)?;
+            out.append(seal_one(py, &mut self.lock(), &[], chunk)?)?;
         }
         Ok(out)
     }
@@ -466,7 +486,7 @@ impl PyChannelCipher {
         payloads: Vec<Buf<'py>>,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let slices: Vec<&[u8]> = payloads.iter().map(Buf::as_bytes).collect();
-        seal_frames(py, &mut self.inner, &slices)
+        seal_frames(py, &mut self.lock(), &slices)
     }
 
     /// Split `data` into chunks of at most `chunk_size` bytes and seal them as one stream of
@@ -480,7 +500,7 @@ impl PyChannelCipher {
     ) -> PyResult<Bound<'py, PyBytes>> {
         check_chunk_size(chunk_size)?;
         let slices: Vec<&[u8]> = data.as_bytes().chunks(chunk_size).collect();
-        seal_frames(py, &mut self.inner, &slices)
+        seal_frames(py, &mut self.lock(), &slices)
     }
 
     /// Open many messages in one call. Each entry of the result is the payload, or the exception
@@ -495,6 +515,7 @@ impl PyChannelCipher {
     ) -> PyResult<Bound<'py, PyList>> {
         let ad = aad.as_ref().map_or(&[][..], Buf::as_bytes);
         let out = PyList::empty(py);
+        let mut guard = self.lock();
         for m in &messages {
             let m = m.as_bytes();
             match ChannelCipher::opened_len(m) {
@@ -502,7 +523,7 @@ impl PyChannelCipher {
                 Ok(len) => {
                     let mut failure = None;
                     let r = PyBytes::new_with(py, len, |buf| {
-                        let inner = &mut self.inner;
+                        let inner = &mut *guard;
                         if let Err(e) = maybe_detached(py, m.len(), || inner.open_to_ad(ad, m, buf))
                         {
                             failure = Some(e);
@@ -521,42 +542,42 @@ impl PyChannelCipher {
 
     /// Drop the keys now (the channel closed); every later call raises BrokenError.
     fn erase(&mut self) {
-        self.inner.erase();
+        self.lock().erase();
     }
 
     #[getter]
     fn erased(&self) -> bool {
-        self.inner.is_erased()
+        self.lock().is_erased()
     }
 
     #[getter]
     fn sending_nonce(&self) -> u64 {
-        self.inner.sending_nonce()
+        self.lock().sending_nonce()
     }
 
     /// Move the sending nonce forward (never back).
     fn skip_sending_nonce_to(&mut self, nonce: u64) -> PyResult<()> {
-        Ok(self.inner.skip_sending_nonce_to(nonce)?)
+        Ok(self.lock().skip_sending_nonce_to(nonce)?)
     }
 
     #[getter]
     fn highest_received(&self) -> Option<u64> {
-        self.inner.highest_received()
+        self.lock().highest_received()
     }
 
     #[getter]
     fn sending_epoch(&self) -> u64 {
-        self.inner.sending_epoch()
+        self.lock().sending_epoch()
     }
 
     #[getter]
     fn receiving_epoch(&self) -> u64 {
-        self.inner.receiving_epoch()
+        self.lock().receiving_epoch()
     }
 
     #[getter]
     fn rekey_interval(&self) -> u64 {
-        self.inner.rekey_interval()
+        self.lock().rekey_interval()
     }
 
     #[getter]
@@ -584,8 +605,8 @@ impl PyChannelCipher {
             "ChannelCipher({:?}, initiator={}, sending_nonce={}, highest_received={:?})",
             self.protocol_name,
             if self.initiator { "True" } else { "False" },
-            self.inner.sending_nonce(),
-            self.inner.highest_received()
+            self.lock().sending_nonce(),
+            self.lock().highest_received()
         )
     }
 }

@@ -1,0 +1,388 @@
+//! Bindings for `crate::engine`: the data plane's handle, used by `tether.engine`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+
+use super::buffer::Buf;
+use super::frame::{message_to_py, route_to_py};
+use super::noise::PyChannelCipher;
+use crate::engine::{self, Engine, Event, LinkOptions, SendStatus, SessionSpec, SyncMode};
+use crate::error::Error;
+use crate::route;
+
+/// Take ownership of a file descriptor that Python hands over.
+#[allow(unsafe_code)]
+fn owned_fd(fd: RawFd) -> Result<OwnedFd, Error> {
+    if fd < 0 {
+        return Err(Error::InvalidArgument(format!("bad file descriptor {fd}")));
+    }
+    // SAFETY: `tether.engine` passes only descriptors it has just made for this call
+    // (`os.dup` of a connected socket, or one end of a fresh socketpair, detached) and never
+    // uses them again, so ownership moves here and the descriptor is closed exactly once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn duration(secs: f64, what: &str) -> Result<Duration, Error> {
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| Error::InvalidArgument(format!("{what} must be a positive number of seconds")))
+}
+
+fn parse_ip(host: &str) -> Result<IpAddr, Error> {
+    host.trim_matches(['[', ']'])
+        .parse()
+        .map_err(|_| Error::InvalidArgument(format!("{host:?} is not an IP address")))
+}
+
+fn io(e: &std::io::Error) -> Error {
+    Error::State(format!("the data plane could not take the socket: {e}"))
+}
+
+/// The data plane of one node: an I/O thread owning its links and portal sessions.
+#[pyclass(module = "tether._core", name = "Engine", frozen)]
+pub(crate) struct PyEngine {
+    inner: Engine,
+}
+
+#[pymethods]
+impl PyEngine {
+    /// Start the engine's thread; `notify_fd` (whose ownership moves to the engine) is written
+    /// a byte whenever events are ready for `take_events`.
+    #[new]
+    fn new(notify_fd: RawFd) -> PyResult<Self> {
+        let fd = owned_fd(notify_fd)?;
+        Ok(Self {
+            inner: Engine::start(fd).map_err(|e| io(&e))?,
+        })
+    }
+
+    /// Take over a connected socket after its hello (ownership of `fd` moves here); `rest` is
+    /// what followed the hello. Returns the link's id.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (fd, name, rest, max_frame_len, keepalive, dead_after, frame_timeout))]
+    fn add_link(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        name: Vec<u8>,
+        rest: Buf<'_>,
+        max_frame_len: u32,
+        keepalive: f64,
+        dead_after: f64,
+        frame_timeout: f64,
+    ) -> PyResult<u64> {
+        let fd = owned_fd(fd)?;
+        let opts = LinkOptions {
+            max_frame_len,
+            keepalive: duration(keepalive, "keepalive")?,
+            dead_after: duration(dead_after, "dead_after")?,
+            frame_timeout: duration(frame_timeout, "frame_timeout")?,
+        };
+        let rest = rest.as_bytes().to_vec();
+        let inner = &self.inner;
+        Ok(py
+            .detach(|| inner.add_link(fd, name, &rest, opts))
+            .map_err(|e| io(&e))?)
+    }
+
+    /// Queue frames for a link: 0 sent (or queued under the high-water mark), 1 queued and the
+    /// link is congested (wait for its drained event), 2 the link is closed.
+    fn send(&self, py: Python<'_>, link: u64, data: Buf<'_>) -> u8 {
+        let data = data.as_bytes().to_vec();
+        let inner = &self.inner;
+        match py.detach(|| inner.send(link, data)) {
+            SendStatus::Sent => 0,
+            SendStatus::Congested => 1,
+            SendStatus::Closed => 2,
+        }
+    }
+
+    /// Python has delivered `n` bytes of the link's events (its reading resumes below a limit).
+    fn ack(&self, link: u64, n: usize) {
+        self.inner.ack(link, n);
+    }
+
+    fn close_link(&self, py: Python<'_>, link: u64, reason: &str) {
+        let inner = &self.inner;
+        py.detach(|| inner.close_link(link, reason));
+    }
+
+    /// `(received frames, sent frames, queued bytes)`, or None for a closed link.
+    fn link_stats(&self, link: u64) -> Option<(u64, u64, usize)> {
+        self.inner.link_stats(link)
+    }
+
+    /// Decrypt the channel's DATA here: messages to `address` + `.in` are opened with
+    /// `cipher` (shared with Python); sessions send with `frame_header` (an encoded routed
+    /// message to the peer's decryptor up to its payload length) through `link`, or inside
+    /// the channel `via` when that is its first hop.
+    #[pyo3(signature = (address, cipher, frame_header, link, via))]
+    fn add_channel(
+        &self,
+        address: Vec<u8>,
+        cipher: PyRef<'_, PyChannelCipher>,
+        frame_header: Vec<u8>,
+        link: Option<u64>,
+        via: Option<u64>,
+    ) -> u64 {
+        self.inner
+            .add_channel(address, cipher.shared(), frame_header, link, via)
+    }
+
+    /// Forward messages to the local address `name` inside `channel`, to `route` + the rest of
+    /// their onward route (`channel` None: stop).
+    #[pyo3(signature = (name, channel, route))]
+    fn set_forward(&self, name: Vec<u8>, channel: Option<u64>, route: Vec<(u16, Vec<u8>)>) {
+        self.inner.set_forward(name, channel.map(|c| (c, route)));
+    }
+
+    /// Messages the engine forwarded at `name`.
+    fn forwarded(&self, name: &[u8]) -> u64 {
+        self.inner.forwarded(name)
+    }
+
+    fn remove_channel(&self, py: Python<'_>, channel: u64, reason: &str) {
+        let inner = &self.inner;
+        py.detach(|| inner.remove_channel(channel, reason));
+    }
+
+    fn channel_idle(&self, channel: u64) -> Option<f64> {
+        self.inner.channel_idle(channel)
+    }
+
+    /// Register a portal session (see `tether.engine`); returns its id. `sync`: 0 nothing
+    /// earlier can be pending, 1 Python holds nothing earlier, 2 Python holds earlier events.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (channel, fd, header, address, match_return, window, open, sync,
+                        connect_timeout, connect_prefix))]
+    fn add_session(
+        &self,
+        py: Python<'_>,
+        channel: u64,
+        fd: Option<RawFd>,
+        header: Vec<u8>,
+        address: Vec<u8>,
+        match_return: Option<Vec<u8>>,
+        window: u64,
+        open: bool,
+        sync: u8,
+        connect_timeout: f64,
+        connect_prefix: String,
+    ) -> PyResult<u64> {
+        let sock = fd.map(owned_fd).transpose()?;
+        let spec = SessionSpec {
+            channel,
+            sock,
+            header,
+            address,
+            match_return,
+            window,
+            open,
+            sync: match sync {
+                0 => SyncMode::Synced,
+                1 => SyncMode::IfQueued,
+                _ => SyncMode::Always,
+            },
+            connect_timeout: duration(connect_timeout, "connect_timeout")?,
+            connect_prefix,
+        };
+        let inner = &self.inner;
+        Ok(py
+            .detach(|| inner.add_session(spec))
+            .map_err(Error::State)?)
+    }
+
+    /// Connect a session registered without a socket to `host` (an IP address) and `port`.
+    fn session_connect(&self, py: Python<'_>, session: u64, host: &str, port: u16) -> PyResult<()> {
+        let ip = parse_ip(host)?;
+        let inner = &self.inner;
+        py.detach(|| inner.session_connect(session, SocketAddr::new(ip, port)));
+        Ok(())
+    }
+
+    fn session_deliver(&self, py: Python<'_>, session: u64, payload: Buf<'_>) {
+        let payload = payload.as_bytes().to_vec();
+        let inner = &self.inner;
+        py.detach(|| inner.session_deliver(session, &payload));
+    }
+
+    fn session_synced(&self, py: Python<'_>, session: u64) {
+        let inner = &self.inner;
+        py.detach(|| inner.session_synced(session));
+    }
+
+    fn close_session(&self, py: Python<'_>, session: u64, reason: &str, notify: bool) {
+        let inner = &self.inner;
+        py.detach(|| inner.close_session(session, reason, notify));
+    }
+
+    /// `(sent, received, held)` bytes of a live session, else None.
+    fn session_stats(&self, session: u64) -> Option<(u64, u64, u64)> {
+        self.inner.session_stats(session)
+    }
+
+    /// Take over an inlet's listening socket (ownership of `fd` moves here); its sessions'
+    /// addresses are `prefix` + a number. Returns the inlet's id.
+    fn add_inlet(
+        &self,
+        fd: RawFd,
+        prefix: Vec<u8>,
+        window: u64,
+        max_sessions: usize,
+    ) -> PyResult<u64> {
+        let fd = owned_fd(fd)?;
+        Ok(self
+            .inner
+            .add_inlet(fd, prefix, window, max_sessions)
+            .map_err(|e| io(&e))?)
+    }
+
+    /// Open the inlet's connections through `channel` to the encoded route `onward` beyond it
+    /// (None: hand them to Python).
+    #[pyo3(signature = (inlet, channel, onward))]
+    fn bind_inlet(&self, inlet: u64, channel: Option<u64>, onward: Option<Vec<u8>>) {
+        self.inner.bind_inlet(inlet, channel.zip(onward));
+    }
+
+    fn remove_inlet(&self, inlet: u64) {
+        self.inner.remove_inlet(inlet);
+    }
+
+    /// Serve OPENs to `name` through authorized channels here; returns the outlet's id.
+    fn add_outlet(
+        &self,
+        name: Vec<u8>,
+        window: u64,
+        max_sessions: usize,
+        connect_timeout: f64,
+        connect_prefix: String,
+    ) -> PyResult<u64> {
+        let timeout = duration(connect_timeout, "connect_timeout")?;
+        Ok(self
+            .inner
+            .add_outlet(name, window, max_sessions, timeout, connect_prefix))
+    }
+
+    /// The outlet's target, an IP address and port (None: Python resolves it per session).
+    #[pyo3(signature = (outlet, host, port))]
+    fn set_outlet_target(&self, outlet: u64, host: Option<&str>, port: u16) -> PyResult<()> {
+        let target = match host {
+            None => None,
+            Some(h) => Some(SocketAddr::new(parse_ip(h)?, port)),
+        };
+        self.inner.set_outlet_target(outlet, target);
+        Ok(())
+    }
+
+    fn allow_outlet(&self, outlet: u64, channel: u64, allowed: bool) {
+        self.inner.allow_outlet(outlet, channel, allowed);
+    }
+
+    fn remove_outlet(&self, outlet: u64) {
+        self.inner.remove_outlet(outlet);
+    }
+
+    /// The events ready now, in order (see `tether.engine` for their shapes).
+    fn take_events<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let inner = &self.inner;
+        let events = py.detach(|| inner.take_events());
+        let out = PyList::empty(py);
+        for ev in events {
+            let item = match ev {
+                Event::Message { link, frame } => {
+                    let msg = message_to_py(py, &route::decode(&frame)?)?;
+                    (0u8, link, frame.len(), msg).into_pyobject(py)?.into_any()
+                }
+                Event::Inner {
+                    link,
+                    channel,
+                    message,
+                } => {
+                    let msg = message_to_py(py, &route::decode(&message)?)?;
+                    (1u8, link, message.len(), channel, msg)
+                        .into_pyobject(py)?
+                        .into_any()
+                }
+                Event::LinkClosed {
+                    link,
+                    reason,
+                    unsent,
+                } => {
+                    let unsent = PyList::new(py, unsent.iter().map(|f| PyBytes::new(py, f)))?;
+                    (2u8, link, reason, unsent).into_pyobject(py)?.into_any()
+                }
+                Event::Drained { link } => (3u8, link).into_pyobject(py)?.into_any(),
+                Event::SessionClosed {
+                    session,
+                    reason,
+                    sent,
+                    received,
+                } => (4u8, session, reason, sent, received)
+                    .into_pyobject(py)?
+                    .into_any(),
+                Event::Sync { link, session } => (5u8, link, session).into_pyobject(py)?.into_any(),
+                Event::Plain {
+                    link,
+                    channel,
+                    plain,
+                    nonce,
+                } => (
+                    7u8,
+                    link,
+                    plain.len(),
+                    channel,
+                    PyBytes::new(py, &plain),
+                    nonce,
+                )
+                    .into_pyobject(py)?
+                    .into_any(),
+                Event::InletSession {
+                    inlet,
+                    session,
+                    channel,
+                    address,
+                } => (8u8, inlet, session, channel, PyBytes::new(py, &address))
+                    .into_pyobject(py)?
+                    .into_any(),
+                Event::InletAccepted { inlet, fd } => {
+                    (9u8, inlet, fd.into_raw_fd()).into_pyobject(py)?.into_any()
+                }
+                Event::OutletSession {
+                    outlet,
+                    session,
+                    channel,
+                    return_route,
+                } => {
+                    let mut m = vec![route::VERSION, 0];
+                    m.extend_from_slice(&return_route);
+                    m.extend_from_slice(&[0, 0, 0, 0]);
+                    let ret = route_to_py(py, &route::decode(&m)?.return_route)?;
+                    (10u8, outlet, session, channel, ret)
+                        .into_pyobject(py)?
+                        .into_any()
+                }
+                Event::Refused { channel, reason } => {
+                    (6u8, channel, reason).into_pyobject(py)?.into_any()
+                }
+            };
+            out.append(item)?;
+        }
+        Ok(out)
+    }
+
+    /// Stop the thread and close every socket it holds (idempotent).
+    fn stop(&self, py: Python<'_>) {
+        let inner = &self.inner;
+        py.detach(|| inner.stop());
+    }
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyEngine>()?;
+    m.add("ENGINE_MAX_DATA", engine::MAX_DATA)?;
+    let _ = PyTuple::empty(m.py());
+    Ok(())
+}
