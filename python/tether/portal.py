@@ -34,7 +34,9 @@ overruns its window: memory per session is bounded by the window, whatever the p
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
+import os
 import socket
 import struct
 import time
@@ -46,6 +48,7 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 from anyio.abc import SocketAttribute, SocketStream
 
+from tether import engine as dp
 from tether import routing
 from tether.errors import InvalidArgumentError, TetherError
 from tether.message import Address, RoutedMessage
@@ -358,6 +361,136 @@ class Session:
         }
 
 
+class EngineSession:
+    """A portal session that the data plane (:mod:`tether.engine`) carries: its socket, its
+    bytes, flow control, half-close and resets are the engine's (in Rust, off the GIL); this
+    object keeps the session's place in its owner's table and its counters, and ends it when
+    Python decides to (a policy recheck, the inlet deleted)."""
+
+    def __init__(
+        self,
+        node: Node,
+        address: str,
+        channel: SecureChannel,
+        peer_route: tuple[Address, ...],
+        options: PortalOptions,
+        owner: Any,
+    ) -> None:
+        self.node = node
+        self.address = address
+        self.channel = channel
+        self.peer_route = peer_route
+        self.options = options
+        self.owner = owner
+        self.key: Any = None
+        self.id: int | None = None
+        self.started = time.monotonic()
+        self.close_reason = ""
+        self._sent = 0
+        self._received = 0
+        self._closed = False
+
+    def register(
+        self,
+        fd: int | None,
+        *,
+        match: str,
+        match_return: bytes | None,
+        open: bool,
+        sync: int,
+        connect_prefix: str = "",
+    ) -> None:
+        """Hand the session to the engine (``fd``, if given, becomes the engine's)."""
+        plane = self.node.dataplane
+        assert plane is not None
+        assert self.channel._engine_id is not None
+        header = dp.encoded_header(self.peer_route[1:], (Address.local(self.address),))
+        self.id = int(
+            plane.engine.add_session(
+                self.channel._engine_id,
+                fd,
+                header,
+                match.encode(),
+                match_return,
+                self.options.window,
+                open,
+                sync,
+                self.options.connect_timeout,
+                connect_prefix,
+            )
+        )
+        plane.sessions[self.id] = self
+
+    @property
+    def sent_bytes(self) -> int:
+        return self._stats()[0]
+
+    @property
+    def received_bytes(self) -> int:
+        return self._stats()[1]
+
+    @property
+    def held_bytes(self) -> int:
+        """What the engine holds in memory for this session (received from the peer, not yet
+        written to the socket)."""
+        return self._stats()[2]
+
+    def _stats(self) -> tuple[int, int, int]:
+        plane = self.node.dataplane
+        if not self._closed and self.id is not None and plane is not None and not plane.stopped:
+            stats = plane.engine.session_stats(self.id)
+            if stats is not None:
+                return int(stats[0]), int(stats[1]), int(stats[2])
+        return self._sent, self._received, 0
+
+    def deliver(self, msg: RoutedMessage) -> None:
+        """A message of the session that reached Python before the engine took it over."""
+        plane = self.node.dataplane
+        if not self._closed and self.id is not None and plane is not None and not plane.stopped:
+            plane.engine.session_deliver(self.id, msg.payload)
+
+    def abort(self, reason: str, notify: bool = False) -> None:
+        """End the session now: the engine resets its socket (and tells the peer if
+        ``notify``); the owner forgets it when the engine reports it ended."""
+        if self._closed:
+            return
+        plane = self.node.dataplane
+        if self.id is not None and plane is not None and not plane.stopped:
+            plane.engine.close_session(self.id, reason, notify)
+        else:
+            self.engine_closed(reason, self._sent, self._received)
+
+    def engine_closed(self, reason: str, sent: int, received: int) -> None:
+        """The engine ended the session (``reason`` empty: both directions ended in order)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._sent, self._received = sent, received
+        self.close_reason = reason
+        if reason:
+            log.info("portal session %s closed: %s", self.address, reason)
+        self.owner.forget(self)
+
+    def info(self) -> dict[str, object]:
+        sent, received, _ = self._stats()
+        return {
+            "address": self.address,
+            "peer": self.channel.peer.identifier,
+            "sent": sent,
+            "received": received,
+            "age": round(time.monotonic() - self.started, 3),
+            "data_plane": "rust",
+        }
+
+
+def _ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _policy(allow: str | Policy | None) -> Policy | None:
     if allow is None or allow == "":
         return None
@@ -385,7 +518,7 @@ class _Portal:
         self.name = name
         self.options = options or PortalOptions()
         self.policy: Policy | None = None
-        self.sessions: dict[Any, Session] = {}
+        self.sessions: dict[Any, Session | EngineSession] = {}
         self._ended: OrderedDict[Any, None] = OrderedDict()  # recently ended session keys
         self.total = 0
         self.refused = 0
@@ -403,6 +536,7 @@ class _Portal:
             await anyio.sleep(self.options.recheck_interval)
             if self.effective_policy() is None:
                 continue
+            self._recheck_engine()
             for session in list(self.sessions.values()):
                 if not self.allowed(session.channel):
                     self.refused += 1
@@ -412,6 +546,30 @@ class _Portal:
                         "was revoked)",
                         notify=True,
                     )
+
+    def _recheck_engine(self) -> None:
+        """Withdraw what the data plane was allowed to do alone for a channel whose peer no
+        longer satisfies the policy."""
+
+    def engine_session(self, session_id: int, channel_id: int, route: Any) -> None:
+        """The data plane opened a session by itself (see the subclasses)."""
+
+    def _adopt(
+        self, session_id: int, channel_id: int, address: str, key: Any, peer: tuple[Address, ...]
+    ) -> None:
+        """Keep the books of a session the data plane opened by itself."""
+        plane = self.node.dataplane
+        channel = plane.channels.get(channel_id) if plane is not None else None
+        if plane is None or channel is None:
+            if plane is not None and not plane.stopped:
+                plane.engine.close_session(session_id, "its secure channel closed", False)
+            return
+        session = EngineSession(self.node, address, channel, peer, self.options, self)
+        session.id = session_id
+        session.key = key
+        self.sessions[key] = session
+        self.total += 1
+        plane.sessions[session_id] = session
 
     def effective_policy(self) -> Policy | None:
         """Its own ``allow``, else the node's policy for its name, else for its type."""
@@ -428,7 +586,7 @@ class _Portal:
         while len(self._ended) > ENDED_MEMORY:
             self._ended.popitem(last=False)
 
-    def forget(self, session: Session) -> None:
+    def forget(self, session: Session | EngineSession) -> None:
         key = session.key
         if self.sessions.get(key) is not session:
             return  # forgotten already
@@ -472,6 +630,24 @@ class Outlet(_Portal):
         self.host, self.port = _host_port(to, "the outlet's target")
         self._scope = anyio.CancelScope()
         self.policy: Policy | None = _policy(allow)
+        self._engine_id: int | None = None
+        self._authorized: set[int] = set()  # channels the data plane may open sessions for
+        plane = node.dataplane
+        if plane is not None and not plane.stopped:
+            # OPENs through a channel Python has authorized are served in the data plane
+            # without a round through Python (IP targets; a host name is resolved per session).
+            self._engine_id = int(
+                plane.engine.add_outlet(
+                    name.encode(),
+                    self.options.window,
+                    self.options.max_sessions,
+                    self.options.connect_timeout,
+                    self._connect_prefix(),
+                )
+            )
+            if _ip_literal(self.host):
+                plane.engine.set_outlet_target(self._engine_id, self.host, self.port)
+            plane.outlets[self._engine_id] = self
 
     def info(self) -> dict[str, object]:
         return {
@@ -483,11 +659,43 @@ class Outlet(_Portal):
         }
 
     async def run(self) -> None:
-        with self._scope:
-            await self.recheck()
+        try:
+            with self._scope:
+                await self.recheck()
+        finally:
+            self._leave_engine()
 
     def stop(self) -> None:
         self._scope.cancel()
+        self._leave_engine()
+
+    def _leave_engine(self) -> None:
+        plane, oid = self.node.dataplane, self._engine_id
+        if plane is not None and oid is not None:
+            self._engine_id = None
+            plane.outlets.pop(oid, None)
+            if not plane.stopped:
+                plane.engine.remove_outlet(oid)
+
+    def _connect_prefix(self) -> str:
+        return f"tcp-outlet {self.name!r} could not connect to {self.to}"
+
+    def _recheck_engine(self) -> None:
+        plane, oid = self.node.dataplane, self._engine_id
+        if plane is None or oid is None or plane.stopped:
+            return
+        for cid in list(self._authorized):
+            channel = plane.channels.get(cid)
+            if channel is None or not self.allowed(channel):
+                self._authorized.discard(cid)
+                plane.engine.allow_outlet(oid, cid, False)
+
+    def engine_session(self, session_id: int, channel_id: int, route: Any) -> None:
+        plane = self.node.dataplane
+        channel = plane.channels.get(channel_id) if plane is not None else None
+        ret = tuple(Address(t, v) for t, v in route)
+        key = (Address.local(channel.address), *ret) if channel is not None else ret
+        self._adopt(session_id, channel_id, self.node.next_id("outlet"), key, key)
 
     def handle(self, msg: RoutedMessage) -> None:
         """Every inlet→outlet message (sync, inline in the router)."""
@@ -526,11 +734,69 @@ class Outlet(_Portal):
             self.refused += 1
             self._refuse(key, f"tcp-outlet {self.name!r} has {self.options.max_sessions} sessions")
             return
+        plane = self.node.dataplane
+        if plane is not None and plane.carries(channel):
+            if self._engine_id is not None and channel._engine_id is not None:
+                # The next OPENs through this channel open in the data plane directly.
+                self._authorized.add(channel._engine_id)
+                plane.engine.allow_outlet(self._engine_id, channel._engine_id, True)
+            self._open_in_engine(channel, key)
+            return
         session = Session(self.node, self.node.next_id("outlet"), channel, key, self.options, self)
         session.key = key
         self.sessions[key] = session
         self.total += 1
         self.node.task_group.start_soon(self._connect, session)
+
+    def _open_in_engine(self, channel: SecureChannel, key: tuple[Address, ...]) -> None:
+        """The session in the data plane: it connects to the target itself (an IP address;
+        a host name is resolved here first), holding what arrives meanwhile."""
+        session = EngineSession(
+            self.node, self.node.next_id("outlet"), channel, key, self.options, self
+        )
+        session.key = key
+        self.sessions[key] = session
+        self.total += 1
+        # Messages of this session that Python already holds (in the connection's queue) go
+        # first: then the engine waits for the sync marker before taking the rest.
+        plane, link = self.node.dataplane, channel._engine_link
+        conn = plane.links.get(link) if plane is not None and link is not None else None
+        sync = 2 if conn is not None and conn.pending_events() else 1
+        prefix = self._connect_prefix()
+        try:
+            session.register(
+                None,
+                match=self.name,
+                match_return=dp.encoded_route(key[1:]),
+                open=False,
+                sync=sync,
+                connect_prefix=prefix,
+            )
+        except TetherError as e:
+            session.engine_closed(f"tcp-outlet {self.name!r} could not open a session: {e}", 0, 0)
+            return
+        if _ip_literal(self.host):
+            self._engine_connect(session, self.host)
+        else:
+            self.node.task_group.start_soon(self._resolve_and_connect, session, prefix)
+
+    def _engine_connect(self, session: EngineSession, host: str) -> None:
+        plane = self.node.dataplane
+        if plane is not None and not plane.stopped and session.id is not None:
+            plane.engine.session_connect(session.id, host, self.port)
+
+    async def _resolve_and_connect(self, session: EngineSession, prefix: str) -> None:
+        try:
+            with anyio.fail_after(self.options.connect_timeout):
+                infos = await anyio.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        except (OSError, TimeoutError) as e:
+            why = "timed out" if isinstance(e, TimeoutError) else _why(e)
+            session.abort(f"{prefix}: {why}", notify=True)
+            return
+        if not infos:
+            session.abort(f"{prefix}: the name has no address", notify=True)
+            return
+        self._engine_connect(session, str(infos[0][4][0]))
 
     def _refuse(self, route: tuple[Address, ...], reason: str) -> None:
         self._remember_ended(route)
@@ -597,6 +863,9 @@ class Inlet(_Portal):
         self._listener: Any = None
         self._scope = anyio.CancelScope()
         self.state = "starting"
+        self._engine_id: int | None = None
+        self._bound: int | None = None  # the channel the data plane opens connections through
+        self._tg: Any = None
 
     @property
     def address(self) -> str:
@@ -614,6 +883,10 @@ class Inlet(_Portal):
         }
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        plane = self.node.dataplane
+        if plane is not None and not plane.stopped:
+            await self._run_in_engine(task_status)
+            return
         try:
             listener = await anyio.create_tcp_listener(
                 local_host=self.host, local_port=self.port, reuse_port=False
@@ -638,6 +911,88 @@ class Inlet(_Portal):
 
     def stop(self) -> None:
         self._scope.cancel()
+        self._leave_engine()
+
+    async def _listen(self) -> Any:
+        try:
+            return await anyio.create_tcp_listener(
+                local_host=self.host, local_port=self.port, reuse_port=False
+            )
+        except OSError as e:
+            raise InvalidArgumentError(
+                f"tcp-inlet {self.name!r} cannot listen on {self.bind}: {e.strerror or e}"
+            ) from None
+
+    async def _run_in_engine(self, task_status: Any) -> None:
+        """The listening socket is the data plane's: once a connection has gone the slow way
+        (the route resolved, the policy checked, here), the next ones through the same channel
+        open in the engine with no round through Python."""
+        plane = self.node.dataplane
+        assert plane is not None
+        listener = await self._listen()
+        raw = listener.extra(SocketAttribute.raw_socket)
+        self.port = listener.extra(SocketAttribute.local_port)
+        try:
+            self._engine_id = int(
+                plane.engine.add_inlet(
+                    os.dup(raw.fileno()),
+                    b"inlet#r",
+                    self.options.window,
+                    self.options.max_sessions,
+                )
+            )
+        finally:
+            await listener.aclose()  # Python's copy: the engine's keeps listening
+        plane.inlets[self._engine_id] = self
+        self.state = "listening"
+        task_status.started()
+        try:
+            with self._scope:
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    await self.recheck()
+        finally:
+            self._tg = None
+            self._leave_engine()
+            self.state = "stopped"
+            for session in list(self.sessions.values()):
+                session.abort(f"tcp-inlet {self.name!r} deleted", notify=True)
+
+    def _leave_engine(self) -> None:
+        plane, iid = self.node.dataplane, self._engine_id
+        if plane is not None and iid is not None:
+            self._engine_id = None
+            plane.inlets.pop(iid, None)
+            if not plane.stopped:
+                plane.engine.remove_inlet(iid)
+
+    def accepted(self, fd: int) -> None:
+        """The data plane accepted a connection it cannot open alone: the slow way."""
+        if self._tg is None:
+            os.close(fd)
+            return
+        self._tg.start_soon(self._accept_fd, fd)
+
+    async def _accept_fd(self, fd: int) -> None:
+        try:
+            stream = await SocketStream.from_socket(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        await self._accept(stream)
+
+    def _recheck_engine(self) -> None:
+        plane, iid, bound = self.node.dataplane, self._engine_id, self._bound
+        if plane is None or iid is None or plane.stopped or bound is None:
+            return
+        channel = plane.channels.get(bound)
+        if channel is None or not self.allowed(channel):
+            self._bound = None
+            plane.engine.bind_inlet(iid, None, None)
+
+    def engine_session(self, session_id: int, channel_id: int, route: Any) -> None:
+        address = bytes(route).decode()
+        self._adopt(session_id, channel_id, address, address, ())
 
     async def _fail(self, stream: SocketStream, reason: str, *, count: bool = True) -> None:
         """Turn one client connection away (reset), recording why."""
@@ -679,6 +1034,10 @@ class Inlet(_Portal):
                 count=False,
             )
             return
+        plane = self.node.dataplane
+        if plane is not None and plane.carries(channel):
+            await self._open_in_engine(stream, address, channel, onward)
+            return
         session = Session(self.node, address, channel, onward, self.options, self)
         expected = channel.address
 
@@ -695,3 +1054,35 @@ class Inlet(_Portal):
         except TetherError as e:
             session.abort(f"could not open a session through {self.route}: {e}")
         await session.run(stream)
+
+    async def _open_in_engine(
+        self,
+        stream: SocketStream,
+        address: str,
+        channel: SecureChannel,
+        onward: tuple[Address, ...],
+    ) -> None:
+        """The session in the data plane: the engine sends OPEN and pumps the socket (a
+        duplicate of it: Python's copy is closed here)."""
+        session = EngineSession(self.node, address, channel, onward, self.options, self)
+        session.key = address
+        self.sessions[address] = session
+        try:
+            raw = stream.extra(SocketAttribute.raw_socket)
+            session.register(
+                os.dup(raw.fileno()), match=address, match_return=None, open=True, sync=0
+            )
+        except (TetherError, OSError) as e:
+            session.engine_closed(f"could not open a session through {self.route}: {e}", 0, 0)
+            await self._fail(stream, session.close_reason, count=False)
+            return
+        plane = self.node.dataplane
+        if self._engine_id is not None and plane is not None and not plane.stopped:
+            # The route and the policy hold for this channel: the next connections open in
+            # the data plane directly (until the channel closes or the policy says no).
+            self._bound = channel._engine_id
+            plane.engine.bind_inlet(
+                self._engine_id, channel._engine_id, dp.encoded_route(onward[1:])
+            )
+        with anyio.CancelScope(shield=True):
+            await stream.aclose()

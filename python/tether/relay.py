@@ -110,6 +110,11 @@ class RelayService:
             await self.node.start_worker(
                 forwarder, self._forwarder(name), kind="relay", inline=True, raw=True
             )
+        plane = self.node.dataplane
+        if plane is not None:
+            # What the data plane reads for the forwarder it forwards itself (ciphertext into
+            # the claimer's channel); the worker handles the rest (and reports an offline name).
+            plane.set_forward(forwarder, channel, self.claims[name].route[1:])
         log.info(
             "%s: %s relay %r for %s",
             self.node.name,
@@ -160,11 +165,15 @@ class RelayService:
 
     def info(self) -> list[dict[str, object]]:
         out = []
+        plane = self.node.dataplane
         for claim in self.claims.values():
             channel = self.node.channels.get(claim.channel)
-            out.append(
-                {**claim.info(), "online": channel is not None and not channel.closed.is_set()}
-            )
+            info = claim.info()
+            if plane is not None and not plane.stopped:  # what the data plane forwarded itself
+                info["forwarded"] = claim.forwarded + plane.engine.forwarded(
+                    (FORWARD_PREFIX + claim.name).encode()
+                )
+            out.append({**info, "online": channel is not None and not channel.closed.is_set()})
         return out
 
 
