@@ -14,6 +14,9 @@ Put it between two endpoints (a node and another node's TCP listener, say) and s
   keeps both connections open, reading and dropping what arrives, like a path that silently
   lost its packets (after ACKs: the senders see no back-pressure either).
 
+``record`` (a list) collects every chunk that goes through, both directions, as it was read:
+what a node on the other side of the proxy sent and received on the wire.
+
 Faults apply to every connection, and may be changed while the proxy runs (``proxy.faults =
 Faults()`` heals it for new bytes; the byte count is per connection).
 """
@@ -88,8 +91,15 @@ class _Link:
 class FaultProxy:
     """Listens on ``127.0.0.1`` (``port`` once started) and forwards to ``target``."""
 
-    def __init__(self, target_host: str, target_port: int, faults: Faults | None = None) -> None:
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        faults: Faults | None = None,
+        record: list[bytes] | None = None,
+    ) -> None:
         self.target = (target_host, target_port)
+        self.record = record
         self.faults = faults or Faults()
         self.port = 0
         self.connections = 0
@@ -168,6 +178,8 @@ class FaultProxy:
                             data = await src.receive(CHUNK)
                         except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                             break
+                        if self.record is not None:
+                            self.record.append(data)
                         if link.blackholed:
                             continue  # read and drop: the sender sees no back-pressure
                         n = link.allowance(len(data))

@@ -17,6 +17,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from faultproxy import FaultProxy
 from tether.channel import ephemeral_identity
 from tether.message import RoutedMessage
 from tether.node import Node, ReplyTimeoutError, UnreachableError
@@ -27,10 +28,13 @@ HERE = Path(__file__).resolve().parent
 
 
 def test_no_inbound_port_and_a_blind_relay() -> None:
+    """What the relay node routes (recorded at its router: the Python data plane, so every
+    message passes there) is ciphertext when the route has a secure channel."""
+
     async def main() -> None:
         recorded: list[bytes] = []
         async with (
-            Node("relay", identity=ephemeral_identity()) as relay,
+            Node("relay", identity=ephemeral_identity(), dataplane=False) as relay,
             Node("protected", identity=ephemeral_identity()) as protected,
             Node("client", identity=ephemeral_identity()) as client,
         ):
@@ -56,6 +60,42 @@ def test_no_inbound_port_and_a_blind_relay() -> None:
             await client.request(rc.forward_route + "/service/echo", MARKER)
             assert any(MARKER in p for p in recorded)
             client.task_group.cancel_scope.cancel()
+
+    anyio.run(main, backend="trio")
+
+
+def test_a_blind_relay_in_the_data_plane() -> None:
+    """With the Rust data plane the relay forwards by itself: what reaches it from the client
+    (recorded on the wire by a proxy in front of it) is ciphertext when the route has a secure
+    channel, and the plaintext otherwise (the control); the forwarded count includes what the
+    engine forwarded."""
+
+    async def main() -> None:
+        wire: list[bytes] = []
+        async with (
+            anyio.create_task_group() as tg,
+            Node("relay", identity=ephemeral_identity()) as relay,
+            Node("protected", identity=ephemeral_identity()) as protected,
+            Node("client", identity=ephemeral_identity()) as client,
+        ):
+            assert relay.dataplane is not None
+            port = (await relay.listen_tcp()).port
+            proxy = FaultProxy("127.0.0.1", port, record=wire)
+            await tg.start(proxy.serve)
+            rc = await protected.create_relay("db", f"/ip4/127.0.0.1/tcp/{port}")
+            via_proxy = f"/ip4/127.0.0.1/tcp/{proxy.port}/service/forward_to_db"
+            for _ in range(3):
+                assert (
+                    await client.request(via_proxy + "/secure/api/service/echo", MARKER) == MARKER
+                )
+            assert wire
+            assert MARKER not in b"".join(wire)
+            (claim,) = relay.relay_service.info()
+            assert int(claim["forwarded"]) >= 1  # at least the handshake's first message
+            assert rc.state == "claimed"
+            await client.request(via_proxy + "/service/echo", MARKER)
+            assert MARKER in b"".join(wire)
+            tg.cancel_scope.cancel()
 
     anyio.run(main, backend="trio")
 

@@ -1,0 +1,374 @@
+"""The Rust data plane (:mod:`tether.engine`): what it does by itself, and what it refuses.
+
+* portal sessions open in the engine without a round through Python once the inlet's route
+  and the outlet's policy have been checked for a channel, and both fall back to Python when
+  that no longer holds (the channel closed, the policy changed);
+* bad input on a link the engine reads (garbage, an oversized frame, a malformed message,
+  forged or replayed channel messages) is refused with the precise reason, and the node goes on
+  serving everyone else;
+* any split of a stream of frames across TCP segments delivers the same messages (a
+  hypothesis property over the engine's reader).
+
+The portal behaviours themselves (bytes, half-close, resets, flow control, faults, real
+programs) are tested with both data planes in ``test_portal.py`` and ``test_portal_programs.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import SocketAttribute, SocketStream, TaskGroup
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tether.channel import ephemeral_identity
+from tether.message import Address, RoutedMessage
+from tether.node import KIND_DATA, Message, Node, WorkerContext
+from tether.policy import Policy
+from tether.portal import EngineSession, PortalOptions
+from tether.transport.tcp import HELLO, TcpOptions
+from trio_run import run, until, within
+
+HOST = "127.0.0.1"
+
+
+async def serve_echo(tg: TaskGroup) -> int:
+    async def echo(stream: SocketStream) -> None:
+        async with stream:
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                while True:
+                    await stream.send(await stream.receive())
+
+    listener = await anyio.create_tcp_listener(local_host=HOST)
+    tg.start_soon(listener.serve, echo)
+    port: int = listener.extra(SocketAttribute.local_port)
+    return port
+
+
+async def ping(port: int, data: bytes) -> bytes:
+    """One connection through the inlet: send, shut the write half, read to the end (or a
+    reset: then what arrived before it)."""
+    async with await anyio.connect_tcp(HOST, port) as stream:
+        got = b""
+        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+            await stream.send(data)
+            await stream.send_eof()
+            while True:
+                got += await stream.receive()
+        return got
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+def raw_link(port: int) -> socket.socket:
+    """A plain socket that has done a tether hello with the node at ``port``."""
+    sock = socket.create_connection((HOST, port), timeout=5)
+    sock.sendall(frame(HELLO))
+    got = b""
+    while len(got) < 4 + len(HELLO):
+        chunk = sock.recv(4 + len(HELLO) - len(got))
+        assert chunk, "the node closed the connection during the hello"
+        got += chunk
+    assert got == frame(HELLO)
+    return sock
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the node closed this connection (EOF or reset) within the socket's timeout."""
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+# --- sessions opened by the engine ------------------------------------------------------------
+
+
+def test_after_the_first_connection_sessions_open_in_the_engine_alone() -> None:
+    """The first connection goes the slow way (route, channel, policies in Python); from then
+    on the inlet's and the outlet's sessions are opened by the engine: Python's outlet handler
+    sees no more OPENs, and the sessions still count and end in both tables."""
+
+    async def main() -> None:
+        async with (
+            anyio.create_task_group() as tg,
+            Node("near", identity=ephemeral_identity()) as near,
+            Node("far", identity=ephemeral_identity()) as far,
+        ):
+            target = await serve_echo(tg)
+            port = (await far.listen_tcp(HOST)).port
+            outlet = await far.create_tcp_outlet(f"{HOST}:{target}")
+            inlet = await near.create_tcp_inlet(
+                f"{HOST}:0", f"/ip4/{HOST}/tcp/{port}/secure/api/service/outlet"
+            )
+            handled: list[int] = []
+            real = outlet.handle
+
+            def counting(msg: RoutedMessage) -> None:
+                handled.append(msg.payload[1] if len(msg.payload) > 1 else -1)
+                real(msg)
+
+            far._sinks["outlet"] = counting
+            with within(10, "the first connection"):
+                assert await ping(inlet.port, b"first") == b"first"
+            opens = handled.count(1)
+            assert opens <= 1  # the first OPEN (unless it arrived before the handler swap)
+            for i in range(20):
+                with within(10, "a connection through the engine"):
+                    assert await ping(inlet.port, b"x%d" % i) == b"x%d" % i
+            assert handled.count(1) == opens  # no OPEN reached Python again
+            await until(
+                lambda: inlet.info()["sessions"] == 0 and outlet.info()["sessions"] == 0,
+                5,
+                "every session ended",
+            )
+            assert inlet.info()["total"] == 21
+            assert outlet.info()["total"] == 21
+            assert inlet.info()["failed"] == 0
+            assert outlet.info()["failed"] == 0
+            assert outlet.info()["bytes_in"] == sum(len(b"x%d" % i) for i in range(20)) + 5
+            tg.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_a_policy_change_stops_the_engine_opening_sessions_for_that_peer() -> None:
+    """The outlet's authorization of a channel is rechecked with its sessions: once the policy
+    no longer admits the peer, its open sessions are reset and new ones are refused (through
+    Python again, which says why)."""
+
+    async def main() -> None:
+        options = PortalOptions(recheck_interval=0.1)
+        async with (
+            anyio.create_task_group() as tg,
+            Node("near", identity=ephemeral_identity()) as near,
+            Node("far", identity=ephemeral_identity()) as far,
+        ):
+            target = await serve_echo(tg)
+            port = (await far.listen_tcp(HOST)).port
+            me = near.identity.identity.identifier
+            outlet = await far.create_tcp_outlet(
+                f"{HOST}:{target}", allow=f'subject.identifier = "{me}"', options=options
+            )
+            inlet = await near.create_tcp_inlet(
+                f"{HOST}:0", f"/ip4/{HOST}/tcp/{port}/secure/api/service/outlet"
+            )
+            for _ in range(3):
+                with within(10, "an admitted connection"):
+                    assert await ping(inlet.port, b"ok") == b"ok"
+            held = await anyio.connect_tcp(HOST, inlet.port)
+            await held.send(b"open")
+            with within(10, "the held connection's echo"):
+                assert await held.receive() == b"open"
+            outlet.policy = Policy.parse('subject.identifier = "someone else"')
+            with (
+                within(10, "the open session reset by the recheck"),
+                contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError),
+            ):
+                while await held.receive():
+                    pass
+            await held.aclose()
+            refused_before = outlet.info()["refused"]
+            with within(10, "a refused connection"):
+                assert await ping(inlet.port, b"no") == b""
+            info = outlet.info()
+            assert info["refused"] > refused_before, info
+            assert "refused" in str(info["last_error"]), info
+            tg.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_sessions_through_a_relay_run_in_the_engine_on_every_node() -> None:
+    """Inlet node → relay → outlet node (no listener): the channel to the outlet runs inside
+    the outlet node's channel to the relay; the engine opens and seals both layers, and the
+    relay forwards without Python."""
+
+    async def main() -> None:
+        async with (
+            anyio.create_task_group() as tg,
+            Node("relay", identity=ephemeral_identity()) as relay,
+            Node("db", identity=ephemeral_identity()) as db,
+            Node("app", identity=ephemeral_identity()) as app,
+        ):
+            target = await serve_echo(tg)
+            port = (await relay.listen_tcp(HOST)).port
+            rc = await db.create_relay("db", f"/ip4/{HOST}/tcp/{port}")
+            outlet = await db.create_tcp_outlet(f"{HOST}:{target}")
+            inlet = await app.create_tcp_inlet(
+                f"{HOST}:0", rc.forward_route + "/secure/api/service/outlet"
+            )
+            routed: list[RoutedMessage] = []
+            real_route = relay.route
+
+            async def recording(msg: RoutedMessage, via: str | None = None) -> None:
+                routed.append(msg)
+                await real_route(msg, via)
+
+            with within(10, "the first connection"):
+                assert await ping(inlet.port, b"first") == b"first"
+            relay.route = recording  # type: ignore[method-assign]
+            data = bytes(range(256)) * 4096  # 1 MiB each way
+            with within(20, "a megabyte through the relay"):
+                assert await ping(inlet.port, data) == data
+            assert routed == []  # the relay's Python router saw none of it
+            sessions = list(outlet.sessions.values())
+            assert all(isinstance(s, EngineSession) for s in sessions)
+            tg.cancel_scope.cancel()
+
+    run(main)
+
+
+# --- bad input on an engine link --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "reason"),
+    [
+        ("garbage", b"\xff" * 64, "bad framing"),
+        ("oversized frame", struct.pack(">I", 1 << 30), "bad framing"),
+        ("malformed message", frame(b"\x07not a routed message"), "malformed message"),
+    ],
+)
+def test_bad_input_closes_that_link_only(name: str, payload: bytes, reason: str) -> None:
+    """Each is refused with its reason (in the log and the connection's close reason); a portal
+    session on another link of the same node keeps carrying bytes meanwhile."""
+
+    async def main() -> None:
+        async with (
+            anyio.create_task_group() as tg,
+            Node("near", identity=ephemeral_identity()) as near,
+            Node("far", identity=ephemeral_identity()) as far,
+        ):
+            target = await serve_echo(tg)
+            port = (await far.listen_tcp(HOST)).port
+            await far.create_tcp_outlet(f"{HOST}:{target}")
+            inlet = await near.create_tcp_inlet(
+                f"{HOST}:0", f"/ip4/{HOST}/tcp/{port}/secure/api/service/outlet"
+            )
+            held = await anyio.connect_tcp(HOST, inlet.port)
+            await held.send(b"before")
+            with within(10, "the echo before"):
+                assert await held.receive() == b"before"
+            closed: list[str] = []
+            real_forget = far.tcp._forget
+
+            def forget(conn: Any) -> None:
+                closed.append(conn.close_reason)
+                real_forget(conn)
+
+            far.tcp._forget = forget  # type: ignore[method-assign]
+            sock = await anyio.to_thread.run_sync(raw_link, port)
+            sock.sendall(payload)
+            sock.settimeout(5)
+            assert await anyio.to_thread.run_sync(closed_by_peer, sock), name
+            sock.close()
+            await until(lambda: bool(closed), 5, "the bad link closed")
+            assert any(reason in r for r in closed), closed
+            await held.send(b"after")
+            with within(10, "the echo after"):
+                assert await held.receive() == b"after"
+            await held.aclose()
+            tg.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_forged_and_replayed_channel_messages_are_refused_and_the_channel_goes_on() -> None:
+    """Ciphertext for a channel the engine opens, sent by someone else on another link: forged
+    (random bytes), and replayed (a copy of a real message seen on the wire) are dropped and
+    counted; the channel's sessions carry on."""
+
+    async def main() -> None:
+        async with (
+            anyio.create_task_group() as tg,
+            Node("near", identity=ephemeral_identity()) as near,
+            Node("far", identity=ephemeral_identity()) as far,
+        ):
+            target = await serve_echo(tg)
+            port = (await far.listen_tcp(HOST)).port
+            await far.create_tcp_outlet(f"{HOST}:{target}")
+            inlet = await near.create_tcp_inlet(
+                f"{HOST}:0", f"/ip4/{HOST}/tcp/{port}/secure/api/service/outlet"
+            )
+            with within(10, "a first connection"):
+                assert await ping(inlet.port, b"hello") == b"hello"
+            (channel,) = far.channels.values()
+            assert channel._engine_id is not None
+            to = (Address.local(channel.decryptor),)
+            forged = RoutedMessage(to, (), bytes([KIND_DATA, 4]) + bytes(range(200))).encode()
+            # A replay: the cipher's next nonce is past what was used; nonce 0 was delivered.
+            replay_body = (0).to_bytes(8, "big") + bytes(64)
+            replayed = RoutedMessage(to, (), bytes([KIND_DATA, 4]) + replay_body).encode()
+            sock = await anyio.to_thread.run_sync(raw_link, port)
+            before = channel.refused
+            sock.sendall(frame(forged) + frame(replayed))
+            await until(lambda: channel.refused >= before + 2, 5, "both refused")
+            with within(10, "the channel still carries sessions"):
+                assert await ping(inlet.port, b"still") == b"still"
+            sock.close()
+            tg.cancel_scope.cancel()
+
+    run(main)
+
+
+# --- framing property ----------------------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    payloads=st.lists(st.binary(min_size=0, max_size=3000), min_size=1, max_size=20),
+    cuts=st.lists(st.integers(min_value=1, max_value=4000), min_size=0, max_size=40),
+)
+def test_any_split_of_the_frame_stream_delivers_the_same_messages(
+    payloads: list[bytes], cuts: list[int]
+) -> None:
+    """Messages to a worker, sent over a raw link in segments cut anywhere (keepalives mixed
+    in), arrive complete and in order."""
+    stream = b""
+    for i, p in enumerate(payloads):
+        msg = RoutedMessage((Address.local("sink"),), (), bytes([KIND_DATA]) + p).encode()
+        stream += frame(msg)
+        if i % 3 == 0:
+            stream += frame(b"")  # a keepalive
+    segments = []
+    pos = 0
+    for c in cuts:
+        if pos >= len(stream):
+            break
+        segments.append(stream[pos : pos + c])
+        pos += c
+    segments.append(stream[pos:])
+
+    async def main() -> None:
+        got: list[bytes] = []
+        async with Node("n", tcp_options=TcpOptions()) as node:
+            assert node.dataplane is not None
+
+            async def sink(ctx: WorkerContext, msg: Message) -> None:
+                got.append(msg.payload)
+
+            await node.start_worker("sink", sink)
+            port = (await node.listen_tcp(HOST)).port
+            sock = await anyio.to_thread.run_sync(raw_link, port)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for seg in segments:
+                sock.sendall(seg)
+                await anyio.sleep(0)
+            await until(lambda: len(got) == len(payloads), 10, "every message")
+            assert got == payloads
+            sock.close()
+            node.task_group.cancel_scope.cancel()
+
+    run(main)
