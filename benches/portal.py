@@ -89,13 +89,14 @@ SETUP_TIMEOUT = 30.0
 CONTENDERS = {
     "direct": "direct",
     "tether": "tether",
+    "tether-py": "tether, Python data plane",
     "relay": "tether via relay",
     "ssh": "ssh -L",
     "stunnel": "stunnel",
     "socat": "socat",
 }
 BASELINE = "ssh -L"
-SUBJECTS = ("tether", "tether via relay")
+SUBJECTS = ("tether", "tether via relay", "tether, Python data plane")
 SSH_CIPHER = "aes256-gcm@openssh.com"
 TLS_SUITE = "TLS_AES_256_GCM_SHA384"
 SOCAT_BUFFER = 256 * 1024
@@ -430,6 +431,26 @@ def start_tether(procs: Processes, tmp: Path, load: Load) -> Contender:
     )
 
 
+def start_tether_python(procs: Processes, tmp: Path, load: Load) -> Contender:
+    """tether with the Rust data plane off (``--dataplane python``): every byte through Python,
+    as before the engine existed; the before/after of the data plane in the same run."""
+    port = free_port()
+    db = _node(
+        procs, "py-db", "db", "--dataplane", "python", "--listen", str(port), *_outlets(load)
+    )
+    sink, echo, inlets = _inlets(f"/ip4/{HOST}/tcp/{port}")
+    client = _node(procs, "py-client", "client", "--dataplane", "python", *inlets)
+    wait_ready(procs, "tether, Python data plane", echo)
+    return Contender(
+        "tether, Python data plane",
+        sink,
+        echo,
+        {"inlet node": client.pid, "outlet node": db.pid},
+        "as tether, with TETHER_DATAPLANE=python (no Rust data plane)",
+        ("py-client", "py-db", "load"),
+    )
+
+
 def start_relay(procs: Processes, tmp: Path, load: Load) -> Contender:
     port = free_port()
     relay = _node(procs, "relay-relay", "relay", "--listen", str(port))
@@ -621,6 +642,7 @@ def start_socat(procs: Processes, tmp: Path, load: Load) -> Contender:
 STARTERS: dict[str, Callable[[Processes, Path, Load], Contender]] = {
     "direct": start_direct,
     "tether": start_tether,
+    "tether-py": start_tether_python,
     "relay": start_relay,
     "ssh": start_ssh,
     "stunnel": start_stunnel,
@@ -1052,7 +1074,8 @@ def markdown(report: Report, env: dict[str, str]) -> str:
             "",
             "Ratio: subject / ssh -L of the medians (throughput: higher is better; CPU, round "
             "trip and open time: lower is better). The open-time target is an absolute limit. "
-            "tether via relay has no targets; its ratios are for tracking.",
+            "tether via relay and tether with the Python data plane (the before of the Rust "
+            "data plane, in the same run) have no targets; their ratios are for tracking.",
             "",
         ]
     meas_rows = []
@@ -1189,7 +1212,12 @@ def chart(report: Report, path: Path) -> None:
 
     values = report.values()
     names = list(values)
-    colors = {"tether": "#1f77b4", "tether via relay": "#6baed6", "direct": "#444444"}
+    colors = {
+        "tether": "#1f77b4",
+        "tether via relay": "#6baed6",
+        "tether, Python data plane": "#9ecae1",
+        "direct": "#444444",
+    }
     fig, axes = plt.subplots(2, 2, figsize=(12, 7.5))
     for ax, metric in zip(axes.flat, ("throughput", "cpu", "latency", "open"), strict=True):
         shown = [n for n in names if values[n][metric] is not None]

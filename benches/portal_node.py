@@ -50,7 +50,8 @@ async def _until_signalled() -> None:
 
 async def serve(args: argparse.Namespace) -> None:
     info: dict[str, Any] = {"role": args.role}
-    async with Node(args.role, identity=ephemeral_identity()) as node:
+    dataplane = args.dataplane == "rust"
+    async with Node(args.role, identity=ephemeral_identity(), dataplane=dataplane) as node:
         if args.listen is not None:
             listener = await node.listen_tcp(HOST, args.listen)
             info["listen"] = listener.port
@@ -80,6 +81,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--outlet", nargs=2, action="append", metavar=("NAME", "HOST:PORT"))
     p.add_argument("--inlet", nargs=2, action="append", metavar=("HOST:PORT", "ROUTE"))
     p.add_argument("--log-level", default="WARNING", help="of the node's log on stderr")
+    p.add_argument(
+        "--dataplane",
+        choices=["rust", "python"],
+        default="rust",
+        help="rust (the default): the engine carries established traffic; python: all in Python",
+    )
     args = p.parse_args(argv)
     if args.role == "relay" and args.listen is None:
         p.error("relay needs --listen PORT")

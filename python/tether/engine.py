@@ -17,7 +17,7 @@ engine does not handle reaches Python as events, in order per connection:
 ``(3, link)``          a congested link drained (senders waiting on it go on)
 ``(4, s, why, o, i)``  session ``s`` ended (``why`` empty: an orderly end both ways)
 ``(5, link, s)``       every event before this one is delivered: session ``s`` may go on
-``(6, c, why)``        channel ``c`` refused a message (forged, replayed, malformed)
+``(6, c, why, k)``     channel ``c`` refused ``k`` messages (forged, replayed, malformed)
 ``(7, link, n, c, p, nonce)``  a fragment whose message Python began, for Python to join
 ``(8, i, s, c, addr)``  inlet ``i`` opened session ``s`` (address ``addr``) through channel ``c``
 ``(9, i, fd)``         inlet ``i`` accepted a connection it cannot open alone (Python's now)
@@ -177,8 +177,13 @@ class DataPlane:
         elif t == EV_REFUSED:
             channel = self.channels.get(ev[1])
             if channel is not None:
-                channel.refused += 1
-                log.info("secure channel %s refused a message: %s", channel.address, ev[2])
+                channel.refused += ev[3]
+                log.info(
+                    "secure channel %s refused %d message(s), the last: %s",
+                    channel.address,
+                    ev[3],
+                    ev[2],
+                )
 
     # --- links ---------------------------------------------------------------------------
 

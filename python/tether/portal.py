@@ -454,11 +454,12 @@ class EngineSession:
         ``notify``); the owner forgets it when the engine reports it ended."""
         if self._closed:
             return
+        sent, received, _ = self._stats()
         plane = self.node.dataplane
         if self.id is not None and plane is not None and not plane.stopped:
             plane.engine.close_session(self.id, reason, notify)
-        else:
-            self.engine_closed(reason, self._sent, self._received)
+        # Recorded now (the engine's report of the end comes later and is then ignored).
+        self.engine_closed(reason, sent, received)
 
     def engine_closed(self, reason: str, sent: int, received: int) -> None:
         """The engine ended the session (``reason`` empty: both directions ended in order)."""

@@ -68,7 +68,9 @@ pub const UP_LIMIT: usize = 4 << 20;
 /// Python's sends are told to wait.
 pub const HIGH_WATER: usize = 4 << 20;
 const LOW_WATER: usize = 1 << 20;
-const TICK: Duration = Duration::from_millis(100);
+/// Timers (keepalives, dead peers, slow frames, connect timeouts) and bookkeeping events are
+/// looked at this often.
+const TICK: Duration = Duration::from_millis(20);
 /// Channels inside channels are opened (and sealed) here down to this depth; deeper ones go to
 /// Python (a peer cannot make the engine recurse without bound).
 const MAX_NESTING: usize = 4;
@@ -162,7 +164,12 @@ pub enum Event {
         return_route: Vec<u8>,
     },
     /// A channel message was refused (forged, replayed, malformed).
-    Refused { channel: u64, reason: String },
+    /// (At most one per channel per tick: a flood of forgeries costs Python nothing.)
+    Refused {
+        channel: u64,
+        count: u64,
+        reason: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -242,6 +249,10 @@ struct Channel {
     last_activity: Instant,
     last_rx_link: Option<u64>,
     sessions: Vec<u64>,
+    /// Messages refused since the last report, and the last reason.
+    refused: u64,
+    refused_reason: String,
+    refusing: bool,
 }
 
 /// Whether a new session must wait for Python to deliver what it already holds.
@@ -552,6 +563,9 @@ impl Engine {
                 last_activity: Instant::now(),
                 last_rx_link: None,
                 sessions: Vec::new(),
+                refused: 0,
+                refused_reason: String::new(),
+                refusing: false,
             },
         );
         id
@@ -831,8 +845,9 @@ fn reset(sock: &TcpStream) {
 fn run(mut poll: Poll, shared: &Shared) {
     let mut events = Events::with_capacity(256);
     let mut last_tick = Instant::now();
+    let mut timeout = TICK;
     loop {
-        if let Err(e) = poll.poll(&mut events, Some(TICK)) {
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
             if e.kind() != io::ErrorKind::Interrupted {
                 break;
             }
@@ -851,7 +866,7 @@ fn run(mut poll: Poll, shared: &Shared) {
                     st.flush_link(id);
                 }
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                    st.read_link(id);
+                    st.read_link(id, ev.is_read_closed() || ev.is_error());
                 }
             } else if st.inlets.contains_key(&id) {
                 st.accept(id);
@@ -860,7 +875,7 @@ fn run(mut poll: Poll, shared: &Shared) {
                     st.session_writable(id);
                 }
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                    st.read_session(id);
+                    st.read_session(id, ev.is_read_closed() || ev.is_error());
                 }
             }
         }
@@ -869,7 +884,14 @@ fn run(mut poll: Poll, shared: &Shared) {
             last_tick = Instant::now();
             st.tick();
             st.settle();
+            if !st.events.is_empty() {
+                st.notify_python();
+            }
         }
+        // Work that settle() left for later (it bounds its rounds) is picked up at once.
+        let pending =
+            !(st.retry_links.is_empty() && st.retry_sessions.is_empty() && st.to_close.is_empty());
+        timeout = if pending { Duration::ZERO } else { TICK };
     }
 }
 
@@ -881,7 +903,20 @@ impl State {
     }
 
     fn push(&mut self, ev: Event) {
+        // Bookkeeping (a session the engine opened or ended) is not urgent: Python hears of it
+        // with the next urgent event or tick, so it does not compete for the CPU with the
+        // bytes of a connection that is opening.
+        let lazy = matches!(
+            ev,
+            Event::InletSession { .. } | Event::OutletSession { .. } | Event::SessionClosed { .. }
+        );
         self.events.push_back(ev);
+        if !lazy {
+            self.notify_python();
+        }
+    }
+
+    fn notify_python(&mut self) {
         if !self.notified {
             self.notified = true;
             let _ = self.notify.write(&[1]);
@@ -905,11 +940,11 @@ impl State {
             }
             for id in links {
                 self.flush_link(id);
-                self.read_link(id);
+                self.read_link(id, true);
             }
             for id in sessions {
                 self.session_writable(id);
-                self.read_session(id);
+                self.read_session(id, true);
             }
         }
         any
@@ -1018,7 +1053,10 @@ impl State {
     }
 
     #[allow(clippy::while_let_loop)] // the loop also ends on a read result
-    fn read_link(&mut self, id: u64) {
+    /// Read what the link has. A short read means the socket was drained (the next data makes
+    /// a new edge), so it stops there unless `drain` (the peer's FIN is in the same event, or
+    /// this is a retry): then it reads until the socket would block.
+    fn read_link(&mut self, id: u64, drain: bool) {
         let mut rbuf = std::mem::take(&mut self.rbuf);
         loop {
             let Some(l) = self.links.get_mut(&id) else {
@@ -1036,7 +1074,12 @@ impl State {
                     self.fail_link(id, "closed by peer".into());
                     break;
                 }
-                Ok(n) => self.feed_link(id, &rbuf[..n]),
+                Ok(n) => {
+                    self.feed_link(id, &rbuf[..n]);
+                    if n < rbuf.len() && !drain {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -1135,8 +1178,23 @@ impl State {
         }
     }
 
+    /// The first refusal of a tick is reported at once (in order with what follows it); the
+    /// rest of a burst is counted and reported at the tick.
     fn refuse(&mut self, channel: u64, reason: String) {
-        self.push(Event::Refused { channel, reason });
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        if ch.refusing {
+            ch.refused += 1;
+            ch.refused_reason = reason;
+        } else {
+            ch.refusing = true;
+            self.push(Event::Refused {
+                channel,
+                count: 1,
+                reason,
+            });
+        }
     }
 
     fn decrypt(&mut self, link: u64, cid: u64, body: &[u8], depth: usize) {
@@ -1467,7 +1525,8 @@ impl State {
     }
 
     #[allow(clippy::while_let_loop)]
-    fn read_session(&mut self, sid: u64) {
+    /// Read the session's socket while it has credit (`drain`: as in [`Self::read_link`]).
+    fn read_session(&mut self, sid: u64, drain: bool) {
         let mut rbuf = std::mem::take(&mut self.rbuf);
         loop {
             let Some(s) = self.sessions.get_mut(&sid) else {
@@ -1518,6 +1577,9 @@ impl State {
                             true,
                             false,
                         );
+                        break;
+                    }
+                    if n < MAX_DATA && !drain {
                         break;
                     }
                 }
@@ -1829,11 +1891,14 @@ impl State {
         let Ok(inner) = route::encode(&onward, &ret, m.payload) else {
             return false;
         };
-        let limit = self
-            .channel_link(cid)
-            .and_then(|o| self.links.get(&o))
-            .map_or(0, |o| o.opts.max_frame_len as usize);
-        if inner.len() + FORWARD_MARGIN > limit {
+        let Some(out) = self.channel_link(cid).and_then(|o| self.links.get(&o)) else {
+            return false;
+        };
+        // Too large (Python fragments it), or the way on is congested: Python waits for it to
+        // drain, and this link stops being read while Python's queue is full (back-pressure).
+        if inner.len() + FORWARD_MARGIN > out.opts.max_frame_len as usize
+            || out.out_bytes > HIGH_WATER
+        {
             return false;
         }
         if let Some(ch) = self.channels.get_mut(&cid) {
@@ -1851,8 +1916,8 @@ impl State {
         let Some(l) = self.links.get(&out) else {
             return false;
         };
-        if l.failed.is_some() {
-            return false;
+        if l.failed.is_some() || l.out_bytes > HIGH_WATER {
+            return false; // Python waits for the link to drain (back-pressure)
         }
         let mut ret = Vec::with_capacity(m.return_route.len() + 1);
         ret.push(route::Address {
@@ -2042,6 +2107,21 @@ impl State {
             if let Some(l) = self.links.get_mut(&id) {
                 l.last_tx = now;
             }
+        }
+        let mut refusals: Vec<(u64, u64, String)> = Vec::new();
+        for (&id, c) in &mut self.channels {
+            let burst = std::mem::take(&mut c.refusing);
+            if burst && c.refused > 0 {
+                let n = std::mem::take(&mut c.refused);
+                refusals.push((id, n, std::mem::take(&mut c.refused_reason)));
+            }
+        }
+        for (channel, count, reason) in refusals {
+            self.push(Event::Refused {
+                channel,
+                count,
+                reason,
+            });
         }
         let expired: Vec<u64> = self
             .sessions

@@ -364,9 +364,11 @@ impl PyEngine {
                         .into_pyobject(py)?
                         .into_any()
                 }
-                Event::Refused { channel, reason } => {
-                    (6u8, channel, reason).into_pyobject(py)?.into_any()
-                }
+                Event::Refused {
+                    channel,
+                    count,
+                    reason,
+                } => (6u8, channel, reason, count).into_pyobject(py)?.into_any(),
             };
             out.append(item)?;
         }

@@ -298,6 +298,8 @@ impl PyTransport {
 #[pyclass(module = "tether._core", name = "ChannelCipher")]
 pub(crate) struct PyChannelCipher {
     /// Shared with the data plane (`crate::engine`), which seals and opens bulk data with it.
+    /// Its methods keep the GIL while they hold the lock (a thread waiting for the lock never
+    /// holds the GIL that the holder needs); the engine's thread never takes the GIL.
     inner: SharedCipher,
     handshake_hash: Vec<u8>,
     remote_static: [u8; 32],
@@ -314,7 +316,7 @@ fn seal_one<'py>(
     // Before the output is allocated: an oversized payload costs no buffer of its size.
     channel::check_payload_len(pt.len())?;
     PyBytes::new_with(py, ChannelCipher::sealed_len(pt.len()), |out| {
-        maybe_detached(py, pt.len(), || c.seal_to_ad(ad, pt, out))?;
+        c.seal_to_ad(ad, pt, out)?;
         Ok(())
     })
 }
@@ -327,7 +329,7 @@ fn open_one<'py>(
 ) -> PyResult<Bound<'py, PyBytes>> {
     let len = ChannelCipher::opened_len(msg)?;
     PyBytes::new_with(py, len, |out| {
-        maybe_detached(py, msg.len(), || c.open_to_ad(ad, msg, out))?;
+        c.open_to_ad(ad, msg, out)?;
         Ok(())
     })
 }
@@ -349,7 +351,7 @@ fn seal_frames<'py>(
 ) -> PyResult<Bound<'py, PyBytes>> {
     let total = ChannelCipher::sealed_frames_len(slices.iter().copied());
     PyBytes::new_with(py, total, |out| {
-        maybe_detached(py, total, || c.seal_frames_to(slices, out))?;
+        c.seal_frames_to(slices, out)?;
         Ok(())
     })
 }
@@ -424,7 +426,7 @@ impl PyChannelCipher {
             out[pos..pos + prefix.len()].copy_from_slice(prefix);
             pos += prefix.len();
             let sealed = &mut out[pos..];
-            maybe_detached(py, plain, || c.seal_parts_to_ad(ad, &parts, sealed))?;
+            c.seal_parts_to_ad(ad, &parts, sealed)?;
             Ok(())
         })
     }
@@ -456,8 +458,10 @@ impl PyChannelCipher {
     ) -> PyResult<Bound<'py, PyList>> {
         let ad = aad.as_ref().map_or(&[][..], Buf::as_bytes);
         let out = PyList::empty(py);
+        // One guard for all: their nonces are consecutive (the fragments of one message).
+        let mut c = self.lock();
         for p in &payloads {
-            out.append(seal_one(py, &mut self.lock(), ad, p.as_bytes())?)?;
+            out.append(seal_one(py, &mut c, ad, p.as_bytes())?)?;
         }
         Ok(out)
     }
@@ -472,8 +476,9 @@ impl PyChannelCipher {
     ) -> PyResult<Bound<'py, PyList>> {
         check_chunk_size(chunk_size)?;
         let out = PyList::empty(py);
+        let mut c = self.lock();
         for chunk in data.as_bytes().chunks(chunk_size) {
-            out.append(seal_one(py, &mut self.lock(), &[], chunk)?)?;
+            out.append(seal_one(py, &mut c, &[], chunk)?)?;
         }
         Ok(out)
     }
@@ -524,8 +529,7 @@ impl PyChannelCipher {
                     let mut failure = None;
                     let r = PyBytes::new_with(py, len, |buf| {
                         let inner = &mut *guard;
-                        if let Err(e) = maybe_detached(py, m.len(), || inner.open_to_ad(ad, m, buf))
-                        {
+                        if let Err(e) = inner.open_to_ad(ad, m, buf) {
                             failure = Some(e);
                         }
                         Ok(())
@@ -601,12 +605,15 @@ impl PyChannelCipher {
     }
 
     fn __repr__(&self) -> String {
+        // One guard for both reads: the mutex is not reentrant.
+        let (sending, highest) = {
+            let c = self.lock();
+            (c.sending_nonce(), c.highest_received())
+        };
         format!(
-            "ChannelCipher({:?}, initiator={}, sending_nonce={}, highest_received={:?})",
+            "ChannelCipher({:?}, initiator={}, sending_nonce={sending}, highest_received={highest:?})",
             self.protocol_name,
             if self.initiator { "True" } else { "False" },
-            self.lock().sending_nonce(),
-            self.lock().highest_received()
         )
     }
 }
