@@ -30,7 +30,16 @@ from tether.channel import ephemeral_identity
 from tether.message import Address, RoutedMessage
 from tether.node import KIND_DATA, Message, Node, WorkerContext
 from tether.policy import Policy
-from tether.portal import EngineSession, PortalOptions
+from tether.portal import (
+    MAX_DATA,
+    T_CLOSE,
+    T_CREDIT,
+    T_DATA,
+    T_EOF,
+    T_OPEN,
+    EngineSession,
+    PortalOptions,
+)
 from tether.transport.tcp import HELLO, TcpOptions
 from trio_run import run, until, within
 
@@ -370,5 +379,140 @@ def test_any_split_of_the_frame_stream_delivers_the_same_messages(
             assert got == payloads
             sock.close()
             node.task_group.cancel_scope.cancel()
+
+    run(main)
+
+
+# --- the session state machine (hypothesis) ---------------------------------------------------
+
+Op = tuple[str, int]
+"""A portal message the peer sends: ``("data", n)``, ``("credit", body length)``, ``("eof", 0)``,
+``("close", 0)``, ``("open", 0)`` or ``("type", t)`` (an unknown type)."""
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("data"), st.integers(min_value=0, max_value=4096)),
+        st.tuples(st.just("data"), st.just(MAX_DATA + 1)),
+        st.tuples(st.just("credit"), st.sampled_from([4, 4, 3, 5])),
+        st.tuples(st.just("eof"), st.just(0)),
+        st.tuples(st.just("close"), st.just(0)),
+        st.tuples(st.just("open"), st.just(0)),
+        st.tuples(st.just("type"), st.integers(min_value=6, max_value=255)),
+    ),
+    max_size=12,
+)
+
+
+def expected(seq: list[Op]) -> tuple[bytes, str | None, bool, bool]:
+    """What the outlet's session must do with ``seq`` (after OPEN): the bytes the target gets,
+    the protocol error it resets with (None: none), whether the peer closed it, and whether
+    an EOF came first (then the session may already have ended in order, when the target
+    answered the EOF by closing, before a later violation or CLOSE arrives)."""
+    data, eof = b"", False
+    for i, (kind, n) in enumerate(seq):
+        if kind == "data":
+            if eof:
+                return data, "DATA after EOF", False, eof
+            if n > MAX_DATA:
+                return data, f"DATA of {n} bytes", False, eof
+            data += payload_bytes(i, n)
+        elif kind == "credit" and n != 4:
+            return data, "malformed CREDIT", False, eof
+        elif kind == "eof":
+            eof = True
+        elif kind == "close":
+            return data, None, True, eof
+        elif kind == "type":
+            return data, f"unknown portal message type {n}", False, eof
+    return data, None, False, eof
+
+
+def payload_bytes(i: int, n: int) -> bytes:
+    return bytes((i + k) % 251 for k in range(n))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seq=ops)
+def test_the_engine_session_follows_the_portal_protocol(seq: list[Op]) -> None:
+    """Any sequence of portal messages from the inlet side, sent to an outlet session that the
+    engine opened by itself (the channel was authorized by an earlier session): valid ones
+    deliver exactly their bytes to the target (and its end of stream after EOF), a CLOSE ends
+    the session quietly, and the first protocol violation resets it with its precise reason,
+    told to the peer; the target never gets bytes that were not sent, in order."""
+    want, violation, closed, after_eof = expected(seq)
+
+    async def main() -> None:
+        ends: list[bytes] = []  # what the target got, per connection, when it ended
+        to_peer: list[bytes] = []
+
+        async def target(stream: SocketStream) -> None:
+            got = bytearray()
+            async with stream:
+                with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    while True:
+                        got.extend(await stream.receive())
+            ends.append(bytes(got))
+
+        async with (
+            anyio.create_task_group() as tg,
+            Node("near", identity=ephemeral_identity()) as near,
+            Node("far", identity=ephemeral_identity()) as far,
+        ):
+            listener = await anyio.create_tcp_listener(local_host=HOST)
+            tg.start_soon(listener.serve, target)
+            target_port = listener.extra(SocketAttribute.local_port)
+            port = (await far.listen_tcp(HOST)).port
+            outlet = await far.create_tcp_outlet(f"{HOST}:{target_port}")
+            near.add_sink("x", lambda m: to_peer.append(bytes(m.payload)))
+            near.add_sink("w", lambda m: None)
+            (sc,) = await near.resolve_route(f"/ip4/{HOST}/tcp/{port}/secure/api")
+            onward = (sc, Address.local("outlet"))
+
+            async def send(ret: str, t: int, body: bytes = b"") -> None:
+                await near.route(
+                    RoutedMessage(onward, (Address.local(ret),), bytes([KIND_DATA, t]) + body)
+                )
+
+            # A first session authorizes the channel: the next one opens in the engine alone.
+            await send("w", T_OPEN)
+            await send("w", T_EOF)
+            await until(lambda: len(ends) == 1, 5, "the first session's connection ended")
+            await send("x", T_OPEN)
+            for i, (kind, n) in enumerate(seq):
+                if kind == "data":
+                    await send("x", T_DATA, payload_bytes(i, n))
+                elif kind == "credit":
+                    await send("x", T_CREDIT, bytes(n))
+                elif kind == "eof":
+                    await send("x", T_EOF)
+                elif kind == "close":
+                    await send("x", T_CLOSE, b"bye")
+                elif kind == "open":
+                    await send("x", T_OPEN)
+                else:
+                    await send("x", n)
+            if violation is None and not closed:
+                await send("x", T_EOF)  # the orderly end: the target sees its end of stream
+            await until(lambda: len(ends) == 2, 10, "the session's connection to the target ended")
+            got = ends[1]
+            if violation is None and not closed:
+                assert got == want
+            else:
+                assert want.startswith(got)  # a reset may drop what was in flight
+            if violation is not None and not after_eof:
+                await until(
+                    lambda: any(p[1:2] == bytes([T_CLOSE]) for p in to_peer), 5, "a CLOSE back"
+                )
+            reasons = [p[2:].decode() for p in to_peer if p[1:2] == bytes([T_CLOSE])]
+            if violation is not None:
+                assert len(reasons) <= 1, reasons  # one CLOSE, or none if it had ended
+                for reason in reasons:
+                    assert "protocol error" in reason, reason
+                    assert violation in reason, reason
+            else:
+                assert not reasons, reasons  # an orderly end, or the peer's own CLOSE
+            # The engine opened the second session itself: Python hears of it at its next tick.
+            await until(lambda: outlet.info()["total"] == 2, 5, "the session in the books")
+            tg.cancel_scope.cancel()
 
     run(main)

@@ -224,7 +224,14 @@ struct Outlet {
     connect_timeout: Duration,
     connect_prefix: String,
     sessions: Vec<u64>,
+    /// Recently ended sessions (their keys), whose late messages are dropped: a repeated OPEN
+    /// must not open a second session (as `tether.portal`'s `_ended`).
+    ended: VecDeque<Key>,
+    ended_set: std::collections::HashSet<Key>,
 }
+
+/// How many ended sessions an outlet remembers (as `tether.portal.ENDED_MEMORY`).
+const ENDED_MEMORY: usize = 4096;
 
 /// A relay's forwarder: messages to it go on inside `channel`, to `route` + the rest of their
 /// onward route (as `tether.relay` does).
@@ -739,6 +746,8 @@ impl Engine {
                 connect_timeout,
                 connect_prefix,
                 sessions: Vec::new(),
+                ended: VecDeque::new(),
+                ended_set: std::collections::HashSet::new(),
             },
         );
         id
@@ -852,50 +861,83 @@ fn run(mut poll: Poll, shared: &Shared) {
                 break;
             }
         }
-        let mut st = lock(&shared.state);
-        if st.stopping {
-            return;
-        }
-        for ev in &events {
-            if ev.token() == WAKER {
-                continue;
-            }
-            let id = ev.token().0 as u64;
-            if st.links.contains_key(&id) {
-                if ev.is_writable() {
-                    st.flush_link(id);
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            step(shared, &events, &mut last_tick)
+        }));
+        match step {
+            Ok(Some(next)) => timeout = next,
+            Ok(None) => return,
+            Err(_) => {
+                // A bug: fail every link (Python closes them and says so) rather than leave
+                // the node silently deaf; the engine goes on for new links.
+                let mut st = lock(&shared.state);
+                let ids: Vec<u64> = st.links.keys().copied().collect();
+                for id in ids {
+                    st.fail_link(id, "internal error in the data plane".into());
                 }
-                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                    st.read_link(id, ev.is_read_closed() || ev.is_error());
-                }
-            } else if st.inlets.contains_key(&id) {
-                st.accept(id);
-            } else if st.sessions.contains_key(&id) {
-                if ev.is_writable() || ev.is_error() {
-                    st.session_writable(id);
-                }
-                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                    st.read_session(id, ev.is_read_closed() || ev.is_error());
-                }
+                st.settle();
+                timeout = TICK;
             }
         }
-        st.settle();
-        if last_tick.elapsed() >= TICK {
-            last_tick = Instant::now();
-            st.tick();
-            st.settle();
-            if !st.events.is_empty() {
-                st.notify_python();
-            }
-        }
-        // Work that settle() left for later (it bounds its rounds) is picked up at once.
-        let pending =
-            !(st.retry_links.is_empty() && st.retry_sessions.is_empty() && st.to_close.is_empty());
-        timeout = if pending { Duration::ZERO } else { TICK };
     }
 }
 
+/// Handle one batch of readiness events; the next poll's timeout, or None to stop.
+fn step(shared: &Shared, events: &Events, last_tick: &mut Instant) -> Option<Duration> {
+    let mut st = lock(&shared.state);
+    if st.stopping {
+        return None;
+    }
+    for ev in events {
+        if ev.token() == WAKER {
+            continue;
+        }
+        let id = ev.token().0 as u64;
+        if st.links.contains_key(&id) {
+            if ev.is_writable() {
+                st.flush_link(id);
+            }
+            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                st.read_link(id, ev.is_read_closed() || ev.is_error());
+            }
+        } else if st.inlets.contains_key(&id) {
+            st.accept(id);
+        } else if st.sessions.contains_key(&id) {
+            if ev.is_writable() || ev.is_error() {
+                st.session_writable(id);
+            }
+            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                st.read_session(id, ev.is_read_closed() || ev.is_error());
+            }
+        }
+    }
+    st.settle();
+    if last_tick.elapsed() >= TICK {
+        *last_tick = Instant::now();
+        st.tick();
+        st.settle();
+        if !st.events.is_empty() {
+            st.notify_python();
+        }
+    }
+    // Work that settle() left for later (it bounds its rounds) is picked up at once.
+    let pending =
+        !(st.retry_links.is_empty() && st.retry_sessions.is_empty() && st.to_close.is_empty());
+    Some(if pending { Duration::ZERO } else { TICK })
+}
+
 impl State {
+    /// The read buffer (a fresh one if it is out: reads never nest, but an empty buffer must
+    /// never be read into, which would look like the end of the stream).
+    fn take_rbuf(&mut self) -> Vec<u8> {
+        let buf = std::mem::take(&mut self.rbuf);
+        if buf.len() < READ_SIZE {
+            vec![0u8; READ_SIZE]
+        } else {
+            buf
+        }
+    }
+
     fn new_id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
@@ -1057,7 +1099,7 @@ impl State {
     /// a new edge), so it stops there unless `drain` (the peer's FIN is in the same event, or
     /// this is a retry): then it reads until the socket would block.
     fn read_link(&mut self, id: u64, drain: bool) {
-        let mut rbuf = std::mem::take(&mut self.rbuf);
+        let mut rbuf = self.take_rbuf();
         loop {
             let Some(l) = self.links.get_mut(&id) else {
                 break;
@@ -1527,7 +1569,7 @@ impl State {
     #[allow(clippy::while_let_loop)]
     /// Read the session's socket while it has credit (`drain`: as in [`Self::read_link`]).
     fn read_session(&mut self, sid: u64, drain: bool) {
-        let mut rbuf = std::mem::take(&mut self.rbuf);
+        let mut rbuf = self.take_rbuf();
         loop {
             let Some(s) = self.sessions.get_mut(&sid) else {
                 break;
@@ -1834,6 +1876,23 @@ impl State {
             return;
         };
         self.keys.remove(&s.key);
+        if s.key.2.is_some() {
+            // An outlet's session: what its inlet still sends is dropped from now on.
+            if let Some(o) = self
+                .outlet_names
+                .get(&s.key.1)
+                .and_then(|oid| self.outlets.get_mut(oid))
+            {
+                if o.ended_set.insert(s.key.clone()) {
+                    o.ended.push_back(s.key.clone());
+                    if o.ended.len() > ENDED_MEMORY {
+                        if let Some(old) = o.ended.pop_front() {
+                            o.ended_set.remove(&old);
+                        }
+                    }
+                }
+            }
+        }
         if let Some(owner) = s.owner {
             if let Some(i) = self.inlets.get_mut(&owner) {
                 i.sessions.retain(|&x| x != sid);
@@ -2020,6 +2079,10 @@ impl State {
         let Some(target) = o.target else {
             return false;
         };
+        let key = (cid, o.name.clone(), Some(ret.clone()));
+        if o.ended_set.contains(&key) {
+            return true; // a late OPEN of a session that ended: dropped, quietly
+        }
         if !o.allowed.contains(&cid) || o.sessions.len() >= o.max_sessions {
             return false;
         }
