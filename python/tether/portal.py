@@ -975,11 +975,10 @@ class Inlet(_Portal):
         self._tg.start_soon(self._accept_fd, fd)
 
     async def _accept_fd(self, fd: int) -> None:
-        sock = socket.socket(fileno=fd)  # owns fd from here: closed once, by this object
         try:
-            stream = await SocketStream.from_socket(sock)
+            # anyio's socket object owns fd from here (and closes it, also when this fails).
+            stream = await SocketStream.from_socket(fd)
         except (OSError, ValueError) as e:  # the client went away meanwhile
-            sock.close()
             self.failed += 1
             self.last_error = f"an accepted connection could not be taken over: {e}"
             log.warning("tcp-inlet %s: %s", self.name, self.last_error)
