@@ -8,9 +8,16 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from tether.cli.api import call
-from tether.cli.channel import _api
-from tether.cli.common import attribute, deleter, lister, shower, timestamp, ttl
-from tether.cli.relay import running_node
+from tether.cli.common import (
+    attribute,
+    deleter,
+    lister,
+    node_api,
+    running_node,
+    shower,
+    timestamp,
+    ttl,
+)
 from tether.errors import InvalidArgumentError, TetherError
 
 if TYPE_CHECKING:
@@ -47,7 +54,7 @@ def _authority_create(ctx: Context) -> int:
         "trusted": a.trusted or [],
     }
     node = _at(ctx)
-    info = call(_api(ctx, node), "POST", "/authority", body, timeout=60)
+    info = call(node_api(ctx, node), "POST", "/authority", body, timeout=60)
     ctx.emit(
         f"authority {info['name']} ({info['identifier']}) runs at {node}\n"
         f"  members' state: {info['database']}\n"
@@ -59,7 +66,7 @@ def _authority_create(ctx: Context) -> int:
 
 
 def _authority_show(ctx: Context) -> int:
-    info = call(_api(ctx, _at(ctx)), "GET", "/authority")
+    info = call(node_api(ctx, _at(ctx)), "GET", "/authority")
     ctx.emit(
         "\n".join(f"{k:15} {v}" for k, v in info.items()),
         info,
@@ -68,7 +75,7 @@ def _authority_show(ctx: Context) -> int:
 
 
 def _members(ctx: Context) -> int:
-    items = call(_api(ctx, _at(ctx)), "GET", "/authority/members")
+    items = call(node_api(ctx, _at(ctx)), "GET", "/authority/members")
     lines = [
         f"{m['identifier']}  {m['attributes']}  (added {timestamp(m['added_at'])})" for m in items
     ]
@@ -79,13 +86,13 @@ def _members(ctx: Context) -> int:
 def _add_member(ctx: Context) -> int:
     a = ctx.args
     body = {"identifier": a.identifier, "attributes": dict(a.attribute or [])}
-    r = call(_api(ctx, _at(ctx)), "POST", "/authority/members", body)
+    r = call(node_api(ctx, _at(ctx)), "POST", "/authority/members", body)
     ctx.emit(f"member {a.identifier} with {r['attributes']}", r)
     return 0
 
 
 def _delete_member(ctx: Context) -> int:
-    r = call(_api(ctx, _at(ctx)), "DELETE", f"/authority/members/{ctx.args.identifier}")
+    r = call(node_api(ctx, _at(ctx)), "DELETE", f"/authority/members/{ctx.args.identifier}")
     ctx.emit(f"deleted member {ctx.args.identifier}; revoked {len(r['revoked'])} credential(s)", r)
     return 0
 
@@ -100,7 +107,7 @@ def _ticket_create(ctx: Context) -> int:
         "relay": a.relay,
         "route": a.route,
     }
-    r = call(_api(ctx, node), "POST", "/authority/tickets", body)
+    r = call(node_api(ctx, node), "POST", "/authority/tickets", body)
     ctx.emit(r["ticket"], r)
     return 0
 
@@ -118,7 +125,7 @@ def _enroll(ctx: Context) -> int:
         return _enroll_identity(ctx, a.identity, text.strip())
     node = running_node(ctx, a.node, "--node", "enrolls")
     body = {"ticket": text.strip(), "poll_interval": a.poll_interval}
-    m = call(_api(ctx, node), "POST", "/enroll", body, timeout=60)
+    m = call(node_api(ctx, node), "POST", "/enroll", body, timeout=60)
     ctx.emit(
         f"{node} is a member of {m['authority']} with {m['attributes']}\n"
         f"  credential {m['credential']} until {timestamp(m['expires_at'])} (refreshed "
@@ -173,7 +180,7 @@ def _enroll_identity(ctx: Context, name: str, text: str) -> int:
 
 def _memberships(ctx: Context) -> int:
     node = running_node(ctx, ctx.args.at, "--at", "holds the memberships")
-    items = call(_api(ctx, node), "GET", "/memberships")
+    items = call(node_api(ctx, node), "GET", "/memberships")
     lines = [
         f"{m['authority']}  {m['attributes']}  until "
         f"{timestamp(m['expires_at']) if m['expires_at'] else '-'}"
@@ -189,7 +196,7 @@ def _policy_create(ctx: Context) -> int:
     if not a.resource and not a.resource_type:
         raise InvalidArgumentError("say what the policy is for: --resource NAME or --resource-type")
     body = {"resource": a.resource, "resource_type": a.resource_type, "expression": a.expression}
-    r = call(_api(ctx, _policy_node(ctx)), "POST", "/policies", body)
+    r = call(node_api(ctx, _policy_node(ctx)), "POST", "/policies", body)
     ctx.emit(_policy_line(r), r)
     return 0
 

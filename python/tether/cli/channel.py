@@ -5,24 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from tether import nodes
 from tether.cli.api import call
-from tether.errors import StoreError
+from tether.cli.common import node_api
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from tether.cli import Context
-
-
-def _api(ctx: Context, node: str) -> Path:
-    from tether.state import default_home
-
-    home = ctx.home or default_home()
-    nodes.load_config(ctx.registry().store, node)
-    if nodes.read_runtime(home, node) is None:
-        raise StoreError(f"node {node!r} is not running (`tether node start {node}`)")
-    return nodes.api_socket(home, node)
 
 
 def _describe(c: dict[str, Any]) -> str:
@@ -38,7 +25,7 @@ def _create(ctx: Context) -> int:
         body["identity"] = a.identity
     if a.authorized:
         body["authorized"] = a.authorized
-    c = call(_api(ctx, a.from_node), "POST", "/secure-channels", body, timeout=a.timeout + 5)
+    c = call(node_api(ctx, a.from_node), "POST", "/secure-channels", body, timeout=a.timeout + 5)
     ctx.emit(
         f"secure channel {c['address']} to {c['peer']}\n"
         f"  use it in routes: /service/{c['address']}/…",
@@ -48,19 +35,19 @@ def _create(ctx: Context) -> int:
 
 
 def _list(ctx: Context) -> int:
-    items = call(_api(ctx, ctx.args.at), "GET", "/secure-channels")
+    items = call(node_api(ctx, ctx.args.at), "GET", "/secure-channels")
     ctx.emit("\n".join(_describe(c) for c in items) or "no secure channels", items)
     return 0
 
 
 def _show(ctx: Context) -> int:
-    c = call(_api(ctx, ctx.args.at), "GET", f"/secure-channels/{ctx.args.address}")
+    c = call(node_api(ctx, ctx.args.at), "GET", f"/secure-channels/{ctx.args.address}")
     ctx.emit(_describe(c), c)
     return 0
 
 
 def _delete(ctx: Context) -> int:
-    call(_api(ctx, ctx.args.at), "DELETE", f"/secure-channels/{ctx.args.address}")
+    call(node_api(ctx, ctx.args.at), "DELETE", f"/secure-channels/{ctx.args.address}")
     ctx.emit(f"closed secure channel {ctx.args.address}", {"closed": ctx.args.address})
     return 0
 
@@ -74,13 +61,13 @@ def _listener_create(ctx: Context) -> int:
         body["authorized"] = a.authorized
     if a.allow:
         body["allow"] = a.allow
-    lst = call(_api(ctx, a.at), "POST", "/secure-channel-listeners", body)
+    lst = call(node_api(ctx, a.at), "POST", "/secure-channel-listeners", body)
     ctx.emit(f"secure-channel listener {lst['address']} on {a.at} as {lst['identifier']}", lst)
     return 0
 
 
 def _listener_list(ctx: Context) -> int:
-    items = call(_api(ctx, ctx.args.at), "GET", "/secure-channel-listeners")
+    items = call(node_api(ctx, ctx.args.at), "GET", "/secure-channel-listeners")
     ctx.emit(
         "\n".join(
             f"{i['address']}  {i['identifier']}  accepted {i['accepted']}, refused {i['refused']}"
@@ -93,7 +80,7 @@ def _listener_list(ctx: Context) -> int:
 
 
 def _listener_delete(ctx: Context) -> int:
-    call(_api(ctx, ctx.args.at), "DELETE", f"/secure-channel-listeners/{ctx.args.name}")
+    call(node_api(ctx, ctx.args.at), "DELETE", f"/secure-channel-listeners/{ctx.args.name}")
     ctx.emit(f"deleted listener {ctx.args.name}", {"deleted": ctx.args.name})
     return 0
 

@@ -10,12 +10,43 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tether import nodes
 from tether.cli.api import call
-from tether.cli.channel import _api
-from tether.errors import InvalidArgumentError
+from tether.errors import InvalidArgumentError, StoreError
 
 if TYPE_CHECKING:
     from tether.cli import Context, Handler
+
+
+def node_api(ctx: Context, node: str) -> Path:
+    """The control-API socket of ``node``, which must be running."""
+    from tether.state import default_home
+
+    home = ctx.home or default_home()
+    nodes.load_config(ctx.registry().store, node)
+    if nodes.read_runtime(home, node) is None:
+        raise StoreError(f"node {node!r} is not running (`tether node start {node}`)")
+    return nodes.api_socket(home, node)
+
+
+def running_node(ctx: Context, given: str | None, flag: str, role: str) -> str:
+    """The node the user named with ``flag``, or the only running node."""
+    if given:
+        return given
+    from tether.state import default_home
+
+    home = ctx.home or default_home()
+    running = [
+        c.name
+        for c in nodes.list_configs(ctx.registry().store)
+        if nodes.read_runtime(home, c.name) is not None
+    ]
+    if len(running) != 1:
+        raise InvalidArgumentError(
+            f"say which node {role} with {flag} NODE ({len(running)} nodes are running)"
+        )
+    return running[0]
+
 
 Describe = Callable[[dict[str, Any]], str]
 
@@ -68,7 +99,7 @@ def timestamp(t: int) -> str:
 
 def lister(node: Callable[[Context], str], path: str, describe: Describe, empty: str) -> Handler:
     def run(ctx: Context) -> int:
-        items = call(_api(ctx, node(ctx)), "GET", path)
+        items = call(node_api(ctx, node(ctx)), "GET", path)
         ctx.emit("\n".join(describe(x) for x in items) or empty, items)
         return 0
 
@@ -77,7 +108,7 @@ def lister(node: Callable[[Context], str], path: str, describe: Describe, empty:
 
 def shower(node: Callable[[Context], str], path: str, describe: Describe, key: str) -> Handler:
     def run(ctx: Context) -> int:
-        x = call(_api(ctx, node(ctx)), "GET", f"{path}/{getattr(ctx.args, key)}")
+        x = call(node_api(ctx, node(ctx)), "GET", f"{path}/{getattr(ctx.args, key)}")
         ctx.emit(describe(x), x)
         return 0
 
@@ -89,7 +120,7 @@ def deleter(node: Callable[[Context], str], path: str, key: str, done: str) -> H
 
     def run(ctx: Context) -> int:
         name = getattr(ctx.args, key)
-        call(_api(ctx, node(ctx)), "DELETE", f"{path}/{name}")
+        call(node_api(ctx, node(ctx)), "DELETE", f"{path}/{name}")
         ctx.emit(done.format(name), {"deleted": name})
         return 0
 

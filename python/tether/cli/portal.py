@@ -7,9 +7,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from tether.cli.api import call
-from tether.cli.channel import _api
-from tether.cli.common import deleter, lister, shower
-from tether.cli.relay import running_node
+from tether.cli.common import deleter, lister, node_api, running_node, shower
 
 if TYPE_CHECKING:
     from tether.cli import Context
@@ -42,7 +40,7 @@ def _inlet(i: dict[str, Any]) -> str:
 def _outlet_create(ctx: Context) -> int:
     a = ctx.args
     body = {"to": a.to, "name": a.from_name, "allow": a.allow}
-    o = call(_api(ctx, _at(ctx)), "POST", "/tcp-outlets", body)
+    o = call(node_api(ctx, _at(ctx)), "POST", "/tcp-outlets", body)
     ctx.emit(
         _outlet(o) + f"\n  reach it through a secure channel: …/secure/api/service/{o['name']}", o
     )
@@ -52,7 +50,7 @@ def _outlet_create(ctx: Context) -> int:
 def _inlet_create(ctx: Context) -> int:
     a = ctx.args
     body = {"from": a.from_addr, "to": a.to, "name": a.name, "allow": a.allow}
-    i = call(_api(ctx, _at(ctx)), "POST", "/tcp-inlets", body, timeout=60)
+    i = call(node_api(ctx, _at(ctx)), "POST", "/tcp-inlets", body, timeout=60)
     ctx.emit(_inlet(i) + f"\n  clients connect to {i['from']}", i)
     return 0
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from tether import nodes
 from tether.cli.api import call
-from tether.cli.channel import _api
-from tether.cli.common import deleter, lister, shower
-from tether.errors import InvalidArgumentError
+from tether.cli.common import deleter, lister, node_api, running_node, shower
 
 if TYPE_CHECKING:
     from tether.cli import Context
@@ -20,25 +17,6 @@ def _node(ctx: Context) -> str:
     return running_node(ctx, ctx.args.to, "--to", "keeps the relay")
 
 
-def running_node(ctx: Context, given: str | None, flag: str, role: str) -> str:
-    """The node the user named with ``flag``, or the only running node."""
-    if given:
-        return given
-    from tether.state import default_home
-
-    home = ctx.home or default_home()
-    running = [
-        c.name
-        for c in nodes.list_configs(ctx.registry().store)
-        if nodes.read_runtime(home, c.name) is not None
-    ]
-    if len(running) != 1:
-        raise InvalidArgumentError(
-            f"say which node {role} with {flag} NODE ({len(running)} nodes are running)"
-        )
-    return running[0]
-
-
 def _describe(r: dict[str, Any]) -> str:
     extra = f" ({r['last_error']})" if r.get("last_error") else ""
     return f"{r['name']}  {r['state']}{extra}\n  reach it at {r['forward_route']}/…"
@@ -47,7 +25,11 @@ def _describe(r: dict[str, Any]) -> str:
 def _create(ctx: Context) -> int:
     node = _node(ctx)
     r = call(
-        _api(ctx, node), "POST", "/relays", {"name": ctx.args.name, "at": ctx.args.at}, timeout=60
+        node_api(ctx, node),
+        "POST",
+        "/relays",
+        {"name": ctx.args.name, "at": ctx.args.at},
+        timeout=60,
     )
     ctx.emit(_describe(r), r)
     return 0
