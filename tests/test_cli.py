@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-TETHER = [sys.executable, "-m", "tether.cli"]
+from cli_run import Cli
 
 
 def run(home: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TETHER_HOME": str(home)}
-    p = subprocess.run(
-        [*TETHER, *args], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-    if ok:
-        assert p.returncode == 0, f"tether {' '.join(args)} failed: {p.stderr}"
-    return p
+    return Cli(home).run(*args, ok=ok)
 
 
 def js(home: Path, *args: str) -> Any:
-    return json.loads(run(home, *args, "--json").stdout)
+    return Cli(home).js(*args)
 
 
 @pytest.fixture

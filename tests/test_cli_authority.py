@@ -7,55 +7,16 @@ example for every command, and clear errors with a nonzero exit for bad input.""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import tether.cli
+from cli_run import Cli
 
-TETHER = [sys.executable, "-m", "tether.cli"]
 ROLE = 'subject.role = "db-client"'
-
-
-class Cli:
-    def __init__(self, home: Path) -> None:
-        self.home = home
-
-    def run(
-        self, *args: str, ok: bool = True, stdin: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "TETHER_HOME": str(self.home)}
-        env.pop("TETHER_DATABASE_URL", None)
-        p = subprocess.run(
-            [*TETHER, *args],
-            env=env,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        if ok:
-            assert p.returncode == 0, f"tether {' '.join(args)}: {p.stderr}"
-        return p
-
-    def js(self, *args: str, stdin: str | None = None) -> Any:
-        return json.loads(self.run(*args, "--json", stdin=stdin).stdout)
-
-    def fails(self, *args: str, reason: str, code: int = 1) -> str:
-        """Run a command that must fail with exit ``code`` and ``reason`` on stderr (no
-        traceback); returns stderr."""
-        p = self.run(*args, ok=False)
-        assert p.returncode == code, (args, p.returncode, p.stdout, p.stderr)
-        assert reason in p.stderr, (args, p.stderr)
-        assert "Traceback" not in p.stderr, p.stderr
-        return p.stderr
 
 
 @pytest.fixture

@@ -3,10 +3,6 @@ messages routed across three node processes."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,31 +10,9 @@ from typing import Any
 import anyio
 import pytest
 
+from cli_run import Cli
 from tether.cli.api import call
 from tether.node import Message, Node, WorkerContext
-
-TETHER = [sys.executable, "-m", "tether.cli"]
-
-
-class Cli:
-    def __init__(self, home: Path) -> None:
-        self.home = home
-
-    def run(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "TETHER_HOME": str(self.home)}
-        p = subprocess.run(
-            [*TETHER, *args], env=env, capture_output=True, text=True, timeout=60, check=False
-        )
-        if ok:
-            assert p.returncode == 0, f"tether {' '.join(args)}: {p.stderr}"
-        return p
-
-    def js(self, *args: str) -> Any:
-        return json.loads(self.run(*args, "--json").stdout)
-
-    def port(self, name: str) -> int:
-        info = self.js("node", "show", name)
-        return int(info["listeners"][0]["address"].rsplit(":", 1)[1])
 
 
 @pytest.fixture

@@ -1,0 +1,57 @@
+"""The real ``tether`` command, run as a user would in a temporary ``$TETHER_HOME``: the one
+helper of the CLI test files (``test_cli*.py``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+TETHER = [sys.executable, "-m", "tether.cli"]
+
+
+class Cli:
+    """``tether`` with ``TETHER_HOME=home`` (and no ``TETHER_DATABASE_URL`` from the test's
+    environment: a command uses a database only when the test says so)."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
+    def run(
+        self, *args: str, ok: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "TETHER_HOME": str(self.home)}
+        env.pop("TETHER_DATABASE_URL", None)
+        p = subprocess.run(
+            [*TETHER, *args],
+            env=env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if ok:
+            assert p.returncode == 0, f"tether {' '.join(args)} failed: {p.stderr}"
+        return p
+
+    def js(self, *args: str, stdin: str | None = None) -> Any:
+        """Run with ``--json``; the parsed output."""
+        return json.loads(self.run(*args, "--json", stdin=stdin).stdout)
+
+    def fails(self, *args: str, reason: str, code: int = 1) -> str:
+        """Run a command that must fail with exit ``code`` and ``reason`` on stderr (no
+        traceback); returns stderr."""
+        p = self.run(*args, ok=False)
+        assert p.returncode == code, (args, p.returncode, p.stdout, p.stderr)
+        assert reason in p.stderr, (args, p.stderr)
+        assert "Traceback" not in p.stderr, p.stderr
+        return p.stderr
+
+    def port(self, node: str) -> int:
+        """The port of ``node``'s first TCP listener."""
+        info = self.js("node", "show", node)
+        return int(info["listeners"][0]["address"].rsplit(":", 1)[1])
