@@ -50,6 +50,7 @@ from anyio.abc import SocketAttribute, SocketStream
 
 from tether import engine as dp
 from tether import routing
+from tether._core import ENGINE_MAX_DATA
 from tether.errors import InvalidArgumentError, TetherError
 from tether.message import Address, RoutedMessage
 from tether.node import KIND_DATA, KIND_ERROR
@@ -68,7 +69,7 @@ T_CLOSE = 4
 T_CREDIT = 5
 _NAMES = {T_OPEN: "OPEN", T_DATA: "DATA", T_EOF: "EOF", T_CLOSE: "CLOSE", T_CREDIT: "CREDIT"}
 
-MAX_DATA = 240 * 1024
+MAX_DATA: int = ENGINE_MAX_DATA  # 240 KiB, the data plane's own limit (one definition)
 """The largest DATA body, and the size of one read from a portal's socket: small enough that a
 DATA message is one channel fragment on the wire."""
 _HEAD = {t: bytes((KIND_DATA, t)) for t in _NAMES}
@@ -123,9 +124,10 @@ def _reset(stream: SocketStream) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
-class Session:
-    """One TCP connection carried through a portal: pumps its socket to the peer session and the
-    peer's bytes to its socket, with half-close, flow control and a bounded close."""
+class _SessionBase:
+    """What a portal session is to its owner, whichever data plane carries its bytes."""
+
+    data_plane = ""
 
     def __init__(
         self,
@@ -143,11 +145,44 @@ class Session:
         self.options = options
         self.owner = owner
         self.key: Any = None  # the owner's key for it (the return route, or the address)
-        self.stream: SocketStream | None = None
         self.started = time.monotonic()
+        self.close_reason = ""
+
+    def _counts(self) -> tuple[int, int]:
+        """Bytes (sent, received)."""
+        raise NotImplementedError
+
+    def info(self) -> dict[str, object]:
+        sent, received = self._counts()
+        return {
+            "address": self.address,
+            "peer": self.channel.peer.identifier,
+            "sent": sent,
+            "received": received,
+            "age": round(time.monotonic() - self.started, 3),
+            "data_plane": self.data_plane,
+        }
+
+
+class Session(_SessionBase):
+    """One TCP connection carried through a portal: pumps its socket to the peer session and the
+    peer's bytes to its socket, with half-close, flow control and a bounded close."""
+
+    data_plane = "python"
+
+    def __init__(
+        self,
+        node: Node,
+        address: str,
+        channel: SecureChannel,
+        peer_route: tuple[Address, ...],
+        options: PortalOptions,
+        owner: Any,
+    ) -> None:
+        super().__init__(node, address, channel, peer_route, options, owner)
+        self.stream: SocketStream | None = None
         self.sent_bytes = 0
         self.received_bytes = 0
-        self.close_reason = ""
         self._return = (Address.local(address),)
         self._queue: deque[tuple[bytes | memoryview, int]] = deque()  # (bytes, credit units)
         self._writer_idle = False  # the writer waits with nothing to do
@@ -351,21 +386,17 @@ class Session:
                 return
             self._consumed += charge
 
-    def info(self) -> dict[str, object]:
-        return {
-            "address": self.address,
-            "peer": self.channel.peer.identifier,
-            "sent": self.sent_bytes,
-            "received": self.received_bytes,
-            "age": round(time.monotonic() - self.started, 3),
-        }
+    def _counts(self) -> tuple[int, int]:
+        return self.sent_bytes, self.received_bytes
 
 
-class EngineSession:
+class EngineSession(_SessionBase):
     """A portal session that the data plane (:mod:`tether.engine`) carries: its socket, its
     bytes, flow control, half-close and resets are the engine's (in Rust, off the GIL); this
     object keeps the session's place in its owner's table and its counters, and ends it when
     Python decides to (a policy recheck, the inlet deleted)."""
+
+    data_plane = "rust"
 
     def __init__(
         self,
@@ -376,16 +407,8 @@ class EngineSession:
         options: PortalOptions,
         owner: Any,
     ) -> None:
-        self.node = node
-        self.address = address
-        self.channel = channel
-        self.peer_route = peer_route
-        self.options = options
-        self.owner = owner
-        self.key: Any = None
+        super().__init__(node, address, channel, peer_route, options, owner)
         self.id: int | None = None
-        self.started = time.monotonic()
-        self.close_reason = ""
         self._sent = 0
         self._received = 0
         self._closed = False
@@ -472,16 +495,9 @@ class EngineSession:
             log.info("portal session %s closed: %s", self.address, reason)
         self.owner.forget(self)
 
-    def info(self) -> dict[str, object]:
+    def _counts(self) -> tuple[int, int]:
         sent, received, _ = self._stats()
-        return {
-            "address": self.address,
-            "peer": self.channel.peer.identifier,
-            "sent": sent,
-            "received": received,
-            "age": round(time.monotonic() - self.started, 3),
-            "data_plane": "rust",
-        }
+        return sent, received
 
 
 def _ip_literal(host: str) -> bool:

@@ -1432,8 +1432,11 @@ impl State {
             Session {
                 channel: spec.channel,
                 owner: None,
+                // Without a socket the target is not connected yet: its timeout runs from now.
+                connecting: sock
+                    .is_none()
+                    .then(|| Instant::now() + spec.connect_timeout),
                 sock,
-                connecting: None,
                 connect_prefix: spec.connect_prefix,
                 header: spec.header,
                 key,
@@ -1458,13 +1461,6 @@ impl State {
         if let Some(ch) = st.channels.get_mut(&spec.channel) {
             ch.sessions.push(id);
         }
-        if let Some(s) = st.sessions.get_mut(&id) {
-            s.connecting = None;
-            if s.sock.is_none() {
-                // The target is not connected yet: its timeout runs from now.
-                s.connecting = Some(Instant::now() + spec.connect_timeout);
-            }
-        }
         if spec.open {
             if let Err(e) = st.send_portal(id, T_OPEN, &[]) {
                 st.finish(id, &format!("could not open the session: {e}"), true, false);
@@ -1483,14 +1479,19 @@ impl State {
 
     /// Seal a portal message of session `sid` into a routed frame on its channel's link.
     fn send_portal(&mut self, sid: u64, t: u8, body: &[u8]) -> Result<(), String> {
-        let s = self.sessions.get(&sid).ok_or("the session ended")?;
-        let (cid, header) = (s.channel, s.header.clone());
         let n = 2 + body.len();
         let len_bytes = u32::try_from(n)
             .map_err(|_| "message too large")?
             .to_be_bytes();
         let head = [KIND_DATA, t];
-        self.send_sealed(cid, &[&header, &len_bytes, &head, body], 0)
+        let s = self.sessions.get_mut(&sid).ok_or("the session ended")?;
+        // Lent out for the call (no copy per message), then put back.
+        let (cid, header) = (s.channel, std::mem::take(&mut s.header));
+        let sent = self.send_sealed(cid, &[&header, &len_bytes, &head, body], 0);
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.header = header;
+        }
+        sent
     }
 
     /// The link a channel's messages leave by: its own first hop, or its outer channel's.
@@ -2090,9 +2091,7 @@ impl State {
         let mut address = b"outlet#e".to_vec();
         address.extend_from_slice(sid.to_string().as_bytes());
         // The session answers the inlet session at the head of the return route.
-        let mut header = vec![route::VERSION];
-        header.extend_from_slice(&ret);
-        header.extend_from_slice(&encoded_local_route(&address));
+        let header = session_header(&ret, &address);
         let spec = SessionSpec {
             channel: cid,
             sock: None,

@@ -5,7 +5,7 @@ use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyList};
 
 use super::buffer::Buf;
 use super::frame::{message_to_py, route_to_py};
@@ -385,6 +385,5 @@ impl PyEngine {
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
     m.add("ENGINE_MAX_DATA", engine::MAX_DATA)?;
-    let _ = PyTuple::empty(m.py());
     Ok(())
 }
