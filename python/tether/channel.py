@@ -396,21 +396,29 @@ class SecureChannel:
         self.last_activity = time.monotonic()
 
     async def _first_hop(self) -> Any:
-        """The TCP connection of the channel's first hop (None if it is not one)."""
+        """The TCP connection of the channel's first hop (None if it is not one), connecting
+        if it is a TCP address with no open connection."""
         conn = self._conn
         if conn is not None and not conn.closed.is_set():
             return conn
+        conn = self.first_hop_connection()
         head = self.remote_route[0] if self.remote_route else None
-        if head is None:
-            return None
-        if head.transport == TCP:
+        if conn is None and head is not None and head.transport == TCP:
             conn = await self.node.tcp.connect(head.value)
-        elif head.transport == LOCAL and not self.node.has_worker(
-            name := head.value.decode(errors="replace")
-        ):
-            conn = self.node.tcp.connection(name)
         self._conn = conn
         return conn
+
+    def first_hop_connection(self) -> Any:
+        """The open TCP connection of the channel's first hop, if there is one (no connect)."""
+        head = self.remote_route[0] if self.remote_route else None
+        conn = None
+        if head is not None and head.transport == TCP:
+            conn = self.node.tcp.outgoing.get(head.value.decode("utf-8", errors="replace"))
+        elif head is not None and head.transport == LOCAL:
+            name = head.value.decode("utf-8", errors="replace")
+            if not self.node.has_worker(name):
+                conn = self.node.tcp.connection(name)
+        return conn if conn is not None and not conn.closed.is_set() else None
 
     @property
     def fragment_size(self) -> int:
@@ -556,11 +564,7 @@ class SecureChannel:
             self.refused += 1
             log.info("secure channel %s: malformed inner message: %s", self.address, e)
             return
-        await self.node.route(
-            RoutedMessage(
-                inner.onward, (Address.local(self.address), *inner.return_route), inner.payload
-            )
-        )
+        await self._route_inner(inner.onward, inner.return_route, inner.payload)
 
     async def deliver_inner(
         self,
@@ -569,16 +573,23 @@ class SecureChannel:
         payload: bytes,
     ) -> None:
         """An inner message the data plane opened (as its ``(onward, return_route, payload)``
-        tuples): route it here with this channel pushed onto its return route."""
+        tuples)."""
         if self.closed.is_set():
             return
         self.last_activity = time.monotonic()
+        await self._route_inner(
+            tuple(Address(t, v) for t, v in onward),
+            tuple(Address(t, v) for t, v in return_route),
+            payload,
+        )
+
+    async def _route_inner(
+        self, onward: Sequence[Address], return_route: Sequence[Address], payload: bytes
+    ) -> None:
+        """Route a message that came out of the channel, with the channel pushed onto its
+        return route (so replies are encrypted back)."""
         await self.node.route(
-            RoutedMessage(
-                tuple(Address(t, v) for t, v in onward),
-                (Address.local(self.address), *(Address(t, v) for t, v in return_route)),
-                payload,
-            )
+            RoutedMessage(tuple(onward), (Address.local(self.address), *return_route), payload)
         )
 
     def _reassemble(self, flags: int, plain: bytes, nonce: int) -> bytes | None:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from tether._core import Engine
-from tether.message import LOCAL, TCP, Address, RoutedMessage
+from tether.message import LOCAL, Address, RoutedMessage
 
 if TYPE_CHECKING:
     from tether.node import Node
@@ -213,15 +213,13 @@ class DataPlane:
         """Let the engine open the channel's DATA (and send for its portal sessions, when its
         first hop is one of the engine's links, or a channel the engine has)."""
         head = channel.remote_route[0] if channel.remote_route else None
-        conn = outer = None
-        if head is not None and head.transport == TCP:
-            conn = self.node.tcp.outgoing.get(head.value.decode("utf-8", "replace"))
-        elif head is not None and head.transport == LOCAL:
-            name = head.value.decode("utf-8", "replace")
-            outer = self.node.channels.get(name)
-            if outer is None and not self.node.has_worker(name):
-                conn = self.node.tcp.connection(name)
-        link = conn._link if conn is not None and not conn.closed.is_set() else None
+        outer = (
+            self.node.channels.get(head.value.decode("utf-8", "replace"))
+            if head is not None and head.transport == LOCAL
+            else None
+        )
+        conn = channel.first_hop_connection()
+        link = conn._link if conn is not None else None
         via = outer._engine_id if outer is not None else None
         header = encoded_header(channel.remote_route[1:], (Address.local(channel.decryptor),))
         cid = int(

@@ -203,7 +203,6 @@ class Connection:
         """The engine closed the link (the peer, a timeout, bad input): close this too."""
         self._unsent = unsent
         self.close(reason)
-        self._drained.set()
 
     async def _engine_reader(self) -> None:
         """Deliver the engine's events for this connection, in order; each is acknowledged
@@ -218,11 +217,8 @@ class Connection:
                 await self._inbox_wake.wait()
             ev = self._inbox.popleft()
             t = ev[0]
-            if t == dp.EV_MESSAGE:
-                m = ev[3]
-                if isinstance(m, TetherError):
-                    raise ConnectionClosed(f"malformed message from the peer: {m}")
-                await self._forward(*m)
+            if t == dp.EV_MESSAGE:  # decoded and checked by the engine already
+                await self._forward(*ev[3])
             elif t == dp.EV_INNER:
                 channel = plane.channels.get(ev[3])
                 if channel is not None:
