@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -26,6 +27,7 @@ from anyio.abc import SocketAttribute, SocketStream, TaskGroup
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from test_portal import Portal, echo, portal, serve
 from tether.channel import ephemeral_identity
 from tether.message import Address, RoutedMessage
 from tether.node import KIND_DATA, Message, Node, WorkerContext
@@ -46,17 +48,13 @@ from trio_run import run, until, within
 HOST = "127.0.0.1"
 
 
-async def serve_echo(tg: TaskGroup) -> int:
-    async def echo(stream: SocketStream) -> None:
-        async with stream:
-            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                while True:
-                    await stream.send(await stream.receive())
-
-    listener = await anyio.create_tcp_listener(local_host=HOST)
-    tg.start_soon(listener.serve, echo)
-    port: int = listener.extra(SocketAttribute.local_port)
-    return port
+@contextlib.asynccontextmanager
+async def echo_portal(
+    options: PortalOptions | None = None,
+) -> AsyncIterator[tuple[TaskGroup, Portal]]:
+    """An echo server and a portal to it (``test_portal``'s two nodes), in a task group."""
+    async with anyio.create_task_group() as tg, portal(await serve(tg, echo), options=options) as p:
+        yield tg, p
 
 
 async def ping(port: int, data: bytes) -> bytes:
@@ -114,17 +112,8 @@ def test_after_the_first_connection_sessions_open_in_the_engine_alone() -> None:
     sees no more OPENs, and the sessions still count and end in both tables."""
 
     async def main() -> None:
-        async with (
-            anyio.create_task_group() as tg,
-            Node("near", identity=ephemeral_identity()) as near,
-            Node("far", identity=ephemeral_identity()) as far,
-        ):
-            target = await serve_echo(tg)
-            port = (await far.listen_tcp(HOST)).port
-            outlet = await far.create_tcp_outlet(f"{HOST}:{target}")
-            inlet = await near.create_tcp_inlet(
-                f"{HOST}:0", f"/ip4/{HOST}/tcp/{port}/secure/api/service/outlet"
-            )
+        async with echo_portal() as (tg, p):
+            far, inlet, outlet = p.far, p.inlet, p.outlet
             handled: list[int] = []
             real = outlet.handle
 
@@ -163,20 +152,10 @@ def test_a_policy_change_stops_the_engine_opening_sessions_for_that_peer() -> No
 
     async def main() -> None:
         options = PortalOptions(recheck_interval=0.1)
-        async with (
-            anyio.create_task_group() as tg,
-            Node("near", identity=ephemeral_identity()) as near,
-            Node("far", identity=ephemeral_identity()) as far,
-        ):
-            target = await serve_echo(tg)
-            port = (await far.listen_tcp(HOST)).port
-            me = near.identity.identity.identifier
-            outlet = await far.create_tcp_outlet(
-                f"{HOST}:{target}", allow=f'subject.identifier = "{me}"', options=options
-            )
-            inlet = await near.create_tcp_inlet(
-                f"{HOST}:0", f"/ip4/{HOST}/tcp/{port}/secure/api/service/outlet"
-            )
+        async with echo_portal(options) as (tg, p):
+            inlet, outlet = p.inlet, p.outlet
+            me = p.near.identity.identity.identifier
+            outlet.policy = Policy.parse(f'subject.identifier = "{me}"')  # before any session
             for _ in range(3):
                 with within(10, "an admitted connection"):
                     assert await ping(inlet.port, b"ok") == b"ok"
@@ -215,7 +194,7 @@ def test_sessions_through_a_relay_run_in_the_engine_on_every_node() -> None:
             Node("db", identity=ephemeral_identity()) as db,
             Node("app", identity=ephemeral_identity()) as app,
         ):
-            target = await serve_echo(tg)
+            target = await serve(tg, echo)
             port = (await relay.listen_tcp(HOST)).port
             rc = await db.create_relay("db", f"/ip4/{HOST}/tcp/{port}")
             outlet = await db.create_tcp_outlet(f"{HOST}:{target}")
@@ -259,17 +238,9 @@ def test_bad_input_closes_that_link_only(name: str, payload: bytes, reason: str)
     session on another link of the same node keeps carrying bytes meanwhile."""
 
     async def main() -> None:
-        async with (
-            anyio.create_task_group() as tg,
-            Node("near", identity=ephemeral_identity()) as near,
-            Node("far", identity=ephemeral_identity()) as far,
-        ):
-            target = await serve_echo(tg)
-            port = (await far.listen_tcp(HOST)).port
-            await far.create_tcp_outlet(f"{HOST}:{target}")
-            inlet = await near.create_tcp_inlet(
-                f"{HOST}:0", f"/ip4/{HOST}/tcp/{port}/secure/api/service/outlet"
-            )
+        async with echo_portal() as (tg, p):
+            far, inlet = p.far, p.inlet
+            port = p.listen_port
             held = await anyio.connect_tcp(HOST, inlet.port)
             await held.send(b"before")
             with within(10, "the echo before"):
@@ -304,17 +275,9 @@ def test_forged_and_replayed_channel_messages_are_refused_and_the_channel_goes_o
     counted; the channel's sessions carry on."""
 
     async def main() -> None:
-        async with (
-            anyio.create_task_group() as tg,
-            Node("near", identity=ephemeral_identity()) as near,
-            Node("far", identity=ephemeral_identity()) as far,
-        ):
-            target = await serve_echo(tg)
-            port = (await far.listen_tcp(HOST)).port
-            await far.create_tcp_outlet(f"{HOST}:{target}")
-            inlet = await near.create_tcp_inlet(
-                f"{HOST}:0", f"/ip4/{HOST}/tcp/{port}/secure/api/service/outlet"
-            )
+        async with echo_portal() as (tg, p):
+            far, inlet = p.far, p.inlet
+            port = p.listen_port
             with within(10, "a first connection"):
                 assert await ping(inlet.port, b"hello") == b"hello"
             (channel,) = far.channels.values()
