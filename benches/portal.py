@@ -415,39 +415,42 @@ def _inlets(route: str) -> tuple[int, int, list[str]]:
     return sink, echo, args
 
 
-def start_tether(procs: Processes, tmp: Path, load: Load) -> Contender:
+def _start_pair(
+    procs: Processes, load: Load, name: str, prefix: str, path: str, *node_args: str
+) -> Contender:
+    """An inlet node and an outlet node (listening), each started with ``node_args``."""
     port = free_port()
-    db = _node(procs, "tether-db", "db", "--listen", str(port), *_outlets(load))
+    db = _node(procs, f"{prefix}-db", "db", *node_args, "--listen", str(port), *_outlets(load))
     sink, echo, inlets = _inlets(f"/ip4/{HOST}/tcp/{port}")
-    client = _node(procs, "tether-client", "client", *inlets)
-    wait_ready(procs, "tether", echo)
+    client = _node(procs, f"{prefix}-client", "client", *node_args, *inlets)
+    wait_ready(procs, name, echo)
     return Contender(
-        "tether",
+        name,
         sink,
         echo,
         {"inlet node": client.pid, "outlet node": db.pid},
-        "inlet node -> secure channel over TCP -> outlet node",
-        ("tether-client", "tether-db", "load"),
+        path,
+        (f"{prefix}-client", f"{prefix}-db", "load"),
+    )
+
+
+def start_tether(procs: Processes, tmp: Path, load: Load) -> Contender:
+    return _start_pair(
+        procs, load, "tether", "tether", "inlet node -> secure channel over TCP -> outlet node"
     )
 
 
 def start_tether_python(procs: Processes, tmp: Path, load: Load) -> Contender:
     """tether with the Rust data plane off (``--dataplane python``): every byte through Python,
     as before the engine existed; the before/after of the data plane in the same run."""
-    port = free_port()
-    db = _node(
-        procs, "py-db", "db", "--dataplane", "python", "--listen", str(port), *_outlets(load)
-    )
-    sink, echo, inlets = _inlets(f"/ip4/{HOST}/tcp/{port}")
-    client = _node(procs, "py-client", "client", "--dataplane", "python", *inlets)
-    wait_ready(procs, "tether, Python data plane", echo)
-    return Contender(
+    return _start_pair(
+        procs,
+        load,
         "tether, Python data plane",
-        sink,
-        echo,
-        {"inlet node": client.pid, "outlet node": db.pid},
+        "py",
         "as tether, with TETHER_DATAPLANE=python (no Rust data plane)",
-        ("py-client", "py-db", "load"),
+        "--dataplane",
+        "python",
     )
 
 
