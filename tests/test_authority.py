@@ -135,6 +135,17 @@ async def member(
 # --- portal targets and clients -------------------------------------------------------------------
 
 
+async def server_and_clients(
+    stack: contextlib.AsyncExitStack, auth: Auth
+) -> tuple[Node, Node, Node, str]:
+    """Members ``far`` (listening, role server), ``good`` (role db-client) and ``web`` (role
+    web), and the route to ``far``."""
+    far = await member(stack, auth, "far", listen=True, role="server")
+    good = await member(stack, auth, "good", role="db-client")
+    web = await member(stack, auth, "web", role="web")
+    return far, good, web, route_of(far)
+
+
 async def serve(tg: TaskGroup, handler: Callable[[SocketStream], Awaitable[None]]) -> int:
     listener = await anyio.create_tcp_listener(local_host=HOST)
     tg.start_soon(listener.serve, handler)
@@ -755,10 +766,7 @@ def test_worker_policies_by_type_and_by_name(tmp_path: Path) -> None:
             running_authority(tmp_path / "auth") as auth,
             contextlib.AsyncExitStack() as stack,
         ):
-            far = await member(stack, auth, "far", listen=True, role="server")
-            good = await member(stack, auth, "good", role="db-client")
-            web = await member(stack, auth, "web", role="web")
-            at = route_of(far)
+            far, good, web, at = await server_and_clients(stack, auth)
 
             far.add_policy(ROLE, resource_type="echo")
             await far.start_worker("echo2", echo, kind="echo")
@@ -798,10 +806,7 @@ def test_a_listener_policy_refuses_at_the_handshake_and_admits_the_others(tmp_pa
             running_authority(tmp_path / "auth") as auth,
             contextlib.AsyncExitStack() as stack,
         ):
-            far = await member(stack, auth, "far", listen=True, role="server")
-            good = await member(stack, auth, "good", role="db-client")
-            web = await member(stack, auth, "web", role="web")
-            at = route_of(far)
+            far, good, web, at = await server_and_clients(stack, auth)
             await far.create_secure_channel_listener("guarded")
             far.add_policy(ROLE, resource="guarded", resource_type="secure-channel-listener")
 
