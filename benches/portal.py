@@ -394,9 +394,11 @@ def start_direct(procs: Processes, tmp: Path, load: Load) -> Contender:
     )
 
 
-def _node(procs: Processes, name: str, *args: str) -> subprocess.Popen[bytes]:
+def _node(procs: Processes, name: str, *args: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A tether node (benches/portal_node.py) and its identifier."""
     argv = [sys.executable, str(BENCHES / "portal_node.py"), *args]
-    return procs.start(name, argv, ready_line=True)[0]
+    proc, info = procs.start(name, argv, ready_line=True)
+    return proc, str(json.loads(info)["identifier"])
 
 
 def _outlets(load: Load) -> list[str]:
@@ -420,9 +422,13 @@ def _start_pair(
 ) -> Contender:
     """An inlet node and an outlet node (listening), each started with ``node_args``."""
     port = free_port()
-    db = _node(procs, f"{prefix}-db", "db", *node_args, "--listen", str(port), *_outlets(load))
+    db, db_id = _node(
+        procs, f"{prefix}-db", "db", *node_args, "--listen", str(port), *_outlets(load)
+    )
     sink, echo, inlets = _inlets(f"/ip4/{HOST}/tcp/{port}")
-    client = _node(procs, f"{prefix}-client", "client", *node_args, *inlets)
+    client, _ = _node(
+        procs, f"{prefix}-client", "client", *node_args, *inlets, "--authorized", db_id
+    )
     wait_ready(procs, name, echo)
     return Contender(
         name,
@@ -456,10 +462,12 @@ def start_tether_python(procs: Processes, tmp: Path, load: Load) -> Contender:
 
 def start_relay(procs: Processes, tmp: Path, load: Load) -> Contender:
     port = free_port()
-    relay = _node(procs, "relay-relay", "relay", "--listen", str(port))
-    db = _node(procs, "relay-db", "db", "--relay", str(port), *_outlets(load))
+    relay, relay_id = _node(procs, "relay-relay", "relay", "--listen", str(port))
+    db, db_id = _node(
+        procs, "relay-db", "db", "--relay", str(port), "--authorized", relay_id, *_outlets(load)
+    )
     sink, echo, inlets = _inlets(f"/ip4/{HOST}/tcp/{port}/service/forward_to_db")
-    client = _node(procs, "relay-client", "client", *inlets)
+    client, _ = _node(procs, "relay-client", "client", *inlets, "--authorized", db_id)
     wait_ready(procs, "tether via relay", echo)
     return Contender(
         "tether via relay",

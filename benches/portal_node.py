@@ -36,7 +36,7 @@ from typing import Any
 import anyio
 
 from tether.alloc import tune_for_bulk
-from tether.channel import ephemeral_identity
+from tether.channel import ephemeral_identity, trust_identifiers
 from tether.node import Node
 
 HOST = "127.0.0.1"
@@ -52,6 +52,11 @@ async def serve(args: argparse.Namespace) -> None:
     info: dict[str, Any] = {"role": args.role}
     dataplane = args.dataplane == "rust"
     async with Node(args.role, identity=ephemeral_identity(), dataplane=dataplane) as node:
+        assert node.identity is not None
+        info["identifier"] = node.identity.identity.identifier
+        trust = trust_identifiers(*args.authorized) if args.authorized else None
+        if args.role == "relay":
+            node.add_policy("true", resource_type="relay")  # a benchmark: any claimer
         if args.listen is not None:
             listener = await node.listen_tcp(HOST, args.listen)
             info["listen"] = listener.port
@@ -59,14 +64,14 @@ async def serve(args: argparse.Namespace) -> None:
             for name, target in args.outlet or []:
                 await node.create_tcp_outlet(target, name=name)
             if args.relay is not None:
-                client = await node.create_relay("db", f"/ip4/{HOST}/tcp/{args.relay}")
+                client = await node.create_relay("db", f"/ip4/{HOST}/tcp/{args.relay}", trust=trust)
                 with anyio.fail_after(30):
                     await client.ready.wait()
                 info["forward_route"] = client.forward_route
         elif args.role == "client":
             info["inlets"] = []
             for bind, route in args.inlet or []:
-                inlet = await node.create_tcp_inlet(bind, route)
+                inlet = await node.create_tcp_inlet(bind, route, trust=trust)
                 info["inlets"].append(inlet.address)
         print("ready " + json.dumps(info), flush=True)
         await _until_signalled()
@@ -78,6 +83,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("role", choices=["relay", "db", "client"])
     p.add_argument("--listen", type=int, metavar="PORT", help="listen on 127.0.0.1:PORT")
     p.add_argument("--relay", type=int, metavar="PORT", help="db: claim 'db' at this relay")
+    p.add_argument(
+        "--authorized",
+        action="append",
+        metavar="IDENTIFIER",
+        help="the identity the secure channels this node opens must reach (the relay's for db, "
+        "the outlet node's for client)",
+    )
     p.add_argument("--outlet", nargs=2, action="append", metavar=("NAME", "HOST:PORT"))
     p.add_argument("--inlet", nargs=2, action="append", metavar=("HOST:PORT", "ROUTE"))
     p.add_argument("--log-level", default="WARNING", help="of the node's log on stderr")

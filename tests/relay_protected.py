@@ -1,6 +1,7 @@
 """A protected node for the relay tests: no listener at all; it claims a relay name at the
-relay node given on the command line, prints "ready" and its identifier, and runs until its
-stdin closes. Run with `python tests/relay_protected.py ROUTE NAME`."""
+relay node given on the command line (whose identifier is the third argument), prints "ready"
+and its identifier, and runs until its stdin closes. Run with
+`python tests/relay_protected.py ROUTE NAME RELAY_IDENTIFIER`."""
 
 from __future__ import annotations
 
@@ -8,14 +9,19 @@ import sys
 
 import anyio
 
-from tether.channel import ephemeral_identity
+from tether.channel import ephemeral_identity, trust_identifiers
 from tether.node import Node
 
 
-async def main(route: str, name: str) -> None:
+async def main(route: str, name: str, relay_identifier: str) -> None:
     async with Node("protected", identity=ephemeral_identity()) as node:
         relay = await node.create_relay(
-            name, route, ping_interval=1.0, ping_timeout=2.0, backoff_max=1.0
+            name,
+            route,
+            ping_interval=1.0,
+            ping_timeout=2.0,
+            backoff_max=1.0,
+            trust=trust_identifiers(relay_identifier),
         )
         with anyio.fail_after(20):
             await relay.ready.wait()
@@ -25,4 +31,4 @@ async def main(route: str, name: str) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, sys.argv[1], sys.argv[2], backend="trio")
+    anyio.run(main, sys.argv[1], sys.argv[2], sys.argv[3], backend="trio")

@@ -29,6 +29,7 @@ import anyio
 import pytest
 from anyio.abc import SocketAttribute, SocketStream, TaskGroup
 
+from peers import expect
 from tether.authority import AuthorityError, Ticket, call
 from tether.channel import ChannelRefusedError, ephemeral_identity
 from tether.credential import DEFAULT_SKEW
@@ -227,7 +228,9 @@ async def protected_outlet(
 
 
 async def inlet_to(client: Node, db: Node) -> int:
-    inlet = await client.create_tcp_inlet(f"{HOST}:0", f"{route_of(db)}/secure/api/service/outlet")
+    inlet = await client.create_tcp_inlet(
+        f"{HOST}:0", f"{route_of(db)}/secure/api/service/outlet", trust=expect(db)
+    )
     port: int = inlet.port
     return port
 
@@ -726,7 +729,8 @@ def test_admin_operations_over_the_secure_channel(tmp_path: Path) -> None:
                     if op != "create_ticket":
                         request["identifier"] = identifier(newcomer)
                     with pytest.raises(AuthorityError) as caught:
-                        await call(who, auth.service, request)
+                        # (the outsider is no member: it names the authority it calls)
+                        await call(who, auth.service, request, trust=expect(auth.node))
                     assert str(caught.value) == (
                         f"the authority refused: {identifier(who)} may not {op}: the "
                         f"authority's admin policy is {policy}"

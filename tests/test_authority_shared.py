@@ -20,7 +20,7 @@ import anyio
 import pytest
 
 from tether.authority import AuthorityError, Ticket
-from tether.channel import ephemeral_identity
+from tether.channel import ephemeral_identity, trust_identifiers
 from tether.node import Node
 from trio_run import run
 
@@ -187,7 +187,10 @@ def test_one_single_use_ticket_raced_through_both_instances_enrolls_exactly_one(
 
         async def race(i: int, node: Node) -> None:
             route = route1 if i % 2 else route2
-            await node.create_secure_channel(f"{route}/service/api")  # TCP and handshake warm
+            # TCP and handshake warm (the node is no member yet: it names the authority)
+            await node.create_secure_channel(
+                f"{route}/service/api", trust=trust_identifiers(t.authority.identifier)
+            )
             ready.append(i)
             await go.wait()
             try:

@@ -26,7 +26,9 @@
 * Close from either end: both learn it, and the closed channel fails visibly.
 
 Each test is a plain function running its scenario with ``anyio.run`` (trio). Waits are bounded
-and short; nothing asserts on speed.
+and short; nothing asserts on speed. The initiating node ``a`` trusts any identity, explicitly
+(``trust=trust_anyone``): these tests are about the handshake and the transport; who an initiator
+expects by default is ``tests/test_attack_default_trust.py``'s subject.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ from tether.channel import (
 )
 from tether.credential import Credential, issue
 from tether.identity import Attestation, Identity, Purpose
-from tether.message import TCP, Address, RoutedMessage
+from tether.message import LOCAL_ORIGIN, TCP, Address, Origin, RoutedMessage
 from tether.node import (
     KIND_DATA,
     KIND_ERROR,
@@ -146,9 +148,9 @@ def recording(node: Node) -> list[bytes]:
     seen: list[bytes] = []
     original = node.route
 
-    async def route(msg: RoutedMessage, via: str | None = None) -> None:
+    async def route(msg: RoutedMessage, origin: Origin = LOCAL_ORIGIN, **kw: Any) -> None:
         seen.append(msg.encode())
-        await original(msg, via)
+        await original(msg, origin, **kw)
 
     node.route = route  # type: ignore[method-assign]
     return seen
@@ -312,7 +314,7 @@ def test_channel_over_a_direct_tcp_link() -> None:
     ia, ib = ephemeral_identity(), ephemeral_identity()
 
     async def main() -> None:
-        async with Node("a", identity=ia) as a, Node("b", identity=ib) as b:
+        async with Node("a", trust=trust_anyone, identity=ia) as a, Node("b", identity=ib) as b:
             port = (await b.listen_tcp(HOST, 0)).port
             ch = await a.create_secure_channel(at(port, "/service/api"), timeout=5)
             await eventually(lambda: len(b.channels) == 1, "b holds its end")
@@ -349,8 +351,8 @@ def test_channel_across_a_middle_node() -> None:
 
     async def main() -> None:
         async with (
-            Node("a", identity=ia) as a,
-            Node("m") as m,
+            Node("a", trust=trust_anyone, identity=ia) as a,
+            Node("m", transit=["*"]) as m,
             Node("b", identity=ib) as b,
         ):
             pm = (await m.listen_tcp(HOST, 0)).port
@@ -378,8 +380,8 @@ def test_channel_inside_a_channel_by_route_string() -> None:
 
     async def main() -> None:
         async with (
-            Node("a", identity=ia) as a,
-            Node("m", identity=im) as m,
+            Node("a", trust=trust_anyone, identity=ia) as a,
+            Node("m", identity=im, transit=["*"]) as m,
             Node("b", identity=ib) as b,
         ):
             pm = (await m.listen_tcp(HOST, 0)).port
@@ -412,9 +414,9 @@ def test_channel_inside_a_channel_by_explicit_calls() -> None:
 
     async def main() -> None:
         async with (
-            Node("a", identity=ia) as a,
-            Node("m", identity=im) as m,
-            Node("b", identity=ib) as b,
+            Node("a", trust=trust_anyone, identity=ia) as a,
+            Node("m", identity=im, transit=["*"]) as m,
+            Node("b", identity=ib, transit=["*"]) as b,  # the third level goes back out to m
         ):
             pm = (await m.listen_tcp(HOST, 0)).port
             pb = (await b.listen_tcp(HOST, 0)).port
@@ -457,8 +459,8 @@ def test_a_middle_node_sees_no_plaintext() -> None:
 
     async def main() -> None:
         async with (
-            Node("a", identity=ia) as a,
-            Node("m") as m,
+            Node("a", trust=trust_anyone, identity=ia) as a,
+            Node("m", transit=["*"]) as m,
             Node("b", identity=ib) as b,
         ):
             pm = (await m.listen_tcp(HOST, 0)).port
@@ -512,7 +514,7 @@ def test_refusal(case_name: str, verifier: str) -> None:
 
     async def main() -> None:
         async with (
-            Node("a", identity=ephemeral_identity()) as a,
+            Node("a", trust=trust_anyone, identity=ephemeral_identity()) as a,
             Node("b", identity=ephemeral_identity()) as b,
         ):
             port = (await b.listen_tcp(HOST, 0)).port
@@ -566,7 +568,7 @@ def test_valid_credential_is_accepted(verifier: str) -> None:
 
     async def main() -> None:
         async with (
-            Node("a", identity=ephemeral_identity()) as a,
+            Node("a", trust=trust_anyone, identity=ephemeral_identity()) as a,
             Node("b", identity=ephemeral_identity()) as b,
         ):
             port = (await b.listen_tcp(HOST, 0)).port
@@ -942,7 +944,7 @@ class Wiretap:
 async def tapped(rules: Sequence[Rule]) -> AsyncIterator[tuple[Node, Node, Wiretap, Sink, Sink]]:
     """Nodes a and b, b listening behind a wiretap, and a sink worker on each."""
     async with (
-        Node("a", identity=ephemeral_identity()) as a,
+        Node("a", trust=trust_anyone, identity=ephemeral_identity()) as a,
         Node("b", identity=ephemeral_identity()) as b,
         anyio.create_task_group() as tg,
     ):
@@ -1112,7 +1114,7 @@ def test_a_third_party_cannot_close_a_channel() -> None:
 
     async def main() -> None:
         async with (
-            Node("a", identity=ephemeral_identity()) as a,
+            Node("a", trust=trust_anyone, identity=ephemeral_identity()) as a,
             Node("b", identity=ephemeral_identity()) as b,
         ):
             port = (await b.listen_tcp(HOST, 0)).port
@@ -1201,7 +1203,7 @@ class CaptureNode:
         self.workers = {address, address + ".in"}
         self.forgotten: list[str] = []
 
-    async def route(self, msg: RoutedMessage, via: str | None = None) -> None:
+    async def route(self, msg: RoutedMessage, origin: Origin = LOCAL_ORIGIN, **kw: Any) -> None:
         self.out.append(msg)
 
     async def route_batch(self, msgs: list[RoutedMessage]) -> None:
@@ -1577,7 +1579,7 @@ def test_a_rewritten_step_byte_is_a_forgery(genuine: Step, forged: Step) -> None
 def test_close_from_either_end(closer: str) -> None:
     async def main() -> None:
         async with (
-            Node("a", identity=ephemeral_identity()) as a,
+            Node("a", trust=trust_anyone, identity=ephemeral_identity()) as a,
             Node("b", identity=ephemeral_identity()) as b,
         ):
             port = (await b.listen_tcp(HOST, 0)).port
@@ -1616,8 +1618,8 @@ def test_close_from_either_end(closer: str) -> None:
 def test_close_is_heard_across_a_middle_node() -> None:
     async def main() -> None:
         async with (
-            Node("a", identity=ephemeral_identity()) as a,
-            Node("m") as m,
+            Node("a", trust=trust_anyone, identity=ephemeral_identity()) as a,
+            Node("m", transit=["*"]) as m,
             Node("b", identity=ephemeral_identity()) as b,
         ):
             pm = (await m.listen_tcp(HOST, 0)).port

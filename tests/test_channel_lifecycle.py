@@ -11,6 +11,7 @@ import time
 import anyio
 import pytest
 
+from peers import expect
 from tether import credential as cred
 from tether import identity as ident
 from tether.channel import ChannelIdentity, ephemeral_identity, trust_credential
@@ -48,10 +49,14 @@ def test_bulk_messages_are_split_and_reassembled() -> None:
             Node("a", identity=ephemeral_identity()) as a,
         ):
             lb = await b.listen_tcp()
-            ch = await a.create_secure_channel(f"/ip4/127.0.0.1/tcp/{lb.port}/service/api")
+            ch = await a.create_secure_channel(
+                f"/ip4/127.0.0.1/tcp/{lb.port}/service/api", trust=expect(b)
+            )
             route = [Address.local(ch.address), Address.local("echo")]
             f = ch.fragment_size
-            header = len(RoutedMessage(tuple(route[1:]), (Address.local("reply#1"),), b"").encode())
+            header = len(
+                RoutedMessage(tuple(route[1:]), (Address.local("reply#" + "0" * 16),), b"").encode()
+            )
             # around the one-fragment boundary (the payload's kind byte and the inner header count)
             edge = f - 1 - header - 1
             for size in (0, 1, edge - 1, edge, edge + 1, edge + 2, 300_000, 2_000_000):
@@ -83,7 +88,9 @@ def test_credentials_expire_and_are_refreshed_inside_the_channel() -> None:
             Node("a", identity=me) as a,
         ):
             lb = await b.listen_tcp()
-            ch = await a.create_secure_channel(f"/ip4/127.0.0.1/tcp/{lb.port}/service/api")
+            ch = await a.create_secure_channel(
+                f"/ip4/127.0.0.1/tcp/{lb.port}/service/api", trust=expect(b)
+            )
             with anyio.fail_after(5):
                 while not b.channels:
                     await anyio.sleep(0.01)
@@ -115,7 +122,9 @@ def test_idle_channels_close_on_both_ends() -> None:
             Node("a", identity=ephemeral_identity()) as a,
         ):
             lb = await b.listen_tcp()
-            ch = await a.create_secure_channel(f"/ip4/127.0.0.1/tcp/{lb.port}/service/api")
+            ch = await a.create_secure_channel(
+                f"/ip4/127.0.0.1/tcp/{lb.port}/service/api", trust=expect(b)
+            )
             ch.idle_timeout = 0.5
             route = [Address.local(ch.address), Address.local("echo")]
             for _ in range(3):  # traffic keeps it open
@@ -146,7 +155,9 @@ def test_close_sends_what_was_already_accepted_first() -> None:
                 got.append(msg.payload)  # type: ignore[attr-defined]
 
             await b.start_worker("count", count)
-            ch = await a.create_secure_channel(f"/ip4/127.0.0.1/tcp/{lb.port}/service/api")
+            ch = await a.create_secure_channel(
+                f"/ip4/127.0.0.1/tcp/{lb.port}/service/api", trust=expect(b)
+            )
             sent = [b"%d" % i for i in range(20)] + [os.urandom(100_000)]
             for payload in sent:
                 await a.send([Address.local(ch.address), Address.local("count")], payload)

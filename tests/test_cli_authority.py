@@ -317,6 +317,8 @@ def test_allow_on_listener_and_service_creation_attaches_a_policy(cli: Cli) -> N
         "near",
         "--to",
         f"/ip4/127.0.0.1/tcp/{port}/service/guarded",
+        "--authorized",
+        listener["identifier"],
         reason="refused by the policy",
     )
     cli.fails(
@@ -326,6 +328,8 @@ def test_allow_on_listener_and_service_creation_attaches_a_policy(cli: Cli) -> N
         "near",
         "--to",
         f"/ip4/127.0.0.1/tcp/{port}/secure/api/service/echo2",
+        "--authorized",
+        listener["identifier"],
         "hi",
         reason="refused",
     )

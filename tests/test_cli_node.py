@@ -80,8 +80,9 @@ def test_message_errors_are_clear(cli: Cli) -> None:
 
 
 def test_three_node_processes(cli: Cli) -> None:
-    for name in ("n1", "n2", "n3"):
-        cli.run("node", "create", name)
+    for name in ("n1", "n2"):  # in the middle of routes: they forward for other nodes
+        cli.run("node", "create", name, "--transit", "*")
+    cli.run("node", "create", "n3")
     ports = {name: cli.port(name) for name in ("n1", "n2", "n3")}
     reply = cli.run(
         "message",

@@ -27,9 +27,10 @@ from anyio.abc import SocketAttribute, SocketStream, TaskGroup
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from peers import allow_claims, expect
 from test_portal import Portal, echo, portal, serve
 from tether.channel import ephemeral_identity
-from tether.message import Address, RoutedMessage
+from tether.message import LOCAL_ORIGIN, Address, Origin, RoutedMessage
 from tether.node import KIND_DATA, Message, Node, WorkerContext
 from tether.policy import Policy
 from tether.portal import (
@@ -196,17 +197,20 @@ def test_sessions_through_a_relay_run_in_the_engine_on_every_node() -> None:
         ):
             target = await serve(tg, echo)
             port = (await relay.listen_tcp(HOST)).port
-            rc = await db.create_relay("db", f"/ip4/{HOST}/tcp/{port}")
+            allow_claims(relay, db)
+            rc = await db.create_relay("db", f"/ip4/{HOST}/tcp/{port}", trust=expect(relay))
             outlet = await db.create_tcp_outlet(f"{HOST}:{target}")
             inlet = await app.create_tcp_inlet(
-                f"{HOST}:0", rc.forward_route + "/secure/api/service/outlet"
+                f"{HOST}:0", rc.forward_route + "/secure/api/service/outlet", trust=expect(db)
             )
             routed: list[RoutedMessage] = []
             real_route = relay.route
 
-            async def recording(msg: RoutedMessage, via: str | None = None) -> None:
+            async def recording(
+                msg: RoutedMessage, origin: Origin = LOCAL_ORIGIN, **kw: Any
+            ) -> None:
                 routed.append(msg)
-                await real_route(msg, via)
+                await real_route(msg, origin, **kw)
 
             with within(10, "the first connection"):
                 assert await ping(inlet.port, b"first") == b"first"
@@ -432,7 +436,9 @@ def test_the_engine_session_follows_the_portal_protocol(seq: list[Op]) -> None:
             outlet = await far.create_tcp_outlet(f"{HOST}:{target_port}")
             near.add_sink("x", lambda m: to_peer.append(bytes(m.payload)))
             near.add_sink("w", lambda m: None)
-            (sc,) = await near.resolve_route(f"/ip4/{HOST}/tcp/{port}/secure/api")
+            (sc,) = await near.resolve_route(
+                f"/ip4/{HOST}/tcp/{port}/secure/api", trust=expect(far)
+            )
             onward = (sc, Address.local("outlet"))
 
             async def send(ret: str, t: int, body: bytes = b"") -> None:

@@ -233,7 +233,7 @@ def test_forwarding_worker_sees_the_reply_come_back() -> None:
 
 def test_unknown_worker_is_reported_with_worker_and_node() -> None:
     async def main() -> None:
-        async with Node("n1") as n1, Node("n2") as n2, Node("n3") as n3:
+        async with Node("n1") as n1, Node("n2", transit=["*"]) as n2, Node("n3") as n3:
             l2 = await n2.listen_tcp(HOST, 0)
             l3 = await n3.listen_tcp(HOST, 0)
             with pytest.raises(UnreachableError) as info:
@@ -334,7 +334,7 @@ def test_local_request_timeout() -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_three_nodes_echo_and_back(backend: str) -> None:
     async def main() -> None:
-        async with Node("n1") as n1, Node("n2") as n2, Node("n3") as n3:
+        async with Node("n1") as n1, Node("n2", transit=["*"]) as n2, Node("n3") as n3:
             l2 = await n2.listen_tcp(HOST, 0)
             l3 = await n3.listen_tcp(HOST, 0)
             route = at(l2.port, "") + at(l3.port)
@@ -354,7 +354,7 @@ def test_thousand_concurrent_requests_over_two_hops() -> None:
     results: dict[int, bytes] = {}
 
     async def main() -> None:
-        async with Node("n1") as n1, Node("n2") as n2, Node("n3") as n3:
+        async with Node("n1") as n1, Node("n2", transit=["*"]) as n2, Node("n3") as n3:
             l2 = await n2.listen_tcp(HOST, 0)
             l3 = await n3.listen_tcp(HOST, 0)
             route = n1.parse_route(at(l2.port, "") + at(l3.port))
@@ -387,7 +387,7 @@ def test_per_connection_order_over_two_hops() -> None:
             done.set()
 
     async def main() -> None:
-        async with Node("n1") as n1, Node("n2") as n2, Node("n3") as n3:
+        async with Node("n1") as n1, Node("n2", transit=["*"]) as n2, Node("n3") as n3:
             l2 = await n2.listen_tcp(HOST, 0)
             l3 = await n3.listen_tcp(HOST, 0)
             await n3.start_worker("record", record)
@@ -541,12 +541,12 @@ def test_raw_peer_speaks_the_protocol() -> None:
 def test_undeliverable_tcp_hop_from_a_peer_is_reported_back(
     tcp_address: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A peer may ask a node to forward to any TCP address. One that is not a usable host:port
-    is an undeliverable message: the node answers with an error report along the return route
-    (back over the same connection) and keeps the connection."""
+    """A peer may ask a transit node to forward to any TCP address. One that is not a usable
+    host:port is an undeliverable message: the node answers with an error report along the
+    return route (back over the same connection) and keeps the connection."""
 
     async def main() -> None:
-        async with Node("relay", tcp_options=TcpOptions(connect_timeout=2)) as relay:
+        async with Node("relay", tcp_options=TcpOptions(connect_timeout=2), transit=["*"]) as relay:
             listener = await relay.listen_tcp(HOST, 0)
             peer = await RawPeer.connect(listener.port)
             await peer.send((Address(TCP, tcp_address), Address.local("echo")), b"\0hi")

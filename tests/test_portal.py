@@ -31,7 +31,8 @@ import pytest
 from anyio.abc import SocketAttribute, SocketStream, TaskGroup
 
 from faultproxy import FaultProxy, Faults, reset
-from tether.channel import ephemeral_identity
+from peers import allow_claims, expect
+from tether.channel import ephemeral_identity, trust_identifiers
 from tether.errors import InvalidArgumentError
 from tether.node import Node
 from tether.portal import MAX_DATA, T_CLOSE, T_DATA, T_OPEN, EngineSession, PortalOptions
@@ -182,15 +183,19 @@ async def portal(
     """Two nodes: the far one listens and has the outlet to ``target_port``; the near one has
     an inlet whose route goes (directly, or to the port ``through`` returns for the far node's
     port) to it through a secure channel."""
+    far_identity = ephemeral_identity()
     async with (
         Node("near", identity=ephemeral_identity(), tcp_options=tcp_options) as near,
-        Node("far", identity=ephemeral_identity(), tcp_options=tcp_options) as far,
+        Node("far", identity=far_identity, tcp_options=tcp_options) as far,
     ):
         listen_port = (await far.listen_tcp(HOST)).port
         outlet = await far.create_tcp_outlet(f"{HOST}:{target_port}", options=options)
         hop = await through(listen_port) if through is not None else listen_port
         inlet = await near.create_tcp_inlet(
-            f"{HOST}:0", f"/ip4/{HOST}/tcp/{hop}/secure/api/service/outlet", options=options
+            f"{HOST}:0",
+            f"/ip4/{HOST}/tcp/{hop}/secure/api/service/outlet",
+            options=options,
+            trust=trust_identifiers(far_identity.identity.identifier),
         )
         yield Portal(near, far, listen_port, inlet, outlet)
 
@@ -408,8 +413,8 @@ def test_a_channel_that_closes_while_a_connection_opens_fails_that_connection_on
                 assert (await exchange(p.port, b"first")).data == b"first"
                 real = p.near.resolve_route
 
-                async def gone(route: Any) -> Any:
-                    onward = await real(route)
+                async def gone(route: Any, **kw: Any) -> Any:
+                    onward = await real(route, **kw)
                     await p.near.channels[onward[0].value.decode()].close()
                     return onward
 
@@ -600,7 +605,9 @@ def test_the_inlet_works_again_after_the_outlet_node_restarts() -> None:
                     listen_port = (await far.listen_tcp(HOST)).port
                     await far.create_tcp_outlet(f"{HOST}:{port}")
                     route = f"/ip4/{HOST}/tcp/{listen_port}/secure/api/service/outlet"
-                    inlet = await near.create_tcp_inlet(f"{HOST}:0", route)
+                    inlet = await near.create_tcp_inlet(
+                        f"{HOST}:0", route, trust=trust_identifiers(identity.identity.identifier)
+                    )
                     old = await anyio.connect_tcp(HOST, inlet.port)
                     await old.send(b"before")
                     with within(5, "the echo came back"):
@@ -652,10 +659,15 @@ def test_through_a_relay_to_a_node_with_no_listener() -> None:
             ):
                 relay_port = (await relay.listen_tcp(HOST)).port
                 await protected.create_tcp_outlet(f"{HOST}:{port}")
-                rc = await protected.create_relay("db", f"/ip4/{HOST}/tcp/{relay_port}")
+                allow_claims(relay, protected)
+                rc = await protected.create_relay(
+                    "db", f"/ip4/{HOST}/tcp/{relay_port}", trust=expect(relay)
+                )
                 assert protected.tcp.listeners == {}
                 inlet = await client.create_tcp_inlet(
-                    f"{HOST}:0", rc.forward_route + "/secure/api/service/outlet"
+                    f"{HOST}:0",
+                    rc.forward_route + "/secure/api/service/outlet",
+                    trust=expect(protected),
                 )
                 with within(15, "the exchange through the relay ended"):
                     got = await exchange(inlet.port, request)

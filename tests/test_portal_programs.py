@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 import pytest
 
+from peers import allow_claims, expect
 from pgserver import require, running, unused_port
 from tether.channel import ephemeral_identity
 from tether.node import Node
@@ -85,7 +86,9 @@ async def direct_portal(target_port: int) -> AsyncIterator[Any]:
         listen_port = (await far.listen_tcp(HOST)).port
         await far.create_tcp_outlet(f"{HOST}:{target_port}")
         yield await near.create_tcp_inlet(
-            f"{HOST}:0", f"/ip4/{HOST}/tcp/{listen_port}/secure/api/service/outlet"
+            f"{HOST}:0",
+            f"/ip4/{HOST}/tcp/{listen_port}/secure/api/service/outlet",
+            trust=expect(far),
         )
 
 
@@ -100,10 +103,13 @@ async def relayed_portal(target_port: int) -> AsyncIterator[Any]:
     ):
         relay_port = (await relay.listen_tcp(HOST)).port
         await protected.create_tcp_outlet(f"{HOST}:{target_port}")
-        rc = await protected.create_relay("web", f"/ip4/{HOST}/tcp/{relay_port}")
+        allow_claims(relay, protected)
+        rc = await protected.create_relay(
+            "web", f"/ip4/{HOST}/tcp/{relay_port}", trust=expect(relay)
+        )
         assert protected.tcp.listeners == {}
         yield await near.create_tcp_inlet(
-            f"{HOST}:0", rc.forward_route + "/secure/api/service/outlet"
+            f"{HOST}:0", rc.forward_route + "/secure/api/service/outlet", trust=expect(protected)
         )
 
 

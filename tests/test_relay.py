@@ -5,6 +5,7 @@ relay."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -13,13 +14,15 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
 from faultproxy import FaultProxy
-from tether.channel import ephemeral_identity
-from tether.message import RoutedMessage
+from peers import allow_claims, expect, identifier
+from tether.channel import ephemeral_identity, trust_identifiers
+from tether.message import LOCAL_ORIGIN, Origin, RoutedMessage
 from tether.node import Node, ReplyTimeoutError, UnreachableError
 from tether.relay import RelayClaimError
 
@@ -42,15 +45,22 @@ def test_no_inbound_port_and_a_blind_relay() -> None:
             assert protected.tcp.listeners == {}  # no inbound port on the protected side
             forward = relay.route
 
-            async def recording(msg: RoutedMessage, via: str | None = None) -> None:
+            async def recording(
+                msg: RoutedMessage, origin: Origin = LOCAL_ORIGIN, **kw: Any
+            ) -> None:
                 recorded.append(msg.payload)
-                await forward(msg, via)
+                await forward(msg, origin, **kw)
 
             relay.route = recording  # type: ignore[method-assign]
-            rc = await protected.create_relay("db", f"/ip4/127.0.0.1/tcp/{port}")
+            allow_claims(relay, protected)
+            rc = await protected.create_relay(
+                "db", f"/ip4/127.0.0.1/tcp/{port}", trust=expect(relay)
+            )
             assert rc.state == "claimed"
             assert rc.forward_route == f"/ip4/127.0.0.1/tcp/{port}/service/forward_to_db"
-            reply = await client.request(rc.forward_route + "/secure/api/service/echo", MARKER)
+            reply = await client.request(
+                rc.forward_route + "/secure/api/service/echo", MARKER, trust=expect(protected)
+            )
             assert reply == MARKER
             (channel,) = client.channels.values()
             assert channel.peer.identifier == protected.identity.identity.identifier
@@ -82,12 +92,16 @@ def test_a_blind_relay_in_the_data_plane() -> None:
             port = (await relay.listen_tcp()).port
             proxy = FaultProxy("127.0.0.1", port, record=wire)
             await tg.start(proxy.serve)
-            rc = await protected.create_relay("db", f"/ip4/127.0.0.1/tcp/{port}")
+            allow_claims(relay, protected)
+            rc = await protected.create_relay(
+                "db", f"/ip4/127.0.0.1/tcp/{port}", trust=expect(relay)
+            )
             via_proxy = f"/ip4/127.0.0.1/tcp/{proxy.port}/service/forward_to_db"
             for _ in range(3):
-                assert (
-                    await client.request(via_proxy + "/secure/api/service/echo", MARKER) == MARKER
+                reply = await client.request(
+                    via_proxy + "/secure/api/service/echo", MARKER, trust=expect(protected)
                 )
+                assert reply == MARKER
             assert wire
             assert MARKER not in b"".join(wire)
             (claim,) = relay.relay_service.info()
@@ -109,16 +123,17 @@ def test_names_cannot_be_squatted_or_hijacked() -> None:
         ):
             port = (await relay.listen_tcp()).port
             route = f"/ip4/127.0.0.1/tcp/{port}"
-            await owner.create_relay("db", route)
+            allow_claims(relay, owner, thief)
+            await owner.create_relay("db", route, trust=expect(relay))
             with pytest.raises(RelayClaimError, match="belongs to"):
-                await thief.create_relay("db", route)
+                await thief.create_relay("db", route, trust=expect(relay))
             # A claim that does not come through a secure channel is refused too.
             reply = await thief.request(f"{route}/service/relay", b"\x01db")
             assert reply[:1] == b"\x03"
             assert b"secure channel" in reply
             # Bad names are refused.
             with pytest.raises(RelayClaimError, match="invalid relay name"):
-                await thief.create_relay("no spaces", route)
+                await thief.create_relay("no spaces", route, trust=expect(relay))
             # The owner's relay still works and still belongs to the owner.
             claims = relay.relay_service.info()
             assert [(c["name"], c["owner"]) for c in claims] == [
@@ -129,7 +144,7 @@ def test_names_cannot_be_squatted_or_hijacked() -> None:
             )
             # The owner may re-claim (as after a reconnect).
             await owner.delete_relay("db")
-            again = await owner.create_relay("db", route)
+            again = await owner.create_relay("db", route, trust=expect(relay))
             assert again.state == "claimed"
             owner.task_group.cancel_scope.cancel()
 
@@ -144,8 +159,13 @@ def test_an_offline_relay_is_reported_not_silent() -> None:
             Node("client") as client,
         ):
             port = (await relay.listen_tcp()).port
+            allow_claims(relay, protected)
             rc = await protected.create_relay(
-                "db", f"/ip4/127.0.0.1/tcp/{port}", backoff_min=5, backoff_max=5
+                "db",
+                f"/ip4/127.0.0.1/tcp/{port}",
+                backoff_min=5,
+                backoff_max=5,
+                trust=expect(relay),
             )
             assert await client.request(rc.forward_route + "/service/echo", b"up") == b"up"
             # The protected node stops keeping the relay and its connection drops: the relay
@@ -204,7 +224,9 @@ def _free_port() -> int:
 def test_relay_killed_and_restarted_during_use(cli: Cli, tmp_path: Path) -> None:
     port = _free_port()
     cli.run("node", "create", "relay", "--tcp-listener", f"127.0.0.1:{port}")
-    cli.run("node", "create", "protected", "--no-tcp-listener")
+    protected = json.loads(cli.run("node", "create", "protected", "--no-tcp-listener", "--json"))
+    claimer = f'subject.identifier = "{protected["identifier"]}"'
+    cli.run("policy", "create", "--at", "relay", "--resource-type", "relay", claimer)
     cli.run("relay", "create", "db", "--at", "/node/relay", "--to", "protected")
     runtime = tmp_path / "home" / "nodes" / "relay" / "runtime.json"
     route = f"/ip4/127.0.0.1/tcp/{port}/service/forward_to_db/service/echo"
@@ -301,6 +323,8 @@ def test_protected_node_in_a_namespace_reaches_only_the_relay(netns: str) -> Non
         ):
             relay_port = (await relay.listen_tcp("10.201.0.1", 0)).port
             client_port = (await client.listen_tcp("127.0.0.1", 0)).port
+            # The child's identity is made in the child: this relay takes any claimer.
+            relay.add_policy("true", resource_type="relay")
             proc = await anyio.open_process(
                 [
                     "ip",
@@ -311,6 +335,7 @@ def test_protected_node_in_a_namespace_reaches_only_the_relay(netns: str) -> Non
                     str(HERE / "relay_protected.py"),
                     f"/ip4/10.201.0.1/tcp/{relay_port}",
                     "db",
+                    identifier(relay),
                 ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -344,7 +369,10 @@ def test_protected_node_in_a_namespace_reaches_only_the_relay(netns: str) -> Non
                     f"/ip4/10.201.0.1/tcp/{relay_port}/service/forward_to_db"
                     "/secure/api/service/echo"
                 )
-                assert await client.request(route, MARKER, timeout=20) == MARKER
+                reply = await client.request(
+                    route, MARKER, timeout=20, trust=trust_identifiers(protected_id)
+                )
+                assert reply == MARKER
                 (channel,) = client.channels.values()
                 assert channel.peer.identifier == protected_id
             finally:

@@ -359,7 +359,7 @@ class Authority:
 
         if msg.kind != KIND_DATA or not msg.return_route:
             return
-        channel: SecureChannel | None = self.node.arrival_channel(msg.return_route)
+        channel: SecureChannel | None = self.node.origin_channel(msg.origin)
         try:
             if channel is None:
                 raise AuthorityError(
@@ -464,11 +464,17 @@ class Authority:
 
 
 async def call(
-    node: Node, route: str | tuple[Address, ...], request: dict[str, Any], timeout: float = 15.0
+    node: Node,
+    route: str | tuple[Address, ...],
+    request: dict[str, Any],
+    timeout: float = 15.0,
+    *,
+    trust: Any = None,
 ) -> dict[str, Any]:
-    """Send one request to an authority (``route`` ends at its service) and return the
-    response; raises AuthorityError with the authority's reason if it refused."""
-    raw = await node.request(route, json.dumps(request).encode(), timeout=timeout)
+    """Send one request to an authority (``route`` ends at its service; ``trust``: who must
+    answer its secure channel, by default the node's, see ``Node.channel_trust``) and return
+    the response; raises AuthorityError with the authority's reason if it refused."""
+    raw = await node.request(route, json.dumps(request).encode(), timeout=timeout, trust=trust)
     try:
         response = json.loads(raw)
     except (ValueError, UnicodeDecodeError):

@@ -56,7 +56,7 @@ from tether.identity import (
     verify_attestation,
     verify_history,
 )
-from tether.message import LOCAL, TCP, Address, RoutedMessage
+from tether.message import LOCAL, TCP, Address, Origin, RoutedMessage
 from tether.vault import SecretBytes
 
 if TYPE_CHECKING:
@@ -189,6 +189,34 @@ def trust_identifiers(*identifiers: str) -> TrustPolicy:
     return policy
 
 
+def trust_policy(policy: Any, node: Node, resource_type: str, name: str) -> TrustPolicy:
+    """Peers that ``policy`` (a :class:`~tether.policy.Policy`) allows as subjects of
+    ``resource_type`` ``name`` on ``node`` (an inlet's ``--allow``, checked in the handshake:
+    a peer it refuses never learns who opened the channel)."""
+
+    def check(peer: Peer) -> None:
+        if not node.peer_allows(policy, peer, resource_type, name, "connect"):
+            raise ChannelRefusedError(f"{peer.identifier} is refused by the policy {policy}")
+
+    return check
+
+
+def trust_members(authorities: Mapping[str, Identity]) -> TrustPolicy:
+    """The members of ``authorities`` (a valid credential from one of them: only such survive
+    the handshake's verification) and those authorities themselves: what a node enrolled with
+    an authority trusts by default. ``authorities`` is read at each handshake (a live map)."""
+
+    def policy(peer: Peer) -> None:
+        if peer.identifier in authorities or peer.credentials:
+            return
+        raise ChannelRefusedError(
+            f"{peer.identifier} is no member of an authority this node trusts (it presented no "
+            "valid credential from one); name it with --authorized if it is the peer you want"
+        )
+
+    return policy
+
+
 def trust_credential(**required: str) -> TrustPolicy:
     """Holders of a valid credential (from a trusted authority) with these attributes."""
 
@@ -240,16 +268,30 @@ def verify_peer(
 # --- the channel ends -----------------------------------------------------------------------
 
 
-def valid_attributes(peer: Peer, node: Any, now: int | None = None) -> dict[str, str]:
-    """The attributes of ``peer``'s credentials that are still valid now: not expired, and
-    not revoked by their authority (``node.revoked_credentials``)."""
+def valid_credentials(peer: Peer, node: Any, now: int | None = None) -> list[Credential]:
+    """``peer``'s credentials that are still valid now: not expired, and not revoked by their
+    authority (``node.revoked_credentials``)."""
     t = int(time.time()) if now is None else now
     revoked: Mapping[str, frozenset[str]] = getattr(node, "revoked_credentials", {})
+    return [
+        c
+        for c in peer.credentials
+        if c.expires_at + DEFAULT_SKEW >= t and c.id not in revoked.get(c.issuer, ())
+    ]
+
+
+def valid_attributes(peer: Peer, node: Any, now: int | None = None) -> dict[str, str]:
+    """The attributes of ``peer``'s credentials that are still valid now."""
     out: dict[str, str] = {}
-    for c in peer.credentials:
-        if c.expires_at + DEFAULT_SKEW >= t and c.id not in revoked.get(c.issuer, ()):
-            out.update(c.attributes)
+    for c in valid_credentials(peer, node, now):
+        out.update(c.attributes)
     return out
+
+
+def has_valid_credential(peer: Peer, node: Any, now: int | None = None) -> bool:
+    """Whether ``peer`` is, now, a member of an authority ``node`` trusts (it holds a valid
+    credential from it: only those survive the handshake's verification)."""
+    return bool(valid_credentials(peer, node, now))
 
 
 @dataclass
@@ -589,7 +631,8 @@ class SecureChannel:
         """Route a message that came out of the channel, with the channel pushed onto its
         return route (so replies are encrypted back)."""
         await self.node.route(
-            RoutedMessage(tuple(onward), (Address.local(self.address), *return_route), payload)
+            RoutedMessage(tuple(onward), (Address.local(self.address), *return_route), payload),
+            Origin.channel(self.address),
         )
 
     def _reassemble(self, flags: int, plain: bytes, nonce: int) -> bytes | None:
@@ -700,7 +743,8 @@ async def _refuse(node: Node, route: Sequence[Address], reason: str) -> None:
     from tether.node import KIND_DATA
 
     await node.route(
-        RoutedMessage(tuple(route), (), bytes([KIND_DATA, Step.REFUSED]) + reason.encode()[:1024])
+        RoutedMessage(tuple(route), (), bytes([KIND_DATA, Step.REFUSED]) + reason.encode()[:1024]),
+        block=False,
     )
 
 
@@ -710,10 +754,11 @@ async def open_channel(
     me: ChannelIdentity,
     *,
     authorities: Mapping[str, Identity] | None = None,
-    trust: TrustPolicy = trust_anyone,
+    trust: TrustPolicy,
     timeout: float = 10.0,
 ) -> SecureChannel:
-    """Initiate a channel to the listener at the end of ``route``."""
+    """Initiate a channel to the listener at the end of ``route``, to a peer ``trust``
+    accepts (there is no default: see ``Node.channel_trust``)."""
     from tether.node import KIND_DATA
 
     hsk = _Handshaker(node, me, True, authorities or {}, trust)
@@ -800,7 +845,7 @@ async def open_channel(
     except BaseException:
         await node.stop_worker(address + ".in")
         raise
-    await node.start_worker(address, channel.encrypt, kind="secure-channel")
+    await node.start_worker(address, channel.encrypt, kind="secure-channel", reach="local")
     decryptor.channel = channel  # from now on the inbox decrypts
     node.remember_channel(channel)
     return channel
@@ -891,7 +936,9 @@ class ChannelListener:
                 False,
                 authorities=self.authorities,
             )
-            await self.node.start_worker(address, channel.encrypt, kind="secure-channel")
+            await self.node.start_worker(
+                address, channel.encrypt, kind="secure-channel", reach="local"
+            )
             decryptor.channel = channel  # from now on the inbox decrypts
             await channel._send_wire(Step.ACK, cipher.seal(b"", aad=_AD[Step.ACK]))
             self.node.remember_channel(channel)
@@ -910,7 +957,8 @@ class ChannelListener:
                 msg.return_route,
                 (Address.local(address + ".in"),),
                 bytes([KIND_DATA, Step.HS2]) + hs2,
-            )
+            ),
+            block=False,  # the listener serves everyone: it never waits on one peer
         )
 
         async def finish() -> None:

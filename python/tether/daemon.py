@@ -26,7 +26,7 @@ from tether.authority import (
     DEFAULT_CREDENTIAL_TTL,
     DEFAULT_TICKET_TTL,
 )
-from tether.channel import ChannelRefusedError, trust_identifiers
+from tether.channel import ChannelRefusedError, trust_anyone, trust_identifiers
 from tether.control import ApiError, Router, serve_connection
 from tether.errors import TetherError
 from tether.node import Node, ReplyTimeoutError, UnreachableError, echo
@@ -84,7 +84,9 @@ class Daemon:
             cfg.name,
             relay_owners=nodes.RelayOwners(self.store, cfg.name),
             resolve_node=nodes.resolver(self.home),
+            identify_node=nodes.identifier_resolver(self.home),
             identity=channel_identity,
+            transit=cfg.transit,
         ) as node:
             self.node = node
             # Credentials this node receives (enrollment, refresh) are kept in its store.
@@ -102,7 +104,7 @@ class Daemon:
                 )
             for relay in cfg.relays:
                 # A relay whose node is not up yet keeps retrying in the background.
-                await node.create_relay(relay["name"], relay["at"])
+                await node.create_relay(relay["name"], relay["at"], trust=_trust(relay))
             for rule in cfg.policies:
                 node.add_policy(
                     rule["expression"],
@@ -122,7 +124,7 @@ class Daemon:
                 # An inlet listens at once; its route is reached per connection, so a path that
                 # is not up yet only fails the connections made before it is.
                 await node.create_tcp_inlet(
-                    i["from"], i["to"], name=i["name"], allow=i.get("allow")
+                    i["from"], i["to"], name=i["name"], allow=i.get("allow"), trust=_trust(i)
                 )
             for svc in cfg.services:
                 if not node.has_worker(svc["address"]):
@@ -341,11 +343,23 @@ async def delete_channel_listener(d: Daemon, p: dict[str, str], _: Any) -> tuple
 def _identity_and_trust(d: Daemon, body: Any) -> tuple[Any, Any]:
     name = body.get("identity")
     identity = d.registry.channel_identity(str(name)) if name else None
+    return identity, _trust(body)
+
+
+def _trust(body: Any) -> Any:
+    """The trust policy a request names: ``authorized`` identifiers, or ``trust_any`` (any
+    identity, explicitly); None leaves it to the node's defaults (``Node.channel_trust``)."""
     authorized = body.get("authorized") or []
     if not isinstance(authorized, list) or not all(isinstance(a, str) for a in authorized):
         raise ApiError(400, "'authorized' must be a list of identifiers")
-    trust = trust_identifiers(*authorized) if authorized else None
-    return identity, trust
+    trust_any = body.get("trust_any", False)
+    if not isinstance(trust_any, bool):
+        raise ApiError(400, "'trust_any' must be true or false")
+    if trust_any and authorized:
+        raise ApiError(400, "give 'authorized' identifiers or 'trust_any', not both")
+    if trust_any:
+        return trust_anyone
+    return trust_identifiers(*authorized) if authorized else None
 
 
 @api.add("POST", "/relays")
@@ -354,11 +368,12 @@ async def create_relay(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, An
     at = _field(body, "at")
     if name in d.n.relays:
         raise ApiError(409, f"this node already keeps a relay named {name!r}")
+    trust_spec = {k: body[k] for k in ("authorized", "trust_any") if body.get(k)}
     try:
-        relay = await d.n.create_relay(name, at)
+        relay = await d.n.create_relay(name, at, trust=_trust(body))
     except RelayClaimError as e:
         raise ApiError(422, str(e), "RelayClaimError") from None
-    d.config.relays.append({"name": name, "at": at})
+    d.config.relays.append({"name": name, "at": at, **trust_spec})
     d.persist()
     return 201, relay.info()
 
@@ -403,13 +418,14 @@ async def create_inlet(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, An
     allow = _optional(body, "allow")
     if name is not None and name in d.n.inlets:
         raise ApiError(409, f"this node already has a tcp-inlet named {name!r}")
+    trust_spec = {k: body[k] for k in ("authorized", "trust_any") if body.get(k)}
     try:
-        inlet = await d.n.create_tcp_inlet(bind, to, name=name, allow=allow)
+        inlet = await d.n.create_tcp_inlet(bind, to, name=name, allow=allow, trust=_trust(body))
     except TetherError as e:
         raise ApiError(400, str(e), type(e).__name__) from None
     # Persist the port actually bound (port 0 picks one): a restart listens there again.
     d.config.tcp_inlets.append(
-        {"name": inlet.name, "from": inlet.address, "to": to, "allow": allow}
+        {"name": inlet.name, "from": inlet.address, "to": to, "allow": allow, **trust_spec}
     )
     d.persist()
     return 201, inlet.info()
@@ -595,11 +611,14 @@ async def send_message(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, An
     timeout = float(body.get("timeout", 10))
     route = d.n.parse_route(to)
     try:
-        reply = await d.n.request(route, payload, timeout=timeout)
+        # The route as written: a /node/NAME in it says whose identity its channels expect.
+        reply = await d.n.request(to, payload, timeout=timeout, trust=_trust(body))
     except UnreachableError as e:
         raise ApiError(502, str(e), "UnreachableError") from None
     except ReplyTimeoutError as e:
         raise ApiError(504, str(e), "ReplyTimeoutError") from None
+    except ChannelRefusedError as e:
+        raise ApiError(422, str(e), "ChannelRefusedError") from None
     return 200, {
         "route": format_route(route),
         "reply": reply.decode("utf-8", "replace"),

@@ -294,9 +294,16 @@ class Demo:
         relay_host, relay_port = listeners[0].rsplit(":", 1)
         relay = f"/ip4/{relay_host}/tcp/{relay_port}"
         self.node("db", "--no-tcp-listener")
+        # The relay takes claims only from whom its operator allows; db names the relay it
+        # expects (its channel to the relay must end there, not at whoever answers).
+        self.tether(
+            "policy", "create", "--at", "relay", "--resource-type", "relay",
+            f'subject.identifier = "{self.ids["db"]}"', nodes=("relay",),
+        )  # fmt: skip
         claim = self.tether(
-            "relay", "create", "db", "--at", relay, "--to", "db", nodes=("db", "relay")
-        )
+            "relay", "create", "db", "--at", relay, "--to", "db",
+            "--authorized", self.ids["relay"], nodes=("db", "relay"),
+        )  # fmt: skip
         deadline = time.monotonic() + 10
         while claim["state"] == "reconnecting" and time.monotonic() < deadline:
             # The first claim failed; the node retries with backoff: give it a few seconds.
@@ -326,7 +333,7 @@ class Demo:
         route = f"{relay}/service/forward_to_db/secure/api/service/outlet"
         inlet = self.tether(
             "tcp-inlet", "create", "--at", "app", "--from", f"127.0.0.1:{free_port()}",
-            "--to", route, nodes=("app",),
+            "--to", route, "--authorized", self.ids["db"], nodes=("app",),
         )  # fmt: skip
         host, port = inlet["from"].rsplit(":", 1)
         self.show(f"tcp-inlet {inlet['name']} listening on {inlet['from']}")
@@ -344,7 +351,7 @@ class Demo:
         self.node("intruder", "--no-tcp-listener")
         bad = self.tether(
             "tcp-inlet", "create", "--at", "intruder", "--from", f"127.0.0.1:{free_port()}",
-            "--to", route, nodes=("intruder",),
+            "--to", route, "--authorized", self.ids["db"], nodes=("intruder",),
         )  # fmt: skip
         self.show(f"tcp-inlet {bad['name']} listening on {bad['from']}")
         bad_host, bad_port = bad["from"].rsplit(":", 1)

@@ -28,6 +28,7 @@ import hashlib
 import os
 import sys
 import time
+from typing import Any
 
 import anyio
 
@@ -37,9 +38,10 @@ from tether.channel import (
     ChannelRefusedError,
     ephemeral_identity,
     trust_credential,
+    trust_identifiers,
 )
 from tether.errors import TetherError
-from tether.message import Address, RoutedMessage
+from tether.message import LOCAL_ORIGIN, Address, Origin, RoutedMessage
 from tether.node import Message, Node, WorkerContext
 from tether.vault import KeyType, MemoryVault
 
@@ -99,13 +101,18 @@ async def _run(megabytes: int) -> bool:
     ):
         server_port = (await server.listen_tcp("127.0.0.1", 0)).port
         middle_port = (await middle.listen_tcp("127.0.0.1", 0)).port
+        # The middle node forwards to the server for remote senders (it is a transit node for
+        # that one address; by default a node opens connections only for its own callers).
+        middle.transit = frozenset({f"127.0.0.1:{server_port}"})
 
         # 3. The middle node records every message it routes.
         forward = middle.route
 
-        async def recording_route(msg: RoutedMessage, via: str | None = None) -> None:
+        async def recording_route(
+            msg: RoutedMessage, origin: Origin = LOCAL_ORIGIN, **kw: Any
+        ) -> None:
             recorded.append(msg.payload)
-            await forward(msg, via)
+            await forward(msg, origin, **kw)
 
         middle.route = recording_route  # type: ignore[method-assign]
 
@@ -124,7 +131,10 @@ async def _run(megabytes: int) -> bool:
         route = f"/ip4/127.0.0.1/tcp/{middle_port}/ip4/127.0.0.1/tcp/{server_port}/service/api"
         print(f"\n1. client opens a secure channel along {route}")
         t0 = time.perf_counter()
-        channel = await client.create_secure_channel(route)
+        # The client names the identity it expects at the far end: a route of addresses names
+        # no node, and the middle node must not be able to answer in the server's place.
+        server_only = trust_identifiers(server_id.identity.identifier)
+        channel = await client.create_secure_channel(route, trust=server_only)
         ms = (time.perf_counter() - t0) * 1000
         print(
             f"   established in {ms:.1f} ms: the client verified the server's identity "
@@ -168,7 +178,9 @@ async def _run(megabytes: int) -> bool:
 
         print("\n5. an identity without a credential tries the same route")
         try:
-            await client.create_secure_channel(route, identity=ephemeral_identity())
+            await client.create_secure_channel(
+                route, identity=ephemeral_identity(), trust=server_only
+            )
             refused = False
             print("   ADMITTED (this is a failure)")
         except ChannelRefusedError as e:

@@ -32,6 +32,7 @@ before it existed): for comparisons and as a fallback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -73,6 +74,18 @@ def enabled() -> bool:
     return value == "rust"
 
 
+def hand_over(sock: Any) -> socket.socket:
+    """A socket for the engine, which takes its descriptor (``detach()``): the event loop is
+    told first that the descriptor leaves it (``anyio.notify_closing``), so nothing of it stays
+    registered there. A socket object of another kind (asyncio's transport socket) is
+    duplicated into a plain one instead."""
+    if type(sock) is not socket.socket:
+        return socket.socket(fileno=os.dup(sock.fileno()))
+    with contextlib.suppress(Exception):  # no loop, or not one of anyio's: nothing to tell
+        anyio.notify_closing(sock)
+    return sock
+
+
 def encoded_header(onward: tuple[Address, ...], return_route: tuple[Address, ...]) -> bytes:
     """An encoded routed message up to (not including) its 4-byte payload length."""
     return RoutedMessage(onward, return_route, b"").encode()[:-4]
@@ -92,7 +105,7 @@ class DataPlane:
         r.setblocking(False)
         self._r = r
         try:
-            self.engine = Engine(w.detach())  # the engine owns (and closes) the write end
+            self.engine = Engine(w)  # the engine takes (and closes) the write end
         except BaseException:
             r.close()
             raise
@@ -188,20 +201,20 @@ class DataPlane:
     # --- links ---------------------------------------------------------------------------
 
     def add_link(self, conn: Any, rest: bytes) -> int:
-        """Give the engine a connection's socket (a duplicate: Python's copy is closed with the
-        connection) once its hello is done; ``rest`` is what was read after the hello."""
+        """Give the engine a connection's socket once its hello is done (one descriptor per
+        link: the engine takes it from the socket object, see :func:`hand_over`); ``rest`` is
+        what was read after the hello."""
         o = conn.options
-        # The engine owns the duplicate from its first line (and closes it if it fails).
-        fd = os.dup(conn._raw.fileno())
         link = int(
             self.engine.add_link(
-                fd,
+                hand_over(conn._raw),
                 conn.address.encode(),
                 rest,
                 o.max_frame_len,
                 o.keepalive,
                 o.dead_after,
                 o.frame_timeout,
+                o.drain_timeout,
             )
         )
         self.links[link] = conn
@@ -244,6 +257,29 @@ class DataPlane:
             return
         cid = channel._engine_id if channel is not None else None
         self.engine.set_forward(name.encode(), cid, [(a.transport, a.value) for a in route])
+
+    def _link_id(self, address: str) -> int | None:
+        conn = self.node.tcp.connection(address)
+        return conn._link if conn is not None else None
+
+    def grant(self, link_address: str, channel_address: str) -> None:
+        """Let the channel at ``channel_address`` send on the link at ``link_address`` (a
+        forwarder sent the link's messages into it; see ``Node.grant``)."""
+        link, channel = self._link_id(link_address), self.node.channels.get(channel_address)
+        cid = channel._engine_id if channel is not None else None
+        if link is not None and cid is not None and not self.stopped:
+            self.engine.grant(link, cid)
+
+    def granted(self, link_address: str, channel_address: str) -> bool:
+        """Whether the engine granted the channel the link (its forwarder did the forwarding)."""
+        link, channel = self._link_id(link_address), self.node.channels.get(channel_address)
+        cid = channel._engine_id if channel is not None else None
+        return (
+            link is not None
+            and cid is not None
+            and not self.stopped
+            and bool(self.engine.granted(link, cid))
+        )
 
     def channel_idle(self, channel: Any) -> float | None:
         """Seconds since the engine last opened a message of ``channel`` (None: not its)."""

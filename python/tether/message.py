@@ -59,3 +59,33 @@ class RoutedMessage:
             tuple(Address(t, v) for t, v in ret),
             payload,
         )
+
+
+class Origin(NamedTuple):
+    """Where a message entered this node (``docs/routing.md``, "Who may reach what"): a local
+    caller (a worker or the application on this node), one TCP link, or one secure channel.
+    Every address declares which origins may reach it, and the node decides once, where the
+    message enters."""
+
+    kind: str
+    """``local``, ``link`` or ``channel``."""
+    address: str = ""
+    """The link's (``tcp#N``) or the channel's (``sc#N``) local address; empty for local."""
+
+    @classmethod
+    def link(cls, address: str) -> Origin:
+        return cls("link", address)
+
+    @classmethod
+    def channel(cls, address: str) -> Origin:
+        return cls("channel", address)
+
+    @property
+    def is_local(self) -> bool:
+        return self.kind == "local"
+
+    def __str__(self) -> str:
+        return "a local caller" if self.is_local else f"{self.kind} {self.address}"
+
+
+LOCAL_ORIGIN = Origin("local")

@@ -27,6 +27,8 @@ import contextlib
 import itertools
 import logging
 import math
+import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +39,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from tether import routing
 from tether.errors import InvalidArgumentError, RouteError, TetherError
-from tether.message import LOCAL, TCP, Address, RoutedMessage
+from tether.message import LOCAL, LOCAL_ORIGIN, TCP, Address, Origin, RoutedMessage
 
 log = logging.getLogger("tether.node")
 
@@ -69,12 +71,14 @@ class Message:
     return_route: tuple[Address, ...]
     payload: bytes
     kind: int = KIND_DATA
+    origin: Origin = LOCAL_ORIGIN
+    """Where it entered this node: a local caller, a TCP link or a secure channel."""
 
     @classmethod
-    def delivered(cls, msg: RoutedMessage) -> Message:
+    def delivered(cls, msg: RoutedMessage, origin: Origin = LOCAL_ORIGIN) -> Message:
         """``msg`` as the worker at its first onward address gets it: that address popped, the
         kind byte split off the payload."""
-        return cls(msg.onward[1:], msg.return_route, msg.payload[1:], msg.payload[0])
+        return cls(msg.onward[1:], msg.return_route, msg.payload[1:], msg.payload[0], origin)
 
 
 Handler = Callable[["WorkerContext", Message], Awaitable[None]]
@@ -93,18 +97,32 @@ class Worker:
     busy: bool = False
     inline: bool = False
     raw: bool = False
+    reach: str = "any"
+    """Who may send to it: ``any`` origin (a service; its policy decides), or only ``local``
+    callers and the origins granted to it (a channel's encryptor: see ``Node.grant``)."""
 
 
 class WorkerContext:
-    """What a handler gets: its node and its own address."""
+    """What a handler gets: its node, its own address, and (for inline workers) where the
+    message it handles entered the node."""
 
-    def __init__(self, node: Node, address: str) -> None:
+    def __init__(self, node: Node, address: str, origin: Origin = LOCAL_ORIGIN) -> None:
         self.node = node
         self.address = address
+        self.origin = origin
 
     async def reply(self, msg: Message, payload: bytes) -> None:
-        """Send ``payload`` back along the message's return route."""
-        await self.node.send(msg.return_route, payload, return_route=(Address.local(self.address),))
+        """Send ``payload`` back along the message's return route. A reply never waits for a
+        peer: one that cannot be queued at once (the peer does not read) is dropped and counted,
+        so a shared service's progress never depends on one peer."""
+        await self.node.route(
+            RoutedMessage(
+                msg.return_route,
+                (Address.local(self.address),),
+                encode_payload(KIND_DATA, payload),
+            ),
+            block=False,
+        )
 
     async def forward(self, msg: Message) -> None:
         """Pass the message on along its onward route: this worker was popped from the onward
@@ -161,6 +179,8 @@ class Node:
         trust: Any = None,
         relay_owners: Any = None,
         dataplane: bool | None = None,
+        transit: Sequence[str] = (),
+        identify_node: Callable[[str], str | None] | None = None,
     ) -> None:
         from tether.transport.tcp import TcpOptions, TcpTransport
 
@@ -178,7 +198,9 @@ class Node:
         self._channel_routes: dict[tuple[Address, ...], Any] = {}
         self._channel_lock = anyio.Lock()
         self._workers: dict[str, Worker] = {}
-        self._replies: dict[str, MemoryObjectSendStream[Message]] = {}
+        self._replies: dict[
+            str, tuple[MemoryObjectSendStream[Message], Callable[[Origin], bool] | None]
+        ] = {}
         self._sinks: dict[str, Callable[[RoutedMessage], None]] = {}
         self.inlets: dict[str, Any] = {}
         self.outlets: dict[str, Any] = {}
@@ -193,6 +215,16 @@ class Node:
         self._tg: TaskGroup | None = None
         self._ids = itertools.count(1)
         self._resolve_node = resolve_node
+        self._identify_node = identify_node
+        self.transit = frozenset(transit)
+        """TCP addresses (``host:port``, or ``*`` for any) this node forwards to for remote
+        senders. Empty by default: only local callers make a node open connections."""
+        self._grants: dict[str, set[Origin]] = {}
+        """Link or encryptor address → the remote origins its own traffic was forwarded for,
+        which may therefore reach it with their replies (``grant``)."""
+        self.counters: dict[str, int] = {}
+        """What the node refused or dropped, by reason (``GET /node`` shows them)."""
+        self._last_reach_log = 0.0
         self.tcp = TcpTransport(self, tcp_options or TcpOptions())
         from tether import engine
 
@@ -218,6 +250,7 @@ class Node:
 
             self.relay_service = RelayService(self, self._relay_owners)
             await self.start_worker(SERVICE, self.relay_service.handle, kind="relay-service")
+            self.task_group.start_soon(self.relay_service.run_maintenance)
         return self
 
     async def __aexit__(self, *exc: object) -> bool | None:
@@ -245,19 +278,24 @@ class Node:
         mailbox: int = MAILBOX_SIZE,
         inline: bool = False,
         raw: bool = False,
+        reach: str = "any",
     ) -> None:
         """Run ``handler`` for each message to ``address``: in the worker's own task, one message
         at a time from a bounded mailbox; or, with ``inline``, directly in the task that routes
         the message (no mailbox, no task switch: for handlers that are quick and keep their own
         order, such as a channel's decryptor fed by one connection). An inline worker with
         ``raw`` gets the :class:`RoutedMessage` as it arrived instead (its own address still at
-        the head of ``onward``, the kind byte still first in the payload: nothing copied)."""
+        the head of ``onward``, the kind byte still first in the payload: nothing copied).
+        ``reach`` says who may send to it: ``any`` origin (its policy decides), or ``local``
+        callers and granted origins only."""
+        if reach not in ("any", "local"):
+            raise InvalidArgumentError(f"reach must be 'any' or 'local', not {reach!r}")
         if raw and not inline:
             raise TetherError("only an inline worker can take raw messages")
         if self.has_worker(address):
             raise TetherError(f"a worker already listens at {address!r} on {self.name}")
         send, receive = anyio.create_memory_object_stream[Message](0 if inline else mailbox)
-        w = Worker(address, handler, send, receive, kind=kind, inline=inline, raw=raw)
+        w = Worker(address, handler, send, receive, kind=kind, inline=inline, raw=raw, reach=reach)
         self._workers[address] = w
         if not inline:
             await self.task_group.start(self._run_worker, w)
@@ -327,23 +365,80 @@ class Node:
             return routing.parse(route, self._resolve_node)
         return tuple(route)
 
-    async def resolve_route(self, route: str | Sequence[Address]) -> tuple[Address, ...]:
+    async def resolve_route(
+        self,
+        route: str | Sequence[Address],
+        *,
+        trust: Any = None,
+        expect: Sequence[str | None] | None = None,
+    ) -> tuple[Address, ...]:
         """Parse, and replace each ``/secure/NAME`` with a secure channel (opened to the listener
-        NAME at the end of the route so far, or reused)."""
+        NAME at the end of the route so far, or reused). Each channel's peer must be who this
+        node expects there (:meth:`channel_trust`): ``trust`` for the last one (the end-to-end
+        peer), and for each the identity of the node named right before it (``expect``: one
+        node name or None per ``/secure/``; by default read off a route string)."""
+        from tether.channel import trust_anyone
+
+        names = (
+            list(expect)
+            if expect is not None
+            else (routing.named_peers(route) if isinstance(route, str) else [])
+        )
         addresses = self.parse_route(route)
+        remaining = sum(1 for a in addresses if a.transport == routing.SECURE)
+        i = 0
         while True:
             k = next((i for i, a in enumerate(addresses) if a.transport == routing.SECURE), None)
             if k is None:
                 return addresses
             target = (*addresses[:k], Address(LOCAL, addresses[k].value))
+            name = names[i] if i < len(names) else None
+            i += 1
+            remaining -= 1
+            policy = self.channel_trust(
+                trust if remaining == 0 or trust is trust_anyone else None,
+                self.node_identifier(name),
+                routing.format_route(target),
+            )
             channel = self._channel_routes.get(target)
             if channel is None or channel.closed.is_set():
                 async with self._channel_lock:
                     channel = self._channel_routes.get(target)
                     if channel is None or channel.closed.is_set():
-                        channel = await self.create_secure_channel(target)
+                        channel = await self.create_secure_channel(target, trust=policy)
                         self._channel_routes[target] = channel
+            else:
+                policy(channel.peer)  # an open channel is reused only with the peer expected
             addresses = (Address.local(channel.address), *addresses[k + 1 :])
+
+    def node_identifier(self, name: str | None) -> str | None:
+        """The identifier of the local node ``name`` (a ``/node/NAME`` in a route), if known."""
+        if name is None or self._identify_node is None:
+            return None
+        return self._identify_node(name)
+
+    def channel_trust(self, trust: Any, expected: str | None, target: str) -> Any:
+        """Who may answer a secure channel this node opens to ``target``: ``trust`` when given
+        (or the node's own ``trust``); else the identity ``expected`` there (the node named in
+        the route); else any member of an authority this node trusts (a valid credential from
+        it). Never anyone by default: with none of these the channel is refused before a byte
+        is sent, since a relay or anything else on the path could answer the handshake."""
+        from tether.channel import ChannelRefusedError, trust_identifiers, trust_members
+
+        if trust is not None:
+            return trust
+        if self.trust is not None:
+            return self.trust
+        if expected:
+            return trust_identifiers(expected)
+        if self.authorities:
+            return trust_members(self.authorities)
+        raise ChannelRefusedError(
+            f"no identity to expect at {target}: name the peer with --authorized IDENTIFIER "
+            "(Python: trust=trust_identifiers(...)), reach it as /node/NAME/secure/..., or "
+            "enroll this node with an authority; --trust-any accepts any identity (anything "
+            "on the path could then answer)"
+        )
 
     async def send(
         self,
@@ -352,45 +447,43 @@ class Node:
         *,
         return_route: Sequence[Address] = (),
         kind: int = KIND_DATA,
+        trust: Any = None,
     ) -> None:
-        """Send ``payload`` along ``route`` (a route string or addresses)."""
-        onward = await self.resolve_route(route)
+        """Send ``payload`` along ``route`` (a route string or addresses; ``trust``: who may
+        answer its last secure channel, see :meth:`resolve_route`)."""
+        onward = await self.resolve_route(route, trust=trust)
         await self.route(RoutedMessage(onward, tuple(return_route), encode_payload(kind, payload)))
 
-    async def route(self, msg: RoutedMessage, via: str | None = None) -> None:
-        """Deliver or forward one message (``payload`` includes its kind byte)."""
+    async def route(
+        self, msg: RoutedMessage, origin: Origin = LOCAL_ORIGIN, *, block: bool = True
+    ) -> None:
+        """Deliver or forward one message (``payload`` includes its kind byte) that entered the
+        node at ``origin``. The address at the head of its onward route decides whether that
+        origin may reach it (``docs/routing.md``): a refusal is answered as an unknown address
+        would be. With ``block`` False nothing waits for room (a full mailbox or a congested
+        link drops the message, counted): replies and error reports never wait on a peer."""
         if not msg.onward:
             log.info("%s: dropped a message with an empty onward route", self.name)
             return
         if not msg.payload:
             log.info("%s: dropped a message without its kind byte", self.name)
             return
+        if msg.payload[0] == KIND_ERROR:
+            block = False  # a report is best effort: it never waits (and never deadlocks)
         head = msg.onward[0]
         if head.transport == LOCAL:
             name = head.value.decode("utf-8", errors="replace")
             w = self._workers.get(name)
             if w is None:
-                sink = self._sinks.get(name)
-                if sink is not None:
-                    try:
-                        sink(msg)
-                    except Exception:
-                        log.exception("%s: %s failed on a message", self.name, name)
-                    return
-                reply = self._replies.get(name)
-                if reply is not None:
-                    with contextlib.suppress(anyio.WouldBlock):  # only the first reply counts
-                        reply.send_nowait(Message.delivered(msg))
-                    return
-                conn = self.tcp.connection(name)
-                if conn is not None:  # a link back to where a message came from
-                    await self.tcp.send_via(conn, msg)
-                else:
-                    await self.report(msg, f"no worker {name!r} on node {self.name}")
+                await self._route_other(name, msg, origin, block)
+                return
+            if w.reach != "any" and not self.may_reach(name, origin):
+                self._refuse_reach(origin, name)
+                await self.report(msg, f"no worker {name!r} on node {self.name}")
                 return
             if self.policies and not w.inline and w.kind not in _OWN_ENFORCEMENT:
                 policy = self.policy_for(w.kind, name)
-                who = self.arrival_channel(msg.return_route) if policy is not None else None
+                who = self.origin_channel(origin) if policy is not None else None
                 if policy is not None and not self.allows(policy, who, w.kind, name, "send"):
                     await self.report(
                         msg,
@@ -403,23 +496,157 @@ class Node:
                 w.delivered += 1
                 try:
                     await w.handler(
-                        WorkerContext(self, w.address),
-                        msg if w.raw else Message.delivered(msg),
+                        WorkerContext(self, w.address, origin),
+                        msg if w.raw else Message.delivered(msg, origin),
                     )
                 except TetherError as e:
                     log.warning("%s: worker %s could not handle a message: %s", self.name, name, e)
                 except Exception:
                     log.exception("%s: worker %s failed on a message", self.name, name)
                 return
-            try:
-                await w.send.send(Message.delivered(msg))
-                w.delivered += 1
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                await self.report(msg, f"worker {name!r} on node {self.name} stopped")
+            await self._to_mailbox(w, msg, origin, block)
         elif head.transport == TCP:
-            await self.tcp.forward(head, msg)
+            if not origin.is_local and not self.transit_allows(head.value):
+                target = head.value.decode("utf-8", errors="replace")
+                self._refuse_reach(origin, target)
+                await self.report(
+                    msg,
+                    f"node {self.name} opens connections only for its own callers: it is no "
+                    f"transit node for {target}",
+                )
+                return
+            await self.tcp.forward(head, msg, origin, block=block)
         else:
             await self.report(msg, f"unknown transport type {head.transport} at node {self.name}")
+
+    async def _route_other(
+        self, name: str, msg: RoutedMessage, origin: Origin, block: bool
+    ) -> None:
+        """``msg`` to a local name that is no worker: a sink, a reply address, or a link."""
+        sink = self._sinks.get(name)
+        if sink is not None:
+            try:
+                sink(msg)
+            except Exception:
+                log.exception("%s: %s failed on a message", self.name, name)
+            return
+        reply = self._replies.get(name)
+        if reply is not None:
+            send, expected = reply
+            if origin.is_local or expected is None or expected(origin):
+                with contextlib.suppress(anyio.WouldBlock):  # only the first reply counts
+                    send.send_nowait(Message.delivered(msg, origin))
+            else:
+                self._refuse_reach(origin, name)
+            return
+        conn = self.tcp.connection(name)
+        if conn is not None:  # a link back to where a message came from
+            if self.may_reach(name, origin):
+                await self.tcp.send_via(conn, msg, block=block)
+                return
+            self._refuse_reach(origin, name)
+        await self.report(msg, f"no worker {name!r} on node {self.name}")
+
+    async def _to_mailbox(self, w: Worker, msg: RoutedMessage, origin: Origin, block: bool) -> None:
+        """Hand ``msg`` to a worker's mailbox: at once if there is room; else, when ``block``,
+        wait — but never longer than ``TcpOptions.drain_timeout``: a worker that takes nothing
+        for that long is wedged, and its senders are told so instead of waiting with it."""
+        delivered = Message.delivered(msg, origin)
+        try:
+            try:
+                w.send.send_nowait(delivered)
+            except anyio.WouldBlock:
+                if not block:
+                    self.count("dropped: worker mailbox full")
+                    return
+                bound = self.tcp.options.drain_timeout
+                with anyio.move_on_after(bound):
+                    await w.send.send(delivered)
+                    w.delivered += 1
+                    return
+                self.count("dropped: worker mailbox full")
+                await self.report(
+                    msg,
+                    f"worker {w.address!r} on node {self.name} is busy: it took no message "
+                    f"for {bound:g} s",
+                )
+                return
+            w.delivered += 1
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await self.report(msg, f"worker {w.address!r} on node {self.name} stopped")
+
+    # --- who may reach what ---------------------------------------------------------------
+
+    def may_reach(self, address: str, origin: Origin) -> bool:
+        """Whether ``origin`` may send to the link or channel encryptor at ``address``: local
+        callers always; a remote origin only when it was granted (its requests were forwarded
+        from there, so its replies go back)."""
+        if origin.is_local:
+            return True
+        if origin in self._grants.get(address, ()):
+            return True
+        plane = self.dataplane
+        if plane is None:
+            return False
+        if origin.kind == "channel":  # a channel's reply to a link the engine forwarded for
+            return plane.granted(address, origin.address)
+        return plane.granted(origin.address, address)  # that link to that channel
+
+    def grant(self, a: Origin, b: Origin) -> None:
+        """Let two remote origins reach each other's address (a link's ``tcp#N``, a channel's
+        encryptor): a forwarder sent what came from ``a`` on to ``b`` (a relay's claimer, a
+        transit hop), so ``b``'s replies go back to ``a`` and ``a`` may go on talking to ``b``
+        directly along the return route it was given — which it could do through the forwarder
+        anyway. Grants end with either side."""
+        if a.is_local or b.is_local or a == b:
+            return
+        self._grants.setdefault(a.address, set()).add(b)
+        self._grants.setdefault(b.address, set()).add(a)
+        plane = self.dataplane
+        if plane is not None:
+            if a.kind == "link" and b.kind == "channel":
+                plane.grant(a.address, b.address)
+            elif b.kind == "link" and a.kind == "channel":
+                plane.grant(b.address, a.address)
+
+    def _drop_grants(self, address: str) -> None:
+        """``address`` (a link or a channel) is gone: its grants, both ways."""
+        self._grants.pop(address, None)
+        for kind in ("link", "channel"):
+            gone = Origin(kind, address)
+            for origins in self._grants.values():
+                origins.discard(gone)
+
+    def transit_allows(self, host_port: bytes) -> bool:
+        """Whether this node forwards to the TCP address ``host_port`` for remote senders."""
+        return bool(self.transit) and (
+            "*" in self.transit or host_port.decode("utf-8", "replace") in self.transit
+        )
+
+    def origin_channel(self, origin: Origin) -> Any:
+        """The open secure channel a message came out of (None: it came through none)."""
+        if origin.kind != "channel":
+            return None
+        ch = self.channels.get(origin.address)
+        return None if ch is None or ch.closed.is_set() else ch
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.counters[what] = self.counters.get(what, 0) + n
+
+    def _refuse_reach(self, origin: Origin, address: str) -> None:
+        """A remote origin asked for an address it may not reach: counted and logged (at most
+        once a second: an attacker chooses how often)."""
+        self.count("refused: address not reachable from there")
+        now = time.monotonic()
+        if now - self._last_reach_log >= 1.0:
+            self._last_reach_log = now
+            log.warning(
+                "%s: refused a message from %s to %s (not reachable from there; %d so far)",
+                self.name,
+                origin,
+                address,
+                self.counters["refused: address not reachable from there"],
+            )
 
     async def route_batch(self, msgs: Sequence[RoutedMessage]) -> None:
         """Route messages that share their first hop, in order; over TCP they are queued as one
@@ -456,15 +683,23 @@ class Node:
             log.info("%s: could not report an undeliverable message: %s", self.name, e)
 
     async def request(
-        self, route: str | Sequence[Address], payload: bytes, *, timeout: float = 10.0
+        self,
+        route: str | Sequence[Address],
+        payload: bytes,
+        *,
+        timeout: float = 10.0,
+        trust: Any = None,
     ) -> bytes:
         """Send ``payload`` and wait for the reply (UnreachableError if a hop reports failure,
-        ReplyTimeoutError if nothing comes back within ``timeout`` seconds)."""
-        onward = await self.resolve_route(route)
-        address = self.next_id("reply")
+        ReplyTimeoutError if nothing comes back within ``timeout`` seconds; ``trust``: who may
+        answer the route's last secure channel, see :meth:`resolve_route`)."""
+        onward = await self.resolve_route(route, trust=trust)
+        # Unguessable (a reply address is reachable from the path the request takes), and
+        # it answers only the origin the reply must come from, when that is known.
+        address = f"reply#{secrets.token_hex(8)}"
         send, receive = anyio.create_memory_object_stream[Message](1)
         # A reply address is a one-slot mailbox, not a worker task: no task per request.
-        self._replies[address] = send
+        self._replies[address] = (send, self._reply_origin(onward[0]))
         try:
             await self.route(
                 RoutedMessage(onward, (Address.local(address),), encode_payload(KIND_DATA, payload))
@@ -483,6 +718,24 @@ class Node:
         if reply.kind == KIND_ERROR:
             raise UnreachableError(reply.payload.decode("utf-8", errors="replace"))
         return reply.payload
+
+    def _reply_origin(self, head: Address) -> Callable[[Origin], bool] | None:
+        """Which remote origins may answer a request whose first hop is ``head``: its channel,
+        its link, or the connection to its TCP address (None: any, the path is a worker's)."""
+        if head.transport == TCP:
+            key = head.value.decode("utf-8", errors="replace")
+
+            def by_tcp(origin: Origin) -> bool:
+                conn = self.tcp.connection(origin.address) if origin.kind == "link" else None
+                return conn is not None and conn.key == key
+
+            return by_tcp
+        name = head.value.decode("utf-8", errors="replace")
+        if name in self.channels:
+            return lambda origin: origin == Origin.channel(name)
+        if self.tcp.connection(name) is not None and not self.has_worker(name):
+            return lambda origin: origin == Origin.link(name)
+        return None
 
     async def listen_tcp(self, host: str = "127.0.0.1", port: int = 0) -> Any:
         return await self.tcp.listen(host, port)
@@ -523,20 +776,28 @@ class Node:
         trust: Any = None,
         authorities: Any = None,
         timeout: float = 10.0,
+        expect: str | None = None,
     ) -> Any:
         """Open a secure channel to the listener at the end of ``route``; returns the
-        :class:`~tether.channel.SecureChannel` (its ``address`` goes in routes)."""
-        from tether.channel import open_channel, trust_anyone
+        :class:`~tether.channel.SecureChannel` (its ``address`` goes in routes). The peer must
+        be who :meth:`channel_trust` expects: ``trust``, else the node named in a route string
+        (``/node/NAME/service/api``) or ``expect`` (an identifier), else an authority's
+        member; otherwise :class:`~tether.channel.ChannelRefusedError` at once."""
+        from tether.channel import open_channel
 
         me = identity or self.identity
         if me is None:
             raise TetherError(f"node {self.name} has no identity to open channels with")
+        parsed = self.parse_route(route)
+        if expect is None and isinstance(route, str):
+            expect = self.node_identifier(routing.listener_node(route))
+        policy = self.channel_trust(trust, expect, routing.format_route(parsed))
         return await open_channel(
             self,
-            self.parse_route(route),
+            parsed,
             me,
             authorities=authorities if authorities is not None else self.authorities,
-            trust=trust or self.trust or trust_anyone,
+            trust=policy,
             timeout=timeout,
         )
 
@@ -591,10 +852,12 @@ class Node:
         name: str | None = None,
         allow: Any = None,
         options: Any = None,
+        trust: Any = None,
     ) -> Any:
         """Listen on ``bind`` (``HOST:PORT``, port 0 for any) and carry each connection to the
         outlet at the end of ``route``; returns the :class:`~tether.portal.Inlet` (its
-        ``address`` is where clients connect)."""
+        ``address`` is where clients connect). ``trust`` (else ``allow``, else the nodes the
+        route names) says who must answer its secure channel."""
         from tether.portal import Inlet
 
         name = name or next(
@@ -602,7 +865,7 @@ class Node:
         )
         if name in self.inlets:
             raise TetherError(f"node {self.name} already has a tcp-inlet named {name!r}")
-        inlet = Inlet(self, name, bind, route, allow=allow, options=options)
+        inlet = Inlet(self, name, bind, route, allow=allow, options=options, trust=trust)
         await self.task_group.start(inlet.run)
         self.inlets[name] = inlet
         return inlet
@@ -795,6 +1058,7 @@ class Node:
     def connection_closed(self, address: str, peer: str | None) -> None:
         """A TCP connection closed: secure channels whose first hop it was can carry nothing
         more; close them now (their users learn it at once, not at their next timeout)."""
+        self._drop_grants(address)
         hops = {Address.local(address)}
         if peer is not None:
             hops.add(Address(TCP, peer.encode()))
@@ -810,5 +1074,6 @@ class Node:
 
     def forget_channel(self, channel: Any) -> None:
         self.channels.pop(channel.address, None)
+        self._drop_grants(channel.address)
         if self.dataplane is not None:
             self.dataplane.remove_channel(channel)

@@ -36,6 +36,8 @@ class NodeConfig:
     authority: dict[str, Any] | None = None
     memberships: list[dict[str, Any]] = field(default_factory=list)
     policies: list[dict[str, Any]] = field(default_factory=list)
+    transit: list[str] = field(default_factory=list)
+    """TCP addresses (or ``*``) the node forwards to for remote senders (``--transit``)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -55,6 +57,7 @@ class NodeConfig:
             d.get("authority"),
             list(d.get("memberships", [])),
             list(d.get("policies", [])),
+            list(d.get("transit", [])),
         )
 
 
@@ -176,6 +179,18 @@ def resolver(home: Path) -> Any:
         return (Address(TCP, str(listeners[0]["address"]).encode()),)
 
     return resolve
+
+
+def identifier_resolver(home: Path) -> Any:
+    """The identifier of the local node NAME (a ``/node/NAME`` in a route), or None: what a
+    secure channel to that node must authenticate as."""
+
+    def identify(name: str) -> str | None:
+        info = read_runtime(home, name)
+        identifier = info.get("identifier") if info is not None else None
+        return str(identifier) if identifier else None
+
+    return identify
 
 
 class RelayOwners(MutableMapping[str, str]):

@@ -51,6 +51,7 @@ from anyio.abc import SocketAttribute, SocketStream
 from tether import engine as dp
 from tether import routing
 from tether._core import ENGINE_MAX_DATA
+from tether.channel import trust_policy
 from tether.errors import InvalidArgumentError, TetherError
 from tether.message import Address, RoutedMessage
 from tether.node import KIND_DATA, KIND_ERROR
@@ -415,7 +416,7 @@ class EngineSession(_SessionBase):
 
     def register(
         self,
-        fd: int | None,
+        sock: socket.socket | None,
         *,
         match: str,
         match_return: bytes | None,
@@ -423,7 +424,8 @@ class EngineSession(_SessionBase):
         sync: int,
         connect_prefix: str = "",
     ) -> None:
-        """Hand the session to the engine (``fd``, if given, becomes the engine's)."""
+        """Hand the session to the engine (``sock``, if given, becomes the engine's: see
+        :func:`tether.engine.hand_over`)."""
         plane = self.node.dataplane
         assert plane is not None
         assert self.channel._engine_id is not None
@@ -431,7 +433,7 @@ class EngineSession(_SessionBase):
         self.id = int(
             plane.engine.add_session(
                 self.channel._engine_id,
-                fd,
+                sock,
                 header,
                 match.encode(),
                 match_return,
@@ -864,6 +866,7 @@ class Inlet(_Portal):
         *,
         allow: str | Policy | None = None,
         options: PortalOptions | None = None,
+        trust: Any = None,
     ) -> None:
         super().__init__(node, name, options)
         self.bind = bind
@@ -877,6 +880,12 @@ class Inlet(_Portal):
                 "/node/db/secure/api/service/outlet)"
             )
         self.policy: Policy | None = _policy(allow)
+        # Who must answer the route's secure channels: ``trust``, else the inlet's own policy
+        # (checked in the handshake), else the nodes the route names (Node.channel_trust).
+        self._expect = routing.named_peers(route) if isinstance(route, str) else None
+        self._trust = trust
+        if trust is None and self.policy is not None:
+            self._trust = trust_policy(self.policy, node, self.kind, name)
         self._listener: Any = None
         self._scope = anyio.CancelScope()
         self.state = "starting"
@@ -952,14 +961,14 @@ class Inlet(_Portal):
         try:
             self._engine_id = int(
                 plane.engine.add_inlet(
-                    os.dup(raw.fileno()),
+                    dp.hand_over(raw),
                     b"inlet#r",
                     self.options.window,
                     self.options.max_sessions,
                 )
             )
         finally:
-            await listener.aclose()  # Python's copy: the engine's keeps listening
+            await listener.aclose()  # closes nothing now: the descriptor is the engine's
         plane.inlets[self._engine_id] = self
         self.state = "listening"
         task_status.started()
@@ -1032,7 +1041,9 @@ class Inlet(_Portal):
         address = self.node.next_id("inlet")
         try:
             with anyio.fail_after(self.options.open_timeout):
-                onward = await self.node.resolve_route(self._parsed)
+                onward = await self.node.resolve_route(
+                    self._parsed, trust=self._trust, expect=self._expect
+                )
         except (TetherError, TimeoutError) as e:
             why = "timed out" if isinstance(e, TimeoutError) else str(e)
             await self._fail(stream, f"could not reach {self.route}: {why}")
@@ -1089,9 +1100,7 @@ class Inlet(_Portal):
         self.sessions[address] = session
         try:
             raw = stream.extra(SocketAttribute.raw_socket)
-            session.register(
-                os.dup(raw.fileno()), match=address, match_return=None, open=True, sync=0
-            )
+            session.register(dp.hand_over(raw), match=address, match_return=None, open=True, sync=0)
         except (TetherError, OSError) as e:
             session.engine_closed(f"could not open a session through {self.route}: {e}", 0, 0)
             await self._fail(stream, session.close_reason, count=False)

@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from tether.channel import has_valid_credential
 from tether.errors import TetherError
-from tether.message import Address, RoutedMessage
+from tether.message import Address, Origin, RoutedMessage
 
 if TYPE_CHECKING:
     from tether.node import Message, Node, WorkerContext
@@ -76,11 +77,24 @@ class Claim:
 class RelayService:
     """The relay side: the ``relay`` worker, the claims, and a forwarder per claimed name."""
 
-    def __init__(self, node: Node, owners: MutableMapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        node: Node,
+        owners: MutableMapping[str, str] | None = None,
+        *,
+        ownership_ttl: float = 3600.0,
+        max_names_per_identity: int = 8,
+        max_claims: int = 10_000,
+    ) -> None:
         self.node = node
         self.owners: MutableMapping[str, str] = owners if owners is not None else {}
         """name -> identifier of the identity that owns it (persisted by the daemon)."""
         self.claims: dict[str, Claim] = {}
+        self.ownership_ttl = ownership_ttl
+        """A name whose claimer has been gone this long is free again."""
+        self.max_names_per_identity = max_names_per_identity
+        self.max_claims = max_claims
+        self._offline_since: dict[str, float] = {}
 
     async def handle(self, ctx: WorkerContext, msg: Message) -> None:
         from tether.node import KIND_DATA
@@ -94,7 +108,7 @@ class RelayService:
         if op != CLAIM:
             return
         name = body.decode("utf-8", errors="replace")
-        channel = self.node.arrival_channel(msg.return_route)
+        channel = self.node.origin_channel(msg.origin)
         reason = self._refusal(name, channel)
         if reason is not None:
             log.info("%s: refused a claim of %r: %s", self.node.name, name, reason)
@@ -132,16 +146,68 @@ class RelayService:
                 "claims must come through a secure channel to the relay node "
                 "(route …/secure/api/service/relay), so the relay knows who claims"
             )
-        policy = self.node.policy_for("relay", name)
-        if policy is not None and not self.node.allows(policy, channel, "relay", name, "claim"):
-            return f"claiming the relay name {name!r} is refused by its policy {policy}"
-        owner = self.owners.get(name)
         me = channel.peer.identifier
+        policy = self.node.policy_for("relay", name)
+        if policy is not None:
+            if not self.node.allows(policy, channel, "relay", name, "claim"):
+                return f"claiming the relay name {name!r} is refused by its policy {policy}"
+        elif not has_valid_credential(channel.peer, self.node):
+            # No policy: only members of an authority the relay node trusts may claim.
+            return (
+                f"relay node {self.node.name} allows no claim by {me}: its operator allows it "
+                f"with `tether policy create --at {self.node.name} --resource-type relay "
+                f"'subject.identifier = \"{me}\"'`, or enrolls both nodes with one authority"
+            )
+        owner = self.owners.get(name)
         if owner is not None and owner != me:
             granted = channel.current_attributes().get("relay")
             if granted not in (name, "*"):
                 return f"the name {name!r} belongs to {owner}; it cannot be claimed by {me}"
+        if owner != me:
+            owned = sum(1 for n in list(self.owners) if self.owners.get(n) == me)
+            if owned >= self.max_names_per_identity:
+                return (
+                    f"{me} already holds {owned} relay names at {self.node.name} (the limit); "
+                    "names expire once their claimer has been gone for "
+                    f"{self.ownership_ttl:g} s"
+                )
+            if len(self.claims) >= self.max_claims and name not in self.claims:
+                return f"relay node {self.node.name} holds {self.max_claims} names (its limit)"
         return None
+
+    async def run_maintenance(self, interval: float = 10.0) -> None:
+        """Expire names whose claimer has been gone for ``ownership_ttl`` seconds: the claim,
+        its forwarder and its owner record (persisted owners with no claim since the relay
+        started count as gone from then)."""
+        while True:
+            self.expire()
+            await anyio.sleep(min(interval, self.ownership_ttl))
+
+    def expire(self, now: float | None = None) -> list[str]:
+        """One round of :meth:`run_maintenance`; the names that expired."""
+        t = time.monotonic() if now is None else now
+        gone: list[str] = []
+        for name in set(self.owners) | set(self.claims):
+            claim = self.claims.get(name)
+            channel = self.node.channels.get(claim.channel) if claim is not None else None
+            if channel is not None and not channel.closed.is_set():
+                self._offline_since.pop(name, None)
+                continue
+            since = self._offline_since.setdefault(name, t)
+            if t - since >= self.ownership_ttl:
+                gone.append(name)
+        for name in gone:
+            self._offline_since.pop(name, None)
+            self.claims.pop(name, None)
+            self.owners.pop(name, None)
+            forwarder = FORWARD_PREFIX + name
+            if self.node.has_worker(forwarder):
+                self.node.task_group.start_soon(self.node.stop_worker, forwarder)
+            plane = self.node.dataplane
+            if plane is not None:
+                plane.set_forward(forwarder, None, ())
+            log.info("%s: relay name %r expired (its claimer was gone)", self.node.name, name)
+        return gone
 
     def _forwarder(self, name: str) -> Any:
         # A raw inline worker: it runs in the task that delivered the message and forwards the
@@ -157,6 +223,8 @@ class RelayService:
                 )
                 return
             claim.forwarded += 1
+            # The claimer's replies go back where this came from (and only there).
+            self.node.grant(ctx.origin, Origin.channel(claim.channel))
             await self.node.route(
                 RoutedMessage((*claim.route, *msg.onward[1:]), msg.return_route, msg.payload)
             )
@@ -197,6 +265,9 @@ class RelayClient:
     _scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     relay_route: tuple[Address, ...] = ()
     """The route in use: to the relay node's secure-channel listener (``…/api``)."""
+    trust: Any = None
+    """Who the relay node must be (a trust policy); by default the node named in ``at``
+    (``/node/NAME``), else an authority's member (``Node.channel_trust``)."""
 
     async def _resolve(self) -> tuple[Address, ...]:
         route = await self.node.resolve_route(self.at)
@@ -221,9 +292,19 @@ class RelayClient:
 
     async def claim_once(self) -> Any:
         """Open a channel to the relay node and claim the name; returns the channel."""
+        from tether.channel import ChannelRefusedError
+        from tether.routing import format_route, listener_node
+
         self.relay_route = await self._resolve()
+        name = listener_node(self.at) if isinstance(self.at, str) else None
+        try:
+            policy = self.node.channel_trust(
+                self.trust, self.node.node_identifier(name), format_route(self.relay_route)
+            )
+        except ChannelRefusedError as e:  # nothing to expect: a mistake, not a lost path
+            raise RelayClaimError(str(e)) from None
         channel = await self.node.create_secure_channel(
-            self.relay_route, timeout=self.ping_timeout * 2
+            self.relay_route, trust=policy, timeout=self.ping_timeout * 2
         )
         reply = await self.node.request(
             [Address.local(channel.address), Address.local(SERVICE)],

@@ -145,6 +145,44 @@ def parse(route: str, resolve_node: NodeResolver | None = None) -> tuple[Address
     return tuple(out)
 
 
+def _tokens(route: str) -> list[tuple[str, str]]:
+    """A route string's segments as ``(kind, name)`` pairs (the route is already known to
+    parse; a TCP hop's name is its host)."""
+    segments = [s for s in route.split("/") if s][::-1]
+    out: list[tuple[str, str]] = []
+    while segments:
+        kind = segments.pop()
+        if kind in ("ip4", "ip6", "dnsaddr"):
+            host = segments.pop() if segments else ""
+            del segments[-2:]
+            out.append((kind, host))
+        else:
+            out.append((kind, segments.pop() if segments else ""))
+    return out
+
+
+def named_peers(route: str) -> list[str | None]:
+    """For each ``/secure/LISTENER`` of ``route``, in order: the node named right before it
+    (``/node/NAME/secure/...``), whose identity the channel's peer must then be; else None."""
+    tokens = _tokens(route)
+    return [
+        tokens[i - 1][1] if i > 0 and tokens[i - 1][0] == "node" else None
+        for i, (kind, _) in enumerate(tokens)
+        if kind == "secure"
+    ]
+
+
+def listener_node(route: str) -> str | None:
+    """For a route to a secure-channel listener (``.../node/NAME/service/LISTENER``, or to the
+    node itself, ``.../node/NAME``): the node named there, whose identity the listener has."""
+    tokens = _tokens(route)
+    if tokens and tokens[-1][0] == "node":
+        return tokens[-1][1]
+    if len(tokens) >= 2 and tokens[-1][0] in ("service", "worker") and tokens[-2][0] == "node":
+        return tokens[-2][1]
+    return None
+
+
 def split_host_port(value: bytes) -> tuple[str, int]:
     """``b"127.0.0.1:4000"`` / ``b"[::1]:4000"`` → ``("127.0.0.1", 4000)``."""
     try:

@@ -178,6 +178,8 @@ pub struct LinkOptions {
     pub keepalive: Duration,
     pub dead_after: Duration,
     pub frame_timeout: Duration,
+    /// A peer that takes none of the bytes queued for it for this long is closed.
+    pub drain_timeout: Duration,
 }
 
 struct Link {
@@ -193,12 +195,18 @@ struct Link {
     congested: bool,
     last_rx: Instant,
     last_tx: Instant,
+    /// Since when the socket has taken nothing while bytes wait for it.
+    tx_stalled: Option<Instant>,
     frame_started: Option<Instant>,
     opts: LinkOptions,
     waiting: Vec<u64>,
     received: u64,
     sent: u64,
     failed: Option<String>,
+    /// The channels whose messages may be sent on this link: a relay forwarder sent this
+    /// link's messages into them, so their replies come back here (and nothing else may
+    /// reach a link from outside the node).
+    grants: Vec<u64>,
 }
 
 /// An inlet's listening socket. With a binding (a channel and the route beyond it, set by
@@ -346,6 +354,11 @@ struct State {
     rbuf: Vec<u8>,
     pbuf: Vec<u8>,
     stopping: bool,
+    /// A link or session whose next event panics (tests of the containment; see `guard`).
+    fault: Option<u64>,
+    /// A descriptor held in reserve: when the process has none left, an inlet closes it to
+    /// accept (and refuse) one connection rather than leave it waiting.
+    spare: Option<std::fs::File>,
 }
 
 struct Shared {
@@ -398,6 +411,8 @@ impl Engine {
             rbuf: vec![0u8; READ_SIZE],
             pbuf: Vec::new(),
             stopping: false,
+            fault: None,
+            spare: spare_descriptor(),
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -456,12 +471,14 @@ impl Engine {
                 congested: false,
                 last_rx: now,
                 last_tx: now,
+                tx_stalled: None,
                 frame_started: None,
                 opts,
                 waiting: Vec::new(),
                 received: 0,
                 sent: 0,
                 failed: None,
+                grants: Vec::new(),
             },
         );
         if !rest.is_empty() {
@@ -593,6 +610,9 @@ impl Engine {
                 outlet.allowed.retain(|&c| c != channel);
             }
             st.forwards.retain(|_, f| f.channel != channel);
+            for l in st.links.values_mut() {
+                l.grants.retain(|&c| c != channel);
+            }
             for sid in ch.sessions {
                 st.finish(sid, reason, true, false);
             }
@@ -803,6 +823,27 @@ impl Engine {
         }
     }
 
+    /// Let `channel`'s messages go out on `link` (a relay forwarder sent the link's messages
+    /// into the channel: its replies come back).
+    pub fn grant(&self, link: u64, channel: u64) {
+        let mut st = self.state();
+        if st.channels.contains_key(&channel) {
+            st.grant(link, channel);
+        }
+    }
+
+    /// Whether `channel`'s messages may go out on `link`.
+    pub fn granted(&self, link: u64, channel: u64) -> bool {
+        self.state().granted(link, channel)
+    }
+
+    /// Make the next event of link or session `id` panic, as a bug would: for tests that
+    /// a failure stays contained to its link or session.
+    pub fn inject_fault(&self, id: u64) {
+        self.state().fault = Some(id);
+        self.wake();
+    }
+
     /// Messages forwarded at `name` by the engine.
     pub fn forwarded(&self, name: &[u8]) -> u64 {
         self.state().forwards.get(name).map_or(0, |f| f.forwarded)
@@ -861,26 +902,14 @@ fn run(mut poll: Poll, shared: &Shared) {
                 break;
             }
         }
-        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            step(shared, &events, &mut last_tick)
-        }));
-        match step {
-            Ok(Some(next)) => timeout = next,
-            Ok(None) => return,
-            Err(_) => {
-                // A bug: fail every link (Python closes them and says so) rather than leave
-                // the node silently deaf; the engine goes on for new links.
-                let mut st = lock(&shared.state);
-                let ids: Vec<u64> = st.links.keys().copied().collect();
-                for id in ids {
-                    st.fail_link(id, "internal error in the data plane".into());
-                }
-                st.settle();
-                timeout = TICK;
-            }
+        match step(shared, &events, &mut last_tick) {
+            Some(next) => timeout = next,
+            None => return,
         }
     }
 }
+
+const INTERNAL_ERROR: &str = "internal error in the data plane";
 
 /// Handle one batch of readiness events; the next poll's timeout, or None to stop.
 fn step(shared: &Shared, events: &Events, last_tick: &mut Instant) -> Option<Duration> {
@@ -893,28 +922,34 @@ fn step(shared: &Shared, events: &Events, last_tick: &mut Instant) -> Option<Dur
             continue;
         }
         let id = ev.token().0 as u64;
-        if st.links.contains_key(&id) {
-            if ev.is_writable() {
-                st.flush_link(id);
+        let writable = ev.is_writable();
+        let error = ev.is_error();
+        let closed = ev.is_read_closed() || error;
+        let readable = ev.is_readable() || closed;
+        st.guard(id, |st| {
+            if st.links.contains_key(&id) {
+                if writable {
+                    st.flush_link(id);
+                }
+                if readable {
+                    st.read_link(id, closed);
+                }
+            } else if st.inlets.contains_key(&id) {
+                st.accept(id);
+            } else if st.sessions.contains_key(&id) {
+                if writable || error {
+                    st.session_writable(id);
+                }
+                if readable {
+                    st.read_session(id, closed);
+                }
             }
-            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                st.read_link(id, ev.is_read_closed() || ev.is_error());
-            }
-        } else if st.inlets.contains_key(&id) {
-            st.accept(id);
-        } else if st.sessions.contains_key(&id) {
-            if ev.is_writable() || ev.is_error() {
-                st.session_writable(id);
-            }
-            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                st.read_session(id, ev.is_read_closed() || ev.is_error());
-            }
-        }
+        });
     }
     st.settle();
     if last_tick.elapsed() >= TICK {
         *last_tick = Instant::now();
-        st.tick();
+        st.guard(0, State::tick);
         st.settle();
         if !st.events.is_empty() {
             st.notify_python();
@@ -927,6 +962,40 @@ fn step(shared: &Shared, events: &Events, last_tick: &mut Instant) -> Option<Dur
 }
 
 impl State {
+    /// Run `f` for the link or session `id`; if it panics (a bug), only that link or session
+    /// fails (Python hears why and closes it) and the engine goes on serving the others. For
+    /// work that belongs to no one object (`id` 0, the timers), every link fails instead of
+    /// leaving the node silently deaf.
+    fn guard(&mut self, id: u64, f: impl FnOnce(&mut Self)) {
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if id != 0 && self.fault == Some(id) {
+                self.fault = None;
+                panic!("a fault injected for a test (Engine::inject_fault)");
+            }
+            f(self);
+        }));
+        if done.is_ok() {
+            return;
+        }
+        let contained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if self.links.contains_key(&id) {
+                self.fail_link(id, INTERNAL_ERROR.into());
+            } else if self.sessions.contains_key(&id) {
+                self.finish(id, INTERNAL_ERROR, true, true);
+            } else if id == 0 {
+                let ids: Vec<u64> = self.links.keys().copied().collect();
+                for link in ids {
+                    self.fail_link(link, INTERNAL_ERROR.into());
+                }
+            }
+        }));
+        if contained.is_err() {
+            // Failing it failed too: at least never use the object again.
+            self.links.remove(&id);
+            self.sessions.remove(&id);
+        }
+    }
+
     /// The read buffer (a fresh one if it is out: reads never nest, but an empty buffer must
     /// never be read into, which would look like the end of the stream).
     fn take_rbuf(&mut self) -> Vec<u8> {
@@ -978,15 +1047,19 @@ impl State {
             }
             any = true;
             for (id, reason) in closes {
-                self.close_link(id, &reason, true);
+                self.guard(id, |st| st.close_link(id, &reason, true));
             }
             for id in links {
-                self.flush_link(id);
-                self.read_link(id, true);
+                self.guard(id, |st| {
+                    st.flush_link(id);
+                    st.read_link(id, true);
+                });
             }
             for id in sessions {
-                self.session_writable(id);
-                self.read_session(id, true);
+                self.guard(id, |st| {
+                    st.session_writable(id);
+                    st.read_session(id, true);
+                });
             }
         }
         any
@@ -1058,6 +1131,7 @@ impl State {
                 }
                 Ok(mut n) => {
                     l.last_tx = Instant::now();
+                    l.tx_stalled = None;
                     l.out_bytes -= n;
                     while n > 0 {
                         let front = l.out[0].len() - l.out_pos;
@@ -1072,7 +1146,10 @@ impl State {
                         }
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    l.tx_stalled.get_or_insert_with(Instant::now);
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     let reason = format!("send failed: {}", why(&e));
@@ -1189,10 +1266,13 @@ impl State {
                     return Ok(());
                 }
             }
+            // A relay forwarder: into its claimer's channel; or that channel's encryptor
+            // itself, which a link may use only once it was granted the channel (it sent
+            // through the forwarder, and goes on along the return route it got back). Any
+            // other channel's encryptor is for local callers only: Python refuses it.
             if a.transport == LOCAL {
-                // To a channel's encryptor (a relay on the way back), or a relay forwarder.
                 if let Some(&cid) = self.encryptors.get(a.value) {
-                    if self.seal_forward(link, cid, &[], &m) {
+                    if self.granted(link, cid) && self.seal_forward(link, cid, &[], &m) {
                         return Ok(());
                     }
                 } else if let Some(f) = self.forwards.get(a.value) {
@@ -1201,6 +1281,7 @@ impl State {
                         if let Some(f) = self.forwards.get_mut(a.value) {
                             f.forwarded += 1;
                         }
+                        self.grant(link, cid);
                         return Ok(());
                     }
                 }
@@ -1212,6 +1293,20 @@ impl State {
             frame: f.to_vec(),
         });
         Ok(())
+    }
+
+    fn grant(&mut self, link: u64, channel: u64) {
+        if let Some(l) = self.links.get_mut(&link) {
+            if !l.grants.contains(&channel) {
+                l.grants.push(channel);
+            }
+        }
+    }
+
+    fn granted(&self, link: u64, channel: u64) -> bool {
+        self.links
+            .get(&link)
+            .is_some_and(|l| l.grants.contains(&channel))
     }
 
     fn up(&mut self, link: u64, n: usize) {
@@ -1323,9 +1418,10 @@ impl State {
                         return;
                     }
                 }
-                // Back out by one of the engine's links (a relay answering its client).
+                // Back out by one of the engine's links (a relay's claimer answering a client
+                // whose messages it forwarded: only links granted to this channel).
                 if let Some(&out) = self.link_names.get(a.value) {
-                    if self.deliver_to_link(cid, out, &m) {
+                    if self.granted(out, cid) && self.deliver_to_link(cid, out, &m) {
                         return;
                     }
                 }
@@ -2014,7 +2110,21 @@ impl State {
                 Ok((sock, _)) => sock,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return, // EMFILE and the like: the next readiness retries
+                Err(e) if out_of_descriptors(&e) => {
+                    // Refuse this connection (reset) with the descriptor kept in reserve, so
+                    // it does not wait in the backlog with no new readiness to retry it.
+                    if self.spare.take().is_none() {
+                        return;
+                    }
+                    if let Some(inlet) = self.inlets.get_mut(&iid) {
+                        if let Ok((sock, _)) = inlet.listener.accept() {
+                            reset(&sock);
+                        }
+                    }
+                    self.spare = spare_descriptor();
+                    continue;
+                }
+                Err(_) => return,
             };
             let binding = inlet.binding.clone();
             let full = inlet.sessions.len() >= inlet.max_sessions;
@@ -2136,6 +2246,18 @@ impl State {
             if l.out.is_empty() && now.duration_since(l.last_tx) >= l.opts.keepalive {
                 keepalives.push(id);
             }
+            if let Some(stalled) = l.tx_stalled.filter(|_| !l.out.is_empty()) {
+                if now.duration_since(stalled) >= l.opts.drain_timeout {
+                    failures.push((
+                        id,
+                        format!(
+                            "the peer read nothing for {} s: presumed stuck",
+                            secs(l.opts.drain_timeout)
+                        ),
+                    ));
+                    continue;
+                }
+            }
             if l.read_blocked {
                 continue; // waiting on Python is neither peer silence nor a slow frame
             }
@@ -2200,6 +2322,15 @@ impl State {
             self.finish(sid, &format!("{prefix}: timed out"), true, true);
         }
     }
+}
+
+/// EMFILE or ENFILE: the process or the system has no descriptor left.
+fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(23 | 24))
+}
+
+fn spare_descriptor() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
 }
 
 fn mio_into_std(sock: TcpStream) -> std::net::TcpStream {

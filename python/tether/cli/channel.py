@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from tether.cli.api import call
-from tether.cli.common import node_api
+from tether.cli.common import add_trust_arguments, node_api, trust_body
 
 if TYPE_CHECKING:
     from tether.cli import Context
@@ -20,11 +20,9 @@ def _describe(c: dict[str, Any]) -> str:
 
 def _create(ctx: Context) -> int:
     a = ctx.args
-    body: dict[str, Any] = {"to": a.to, "timeout": a.timeout}
+    body: dict[str, Any] = {"to": a.to, "timeout": a.timeout, **trust_body(a)}
     if a.identity:
         body["identity"] = a.identity
-    if a.authorized:
-        body["authorized"] = a.authorized
     c = call(node_api(ctx, a.from_node), "POST", "/secure-channels", body, timeout=a.timeout + 5)
     ctx.emit(
         f"secure channel {c['address']} to {c['peer']}\n"
@@ -108,12 +106,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--from", dest="from_node", required=True, help="the node opening it")
     p.add_argument("--to", required=True, help="route to the listener, e.g. /node/n2/service/api")
     p.add_argument("--identity", help="identity to present (default: the node's)")
-    p.add_argument(
-        "--authorized",
-        action="append",
-        metavar="IDENTIFIER",
-        help="accept only this peer identity (repeatable)",
-    )
+    add_trust_arguments(p)
     p.add_argument("--timeout", type=float, default=10.0)
     p = add_command(
         sub, "list", "list a node's secure channels", "tether secure-channel list --at n1", _list

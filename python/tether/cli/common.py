@@ -18,6 +18,41 @@ if TYPE_CHECKING:
     from tether.cli import Context, Handler
 
 
+TRUST_HELP = (
+    "Who must answer the secure channel: by default the node a route names "
+    "(/node/NAME/secure/...), else a member of an authority this node is enrolled with; "
+    "a route through a relay or an address names nobody, so give --authorized"
+)
+
+
+def add_trust_arguments(p: argparse.ArgumentParser, *, authorized: bool = True) -> None:
+    """``--authorized IDENTIFIER`` (repeatable) and ``--trust-any``: who may answer the secure
+    channel a command opens (``Node.channel_trust`` decides when neither is given)."""
+    if authorized:
+        p.add_argument(
+            "--authorized",
+            action="append",
+            metavar="IDENTIFIER",
+            help="accept only this peer identity at the far end (repeatable). " + TRUST_HELP,
+        )
+    p.add_argument(
+        "--trust-any",
+        action="store_true",
+        help="accept any identity at the far end (development only: anything on the path, "
+        "a relay included, could then answer the handshake and read the traffic)",
+    )
+
+
+def trust_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The request-body fields of :func:`add_trust_arguments`' flags."""
+    body: dict[str, Any] = {}
+    if getattr(args, "authorized", None):
+        body["authorized"] = args.authorized
+    if args.trust_any:
+        body["trust_any"] = True
+    return body
+
+
 def node_api(ctx: Context, node: str) -> Path:
     """The control-API socket of ``node``, which must be running."""
     from tether.state import default_home

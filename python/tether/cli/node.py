@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from tether import nodes
 from tether.cli.api import call
+from tether.cli.common import add_trust_arguments, trust_body
 from tether.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
@@ -103,7 +104,11 @@ def _create(ctx: Context) -> int:
         host, _, port = spec.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise InvalidArgumentError(f"--tcp-listener {spec!r}: use HOST:PORT (port 0: any)")
-    cfg = NodeConfig(a.name, identity, listeners)
+    for spec in a.transit or []:
+        host, _, port = spec.rpartition(":")
+        if spec != "*" and (not host or not port.isdigit() or not 0 < int(port) <= 65535):
+            raise InvalidArgumentError(f"--transit {spec!r}: use HOST:PORT, or * for any")
+    cfg = NodeConfig(a.name, identity, listeners, transit=list(a.transit or []))
     nodes.save_config(reg.store, cfg, create=True)
     if a.foreground:
         from tether import daemon
@@ -232,7 +237,7 @@ def _send(ctx: Context) -> int:
         nodes.api_socket(home, a.from_node),
         "POST",
         "/messages",
-        {"to": a.to, "message": a.message, "timeout": a.timeout},
+        {"to": a.to, "message": a.message, "timeout": a.timeout, **trust_body(a)},
         timeout=a.timeout + 5,
     )
     ctx.emit(out["reply"], out)
@@ -272,6 +277,14 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="open no listener (the node connects out only)",
     )
     p.add_argument("--identity", help="identity name (default: one named after the node)")
+    p.add_argument(
+        "--transit",
+        action="append",
+        metavar="HOST:PORT",
+        help="forward messages from other nodes on to this TCP address (repeatable; * for "
+        "any): a node in the middle of a multi-hop route. By default a node opens connections "
+        "only for its own callers, so a stranger cannot use it to reach or probe its network",
+    )
     p.add_argument("--foreground", action="store_true", help="run in this terminal")
     add_command(sub, "list", "list nodes and whether they run", "tether node list --json", _list)
     for name, help_text, handler in (
@@ -307,4 +320,5 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--from", dest="from_node", required=True, help="the sending node")
     p.add_argument("--to", required=True, help="the route, e.g. /node/n2/service/echo")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply")
+    add_trust_arguments(p)
     p.add_argument("message")

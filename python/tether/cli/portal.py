@@ -7,7 +7,15 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from tether.cli.api import call
-from tether.cli.common import deleter, lister, node_api, running_node, shower
+from tether.cli.common import (
+    add_trust_arguments,
+    deleter,
+    lister,
+    node_api,
+    running_node,
+    shower,
+    trust_body,
+)
 
 if TYPE_CHECKING:
     from tether.cli import Context
@@ -49,7 +57,7 @@ def _outlet_create(ctx: Context) -> int:
 
 def _inlet_create(ctx: Context) -> int:
     a = ctx.args
-    body = {"from": a.from_addr, "to": a.to, "name": a.name, "allow": a.allow}
+    body = {"from": a.from_addr, "to": a.to, "name": a.name, "allow": a.allow, **trust_body(a)}
     i = call(node_api(ctx, _at(ctx)), "POST", "/tcp-inlets", body, timeout=60)
     ctx.emit(_inlet(i) + f"\n  clients connect to {i['from']}", i)
     return 0
@@ -101,7 +109,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
             "/node/relay/service/forward_to_db/secure/api/service/outlet."
         ),
         "tether tcp-inlet create --at app --from 127.0.0.1:15432 "
-        "--to /node/relay/service/forward_to_db/secure/api/service/outlet",
+        "--to /node/relay/service/forward_to_db/secure/api/service/outlet --authorized I0123…",
     )
     p = add_command(
         sub,
@@ -117,7 +125,13 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     p.add_argument("--to", required=True, metavar="ROUTE", help="route to the outlet")
     p.add_argument("--name", help="the inlet's name (default: inletN)")
-    p.add_argument("--allow", metavar="EXPR", help=ALLOW_HELP.replace("peer", "outlet side"))
+    p.add_argument(
+        "--allow",
+        metavar="EXPR",
+        help="policy the outlet side must satisfy, checked in the handshake, e.g. "
+        "'subject.identifier = \"I…\"'",
+    )
+    add_trust_arguments(p)
     _common(sub, "tcp-inlet", _inlet, "inlet1")
 
 

@@ -6,7 +6,15 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from tether.cli.api import call
-from tether.cli.common import deleter, lister, node_api, running_node, shower
+from tether.cli.common import (
+    add_trust_arguments,
+    deleter,
+    lister,
+    node_api,
+    running_node,
+    shower,
+    trust_body,
+)
 
 if TYPE_CHECKING:
     from tether.cli import Context
@@ -28,7 +36,7 @@ def _create(ctx: Context) -> int:
         node_api(ctx, node),
         "POST",
         "/relays",
-        {"name": ctx.args.name, "at": ctx.args.at},
+        {"name": ctx.args.name, "at": ctx.args.at, **trust_body(ctx.args)},
         timeout=60,
     )
     ctx.emit(_describe(r), r)
@@ -64,6 +72,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("name")
     p.add_argument("--at", required=True, help="route to the relay node, e.g. /node/relay")
     p.add_argument("--to", help="the node that claims the name (default: the only running one)")
+    add_trust_arguments(p)
     p = add_command(
         sub, "list", "list the relays a node keeps", "tether relay list --to protected", _list
     )

@@ -30,7 +30,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from tether import engine as dp
 from tether.errors import FrameError, RouteError, TetherError
 from tether.frame import FrameDecoder, encode_frame, encode_frames
-from tether.message import TCP, Address, RoutedMessage
+from tether.message import TCP, Address, Origin, RoutedMessage
 from tether.routing import split_host_port
 
 if TYPE_CHECKING:
@@ -58,6 +58,10 @@ class TcpOptions:
     max_pending: int = 64
     send_queue: int = 64
     batch_bytes: int = 256 * 1024
+    drain_timeout: float = 60.0
+    """A peer that takes none of the bytes queued for it for this long is closed (it is not
+    reading: back-pressure is for slow peers, not for stuck ones), and a worker that takes no
+    message for this long is reported busy to its senders."""
 
 
 class ConnectionClosed(TetherError):
@@ -86,11 +90,13 @@ class Connection:
         self._send, self._recv = anyio.create_memory_object_stream[bytes](self.options.send_queue)
         self._scope = anyio.CancelScope()
         self._me = Address.local(self.address)
+        self.origin = Origin.link(self.address)
         self._rx_last = time.monotonic()  # when the peer last sent anything (for the watchdog)
         self._frame_started: float | None = None  # when the partial frame now held began
         self._delivering = False  # the reader is handing frames on (perhaps blocked)
         self._pending = 0  # frames given to the writer and not yet written
         self._wlock = anyio.Lock()  # held while a task writes to the socket
+        self._write_started: float | None = None  # when the write now blocked began
         self._raw: Any = None  # the socket, for non-blocking sends (after the hello)
         # With the data plane (tether.engine) the socket is the engine's after the hello:
         self._link: int | None = None  # its link id
@@ -116,11 +122,39 @@ class Connection:
             "data_plane": "rust" if self._link is not None else "python",
         }
 
-    async def send(self, msg: RoutedMessage) -> None:
-        """Queue a message (waits while the queue is full: back-pressure)."""
+    async def send(self, msg: RoutedMessage, *, block: bool = True) -> None:
+        """Queue a message (waits while the queue is full: back-pressure). With ``block``
+        False nothing waits: a message that cannot be queued at once is dropped (counted)."""
         framed = msg.encode_frame()
         self._check_len(len(framed) - FRAME_HEADER)
-        await self._queue(framed)
+        if block:
+            await self._queue(framed)
+        else:
+            self.send_nowait(framed)
+
+    def send_nowait(self, framed: bytes) -> bool:
+        """Queue one frame if that needs no waiting (False: dropped, and counted, because the
+        peer is not reading fast enough; raises if the connection is closed)."""
+        if self.close_reason:
+            raise self._closed_error()
+        if self._link is not None:
+            plane = self.node.dataplane
+            if self._congested or plane is None or plane.stopped:
+                self.node.count("dropped: link congested")
+                return False
+            if plane.engine.send(self._link, framed) == dp.SEND_CLOSED:
+                raise self._closed_error()
+            self.sent += 1
+            return True
+        try:
+            self._send.send_nowait(framed)
+        except anyio.WouldBlock:
+            self.node.count("dropped: link congested")
+            return False
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise self._closed_error() from None
+        self._pending += 1
+        return True
 
     async def send_many(self, msgs: Sequence[RoutedMessage]) -> None:
         """Queue messages as one unit (nothing else is sent between them)."""
@@ -156,12 +190,14 @@ class Connection:
             sent = self._send_now(framed)
             if sent < len(framed):
                 self._wlock.acquire_nowait()
+                self._write_started = time.monotonic()
                 try:
                     await self.stream.send(framed[sent:])
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
                     self.close(f"send failed: {e}")
                     raise self._closed_error() from None
                 finally:
+                    self._write_started = None
                     self._wlock.release()
             self.sent += 1
             return
@@ -433,13 +469,19 @@ class Connection:
 
     async def _watchdog(self) -> None:
         """Close the connection when the peer has been silent for ``dead_after`` (keepalives
-        count) or a frame has not been completed within ``frame_timeout``. Time the reader
-        spends blocked handing frames on (back-pressure) is neither."""
+        count), a frame has not been completed within ``frame_timeout``, or a write has not
+        drained within ``drain_timeout`` (the peer reads nothing). Time the reader spends
+        blocked handing frames on (back-pressure) is neither silence nor a slow frame."""
         o = self.options
         # A partial frame may begin at any moment: look at least this often.
-        tick = min(o.dead_after, o.frame_timeout) / 4
+        tick = min(o.dead_after, o.frame_timeout, o.drain_timeout) / 4
         while True:
             now = time.monotonic()
+            writing = self._write_started
+            if writing is not None and now - writing >= o.drain_timeout:
+                raise ConnectionClosed(
+                    f"the peer read nothing for {o.drain_timeout:g} s: presumed stuck"
+                )
             if self._delivering:
                 await anyio.sleep(tick)
                 continue
@@ -453,6 +495,8 @@ class Connection:
             deadline = self._rx_last + o.dead_after
             if started is not None:
                 deadline = min(deadline, started + o.frame_timeout)
+            if writing is not None:
+                deadline = min(deadline, writing + o.drain_timeout)
             await anyio.sleep(min(tick, max(0.01, deadline - now)))
 
     async def _deliver(self, frame: bytes) -> None:
@@ -477,7 +521,8 @@ class Connection:
                 tuple(Address(t, v) for t, v in onward),
                 (self._me, *(Address(t, v) for t, v in return_route)),
                 payload,
-            )
+            ),
+            self.origin,
         )
 
     async def _writer(self) -> None:
@@ -500,7 +545,11 @@ class Connection:
                 batch.append(more)
                 size += len(more)
             async with self._wlock:
-                await self.stream.send(batch[0] if len(batch) == 1 else b"".join(batch))
+                self._write_started = time.monotonic()
+                try:
+                    await self.stream.send(batch[0] if len(batch) == 1 else b"".join(batch))
+                finally:
+                    self._write_started = None
             self.sent += len(batch)
             self._pending -= len(batch)
 
@@ -658,15 +707,19 @@ class TcpTransport:
                 )
             return conn
 
-    async def forward(self, head: Address, msg: RoutedMessage) -> None:
-        """Send ``msg`` (addressed to the TCP hop ``head``) over a connection to that address."""
+    async def forward(
+        self, head: Address, msg: RoutedMessage, origin: Origin, *, block: bool = True
+    ) -> None:
+        """Send ``msg`` (addressed to the TCP hop ``head``) over a connection to that address.
+        For a remote ``origin`` (a transit node) the connection is granted the way back."""
         assert head.transport == TCP
         try:
             conn = await self.connect(head.value)
         except (ConnectionClosed, RouteError) as e:
             await self.node.report(msg, f"at node {self.node.name}: {e}")
             return
-        await self.send_via(conn, msg)
+        self.node.grant(origin, conn.origin)
+        await self.send_via(conn, msg, block=block)
 
     async def send_many_via(self, conn: Connection, msgs: Sequence[RoutedMessage]) -> None:
         try:
@@ -677,8 +730,10 @@ class TcpTransport:
             for m in msgs:
                 await self.node.report(m, f"at node {self.node.name}: {e}")
 
-    async def send_via(self, conn: Connection, msg: RoutedMessage) -> None:
+    async def send_via(self, conn: Connection, msg: RoutedMessage, *, block: bool = True) -> None:
         try:
-            await conn.send(RoutedMessage(msg.onward[1:], msg.return_route, msg.payload))
+            await conn.send(
+                RoutedMessage(msg.onward[1:], msg.return_route, msg.payload), block=block
+            )
         except (ConnectionClosed, RouteError) as e:
             await self.node.report(msg, f"at node {self.node.name}: {e}")

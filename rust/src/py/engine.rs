@@ -14,15 +14,21 @@ use crate::engine::{self, Engine, Event, LinkOptions, SendStatus, SessionSpec, S
 use crate::error::Error;
 use crate::route;
 
-/// Take ownership of a file descriptor that Python hands over.
+/// Take the descriptor of a Python socket object: `sock.detach()` is called here, so the
+/// object no longer owns it (its `fileno()` is -1 and closing it closes nothing) and the
+/// engine alone closes it. This is the only way a descriptor crosses into the engine: any
+/// object with a `detach()` returning the descriptor it owned (`socket.socket` does).
 #[allow(unsafe_code)]
-fn owned_fd(fd: RawFd) -> Result<OwnedFd, Error> {
+fn take_socket(sock: &Bound<'_, PyAny>) -> PyResult<OwnedFd> {
+    let fd: RawFd = sock.call_method0("detach")?.extract()?;
     if fd < 0 {
-        return Err(Error::InvalidArgument(format!("bad file descriptor {fd}")));
+        return Err(
+            Error::InvalidArgument("the socket is closed (no descriptor to take)".into()).into(),
+        );
     }
-    // SAFETY: `tether.engine` passes only descriptors it has just made for this call
-    // (`os.dup` of a connected socket, or one end of a fresh socketpair, detached) and never
-    // uses them again, so ownership moves here and the descriptor is closed exactly once.
+    // SAFETY: `detach()` hands over the descriptor the socket object owned and makes it forget
+    // it, so nothing else in the process owns `fd` now: ownership moves here, and the
+    // descriptor is closed exactly once, by the engine.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -49,37 +55,40 @@ pub(crate) struct PyEngine {
 
 #[pymethods]
 impl PyEngine {
-    /// Start the engine's thread; `notify_fd` (whose ownership moves to the engine) is written
-    /// a byte whenever events are ready for `take_events`.
+    /// Start the engine's thread; `notify` (a socket: the engine takes its descriptor, see
+    /// `take_socket`) is written a byte whenever events are ready for `take_events`.
     #[new]
-    fn new(notify_fd: RawFd) -> PyResult<Self> {
-        let fd = owned_fd(notify_fd)?;
+    fn new(notify: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let fd = take_socket(notify)?;
         Ok(Self {
             inner: Engine::start(fd).map_err(|e| io(&e))?,
         })
     }
 
-    /// Take over a connected socket after its hello (ownership of `fd` moves here); `rest` is
-    /// what followed the hello. Returns the link's id.
+    /// Take over a connected socket after its hello (its descriptor: see `take_socket`);
+    /// `rest` is what followed the hello. Returns the link's id.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (fd, name, rest, max_frame_len, keepalive, dead_after, frame_timeout))]
+    #[pyo3(signature = (sock, name, rest, max_frame_len, keepalive, dead_after, frame_timeout,
+                        drain_timeout))]
     fn add_link(
         &self,
         py: Python<'_>,
-        fd: RawFd,
+        sock: &Bound<'_, PyAny>,
         name: Vec<u8>,
         rest: Buf<'_>,
         max_frame_len: u32,
         keepalive: f64,
         dead_after: f64,
         frame_timeout: f64,
+        drain_timeout: f64,
     ) -> PyResult<u64> {
-        let fd = owned_fd(fd)?;
+        let fd = take_socket(sock)?;
         let opts = LinkOptions {
             max_frame_len,
             keepalive: duration(keepalive, "keepalive")?,
             dead_after: duration(dead_after, "dead_after")?,
             frame_timeout: duration(frame_timeout, "frame_timeout")?,
+            drain_timeout: duration(drain_timeout, "drain_timeout")?,
         };
         let rest = rest.as_bytes().to_vec();
         let inner = &self.inner;
@@ -139,6 +148,22 @@ impl PyEngine {
         self.inner.set_forward(name, channel.map(|c| (c, route)));
     }
 
+    /// Let `channel`'s messages go out on `link` (its replies to what was forwarded into it).
+    fn grant(&self, link: u64, channel: u64) {
+        self.inner.grant(link, channel);
+    }
+
+    /// Whether `channel`'s messages may go out on `link`.
+    fn granted(&self, link: u64, channel: u64) -> bool {
+        self.inner.granted(link, channel)
+    }
+
+    /// For tests: the next event of link or session `id` panics, as a bug would (only that
+    /// link or session fails).
+    fn inject_fault(&self, id: u64) {
+        self.inner.inject_fault(id);
+    }
+
     /// Messages the engine forwarded at `name`.
     fn forwarded(&self, name: &[u8]) -> u64 {
         self.inner.forwarded(name)
@@ -156,13 +181,13 @@ impl PyEngine {
     /// Register a portal session (see `tether.engine`); returns its id. `sync`: 0 nothing
     /// earlier can be pending, 1 Python holds nothing earlier, 2 Python holds earlier events.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (channel, fd, header, address, match_return, window, open, sync,
+    #[pyo3(signature = (channel, sock, header, address, match_return, window, open, sync,
                         connect_timeout, connect_prefix))]
     fn add_session(
         &self,
         py: Python<'_>,
         channel: u64,
-        fd: Option<RawFd>,
+        sock: Option<&Bound<'_, PyAny>>,
         header: Vec<u8>,
         address: Vec<u8>,
         match_return: Option<Vec<u8>>,
@@ -172,7 +197,7 @@ impl PyEngine {
         connect_timeout: f64,
         connect_prefix: String,
     ) -> PyResult<u64> {
-        let sock = fd.map(owned_fd).transpose()?;
+        let sock = sock.map(take_socket).transpose()?;
         let spec = SessionSpec {
             channel,
             sock,
@@ -224,16 +249,16 @@ impl PyEngine {
         self.inner.session_stats(session)
     }
 
-    /// Take over an inlet's listening socket (ownership of `fd` moves here); its sessions'
-    /// addresses are `prefix` + a number. Returns the inlet's id.
+    /// Take over an inlet's listening socket (its descriptor: see `take_socket`); its
+    /// sessions' addresses are `prefix` + a number. Returns the inlet's id.
     fn add_inlet(
         &self,
-        fd: RawFd,
+        sock: &Bound<'_, PyAny>,
         prefix: Vec<u8>,
         window: u64,
         max_sessions: usize,
     ) -> PyResult<u64> {
-        let fd = owned_fd(fd)?;
+        let fd = take_socket(sock)?;
         Ok(self
             .inner
             .add_inlet(fd, prefix, window, max_sessions)
