@@ -28,6 +28,8 @@ import anyio
 import pytest
 from anyio.abc import SocketAttribute, SocketStream
 
+from peers import expect
+from tether.channel import ephemeral_identity
 from tether.frame import FrameDecoder, encode_frame
 from tether.message import LOCAL, TCP, Address, RoutedMessage
 from tether.node import (
@@ -656,10 +658,13 @@ def test_peer_without_hello_is_closed(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_flood_of_idle_connections(caplog: pytest.LogCaptureFixture) -> None:
-    """200 sockets that never say hello, against max_pending=50: 150 are closed at once (nothing
-    sent to them), 50 wait in their hello; an established connection keeps working meanwhile, and
-    once the flood goes away new connections are accepted again."""
-    options = TcpOptions(hello_timeout=20, dead_after=20, max_pending=50)
+    """200 sockets that never say hello, against max_pending=50 (and no per-source cap): 150 are
+    closed at once (each newcomer drops the oldest still in its hello, so they got at most the
+    node's hello), 50 wait in their hello; an established connection keeps working meanwhile,
+    and once the flood goes away new connections are accepted again."""
+    options = TcpOptions(
+        hello_timeout=20, dead_after=20, max_pending=50, max_pending_per_source=1000
+    )
     flood = 200
 
     async def main() -> None:
@@ -684,7 +689,8 @@ def test_flood_of_idle_connections(caplog: pytest.LogCaptureFixture) -> None:
                         await anyio.sleep(0.02)
                 await anyio.sleep(0.3)  # nothing more is closed: the 50 are within their hello
                 assert len(outcome) == flood - 50
-                assert all(data == b"" for data in outcome.values())  # refused before the hello
+                # dropped in their hello: nothing but the node's own hello was sent to them
+                assert all(data in (b"", HELLO_FRAME) for data in outcome.values())
                 assert victim.tcp.pending == 50
                 # the friend's established connection is not affected
                 assert await friend.request(at(listener.port), b"during", timeout=5) == b"during"
@@ -700,29 +706,45 @@ def test_flood_of_idle_connections(caplog: pytest.LogCaptureFixture) -> None:
 
     with logged(caplog):
         run(main)
-    refusals = [m for m in tcp_logs(caplog) if "still in their hello (the limit)" in m]
-    assert len(refusals) == flood - 50
+    dropped = [m for m in tcp_logs(caplog) if "full of connections in their hello" in m]
+    assert len(dropped) == flood - 50
 
 
 def test_connection_cap(caplog: pytest.LogCaptureFixture) -> None:
+    """With two links allowed: a newcomer takes the slot of the longest idle link that carries
+    no secure channel; when both carry one, the newcomer is refused and they go on."""
     options = TcpOptions(max_connections=2, hello_timeout=20, dead_after=20)
 
     async def main() -> None:
-        async with Node("victim", tcp_options=options) as victim:
+        async with Node("victim", identity=ephemeral_identity(), tcp_options=options) as victim:
             listener = await victim.listen_tcp(HOST, 0)
             first = await RawPeer.connect(listener.port)
             second = await RawPeer.connect(listener.port)
-            third = await anyio.connect_tcp(HOST, listener.port)
-            assert await read_until_closed(third, ATTACK_CLOSE_WITHIN) == b""
-            await third.aclose()
-            await first.stream.aclose()
-            with anyio.fail_after(5):
-                while len(victim.tcp.connections) > 1:
-                    await anyio.sleep(0.02)
-            await assert_still_serving(listener.port)
-            await second.send((Address.local("echo"),), b"\0two")
+            await second.send((Address.local("echo"),), b"\0two")  # second was active last
             assert (await second.message()).payload == b"\0two"
-            await second.stream.aclose()
+            third = await RawPeer.connect(listener.port)  # the idle first gives way
+            assert await read_until_closed(first.stream, ATTACK_CLOSE_WITHIN) == b""
+            await third.send((Address.local("echo"),), b"\0three")
+            assert (await third.message()).payload == b"\0three"
+            for peer in (second, third):
+                await peer.stream.aclose()
+            with anyio.fail_after(5):
+                while victim.tcp.connections:
+                    await anyio.sleep(0.02)
+
+            # Both slots carry a secure channel: a newcomer is refused, the channels go on.
+            async with (
+                Node("a", identity=ephemeral_identity()) as a,
+                Node("b", identity=ephemeral_identity()) as b,
+            ):
+                route = at(listener.port, "/secure/api/service/echo")
+                for n in (a, b):
+                    assert await n.request(route, b"in", trust=expect(victim)) == b"in"
+                newcomer = await anyio.connect_tcp(HOST, listener.port)
+                assert await read_until_closed(newcomer, ATTACK_CLOSE_WITHIN) == b""
+                await newcomer.aclose()
+                for n in (a, b):
+                    assert await n.request(route, b"still", trust=expect(victim)) == b"still"
 
     with logged(caplog):
         run(main)

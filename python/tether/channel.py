@@ -70,6 +70,14 @@ T_HANDSHAKE_PAYLOAD = 0x06
 MAX_CREDENTIALS = 8
 MAX_CREDENTIAL_BYTES = 8192
 HANDSHAKE_TIMEOUT = 30.0
+LISTENER_HANDSHAKE_TIMEOUT = 10.0
+"""How long a listener keeps a half-open handshake (its first reply sent) for the third
+message; a real initiator answers within a round trip."""
+MAX_PENDING_HANDSHAKES = 256
+"""Half-open handshakes a node keeps, all listeners together; the next first messages are
+dropped (silently: no reply, so no reflection) until some complete or time out."""
+MAX_PENDING_PER_PEER = 8
+"""Half-open handshakes one peer (a link, or a remote link behind a relay's channel) may hold."""
 DEFAULT_IDLE_TIMEOUT = 600.0
 #: Largest message a channel carries (split into fragments of FRAGMENT bytes on the wire).
 MAX_MESSAGE = 16 << 20
@@ -862,6 +870,10 @@ class ChannelListener:
     trust: TrustPolicy = trust_anyone
     accepted: int = 0
     refused: int = 0
+    dropped: int = 0
+    """First messages dropped because too many handshakes were half open."""
+    _pending: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    _last_drop_log: float = 0.0
 
     def info(self) -> dict[str, object]:
         return {
@@ -869,7 +881,48 @@ class ChannelListener:
             "identifier": self.me.identity.identifier,
             "accepted": self.accepted,
             "refused": self.refused,
+            "pending": sum(self._pending.values()),
+            "dropped": self.dropped,
         }
+
+    def _admit(self, msg: Message) -> tuple[Any, ...] | None:
+        """Count a half-open handshake against its peer and the node (its key), or None if
+        either is at its cap. The peer is the link a message came by, or for one that came out
+        of a channel (through a relay) the relay's link it entered by."""
+        key: tuple[Any, ...] = (msg.origin,)
+        if msg.origin.kind == "channel" and len(msg.return_route) > 1:
+            key = (msg.origin, msg.return_route[1])
+        node = self.node
+        if (
+            node.pending_handshakes >= MAX_PENDING_HANDSHAKES
+            or self._pending.get(key, 0) >= MAX_PENDING_PER_PEER
+        ):
+            self.dropped += 1
+            node.count("dropped: too many half-open handshakes")
+            now = time.monotonic()
+            if now - self._last_drop_log >= 1.0:
+                self._last_drop_log = now
+                log.warning(
+                    "listener %s: dropping first handshake messages from %s: too many half "
+                    "open (%d here, %d on the node; %d dropped so far)",
+                    self.address,
+                    msg.origin,
+                    self._pending.get(key, 0),
+                    node.pending_handshakes,
+                    self.dropped,
+                )
+            return None
+        self._pending[key] = self._pending.get(key, 0) + 1
+        node.pending_handshakes += 1
+        return key
+
+    def _release(self, key: tuple[Any, ...]) -> None:
+        n = self._pending.get(key, 0) - 1
+        if n > 0:
+            self._pending[key] = n
+        else:
+            self._pending.pop(key, None)
+        self.node.pending_handshakes -= 1
 
     def _check_policy(self, peer: Peer) -> None:
         """The node's policy for this listener (by name or ``secure-channel-listener``)."""
@@ -885,11 +938,21 @@ class ChannelListener:
 
         if msg.kind != KIND_DATA or msg.payload[:1] != bytes([Step.HS1]):
             return
+        key = self._admit(msg)
+        if key is not None:
+            await self._respond(msg, key)
+
+    async def _respond(self, msg: Message, key: tuple[Any, ...]) -> None:
+        """Answer a first handshake message, and keep the handshake (counted under ``key``)
+        until its third message, a refusal or the timeout."""
+        from tether.node import KIND_DATA
+
         hsk = _Handshaker(self.node, self.me, False, self.authorities, self.trust)
         try:
             hsk.hs.read_message(msg.payload[1:])
             hs2 = hsk.hs.write_message(self.me.payload())
         except CryptoError as e:
+            self._release(key)
             self.refused += 1
             log.info("listener %s: bad first handshake message: %s", self.address, e)
             return
@@ -949,32 +1012,41 @@ class ChannelListener:
             )
 
         decryptor.handshake = on_hs3
-        await self.node.start_worker(
-            address + ".in", decryptor, kind="secure-channel", inline=True, raw=True
-        )
-        await self.node.route(
-            RoutedMessage(
-                msg.return_route,
-                (Address.local(address + ".in"),),
-                bytes([KIND_DATA, Step.HS2]) + hs2,
-            ),
-            block=False,  # the listener serves everyone: it never waits on one peer
-        )
+        try:
+            await self.node.start_worker(
+                address + ".in", decryptor, kind="secure-channel", inline=True, raw=True
+            )
+        except BaseException:
+            self._release(key)
+            raise
 
         async def finish() -> None:
-            with anyio.move_on_after(HANDSHAKE_TIMEOUT):
-                await done.wait()
-            if decryptor.channel is None and self.node.has_worker(address + ".in"):
-                if not done.is_set():
-                    self.refused += 1
-                    log.info(
-                        "listener %s: no third handshake message within %g s",
-                        self.address,
-                        HANDSHAKE_TIMEOUT,
-                    )
-                await self.node.stop_worker(address + ".in")
+            try:
+                with anyio.move_on_after(LISTENER_HANDSHAKE_TIMEOUT):
+                    await done.wait()
+                if decryptor.channel is None and self.node.has_worker(address + ".in"):
+                    if not done.is_set():
+                        self.refused += 1
+                        log.debug(
+                            "listener %s: no third handshake message within %g s",
+                            self.address,
+                            LISTENER_HANDSHAKE_TIMEOUT,
+                        )
+                    await self.node.stop_worker(address + ".in")
+            finally:
+                self._release(key)
 
+        # From here on `finish` owns the handshake's count and its worker.
         self.node.task_group.start_soon(finish)
+        with contextlib.suppress(TetherError):
+            await self.node.route(
+                RoutedMessage(
+                    msg.return_route,
+                    (Address.local(address + ".in"),),
+                    bytes([KIND_DATA, Step.HS2]) + hs2,
+                ),
+                block=False,  # the listener serves everyone: it never waits on one peer
+            )
 
 
 def ephemeral_identity(vault: Any = None, *, ttl: int = 24 * 3600) -> ChannelIdentity:

@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 
-from tether import nodes
+from tether import logs, nodes
 from tether.authority import (
     DEFAULT_ADMIN_POLICY,
     DEFAULT_CREDENTIAL_TTL,
@@ -702,6 +702,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Run a tether node (normally started by `tether node create|start`).",
     )
     parser.add_argument("--home", required=True)
+    parser.add_argument(
+        "--log-file", help="log here, rotated by size (default: standard error)", type=Path
+    )
     parser.add_argument("name")
     args = parser.parse_args(argv)
     home = Path(args.home)
@@ -712,11 +715,7 @@ def main(argv: list[str] | None = None) -> int:
     except TetherError as e:
         print(f"tether node: {e}", file=sys.stderr)
         return 1
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(args.log_file, sys.stderr)
     daemon = Daemon(home, store, config)
     try:
         from tether.alloc import tune_for_bulk

@@ -37,7 +37,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from tether import routing
+from tether import limits, routing
 from tether.errors import InvalidArgumentError, RouteError, TetherError
 from tether.message import LOCAL, LOCAL_ORIGIN, TCP, Address, Origin, RoutedMessage
 
@@ -225,6 +225,8 @@ class Node:
         self.counters: dict[str, int] = {}
         """What the node refused or dropped, by reason (``GET /node`` shows them)."""
         self._last_reach_log = 0.0
+        self.pending_handshakes = 0
+        """Half-open secure-channel handshakes on this node's listeners (capped)."""
         self.tcp = TcpTransport(self, tcp_options or TcpOptions())
         from tether import engine
 
@@ -236,6 +238,7 @@ class Node:
     # --- lifecycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> Node:
+        limits.raise_nofile()  # once per process: caps follow the limit in force
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         if self._use_dataplane:
@@ -602,6 +605,10 @@ class Node:
             return
         self._grants.setdefault(a.address, set()).add(b)
         self._grants.setdefault(b.address, set()).add(a)
+        for o in (a, b):  # a link that forwards for a channel is in use, not idle
+            conn = self.tcp.connection(o.address) if o.kind == "link" else None
+            if conn is not None:
+                conn.trusted = True
         plane = self.dataplane
         if plane is not None:
             if a.kind == "link" and b.kind == "channel":
@@ -1068,6 +1075,9 @@ class Node:
 
     def remember_channel(self, channel: Any) -> None:
         self.channels[channel.address] = channel
+        conn = channel.first_hop_connection()
+        if conn is not None:  # a link that carries a secure channel is kept while idle
+            conn.trusted = True
         if self.dataplane is not None and not self.dataplane.stopped:
             self.dataplane.add_channel(channel)
         self.task_group.start_soon(channel.watch_idle)

@@ -74,7 +74,14 @@ def runtime_file(home: Path, name: str) -> Path:
 
 
 def log_file(home: Path, name: str) -> Path:
+    """The node's log (rotated by size: ``node.log.1`` … are older; ``tether.logs``)."""
     return node_dir(home, name) / "node.log"
+
+
+def output_file(home: Path, name: str) -> Path:
+    """What the node's process writes outside its log (a crash before logging starts),
+    rewritten at each start."""
+    return node_dir(home, name) / "output.txt"
 
 
 def ensure_dir(home: Path, name: str) -> Path:

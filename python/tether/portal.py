@@ -49,7 +49,7 @@ import anyio
 from anyio.abc import SocketAttribute, SocketStream
 
 from tether import engine as dp
-from tether import routing
+from tether import limits, routing
 from tether._core import ENGINE_MAX_DATA
 from tether.channel import trust_policy
 from tether.errors import InvalidArgumentError, TetherError
@@ -688,6 +688,10 @@ class Outlet(_Portal):
         self._scope.cancel()
         self._leave_engine()
 
+    def _out_of_descriptors(self) -> None:
+        self.refused += 1
+        self.last_error = "refused a connection: the process has no descriptor left"
+
     def _leave_engine(self) -> None:
         plane, oid = self.node.dataplane, self._engine_id
         if plane is not None and oid is not None:
@@ -929,7 +933,7 @@ class Inlet(_Portal):
             with self._scope:
                 async with listener, anyio.create_task_group() as tg:
                     tg.start_soon(self.recheck)
-                    await listener.serve(self._accept)
+                    await limits.serve(listener, self._accept, tg, self._out_of_descriptors)
         finally:
             self.state = "stopped"
             for session in list(self.sessions.values()):
@@ -938,6 +942,10 @@ class Inlet(_Portal):
     def stop(self) -> None:
         self._scope.cancel()
         self._leave_engine()
+
+    def _out_of_descriptors(self) -> None:
+        self.refused += 1
+        self.last_error = "refused a connection: the process has no descriptor left"
 
     async def _listen(self) -> Any:
         try:

@@ -837,6 +837,14 @@ impl Engine {
         self.state().granted(link, channel)
     }
 
+    /// Whether `link` forwards for any channel (a relay's client: it is in use).
+    pub fn has_grants(&self, link: u64) -> bool {
+        self.state()
+            .links
+            .get(&link)
+            .is_some_and(|l| !l.grants.is_empty())
+    }
+
     /// Make the next event of link or session `id` panic, as a bug would: for tests that
     /// a failure stays contained to its link or session.
     pub fn inject_fault(&self, id: u64) {
@@ -1248,11 +1256,11 @@ impl State {
     }
 
     fn handle_frame(&mut self, link: u64, f: &[u8]) -> Result<(), String> {
+        if f.is_empty() {
+            return Ok(()); // keepalive: not a message
+        }
         if let Some(l) = self.links.get_mut(&link) {
             l.received += 1;
-        }
-        if f.is_empty() {
-            return Ok(()); // keepalive
         }
         let m = route::decode(f).map_err(|e| format!("malformed message from the peer: {e}"))?;
         if let Some(a) = m.onward.first() {

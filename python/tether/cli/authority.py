@@ -5,6 +5,7 @@ use their attributes."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tether.cli.api import call
@@ -114,11 +115,24 @@ def _ticket_create(ctx: Context) -> int:
 
 def _enroll(ctx: Context) -> int:
     a = ctx.args
-    text = a.ticket
-    if text == "-":
+    if (a.ticket is None) == (a.ticket_file is None):
+        raise InvalidArgumentError(
+            "give the ticket as --ticket-file PATH, or - to read it from standard input (on the "
+            "command line it is readable by other local users, from /proc/PID/cmdline)"
+        )
+    if a.ticket_file is not None:
+        try:
+            text = Path(a.ticket_file).read_text()
+        except OSError as e:
+            raise InvalidArgumentError(
+                f"cannot read the ticket file {a.ticket_file}: {e.strerror or e}"
+            ) from None
+    elif a.ticket == "-":
         import sys
 
         text = sys.stdin.read()
+    else:
+        text = a.ticket
     if a.identity:
         if a.node:
             raise InvalidArgumentError("enroll either --node or --identity, not both")
@@ -313,10 +327,17 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         groups,
         "enroll",
         "present a ticket: the node becomes a member and gets its credential",
-        "tether enroll tether-ticket1:… --node app",
+        "tether enroll --ticket-file ticket.txt --node app   (or: … | tether enroll - …)",
         _enroll,
     )
-    p.add_argument("ticket", help="the ticket (or - to read it from stdin)")
+    p.add_argument(
+        "ticket",
+        nargs="?",
+        help="- to read the ticket from standard input (preferred, as is --ticket-file: a "
+        "ticket written here is readable by other local users in /proc/PID/cmdline while the "
+        "command runs)",
+    )
+    p.add_argument("--ticket-file", metavar="PATH", help="read the ticket from this file")
     p.add_argument("--node", help="the node that enrolls (default: the only running one)")
     p.add_argument("--identity", help="enroll this identity instead (no node needs to run)")
     p.add_argument(

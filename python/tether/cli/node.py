@@ -45,10 +45,20 @@ def _spawn(ctx: Context, name: str) -> dict[str, Any]:
         raise AlreadyExistsError(f"node {name!r} is already running")
     nodes.ensure_dir(home, name)
     log_path = nodes.log_file(home, name)
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    out_path = nodes.output_file(home, name)
+    fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
-            [sys.executable, "-m", "tether.daemon", "--home", str(home), name],
+            [
+                sys.executable,
+                "-m",
+                "tether.daemon",
+                "--home",
+                str(home),
+                "--log-file",
+                str(log_path),
+                name,
+            ],
             stdin=subprocess.DEVNULL,
             stdout=fd,
             stderr=fd,
@@ -64,7 +74,7 @@ def _spawn(ctx: Context, name: str) -> dict[str, Any]:
             with contextlib.suppress(StoreError):
                 return dict(call(nodes.api_socket(home, name), "GET", "/node", timeout=5))
         if proc.poll() is not None:
-            tail = _tail(log_path, 5)
+            tail = "\n".join(t for t in (_tail(log_path, 5), _tail(out_path, 10)) if t)
             raise StoreError(f"node {name!r} failed to start (exit {proc.returncode}):\n{tail}")
         time.sleep(0.05)
     raise StoreError(
@@ -223,6 +233,9 @@ def _logs(ctx: Context) -> int:
     home = _home(ctx)
     nodes.load_config(ctx.registry().store, ctx.args.name)
     text = _tail(nodes.log_file(home, ctx.args.name), ctx.args.lines)
+    output = _tail(nodes.output_file(home, ctx.args.name), ctx.args.lines)
+    if output:  # what the process wrote outside its log (a crash, say) comes last
+        text = f"{text}\n--- output of the process outside its log:\n{output}".lstrip("\n")
     ctx.emit(text, {"name": ctx.args.name, "log": text.splitlines()})
     return 0
 

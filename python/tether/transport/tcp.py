@@ -28,6 +28,7 @@ from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from tether import engine as dp
+from tether import limits
 from tether.errors import FrameError, RouteError, TetherError
 from tether.frame import FrameDecoder, encode_frame, encode_frames
 from tether.message import TCP, Address, Origin, RoutedMessage
@@ -55,7 +56,17 @@ class TcpOptions:
     dead_after: float = 35.0
     connect_timeout: float = 10.0
     max_connections: int = 1024
+    """At most this many links; never more than the descriptor limit in force allows
+    (:func:`tether.limits.link_budget`)."""
     max_pending: int = 64
+    """Connections still in their hello; when full, the oldest is dropped for a newcomer."""
+    max_pending_per_source: int = 8
+    max_connections_per_source: int = 128
+    """Incoming connections from one IP address (in their hello, and in all)."""
+    unauthenticated_idle: float = 10.0
+    """An incoming link that carries no secure channel (and forwards for none) is closed once
+    it has delivered nothing for this long: it cannot hold a slot by keeping alive. When the
+    node is full, the longest idle such link makes room for a newcomer."""
     send_queue: int = 64
     batch_bytes: int = 256 * 1024
     drain_timeout: float = 60.0
@@ -85,12 +96,19 @@ class Connection:
         self.closed = anyio.Event()
         self.close_reason = ""
         self.ready = anyio.Event()
+        self.ready_at: float | None = None  # when its hello was done
         self._send: MemoryObjectSendStream[bytes]
         self._recv: MemoryObjectReceiveStream[bytes]
         self._send, self._recv = anyio.create_memory_object_stream[bytes](self.options.send_queue)
         self._scope = anyio.CancelScope()
         self._me = Address.local(self.address)
         self.origin = Origin.link(self.address)
+        self.source = peer.rpartition(":")[0].strip("[]")  # the peer's IP address
+        self.trusted = outgoing
+        """Outgoing, or carrying a secure channel (or forwarding for one): kept while idle."""
+        self.opened_at = time.monotonic()
+        self.active_at = self.opened_at  # when it last delivered a message
+        self._engine_received = 0  # the engine's count of its messages, when last looked at
         self._rx_last = time.monotonic()  # when the peer last sent anything (for the watchdog)
         self._frame_started: float | None = None  # when the partial frame now held began
         self._delivering = False  # the reader is handing frames on (perhaps blocked)
@@ -324,10 +342,10 @@ class Connection:
                     pass
                 elif plane is not None and not plane.stopped and self._raw is not None:
                     self._link = plane.add_link(self, rest)
-                    self.ready.set()
+                    self._ready()
                     await self._guarded(self._engine_reader)
                 else:
-                    self.ready.set()
+                    self._ready()
                     await self._guarded(self._serve, decoder, rest)
         finally:
             plane = self.node.dataplane
@@ -345,6 +363,10 @@ class Connection:
                 with anyio.move_on_after(1):
                     await self.stream.aclose()
             self.transport._forget(self)
+
+    def _ready(self) -> None:
+        self.ready_at = self.active_at = time.monotonic()
+        self.ready.set()
 
     async def _serve(self, decoder: FrameDecoder, rest: bytes) -> None:
         """The connection in Python (no data plane): a reader, a writer and a watchdog."""
@@ -515,6 +537,7 @@ class Connection:
         payload: bytes,
     ) -> None:
         self.received += 1
+        self.active_at = time.monotonic()
         # The receiving end of a link is the hop that pushes itself onto the return route.
         await self.node.route(
             RoutedMessage(
@@ -554,6 +577,14 @@ class Connection:
             self._pending -= len(batch)
 
 
+def _decrement(counts: dict[str, int], key: str) -> None:
+    n = counts.get(key, 0) - 1
+    if n > 0:
+        counts[key] = n
+    else:
+        counts.pop(key, None)
+
+
 class Listener:
     def __init__(self, transport: TcpTransport, listener: Any, host: str, port: int) -> None:
         self.transport = transport
@@ -581,11 +612,22 @@ class TcpTransport:
         self.listeners: dict[str, Listener] = {}
         self._connecting: dict[str, anyio.Lock] = {}
         self.pending = 0
+        self._sources: dict[str, int] = {}  # incoming connections per source address
+        self._pending_sources: dict[str, int] = {}  # of which still in their hello
+        self._sweeping = False
+        self._last_refusal_log = 0.0
+
+    @property
+    def max_connections(self) -> int:
+        """The link cap in force: the configured one, within the descriptor budget."""
+        return min(self.options.max_connections, limits.link_budget())
 
     def connection(self, address: str) -> Connection | None:
         return self.connections.get(address)
 
     def _forget(self, conn: Connection) -> None:
+        if not conn.outgoing and self.connections.get(conn.address) is conn:
+            _decrement(self._sources, conn.source)
         self.connections.pop(conn.address, None)
         if conn.key is not None and self.outgoing.get(conn.key) is conn:
             del self.outgoing[conn.key]
@@ -602,6 +644,9 @@ class TcpTransport:
         listener = Listener(self, lst, host, int(bound[1]))
         self.listeners[listener.id] = listener
         await self.node.task_group.start(self._serve, listener)
+        if not self._sweeping:
+            self._sweeping = True
+            self.node.task_group.start_soon(self._sweep)
         log.info("%s: listening on %s", self.node.name, listener.address)
         return listener
 
@@ -611,7 +656,12 @@ class TcpTransport:
         with listener.scope:
             task_status.started()
             async with listener.listener:
-                await listener.listener.serve(self._accept, task_group=self.node.task_group)
+                await limits.serve(
+                    listener.listener,
+                    self._accept,
+                    self.node.task_group,
+                    lambda: self._refused("?", "the process has no descriptor left"),
+                )
 
     async def stop_listener(self, listener_id: str) -> None:
         listener = self.listeners.pop(listener_id, None)
@@ -619,52 +669,105 @@ class TcpTransport:
             raise TetherError(f"no listener {listener_id!r} on {self.node.name}")
         listener.scope.cancel()
 
-    async def _accept(self, stream: SocketStream) -> None:
+    def _refused(self, peer: str, why: str) -> None:
+        """A connection turned away: counted, and logged at most once a second (a flood
+        chooses how often this happens)."""
+        self.node.count(f"refused connection: {why}")
+        now = time.monotonic()
+        if now - self._last_refusal_log >= 1.0:
+            self._last_refusal_log = now
+            log.warning("%s: refused connection from %s: %s", self.node.name, peer, why)
+
+    def _admit(self, source: str) -> str | None:
+        """Make room for a new incoming connection from ``source``, or say why there is none:
+        per-source caps first (one address cannot take every slot), then the node's caps, where
+        the oldest connection still in its hello, or the longest idle link without a secure
+        channel, gives way to the newcomer."""
         o = self.options
+        if self._pending_sources.get(source, 0) >= o.max_pending_per_source:
+            return f"{o.max_pending_per_source} connections from {source} in their hello"
+        if self._sources.get(source, 0) >= o.max_connections_per_source:
+            return f"{o.max_connections_per_source} connections from {source}"
+        live = [c for c in self.connections.values() if not c.close_reason]
+        waiting = [c for c in live if not c.outgoing and not c.ready_at]
+        if len(waiting) >= o.max_pending:
+            min(waiting, key=lambda c: c.opened_at).close(
+                "dropped for a newcomer: the node is full of connections in their hello"
+            )
+            live = [c for c in live if not c.close_reason]
+        if len(live) >= self.max_connections:
+            idle = [c for c in live if not c.outgoing and c.ready_at and not self._trusted(c)]
+            if not idle:
+                return f"{self.max_connections} connections (the limit)"
+            min(idle, key=lambda c: c.active_at).close(
+                "dropped for a newcomer: idle, with no secure channel, on a full node"
+            )
+        return None
+
+    def _trusted(self, conn: Connection) -> bool:
+        """Whether ``conn`` carries a secure channel or forwards for one (here, or in the
+        data plane); also notes the messages the data plane delivered on it."""
+        plane, link = self.node.dataplane, conn._link
+        if link is not None and plane is not None and not plane.stopped:
+            stats = plane.engine.link_stats(link)
+            if stats is not None and stats[0] != conn._engine_received:
+                conn._engine_received = stats[0]
+                conn.active_at = time.monotonic()
+            if not conn.trusted and plane.engine.has_grants(link):
+                conn.trusted = True
+        return conn.trusted
+
+    async def _sweep(self) -> None:
+        """Close incoming links that carry no secure channel once they have been idle for
+        ``unauthenticated_idle`` (checked a few times per period)."""
+        while True:
+            idle = self.options.unauthenticated_idle
+            await anyio.sleep(max(0.05, min(1.0, idle / 4)))
+            now = time.monotonic()
+            for conn in list(self.connections.values()):
+                if conn.outgoing or not conn.ready_at or self._trusted(conn):
+                    continue
+                if now - conn.active_at >= idle:
+                    self.node.count("closed: idle without a secure channel")
+                    conn.close(f"idle for {idle:g} s with no secure channel")
+
+    async def _accept(self, stream: SocketStream) -> None:
         try:
             peer_addr = stream.extra(SocketAttribute.remote_address)
             peer = f"{peer_addr[0]}:{peer_addr[1]}"
         except Exception:
             peer = "?"
-        if len(self.connections) >= o.max_connections:
-            log.warning(
-                "%s: refused connection from %s: %d connections (the limit)",
-                self.node.name,
-                peer,
-                o.max_connections,
-            )
-            await stream.aclose()
-            return
-        if self.pending >= o.max_pending:
-            log.warning(
-                "%s: refused connection from %s: %d connections still in their hello (the limit)",
-                self.node.name,
-                peer,
-                o.max_pending,
-            )
-            await stream.aclose()
-            return
         conn = Connection(self, stream, outgoing=False, peer=peer)
+        why = self._admit(conn.source)
+        if why is not None:
+            self._refused(peer, why)
+            await stream.aclose()
+            return
         self.connections[conn.address] = conn
+        self._sources[conn.source] = self._sources.get(conn.source, 0) + 1
         await self._run_counted(conn)
 
     async def _run_counted(self, conn: Connection) -> None:
         self.pending += 1
+        self._pending_sources[conn.source] = self._pending_sources.get(conn.source, 0) + 1
         counted = True
 
-        async def uncount() -> None:
+        def uncount() -> None:
             nonlocal counted
-            await conn.ready.wait()
             if counted:
                 counted = False
                 self.pending -= 1
+                _decrement(self._pending_sources, conn.source)
+
+        async def ready() -> None:
+            await conn.ready.wait()
+            uncount()
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(uncount)
+            tg.start_soon(ready)
             await conn.run()
             tg.cancel_scope.cancel()
-        if counted:
-            self.pending -= 1
+        uncount()
 
     async def connect(self, host_port: bytes) -> Connection:
         key = host_port.decode("utf-8", errors="replace")
@@ -672,6 +775,13 @@ class TcpTransport:
         if conn is not None and not conn.closed.is_set():
             return conn
         lock = self._connecting.setdefault(key, anyio.Lock())
+        try:
+            return await self._connect_locked(key, host_port, lock)
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._connecting.pop(key, None)  # (an entry per address ever tried: no)
+
+    async def _connect_locked(self, key: str, host_port: bytes, lock: anyio.Lock) -> Connection:
         async with lock:
             conn = self.outgoing.get(key)
             if conn is not None and not conn.closed.is_set():

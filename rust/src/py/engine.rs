@@ -158,6 +158,11 @@ impl PyEngine {
         self.inner.granted(link, channel)
     }
 
+    /// Whether `link` forwards for any channel.
+    fn has_grants(&self, link: u64) -> bool {
+        self.inner.has_grants(link)
+    }
+
     /// For tests: the next event of link or session `id` panics, as a bug would (only that
     /// link or session fails).
     fn inject_fault(&self, id: u64) {
