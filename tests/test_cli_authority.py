@@ -81,7 +81,10 @@ def test_authority_ticket_enroll_membership_and_policy_flow(cli: Cli) -> None:
     assert m["authority"] == auth["identifier"]
     assert m["attributes"] == {"role": "db-client"}
     assert before + 86400 - 5 <= m["expires_at"] <= time.time() + 86400 + 5
-    human = cli.run("enroll", plain, "--node", "web").stdout  # stdin below: db
+    # From a file (not the command line, where other local users can read it), and stdin below.
+    ticket_file = cli.home.parent / "web.ticket"
+    ticket_file.write_text(plain)
+    human = cli.run("enroll", "--ticket-file", str(ticket_file), "--node", "web").stdout
     assert f"web is a member of {auth['identifier']} with {{'role': 'web'}}" in human
     db_ticket = cli.js("ticket", "create", "--authority", "auth", "--attribute", "role=db")
     cli.js("enroll", "-", "--node", "db", stdin=db_ticket["ticket"] + "\n")
@@ -157,6 +160,8 @@ def test_bad_input_gets_clear_errors_and_a_nonzero_exit(cli: Cli) -> None:
 
     cli.fails("enroll", "not-a-ticket", "--node", "app", reason="not a tether ticket")
     cli.fails("enroll", ticket[:-30], "--node", "app", reason="the ticket is damaged")
+    cli.fails("enroll", "--node", "app", reason="--ticket-file PATH, or - to read it")
+    cli.fails("enroll", "--ticket-file", "/nonexistent/t", "--node", "app", reason="cannot read")
 
     # A bad policy expression: the reason, the column, and a caret under the problem.
     expression = 'subject.role = "db-client" and or subject.x = "1"'

@@ -273,6 +273,58 @@ def test_bad_input_closes_that_link_only(name: str, payload: bytes, reason: str)
     run(main)
 
 
+def test_a_failure_in_the_engine_stays_with_its_link_or_session() -> None:
+    """A bug that panics the engine while it handles one link (or one portal session) fails that
+    link (session) alone, with the reason "internal error in the data plane": a portal session
+    on another link, and the other sessions, keep carrying bytes (injected with the engine's
+    test hook, as a panic in a real bug would happen)."""
+
+    async def main() -> None:
+        async with echo_portal() as (tg, p):
+            far, inlet = p.far, p.inlet
+            plane = far.dataplane
+            assert plane is not None
+            held = await anyio.connect_tcp(HOST, inlet.port)
+            await held.send(b"before")
+            with within(10, "the echo before"):
+                assert await held.receive() == b"before"
+            # A second link into the far node, whose next event panics.
+            before = set(plane.links)
+            sock = await anyio.to_thread.run_sync(raw_link, p.listen_port)
+            await until(lambda: len(plane.links) == 2, 5, "the far node has two engine links")
+            (victim,) = [c for link, c in plane.links.items() if link not in before]
+            plane.engine.inject_fault(victim._link)
+            sock.sendall(frame(b""))  # any event of that link: a keepalive
+            sock.settimeout(5)
+            assert await anyio.to_thread.run_sync(closed_by_peer, sock)
+            sock.close()
+            await until(lambda: bool(victim.close_reason), 5, "the faulty link closed")
+            assert victim.close_reason == "internal error in the data plane"
+            await held.send(b"after")
+            with within(10, "the echo after, on the other link"):
+                assert await held.receive() == b"after"
+
+            # A session whose next event panics: it alone ends.
+            other = await anyio.connect_tcp(HOST, inlet.port)
+            await other.send(b"x")
+            with within(10, "the second session's echo"):
+                assert await other.receive() == b"x"
+            await until(lambda: len(p.outlet.sessions) == 2, 5, "the outlet's two sessions")
+            _first, target = p.outlet.sessions.values()
+            plane.engine.inject_fault(target.id)
+            await other.send(b"boom")  # reaches the far session: its event panics
+            await until(lambda: bool(target.close_reason), 5, "the faulty session ended")
+            assert "internal error in the data plane" in target.close_reason
+            await held.send(b"still")
+            with within(10, "the first session still echoes"):
+                assert await held.receive() == b"still"
+            for s in (held, other):
+                await s.aclose()
+            tg.cancel_scope.cancel()
+
+    run(main)
+
+
 def test_forged_and_replayed_channel_messages_are_refused_and_the_channel_goes_on() -> None:
     """Ciphertext for a channel the engine opens, sent by someone else on another link: forged
     (random bytes), and replayed (a copy of a real message seen on the wire) are dropped and
