@@ -222,6 +222,12 @@ async def get_node(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
         "connections": [c.info() for c in d.n.tcp.connections.values()],
         "secure_channels": [c.info() for c in d.n.channels.values()],
         "secure_channel_listeners": [lst.info() for lst in d.n.channel_listeners.values()],
+        "transit": sorted(d.n.transit),
+        "limits": {
+            "max_connections": d.n.tcp.max_connections,
+            "pending_handshakes": d.n.pending_handshakes,
+        },
+        "counters": dict(d.n.counters),
     }
 
 

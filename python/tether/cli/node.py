@@ -170,8 +170,13 @@ def _show(ctx: Context) -> int:
         _summary(info)
         + "\n  workers    "
         + ", ".join(w["address"] for w in info["workers"])
-        + f"\n  connections {len(info['connections'])}"
+        + f"\n  connections {len(info['connections'])} (at most "
+        + f"{info.get('limits', {}).get('max_connections', '?')})"
     )
+    if info.get("transit"):
+        human += "\n  transit    " + ", ".join(info["transit"])
+    for what, n in sorted((info.get("counters") or {}).items()):
+        human += f"\n  {what}: {n}"
     ctx.emit(human, info)
     return 0
 
