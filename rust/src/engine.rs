@@ -37,6 +37,10 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
 use crate::channel::ChannelCipher;
 use crate::frame::{self, FrameDecoder};
+pub use crate::portal::MAX_DATA;
+use crate::portal::{
+    PortalMessage, KIND_DATA, MAX_REASON, T_CLOSE, T_CREDIT, T_DATA, T_EOF, T_OPEN,
+};
 use crate::route;
 
 /// A channel's cipher, shared by Python (handshake-adjacent messages, credentials, close) and
@@ -45,20 +49,10 @@ pub type SharedCipher = Arc<Mutex<ChannelCipher>>;
 
 const WAKER: Token = Token(0);
 const LOCAL: u16 = 0;
-const KIND_DATA: u8 = 0;
-const KIND_ERROR: u8 = 1;
 const STEP_DATA: u8 = 4;
 const FIRST: u8 = 0b10;
 const LAST: u8 = 0b01;
-const T_OPEN: u8 = 1;
-const T_DATA: u8 = 2;
-const T_EOF: u8 = 3;
-const T_CLOSE: u8 = 4;
-const T_CREDIT: u8 = 5;
-/// The largest portal DATA body (as `tether.portal.MAX_DATA`), and one read of a session socket.
-pub const MAX_DATA: usize = 240 * 1024;
 const MIN_CHARGE: u64 = 512;
-const MAX_REASON: usize = 1024;
 /// The largest message a channel reassembles (as `tether.channel.MAX_MESSAGE`).
 const MAX_MESSAGE: usize = 16 << 20;
 const READ_SIZE: usize = 256 * 1024;
@@ -1747,34 +1741,26 @@ impl State {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        if payload.first() == Some(&KIND_ERROR) {
-            let end = payload.len().min(1 + MAX_REASON);
-            let reason = String::from_utf8_lossy(&payload[1..end]).into_owned();
-            self.finish(
-                sid,
-                &format!("the path to the peer failed: {reason}"),
-                true,
-                false,
-            );
-            return;
-        }
-        if payload.len() < 2 {
-            self.finish(sid, "protocol error: empty portal message", true, true);
-            return;
-        }
-        let (t, mut body) = (payload[1], &payload[2..]);
-        match t {
-            T_DATA => {
+        let message = match PortalMessage::decode(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                self.finish(sid, &e.to_string(), true, true);
+                return;
+            }
+        };
+        match message {
+            PortalMessage::PathFailed(reason) => {
+                let reason = String::from_utf8_lossy(reason).into_owned();
+                self.finish(
+                    sid,
+                    &format!("the path to the peer failed: {reason}"),
+                    true,
+                    false,
+                );
+            }
+            PortalMessage::Data(mut body) => {
                 if s.peer_eof {
                     self.finish(sid, "protocol error: DATA after EOF", true, true);
-                    return;
-                }
-                if body.len() > MAX_DATA {
-                    let reason = format!(
-                        "protocol error: DATA of {} bytes (at most {MAX_DATA})",
-                        body.len()
-                    );
-                    self.finish(sid, &reason, true, true);
                     return;
                 }
                 let c = charge(body.len());
@@ -1813,34 +1799,24 @@ impl State {
                 }
                 s.queue.push_back((body.to_vec(), c));
             }
-            T_CREDIT => {
-                if body.len() != 4 {
-                    self.finish(sid, "protocol error: malformed CREDIT", true, true);
-                    return;
-                }
-                let n = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+            PortalMessage::Credit(n) => {
                 s.credit = s.credit.saturating_add(i64::from(n));
                 if s.want_read {
                     self.retry_sessions.push(sid);
                 }
             }
-            T_EOF => {
+            PortalMessage::Eof => {
                 s.peer_eof = true;
                 self.session_writable(sid);
             }
-            T_CLOSE => {
-                let end = body.len().min(MAX_REASON);
-                let mut reason = String::from_utf8_lossy(&body[..end]).into_owned();
+            PortalMessage::Close(reason) => {
+                let mut reason = String::from_utf8_lossy(reason).into_owned();
                 if reason.is_empty() {
                     reason = "closed by the peer".into();
                 }
                 self.finish(sid, &reason, true, false);
             }
-            T_OPEN => {} // a repeated OPEN is harmless
-            _ => {
-                let reason = format!("protocol error: unknown portal message type {t}");
-                self.finish(sid, &reason, true, true);
-            }
+            PortalMessage::Open => {} // a repeated OPEN is harmless
         }
     }
 

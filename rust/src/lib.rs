@@ -11,6 +11,7 @@
 //! | [`noise`]   | the Noise XX handshake (from `snow`) and the transport cipher states it splits into |
 //! | [`replay`]  | the sliding anti-replay bitmap window |
 //! | [`channel`] | explicit-nonce transport messages for secure channels: replay window and rekey by count |
+//! | [`portal`]  | portal session messages (OPEN, DATA, EOF, CLOSE, CREDIT, error reports): allocation-free decode and encode |
 //! | `engine`    | the data plane (feature `engine`): the one module that does I/O — a thread per node owning its TCP links and portal sessions |
 //! | `py`        | the pyo3 bindings (feature `python`); nothing else touches Python |
 //!
@@ -24,6 +25,7 @@ pub mod engine;
 pub mod error;
 pub mod frame;
 pub mod noise;
+pub mod portal;
 pub mod replay;
 pub mod route;
 
