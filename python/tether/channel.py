@@ -74,10 +74,12 @@ LISTENER_HANDSHAKE_TIMEOUT = 10.0
 """How long a listener keeps a half-open handshake (its first reply sent) for the third
 message; a real initiator answers within a round trip."""
 MAX_PENDING_HANDSHAKES = 256
-"""Half-open handshakes a node keeps, all listeners together; the next first messages are
-dropped (silently: no reply, so no reflection) until some complete or time out."""
+"""Half-open handshakes a node keeps, all listeners together; a newcomer evicts the oldest.
+Dropped first messages get no reply (no reflection)."""
 MAX_PENDING_PER_PEER = 8
 """Half-open handshakes one peer (a link, or a remote link behind a relay's channel) may hold."""
+MAX_PENDING_PER_SOURCE = 32
+"""Half-open handshakes the links from one IP address may hold together."""
 DEFAULT_IDLE_TIMEOUT = 600.0
 #: Largest message a channel carries (split into fragments of FRAGMENT bytes on the wire).
 MAX_MESSAGE = 16 << 20
@@ -328,6 +330,7 @@ class SecureChannel:
     _conn: Any = None
     _engine_id: int | None = None  # its id in the data plane (tether.engine), if there
     _engine_link: int | None = None  # the data plane's link of its first hop, if one
+    _carrier: Any = None  # the TCP connection of its first hop, while it is open
     _close_callbacks: dict[Callable[[], None], None] = field(default_factory=dict)
 
     def on_close(self, callback: Callable[[], None]) -> None:
@@ -859,6 +862,58 @@ async def open_channel(
     return channel
 
 
+class HalfOpen:
+    """One half-open handshake at a listener: its first reply sent, its third message awaited.
+    ``done`` is set when it ends (completed, refused, timed out, or evicted for a newcomer)."""
+
+    def __init__(self, table: HalfOpenTable, listener: Any, peer: tuple[Any, ...], source: Any):
+        self.table = table
+        listener_key = ("listener", listener.address)
+        self.keys = (listener_key, peer, *([("source", source)] if source is not None else []))
+        self.done = anyio.Event()
+        self.evicted = False
+
+    def release(self) -> None:
+        self.table.remove(self)
+
+
+class HalfOpenTable:
+    """A node's half-open handshakes, oldest first, with counts by listener, peer and source
+    address (``ChannelListener._admit`` caps them)."""
+
+    def __init__(self) -> None:
+        self._all: dict[HalfOpen, None] = {}
+        self._counts: dict[Any, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def count(self, key: Any) -> int:
+        return self._counts.get(key, 0)
+
+    def add(self, listener: Any, peer: tuple[Any, ...], source: Any) -> HalfOpen:
+        half = HalfOpen(self, listener, peer, source)
+        self._all[half] = None
+        for k in half.keys:
+            self._counts[k] = self._counts.get(k, 0) + 1
+        return half
+
+    def remove(self, half: HalfOpen) -> None:
+        if self._all.pop(half, 0) is None:
+            for k in half.keys:
+                n = self._counts[k] - 1
+                if n:
+                    self._counts[k] = n
+                else:
+                    del self._counts[k]
+
+    def evict_oldest(self) -> None:
+        oldest = next(iter(self._all))
+        oldest.evicted = True
+        self.remove(oldest)
+        oldest.done.set()  # its listener stops waiting for it and drops its state
+
+
 @dataclass
 class ChannelListener:
     """Accepts channels at ``address`` on a node."""
@@ -872,7 +927,6 @@ class ChannelListener:
     refused: int = 0
     dropped: int = 0
     """First messages dropped because too many handshakes were half open."""
-    _pending: dict[tuple[Any, ...], int] = field(default_factory=dict)
     _last_drop_log: float = 0.0
 
     def info(self) -> dict[str, object]:
@@ -881,48 +935,50 @@ class ChannelListener:
             "identifier": self.me.identity.identifier,
             "accepted": self.accepted,
             "refused": self.refused,
-            "pending": sum(self._pending.values()),
+            "pending": self.node.half_open.count(("listener", self.address)),
             "dropped": self.dropped,
         }
 
-    def _admit(self, msg: Message) -> tuple[Any, ...] | None:
-        """Count a half-open handshake against its peer and the node (its key), or None if
-        either is at its cap. The peer is the link a message came by, or for one that came out
-        of a channel (through a relay) the relay's link it entered by."""
-        key: tuple[Any, ...] = (msg.origin,)
+    def _admit(self, msg: Message) -> HalfOpen | None:
+        """Keep a new half-open handshake, or None to drop its first message. A peer (the
+        link a message came by; for one that came out of a channel, through a relay, the relay's
+        link it entered by) may hold MAX_PENDING_PER_PEER, a source address
+        MAX_PENDING_PER_SOURCE: beyond them the newcomer is dropped (it is the flooder). When
+        the node holds MAX_PENDING_HANDSHAKES, the oldest gives way to the newcomer, so a flood
+        that stays under the per-source caps cannot keep a newcomer out for long."""
+        peer: tuple[Any, ...] = (msg.origin,)
+        source = None
         if msg.origin.kind == "channel" and len(msg.return_route) > 1:
-            key = (msg.origin, msg.return_route[1])
-        node = self.node
-        if (
-            node.pending_handshakes >= MAX_PENDING_HANDSHAKES
-            or self._pending.get(key, 0) >= MAX_PENDING_PER_PEER
+            peer = (msg.origin, msg.return_route[1])
+        elif msg.origin.kind == "link":
+            conn = self.node.tcp.connection(msg.origin.address)
+            source = conn.source if conn is not None else None
+        table = self.node.half_open
+        if table.count(peer) >= MAX_PENDING_PER_PEER or (
+            source is not None and table.count(source) >= MAX_PENDING_PER_SOURCE
         ):
-            self.dropped += 1
-            node.count("dropped: too many half-open handshakes")
-            now = time.monotonic()
-            if now - self._last_drop_log >= 1.0:
-                self._last_drop_log = now
-                log.warning(
-                    "listener %s: dropping first handshake messages from %s: too many half "
-                    "open (%d here, %d on the node; %d dropped so far)",
-                    self.address,
-                    msg.origin,
-                    self._pending.get(key, 0),
-                    node.pending_handshakes,
-                    self.dropped,
-                )
+            self._drop(msg, "too many half open from there")
             return None
-        self._pending[key] = self._pending.get(key, 0) + 1
-        node.pending_handshakes += 1
-        return key
+        if len(table) >= MAX_PENDING_HANDSHAKES:
+            table.evict_oldest()
+            self.node.count("dropped: oldest half-open handshake, for a newcomer")
+        return table.add(self, peer, source)
 
-    def _release(self, key: tuple[Any, ...]) -> None:
-        n = self._pending.get(key, 0) - 1
-        if n > 0:
-            self._pending[key] = n
-        else:
-            self._pending.pop(key, None)
-        self.node.pending_handshakes -= 1
+    def _drop(self, msg: Message, why: str) -> None:
+        self.dropped += 1
+        self.node.count("dropped: too many half-open handshakes")
+        now = time.monotonic()
+        if now - self._last_drop_log >= 1.0:
+            self._last_drop_log = now
+            log.warning(
+                "listener %s: dropping first handshake messages from %s: %s (%d on the node; "
+                "%d dropped so far)",
+                self.address,
+                msg.origin,
+                why,
+                len(self.node.half_open),
+                self.dropped,
+            )
 
     def _check_policy(self, peer: Peer) -> None:
         """The node's policy for this listener (by name or ``secure-channel-listener``)."""
@@ -938,13 +994,13 @@ class ChannelListener:
 
         if msg.kind != KIND_DATA or msg.payload[:1] != bytes([Step.HS1]):
             return
-        key = self._admit(msg)
-        if key is not None:
-            await self._respond(msg, key)
+        half = self._admit(msg)
+        if half is not None:
+            await self._respond(msg, half)
 
-    async def _respond(self, msg: Message, key: tuple[Any, ...]) -> None:
-        """Answer a first handshake message, and keep the handshake (counted under ``key``)
-        until its third message, a refusal or the timeout."""
+    async def _respond(self, msg: Message, half: HalfOpen) -> None:
+        """Answer a first handshake message, and keep the handshake (``half``, in the node's
+        table) until its third message, a refusal, the timeout, or a newcomer evicts it."""
         from tether.node import KIND_DATA
 
         hsk = _Handshaker(self.node, self.me, False, self.authorities, self.trust)
@@ -952,12 +1008,12 @@ class ChannelListener:
             hsk.hs.read_message(msg.payload[1:])
             hs2 = hsk.hs.write_message(self.me.payload())
         except CryptoError as e:
-            self._release(key)
+            half.release()
             self.refused += 1
             log.info("listener %s: bad first handshake message: %s", self.address, e)
             return
         address = self.node.next_id("sc")
-        done = anyio.Event()
+        done = half.done
         decryptor = _Decryptor()
 
         async def on_hs3(ctx2: WorkerContext, m3: Message) -> None:
@@ -1017,7 +1073,7 @@ class ChannelListener:
                 address + ".in", decryptor, kind="secure-channel", inline=True, raw=True
             )
         except BaseException:
-            self._release(key)
+            half.release()
             raise
 
         async def finish() -> None:
@@ -1034,7 +1090,7 @@ class ChannelListener:
                         )
                     await self.node.stop_worker(address + ".in")
             finally:
-                self._release(key)
+                half.release()
 
         # From here on `finish` owns the handshake's count and its worker.
         self.node.task_group.start_soon(finish)

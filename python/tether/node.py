@@ -38,6 +38,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from tether import limits, routing
+from tether.channel import HalfOpenTable
 from tether.errors import InvalidArgumentError, RouteError, TetherError
 from tether.message import LOCAL, LOCAL_ORIGIN, TCP, Address, Origin, RoutedMessage
 
@@ -225,7 +226,7 @@ class Node:
         self.counters: dict[str, int] = {}
         """What the node refused or dropped, by reason (``GET /node`` shows them)."""
         self._last_reach_log = 0.0
-        self.pending_handshakes = 0
+        self.half_open = HalfOpenTable()
         """Half-open secure-channel handshakes on this node's listeners (capped)."""
         self.tcp = TcpTransport(self, tcp_options or TcpOptions())
         from tether import engine
@@ -260,6 +261,11 @@ class Node:
         assert self._tg is not None
         self._tg.cancel_scope.cancel()
         return await self._tg.__aexit__(*exc)  # type: ignore[arg-type]
+
+    @property
+    def pending_handshakes(self) -> int:
+        """Half-open secure-channel handshakes on this node's listeners now."""
+        return len(self.half_open)
 
     @property
     def task_group(self) -> TaskGroup:
@@ -605,10 +611,6 @@ class Node:
             return
         self._grants.setdefault(a.address, set()).add(b)
         self._grants.setdefault(b.address, set()).add(a)
-        for o in (a, b):  # a link that forwards for a channel is in use, not idle
-            conn = self.tcp.connection(o.address) if o.kind == "link" else None
-            if conn is not None:
-                conn.trusted = True
         plane = self.dataplane
         if plane is not None:
             if a.kind == "link" and b.kind == "channel":
@@ -616,13 +618,19 @@ class Node:
             elif b.kind == "link" and a.kind == "channel":
                 plane.grant(b.address, a.address)
 
+    def has_grants(self, address: str) -> bool:
+        """Whether the link or encryptor at ``address`` forwards for another origin now."""
+        return bool(self._grants.get(address))
+
     def _drop_grants(self, address: str) -> None:
         """``address`` (a link or a channel) is gone: its grants, both ways."""
         self._grants.pop(address, None)
         for kind in ("link", "channel"):
             gone = Origin(kind, address)
-            for origins in self._grants.values():
-                origins.discard(gone)
+            for target in [t for t, origins in self._grants.items() if gone in origins]:
+                self._grants[target].discard(gone)
+                if not self._grants[target]:
+                    del self._grants[target]
 
     def transit_allows(self, host_port: bytes) -> bool:
         """Whether this node forwards to the TCP address ``host_port`` for remote senders."""
@@ -1077,7 +1085,8 @@ class Node:
         self.channels[channel.address] = channel
         conn = channel.first_hop_connection()
         if conn is not None:  # a link that carries a secure channel is kept while idle
-            conn.trusted = True
+            conn.channels.add(channel.address)
+            channel._carrier = conn
         if self.dataplane is not None and not self.dataplane.stopped:
             self.dataplane.add_channel(channel)
         self.task_group.start_soon(channel.watch_idle)
@@ -1085,5 +1094,8 @@ class Node:
     def forget_channel(self, channel: Any) -> None:
         self.channels.pop(channel.address, None)
         self._drop_grants(channel.address)
+        carrier = channel._carrier
+        if carrier is not None:
+            carrier.channels.discard(channel.address)
         if self.dataplane is not None:
             self.dataplane.remove_channel(channel)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ log = logging.getLogger("tether.relay")
 
 SERVICE = "relay"
 FORWARD_PREFIX = "forward_to_"
+_RELAY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 CLAIM = 1
 CLAIMED = 2
@@ -139,8 +141,11 @@ class RelayService:
         await ctx.reply(msg, bytes([CLAIMED]) + name.encode())
 
     def _refusal(self, name: str, channel: Any) -> str | None:
-        if not name or len(name) > 128 or not all(c.isalnum() or c in "-_." for c in name):
-            return f"invalid relay name {name!r}: use letters, digits, '-', '_' or '.'"
+        if not _RELAY_NAME.fullmatch(name):
+            return (
+                f"invalid relay name {name!r}: use 1 to 128 ASCII letters, digits, '-', '_' or "
+                "'.' (the name goes in routes: /service/forward_to_NAME)"
+            )
         if channel is None:
             return (
                 "claims must come through a secure channel to the relay node "

@@ -56,8 +56,21 @@ const MIN_CHARGE: u64 = 512;
 /// The largest message a channel reassembles (as `tether.channel.MAX_MESSAGE`).
 const MAX_MESSAGE: usize = 16 << 20;
 const READ_SIZE: usize = 256 * 1024;
-/// A link is not read while this many bytes of its messages wait for Python.
+/// A link is not read while this many bytes of its messages wait for Python (each message
+/// counted at least [`MIN_EVENT_CHARGE`]).
 pub const UP_LIMIT: usize = 4 << 20;
+/// No link is read while this many bytes of all links' messages wait for Python: many links
+/// cannot together make Python hold more than this.
+pub const UP_TOTAL_LIMIT: usize = 64 << 20;
+/// What a message waiting for Python counts at least: a small message costs Python far more
+/// than its bytes (a tuple, its objects), so a flood of tiny frames meets the limits as soon
+/// as a flood of large ones.
+pub const MIN_EVENT_CHARGE: usize = 1024;
+
+/// What a message of `len` bytes counts against the limits while it waits for Python.
+pub fn event_charge(len: usize) -> usize {
+    len.max(MIN_EVENT_CHARGE)
+}
 /// Above this many queued bytes a link is congested: sessions stop reading their sockets and
 /// Python's sends are told to wait.
 pub const HIGH_WATER: usize = 4 << 20;
@@ -344,6 +357,10 @@ struct State {
     next_id: u64,
     retry_links: Vec<u64>,
     retry_sessions: Vec<u64>,
+    /// What all links' messages waiting for Python count (see [`UP_TOTAL_LIMIT`]).
+    up_total: usize,
+    /// The links not read until Python catches up.
+    blocked: Vec<u64>,
     to_close: Vec<(u64, String)>,
     rbuf: Vec<u8>,
     pbuf: Vec<u8>,
@@ -401,6 +418,8 @@ impl Engine {
             next_id: 1,
             retry_links: Vec::new(),
             retry_sessions: Vec::new(),
+            up_total: 0,
+            blocked: Vec::new(),
             to_close: Vec::new(),
             rbuf: vec![0u8; READ_SIZE],
             pbuf: Vec::new(),
@@ -519,17 +538,31 @@ impl Engine {
         let mut st = self.state();
         let mut wake = false;
         if let Some(l) = st.links.get_mut(&link) {
-            l.up = l.up.saturating_sub(n);
-            if l.read_blocked && l.up < UP_LIMIT / 2 {
-                l.read_blocked = false;
-                // Time blocked on Python is neither peer silence nor a slow frame.
-                let now = Instant::now();
-                l.last_rx = now;
-                if l.frame_started.is_some() {
-                    l.frame_started = Some(now);
+            let n = n.min(l.up);
+            l.up -= n;
+            st.up_total = st.up_total.saturating_sub(n);
+        }
+        // Links held back (their own backlog, or everyone's) are read again once it is low.
+        if st.up_total < UP_TOTAL_LIMIT / 2 && !st.blocked.is_empty() {
+            let now = Instant::now();
+            let st = &mut *st;
+            let blocked = std::mem::take(&mut st.blocked);
+            for id in blocked {
+                let Some(l) = st.links.get_mut(&id) else {
+                    continue;
+                };
+                if l.up < UP_LIMIT / 2 {
+                    l.read_blocked = false;
+                    // Time blocked on Python is neither peer silence nor a slow frame.
+                    l.last_rx = now;
+                    if l.frame_started.is_some() {
+                        l.frame_started = Some(now);
+                    }
+                    st.retry_links.push(id);
+                    wake = true;
+                } else {
+                    st.blocked.push(id);
                 }
-                st.retry_links.push(link);
-                wake = true;
             }
         }
         drop(st);
@@ -1082,6 +1115,7 @@ impl State {
         let Some(mut l) = self.links.remove(&id) else {
             return;
         };
+        self.up_total = self.up_total.saturating_sub(l.up);
         self.link_names.remove(&l.name);
         let _ = self.registry.deregister(&mut l.sock);
         let _ = l.sock.shutdown(Shutdown::Both);
@@ -1186,8 +1220,11 @@ impl State {
             if l.failed.is_some() {
                 break;
             }
-            if l.up >= UP_LIMIT {
-                l.read_blocked = true;
+            if l.up >= UP_LIMIT || self.up_total >= UP_TOTAL_LIMIT {
+                if !l.read_blocked {
+                    l.read_blocked = true;
+                    self.blocked.push(id);
+                }
                 break;
             }
             match l.sock.read(&mut rbuf) {
@@ -1311,9 +1348,12 @@ impl State {
             .is_some_and(|l| l.grants.contains(&channel))
     }
 
-    fn up(&mut self, link: u64, n: usize) {
+    /// A message of `len` bytes of `link` now waits for Python.
+    fn up(&mut self, link: u64, len: usize) {
         if let Some(l) = self.links.get_mut(&link) {
+            let n = event_charge(len);
             l.up += n;
+            self.up_total += n;
         }
     }
 

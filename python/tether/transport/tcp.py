@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -44,6 +45,8 @@ MAGIC = b"tether\0"
 HELLO = MAGIC + bytes([PROTOCOL_VERSION])
 FRAME_HEADER = 4
 RECEIVE_SIZE = 256 * 1024
+YIELD_EVERY = 32
+"""A link's reader lets the event loop run other tasks at least every this many messages."""
 
 
 @dataclass
@@ -104,8 +107,9 @@ class Connection:
         self._me = Address.local(self.address)
         self.origin = Origin.link(self.address)
         self.source = peer.rpartition(":")[0].strip("[]")  # the peer's IP address
-        self.trusted = outgoing
-        """Outgoing, or carrying a secure channel (or forwarding for one): kept while idle."""
+        self.channels: set[str] = set()
+        """The open secure channels whose first hop this link is (``Node.remember_channel``):
+        while it carries one (or forwards for one, see ``Node.grant``) it is kept while idle."""
         self.opened_at = time.monotonic()
         self.active_at = self.opened_at  # when it last delivered a message
         self._engine_received = 0  # the engine's count of its messages, when last looked at
@@ -160,8 +164,12 @@ class Connection:
             if self._congested or plane is None or plane.stopped:
                 self.node.count("dropped: link congested")
                 return False
-            if plane.engine.send(self._link, framed) == dp.SEND_CLOSED:
+            status = plane.engine.send(self._link, framed)
+            if status == dp.SEND_CLOSED:
                 raise self._closed_error()
+            if status == dp.SEND_CONGESTED:  # queued; what follows is dropped until it drains
+                self._congested = True
+                self._drained = anyio.Event()
             self.sent += 1
             return True
         try:
@@ -265,10 +273,14 @@ class Connection:
         assert plane is not None
         assert self._link is not None
         engine, link = plane.engine, self._link
+        handled = 0
         while True:
             while not self._inbox:
                 self._inbox_wake = anyio.Event()
                 await self._inbox_wake.wait()
+            handled += 1
+            if handled % YIELD_EVERY == 0:
+                await anyio.lowlevel.checkpoint()  # one peer's backlog never hogs the loop
             ev = self._inbox.popleft()
             t = ev[0]
             if t == dp.EV_MESSAGE:  # decoded and checked by the engine already
@@ -312,11 +324,17 @@ class Connection:
                 f"connection {self.address} to {self.peer} failed: {e}"
             ) from None
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, *, quiet: bool = False) -> None:
+        """Close with ``reason`` (logged; at debug level when ``quiet``: a close a flood
+        causes by the thousand, counted in ``node.counters`` instead)."""
         if not self.close_reason:
             self.close_reason = reason
             level = (
-                logging.INFO if reason in ("closed by peer", "node stopped") else logging.WARNING
+                logging.DEBUG
+                if quiet
+                else logging.INFO
+                if reason in ("closed by peer", "node stopped")
+                else logging.WARNING
             )
             log.log(
                 level,
@@ -478,10 +496,14 @@ class Connection:
             if messages:
                 self._delivering = True
                 try:
-                    for m in messages:
+                    for i, m in enumerate(messages, 1):
                         if isinstance(m, TetherError):  # a RouteError in its place
                             raise ConnectionClosed(f"malformed message from the peer: {m}")
                         await self._forward(*m)
+                        if i % YIELD_EVERY == 0:
+                            # Handling may never suspend (refusals, reports): let the others,
+                            # this link's writer among them, have a turn.
+                            await anyio.lowlevel.checkpoint()
                 finally:
                     self._delivering = False
                 # time blocked handing frames on is not peer silence
@@ -660,7 +682,9 @@ class TcpTransport:
                     listener.listener,
                     self._accept,
                     self.node.task_group,
-                    lambda: self._refused("?", "the process has no descriptor left"),
+                    lambda: self._refused(
+                        "?", "the process has no descriptor left", "no descriptor left"
+                    ),
                 )
 
     async def stop_listener(self, listener_id: str) -> None:
@@ -669,53 +693,66 @@ class TcpTransport:
             raise TetherError(f"no listener {listener_id!r} on {self.node.name}")
         listener.scope.cancel()
 
-    def _refused(self, peer: str, why: str) -> None:
-        """A connection turned away: counted, and logged at most once a second (a flood
-        chooses how often this happens)."""
-        self.node.count(f"refused connection: {why}")
+    def _refused(self, peer: str, why: str, counter: str) -> None:
+        """A connection turned away: counted (under ``counter``, which names no address: an
+        attacker with many addresses cannot grow the counters), and logged with ``why`` at
+        most once a second (a flood chooses how often this happens)."""
+        self.node.count(f"refused connection: {counter}")
         now = time.monotonic()
         if now - self._last_refusal_log >= 1.0:
             self._last_refusal_log = now
             log.warning("%s: refused connection from %s: %s", self.node.name, peer, why)
 
-    def _admit(self, source: str) -> str | None:
+    def _admit(self, source: str) -> tuple[str, str] | None:
         """Make room for a new incoming connection from ``source``, or say why there is none:
         per-source caps first (one address cannot take every slot), then the node's caps, where
         the oldest connection still in its hello, or the longest idle link without a secure
         channel, gives way to the newcomer."""
         o = self.options
         if self._pending_sources.get(source, 0) >= o.max_pending_per_source:
-            return f"{o.max_pending_per_source} connections from {source} in their hello"
+            return (
+                f"{o.max_pending_per_source} connections from {source} in their hello",
+                "too many from one address in their hello",
+            )
         if self._sources.get(source, 0) >= o.max_connections_per_source:
-            return f"{o.max_connections_per_source} connections from {source}"
+            return (
+                f"{o.max_connections_per_source} connections from {source}",
+                "too many from one address",
+            )
         live = [c for c in self.connections.values() if not c.close_reason]
         waiting = [c for c in live if not c.outgoing and not c.ready_at]
         if len(waiting) >= o.max_pending:
             min(waiting, key=lambda c: c.opened_at).close(
-                "dropped for a newcomer: the node is full of connections in their hello"
+                "dropped for a newcomer: the node is full of connections in their hello",
+                quiet=True,
             )
+            self.node.count("dropped for a newcomer: in its hello")
             live = [c for c in live if not c.close_reason]
         if len(live) >= self.max_connections:
             idle = [c for c in live if not c.outgoing and c.ready_at and not self._trusted(c)]
             if not idle:
-                return f"{self.max_connections} connections (the limit)"
+                return f"{self.max_connections} connections (the limit)", "the node is full"
             min(idle, key=lambda c: c.active_at).close(
-                "dropped for a newcomer: idle, with no secure channel, on a full node"
+                "dropped for a newcomer: idle, with no secure channel, on a full node",
+                quiet=True,
             )
+            self.node.count("dropped for a newcomer: idle without a secure channel")
         return None
 
     def _trusted(self, conn: Connection) -> bool:
-        """Whether ``conn`` carries a secure channel or forwards for one (here, or in the
-        data plane); also notes the messages the data plane delivered on it."""
+        """Whether ``conn`` is outgoing, carries an open secure channel, or forwards for one
+        (here, or in the data plane), now; also notes the messages the data plane delivered
+        on it."""
+        if conn.outgoing or conn.channels or self.node.has_grants(conn.address):
+            return True
         plane, link = self.node.dataplane, conn._link
         if link is not None and plane is not None and not plane.stopped:
             stats = plane.engine.link_stats(link)
             if stats is not None and stats[0] != conn._engine_received:
                 conn._engine_received = stats[0]
                 conn.active_at = time.monotonic()
-            if not conn.trusted and plane.engine.has_grants(link):
-                conn.trusted = True
-        return conn.trusted
+            return bool(plane.engine.has_grants(link))
+        return False
 
     async def _sweep(self) -> None:
         """Close incoming links that carry no secure channel once they have been idle for
@@ -729,7 +766,7 @@ class TcpTransport:
                     continue
                 if now - conn.active_at >= idle:
                     self.node.count("closed: idle without a secure channel")
-                    conn.close(f"idle for {idle:g} s with no secure channel")
+                    conn.close(f"idle for {idle:g} s with no secure channel", quiet=True)
 
     async def _accept(self, stream: SocketStream) -> None:
         try:
@@ -738,9 +775,9 @@ class TcpTransport:
         except Exception:
             peer = "?"
         conn = Connection(self, stream, outgoing=False, peer=peer)
-        why = self._admit(conn.source)
-        if why is not None:
-            self._refused(peer, why)
+        refusal = self._admit(conn.source)
+        if refusal is not None:
+            self._refused(peer, *refusal)
             await stream.aclose()
             return
         self.connections[conn.address] = conn

@@ -324,7 +324,9 @@ impl PyEngine {
             let item = match ev {
                 Event::Message { link, frame } => {
                     let msg = message_to_py(py, &route::decode(&frame)?)?;
-                    (0u8, link, frame.len(), msg).into_pyobject(py)?.into_any()
+                    (0u8, link, engine::event_charge(frame.len()), msg)
+                        .into_pyobject(py)?
+                        .into_any()
                 }
                 Event::Inner {
                     link,
@@ -332,7 +334,7 @@ impl PyEngine {
                     message,
                 } => {
                     let msg = message_to_py(py, &route::decode(&message)?)?;
-                    (1u8, link, message.len(), channel, msg)
+                    (1u8, link, engine::event_charge(message.len()), channel, msg)
                         .into_pyobject(py)?
                         .into_any()
                 }
@@ -362,7 +364,7 @@ impl PyEngine {
                 } => (
                     7u8,
                     link,
-                    plain.len(),
+                    engine::event_charge(plain.len()),
                     channel,
                     PyBytes::new(py, &plain),
                     nonce,
