@@ -45,8 +45,10 @@ MAGIC = b"tether\0"
 HELLO = MAGIC + bytes([PROTOCOL_VERSION])
 FRAME_HEADER = 4
 RECEIVE_SIZE = 256 * 1024
-YIELD_EVERY = 32
-"""A link's reader lets the event loop run other tasks at least every this many messages."""
+YIELD_EVERY = 16
+"""A link's reader lets the event loop run other tasks at least every this many messages
+(a quarter of the send queue: trio may run the reader twice before the writer, and the
+replies it makes must fit the queue meanwhile)."""
 
 
 @dataclass
