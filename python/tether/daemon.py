@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 
-from tether import logs, nodes
+from tether import limits, logs, nodes
 from tether.authority import (
     DEFAULT_ADMIN_POLICY,
     DEFAULT_CREDENTIAL_TTL,
@@ -153,7 +153,8 @@ class Daemon:
                 async def handle(stream: Any) -> None:
                     await serve_connection(self, api, stream)
 
-                tg.start_soon(listener.serve, handle)
+                # (out of descriptors, a control request is refused, never the daemon ended)
+                tg.start_soon(limits.serve, listener, handle, tg, lambda: None)
                 await self.stop.wait()
                 tg.cancel_scope.cancel()
             node.task_group.cancel_scope.cancel()

@@ -122,17 +122,24 @@ async def serve(
         except (OSError, anyio.BrokenResourceError) as e:
             if not out_of_descriptors(e):
                 raise
-            on_refused()
+            # (accept says so even with nothing pending.) With the spare given back, take the
+            # next connection; if the spare can be taken again afterwards, descriptors are back
+            # and it is served; if not, it is refused (reset) rather than left waiting.
+            accepted = None
             if spare.release():
                 with contextlib.suppress(OSError, anyio.BrokenResourceError):
-                    refused = await listener.accept()
-                    with contextlib.suppress(OSError):
-                        refused.extra(SocketAttribute.raw_socket).setsockopt(
-                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                        )
-                    await refused.aclose()
+                    accepted = await listener.accept()
                 spare.take()
-            if spare.fd is None:
+            if accepted is not None and spare.fd is not None:
+                task_group.start_soon(handler, accepted)
+            elif accepted is not None:
+                on_refused()
+                with contextlib.suppress(OSError):
+                    accepted.extra(SocketAttribute.raw_socket).setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                await accepted.aclose()
+            else:
                 await anyio.sleep(0.1)  # nothing to refuse with: do not spin
             continue
         task_group.start_soon(handler, stream)

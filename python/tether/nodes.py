@@ -142,10 +142,13 @@ def write_runtime(home: Path, name: str, info: dict[str, Any]) -> None:
 
 def read_runtime(home: Path, name: str) -> dict[str, Any] | None:
     """The running node's runtime facts, or None if it is not running."""
+    path = runtime_file(home, name)
     try:
-        info: dict[str, Any] = json.loads(runtime_file(home, name).read_text())
-    except (OSError, ValueError):
+        info: dict[str, Any] = json.loads(path.read_text())
+    except (FileNotFoundError, NotADirectoryError, ValueError):
         return None
+    except OSError as e:  # (no descriptor left, say): not "not running"
+        raise StoreError(f"cannot read {path}: {e.strerror or e}") from None
     pid = int(info.get("pid", 0))
     if not pid_alive(pid):
         with contextlib.suppress(OSError):

@@ -2135,18 +2135,24 @@ impl State {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if out_of_descriptors(&e) => {
-                    // Refuse this connection (reset) with the descriptor kept in reserve, so
-                    // it does not wait in the backlog with no new readiness to retry it.
+                    // Refuse a waiting connection (reset) with the descriptor kept in reserve,
+                    // so it does not wait in the backlog with no new readiness to retry it.
+                    // (accept says EMFILE even with nothing waiting: then stop here.)
                     if self.spare.take().is_none() {
                         return;
                     }
-                    if let Some(inlet) = self.inlets.get_mut(&iid) {
-                        if let Ok((sock, _)) = inlet.listener.accept() {
-                            reset(&sock);
-                        }
-                    }
+                    let refused = match self.inlets.get_mut(&iid) {
+                        Some(inlet) => inlet.listener.accept().ok(),
+                        None => None,
+                    };
                     self.spare = spare_descriptor();
-                    continue;
+                    match refused {
+                        Some((sock, _)) => {
+                            reset(&sock);
+                            continue;
+                        }
+                        None => return,
+                    }
                 }
                 Err(_) => return,
             };
