@@ -285,11 +285,49 @@ def evicted(victim: Node) -> int:
     return victim.counters.get("dropped: oldest half-open handshake, for a newcomer", 0)
 
 
+def test_one_source_holds_at_most_its_share() -> None:
+    """40 links from one address, 8 first messages each (each link within its own cap): the
+    address holds at most ``MAX_PENDING_PER_SOURCE`` half-open handshakes; the rest are
+    dropped with no reply."""
+    links = 40
+
+    async def main() -> None:
+        async with Node("victim", identity=ephemeral_identity()) as victim:
+            port = (await victim.listen_tcp(HOST)).port
+
+            def connect() -> list[Raw]:
+                return [Raw(port, source="127.0.0.2") for _ in range(links)]
+
+            raws = await anyio.to_thread.run_sync(connect)
+            try:
+                async with sampling(victim) as sampled:
+                    burst = hs1s(MAX_PENDING_PER_PEER)
+                    for r in raws:
+                        await anyio.to_thread.run_sync(r.sock.sendall, burst)
+                    await until(
+                        lambda: (
+                            victim.channel_listeners["api"].dropped + pending(victim)
+                            == links * MAX_PENDING_PER_PEER
+                        ),
+                        TIMEOUT,
+                        "the flood handled",
+                    )
+                assert sampled.node_wide <= MAX_PENDING_PER_SOURCE
+                assert victim.half_open.count(("source", "127.0.0.2")) == MAX_PENDING_PER_SOURCE
+                replies = await anyio.to_thread.run_sync(drain, raws)
+                assert sum(len(got) for got in replies) == MAX_PENDING_PER_SOURCE
+            finally:
+                for r in raws:
+                    r.close()
+
+    run(main)
+
+
 def test_a_legitimate_channel_opens_while_the_node_cap_is_held() -> None:
-    """32 links (one source, far under its link cap) each keep 8 first messages pending, sent
-    again as they time out: the node's half-open handshakes stay at their cap. A legitimate
-    client opening a channel meanwhile must still get one (its own link has no handshake
-    pending at all)."""
+    """32 links from 8 addresses (4 each, far under their link caps) each keep 8 first messages
+    pending, sent again as they time out: the node's half-open handshakes stay at their cap. A
+    legitimate client opening a channel meanwhile must still get one: its handshake is never
+    the one evicted (its address holds the fewest)."""
     links = MAX_PENDING_HANDSHAKES // MAX_PENDING_PER_PEER
 
     async def main() -> None:
@@ -301,7 +339,7 @@ def test_a_legitimate_channel_opens_while_the_node_cap_is_held() -> None:
             stop = threading.Event()
 
             def connect() -> list[Raw]:
-                return [Raw(port, source="127.0.0.2") for _ in range(links)]
+                return [Raw(port, source=f"127.0.0.{2 + i % 8}") for i in range(links)]
 
             raws = await anyio.to_thread.run_sync(connect)
 

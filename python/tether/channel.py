@@ -868,8 +868,10 @@ class HalfOpen:
 
     def __init__(self, table: HalfOpenTable, listener: Any, peer: tuple[Any, ...], source: Any):
         self.table = table
-        listener_key = ("listener", listener.address)
-        self.keys = (listener_key, peer, *([("source", source)] if source is not None else []))
+        self.share = ("source", source) if source is not None else peer
+        """Whose share of the node's half-open handshakes this counts against: its source
+        address (or, for one that came out of a channel, its peer)."""
+        self.keys = (("listener", listener.address), *dict.fromkeys((peer, self.share)))
         self.done = anyio.Event()
         self.evicted = False
 
@@ -907,8 +909,11 @@ class HalfOpenTable:
                 else:
                     del self._counts[k]
 
-    def evict_oldest(self) -> None:
-        oldest = next(iter(self._all))
+    def evict(self) -> None:
+        """Make room: the oldest half-open handshake of the share (source address) that holds
+        the most gives way, so a flood from a few addresses evicts its own, not a newcomer's."""
+        heaviest = max(self._all, key=lambda h: self._counts[h.share]).share
+        oldest = next(h for h in self._all if h.share == heaviest)
         oldest.evicted = True
         self.remove(oldest)
         oldest.done.set()  # its listener stops waiting for it and drops its state
@@ -944,8 +949,9 @@ class ChannelListener:
         link a message came by; for one that came out of a channel, through a relay, the relay's
         link it entered by) may hold MAX_PENDING_PER_PEER, a source address
         MAX_PENDING_PER_SOURCE: beyond them the newcomer is dropped (it is the flooder). When
-        the node holds MAX_PENDING_HANDSHAKES, the oldest gives way to the newcomer, so a flood
-        that stays under the per-source caps cannot keep a newcomer out for long."""
+        the node holds MAX_PENDING_HANDSHAKES, the oldest handshake of the address holding the
+        most gives way to the newcomer, so a flood that stays under the per-source caps cannot
+        keep a newcomer out, nor evict a handshake of an address with fewer."""
         peer: tuple[Any, ...] = (msg.origin,)
         source = None
         if msg.origin.kind == "channel" and len(msg.return_route) > 1:
@@ -955,12 +961,12 @@ class ChannelListener:
             source = conn.source if conn is not None else None
         table = self.node.half_open
         if table.count(peer) >= MAX_PENDING_PER_PEER or (
-            source is not None and table.count(source) >= MAX_PENDING_PER_SOURCE
+            source is not None and table.count(("source", source)) >= MAX_PENDING_PER_SOURCE
         ):
             self._drop(msg, "too many half open from there")
             return None
         if len(table) >= MAX_PENDING_HANDSHAKES:
-            table.evict_oldest()
+            table.evict()
             self.node.count("dropped: oldest half-open handshake, for a newcomer")
         return table.add(self, peer, source)
 
