@@ -56,7 +56,6 @@ import queue
 import re
 import resource
 import selectors
-import signal
 import socket
 import struct
 import subprocess
@@ -64,14 +63,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import IO, Any
 
-from harness import fmt_ratio, markdown_table
+from harness import fmt_ratio, markdown_table, signals_exit
 from portal import SETUP_TIMEOUT, BenchError, Processes, _die_with_parent
 
 HOST = "127.0.0.1"
@@ -1496,21 +1494,6 @@ def summary(results: Sequence[FloodResult]) -> str:
 # --- command line ----------------------------------------------------------------------------
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
-@contextlib.contextmanager
-def _signals_exit() -> Iterator[None]:
-    """SIGTERM and SIGHUP unwind like Ctrl-C does, so the child processes are stopped."""
-    old = {s: signal.signal(s, _terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-
-
 def _raise_nofile() -> None:
     """The link-slot flood holds 1,100 sockets in this process."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -1572,7 +1555,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     results: list[FloodResult] = []
     try:
-        with _signals_exit():
+        with signals_exit():
             for plane in planes:
                 for key in keys:
                     _progress(f"{key} ({plane} data plane)")

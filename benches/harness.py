@@ -10,12 +10,15 @@ them alike. Results are medians over the rounds.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
+import signal
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from types import FrameType
 
 Runner = Callable[[int], None]
 """``run(n)`` performs ``n`` iterations of the measured operation."""
@@ -184,3 +187,19 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right:
         for w, a in zip(widths, right, strict=True)
     )
     return "\n".join([line(headers), rule + "|", *(line(r) for r in rows)])
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def signals_exit() -> Iterator[None]:
+    """SIGTERM and SIGHUP unwind like Ctrl-C does, so a benchmark's child processes are
+    stopped."""
+    old = {s: signal.signal(s, _terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)

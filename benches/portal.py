@@ -54,11 +54,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import IO, Any
 
 import portal_load
-from harness import fmt_ratio, markdown_table
+from harness import fmt_ratio, markdown_table, signals_exit
 
 HOST = "127.0.0.1"
 BENCHES = Path(__file__).resolve().parent
@@ -1270,21 +1270,6 @@ def parse_size(text: str) -> int:
     return size
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
-@contextlib.contextmanager
-def _signals_exit() -> Iterator[None]:
-    """SIGTERM and SIGHUP unwind like Ctrl-C does, so the child processes are stopped."""
-    old = {s: signal.signal(s, _terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--size", type=parse_size, help="bytes per transfer (default 1G; 256M)")
@@ -1334,7 +1319,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     start, load_before = time.perf_counter(), _load_average()
     try:
-        with _signals_exit(), Bench(keys) as bench:
+        with signals_exit(), Bench(keys) as bench:
             results = run_rounds(bench, mode)
             contenders = dict(bench.contenders)
     except BenchError as e:

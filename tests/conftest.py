@@ -50,3 +50,16 @@ def postgres_url() -> Iterator[str]:
 
     with running() as server:
         yield server.create_database("tether_test")
+
+
+# --- both data planes -------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["rust", "python"])
+def dataplane(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A test with either data plane: nodes (and daemons, which inherit the environment) read
+    ``TETHER_DATAPLANE`` when they are created. A module uses it for every test with
+    ``pytestmark = pytest.mark.usefixtures("dataplane")``."""
+    plane: str = request.param
+    monkeypatch.setenv("TETHER_DATAPLANE", plane)
+    return plane

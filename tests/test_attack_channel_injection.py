@@ -47,11 +47,8 @@ SECRET = b"the database's secret rows " * 64
 PROBE = 24  # channel addresses tried: far more than the nodes hold
 
 
-@pytest.fixture(autouse=True, params=["rust", "python"])
-def dataplane(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    plane: str = request.param
-    monkeypatch.setenv("TETHER_DATAPLANE", plane)
-    return plane
+# Every test with either data plane (the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("dataplane")
 
 
 @dataclass

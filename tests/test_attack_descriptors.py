@@ -62,12 +62,8 @@ NO_DESCRIPTOR = "refused connection: no descriptor left"
 HELLO_FRAME = frame(HELLO)
 
 
-@pytest.fixture(autouse=True, params=["rust", "python"])
-def dataplane(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The daemon (which inherits the environment) runs either data plane."""
-    plane: str = request.param
-    monkeypatch.setenv("TETHER_DATAPLANE", plane)
-    return plane
+# Every test with either data plane (the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("dataplane")
 
 
 @pytest.fixture(autouse=True)

@@ -59,11 +59,8 @@ TIMEOUT = 2.0  # the listener's handshake timeout here (10 s by default)
 DROPPED = "dropped: too many half-open handshakes"
 
 
-@pytest.fixture(autouse=True, params=["rust", "python"])
-def dataplane(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    plane: str = request.param
-    monkeypatch.setenv("TETHER_DATAPLANE", plane)
-    return plane
+# Every test with either data plane (the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("dataplane")
 
 
 @pytest.fixture(autouse=True)

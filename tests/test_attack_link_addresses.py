@@ -41,11 +41,8 @@ HOST = "127.0.0.1"
 PROBE = 24
 
 
-@pytest.fixture(autouse=True, params=["rust", "python"])
-def dataplane(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    plane: str = request.param
-    monkeypatch.setenv("TETHER_DATAPLANE", plane)
-    return plane
+# Every test with either data plane (the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("dataplane")
 
 
 @contextmanager

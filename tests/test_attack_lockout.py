@@ -52,11 +52,8 @@ NEWCOMER_DROPS_WAITING = "dropped for a newcomer: the node is full of connection
 NEWCOMER_DROPS_IDLE = "dropped for a newcomer: idle, with no secure channel, on a full node"
 
 
-@pytest.fixture(autouse=True, params=["rust", "python"])
-def dataplane(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    plane: str = request.param
-    monkeypatch.setenv("TETHER_DATAPLANE", plane)
-    return plane
+# Every test with either data plane (the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("dataplane")
 
 
 def sources(n: int, first: int = 2) -> list[str]:

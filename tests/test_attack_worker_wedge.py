@@ -49,11 +49,8 @@ CONGESTED = "dropped: link congested"
 MAILBOX_FULL = "dropped: worker mailbox full"
 
 
-@pytest.fixture(autouse=True, params=["rust", "python"])
-def dataplane(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    plane: str = request.param
-    monkeypatch.setenv("TETHER_DATAPLANE", plane)
-    return plane
+# Every test with either data plane (the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("dataplane")
 
 
 def at(port: int, rest: str = "/service/echo") -> str:

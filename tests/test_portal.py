@@ -45,12 +45,8 @@ MB = 1 << 20
 Handler = Callable[[SocketStream], Awaitable[None]]
 
 
-@pytest.fixture(autouse=True, params=["rust", "python"])
-def dataplane(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Each test with either data plane (nodes read ``TETHER_DATAPLANE`` when created)."""
-    plane: str = request.param
-    monkeypatch.setenv("TETHER_DATAPLANE", plane)
-    return plane
+# Every test with either data plane (the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("dataplane")
 
 
 # --- servers (the portal's targets) ---------------------------------------------------------
