@@ -183,3 +183,39 @@ def test_a_stranger_at_the_relay_reaches_db_only_as_the_relay() -> None:
             await legit(s)
 
     run(main)
+
+
+def test_a_stranger_cannot_refuse_someone_elses_handshake() -> None:
+    """A half-open handshake at a listener listens only to the link its first message came by:
+    a stranger who names its decryptor (``sc#K.in``, learnt here from the honest side's reply,
+    the worst case) cannot end it with a REFUSED; the honest side still can."""
+
+    async def main() -> None:
+        async with Node("victim", identity=ephemeral_identity()) as victim:
+            port = (await victim.listen_tcp(HOST)).port
+            listener = victim.channel_listeners["api"]
+
+            def handshake_then_attack() -> str:
+                honest = Raw(port, source="127.0.0.2")
+                stranger = Raw(port, source="127.0.0.3")
+                try:
+                    honest.send([local("api")], rawwire.channel_hs1_payload())
+                    hs2 = honest.message()
+                    assert hs2.payload[:2] == bytes([KIND_DATA, rawwire.HS2])
+                    decryptor = hs2.return_route[0][1].decode()
+                    refused = bytes([KIND_DATA, 6]) + b"forged refusal"
+                    for _ in range(5):
+                        stranger.send([local(decryptor)], refused)
+                    stranger.send([local("echo")], b"\0sync")  # handled after the above
+                    assert stranger.message().payload == b"\0sync"
+                    return decryptor
+                finally:
+                    stranger.close()
+                    honest.close()
+
+            decryptor = await anyio.to_thread.run_sync(handshake_then_attack)
+            assert decryptor.endswith(".in")
+            assert listener.info()["refused"] == 0
+            assert listener.info()["pending"] == 1  # still waiting for the honest side
+
+    run(main)

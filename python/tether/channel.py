@@ -720,7 +720,7 @@ class _Decryptor:
         elif self.handshake is not None:
             from tether.node import Message
 
-            await self.handshake(ctx, Message.delivered(raw))
+            await self.handshake(ctx, Message.delivered(raw, ctx.origin))
 
 
 class _Handshaker:
@@ -777,7 +777,13 @@ async def open_channel(
     inbox_send, inbox = anyio.create_memory_object_stream[Any](4)
     decryptor = _Decryptor()
 
+    # The answers come back the way the first message goes: anything from elsewhere (a
+    # stranger's forged REFUSED, say) is not the listener's and is ignored.
+    expected = node.expected_origin(route[0]) if route else None
+
     async def handshake_inbox(ctx: WorkerContext, msg: Message) -> None:
+        if expected is not None and not msg.origin.is_local and not expected(msg.origin):
+            return
         with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
             inbox_send.send_nowait(msg)
 
@@ -1023,7 +1029,9 @@ class ChannelListener:
         decryptor = _Decryptor()
 
         async def on_hs3(ctx2: WorkerContext, m3: Message) -> None:
-            if done.is_set() or m3.kind != KIND_DATA:
+            # Only from where the first message came: a stranger cannot refuse (or finish)
+            # someone else's handshake.
+            if done.is_set() or m3.kind != KIND_DATA or m3.origin != msg.origin:
                 return
             if m3.payload[:1] == bytes([Step.REFUSED]):
                 self.refused += 1

@@ -714,7 +714,7 @@ class Node:
         address = f"reply#{secrets.token_hex(8)}"
         send, receive = anyio.create_memory_object_stream[Message](1)
         # A reply address is a one-slot mailbox, not a worker task: no task per request.
-        self._replies[address] = (send, self._reply_origin(onward[0]))
+        self._replies[address] = (send, self.expected_origin(onward[0]))
         try:
             await self.route(
                 RoutedMessage(onward, (Address.local(address),), encode_payload(KIND_DATA, payload))
@@ -734,9 +734,10 @@ class Node:
             raise UnreachableError(reply.payload.decode("utf-8", errors="replace"))
         return reply.payload
 
-    def _reply_origin(self, head: Address) -> Callable[[Origin], bool] | None:
-        """Which remote origins may answer a request whose first hop is ``head``: its channel,
-        its link, or the connection to its TCP address (None: any, the path is a worker's)."""
+    def expected_origin(self, head: Address) -> Callable[[Origin], bool] | None:
+        """Which remote origins may answer what this node sends by the first hop ``head``: its
+        channel, its link, or the connection to its TCP address (None: any, the path is a
+        worker's). Reply addresses and channel handshakes listen only to that origin."""
         if head.transport == TCP:
             key = head.value.decode("utf-8", errors="replace")
 
