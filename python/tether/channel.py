@@ -1029,9 +1029,12 @@ class ChannelListener:
         decryptor = _Decryptor()
 
         async def on_hs3(ctx2: WorkerContext, m3: Message) -> None:
-            # Only from where the first message came: a stranger cannot refuse (or finish)
-            # someone else's handshake.
-            if done.is_set() or m3.kind != KIND_DATA or m3.origin != msg.origin:
+            # Only from where the first message came (when a remote origin brought it; one a
+            # local forwarder handed over is answered along its route): a stranger cannot
+            # refuse (or finish) someone else's handshake.
+            if done.is_set() or m3.kind != KIND_DATA:
+                return
+            if not msg.origin.is_local and m3.origin != msg.origin:
                 return
             if m3.payload[:1] == bytes([Step.REFUSED]):
                 self.refused += 1
