@@ -12,7 +12,7 @@ import pytest
 
 from tether import noise
 from tether.errors import DecryptError
-from vectors import load
+from vector_files import load
 
 ALL = load("noise/cacophony-subset.json")["vectors"]
 XX = [v for v in ALL if v["protocol_name"] in noise.PROTOCOL_NAMES]

@@ -1,8 +1,8 @@
 """Wycheproof AEAD vectors (C2SP/wycheproof ``testvectors_v1``) against :class:`tether.aead.Aead`.
 
-The vectors live outside the repository, in ``../shared/vectors/wycheproof`` from its root. A
-missing folder or file, or a file that does not parse, FAILS the tests (it never skips them): a
-silently skipped conformance suite is worse than none.
+The vectors are in ``tests/vectors/wycheproof`` (``tests/vectors/README.md``). A missing folder
+or file, or a file that does not parse, FAILS the tests (it never skips them): a silently skipped
+conformance suite is worse than none.
 
 The AEAD layer supports exactly 256-bit keys, 96-bit nonces and 128-bit tags. For groups with those
 parameters every ``valid`` case must seal to ``ct || tag`` and open back to ``msg``, and every
@@ -17,15 +17,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tether.aead import Aead
 from tether.errors import DecryptError, InvalidArgumentError
+from vector_files import VECTORS
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
 WYCHEPROOF = VECTORS / "wycheproof"
 
 #: Vector file -> (the ``algorithm`` field it must have, the name tether's Aead takes).
@@ -84,8 +83,7 @@ def _load(name: str) -> LoadedFile:
             name,
             (),
             None,
-            f"Wycheproof vector folder {WYCHEPROOF} is missing: the tests read the shared vectors "
-            "from ../shared/vectors/wycheproof next to the repository (do not copy them in)",
+            f"Wycheproof vector folder {WYCHEPROOF} is missing (tests/vectors/README.md)",
         )
     if not path.is_file():
         return LoadedFile(name, (), None, f"Wycheproof vector file {path} is missing")

@@ -10,7 +10,7 @@
   :class:`~tether.errors.InvalidArgumentError` — and only a case whose expected secret is all
   zeros (a low-order point) may be refused.
 
-The vectors are read from ``../shared/vectors/wycheproof`` (``tests/vectors.py``); a missing file
+The vectors are read from ``tests/vectors/wycheproof`` (``tests/vector_files.py``); a missing file
 fails collection loudly, it never skips.
 """
 
@@ -24,7 +24,7 @@ import pytest
 from tether.errors import InvalidArgumentError
 from tether.identity import ed25519_verify
 from tether.noise import x25519
-from vectors import load
+from vector_files import load
 
 
 @dataclass(frozen=True)
