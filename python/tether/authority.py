@@ -547,7 +547,7 @@ class Membership:
     async def request(self, request: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
         """One request to the authority, through a secure channel that must end at the
         authority's identity (the one in the ticket)."""
-        from tether.channel import ChannelRefusedError, trust_identifiers
+        from tether.trust import ChannelRefusedError, trust_identifiers
 
         ch = self._channel
         if ch is None or ch.closed.is_set():

@@ -26,7 +26,6 @@ from tether.authority import (
     DEFAULT_CREDENTIAL_TTL,
     DEFAULT_TICKET_TTL,
 )
-from tether.channel import ChannelRefusedError, trust_anyone, trust_identifiers
 from tether.control import ApiError, Router, serve_connection
 from tether.errors import TetherError
 from tether.node import Node, ReplyTimeoutError, UnreachableError, echo
@@ -35,6 +34,7 @@ from tether.registry import Registry
 from tether.relay import RelayClaimError
 from tether.routing import format_route
 from tether.state import Store
+from tether.trust import ChannelRefusedError, trust_anyone, trust_identifiers
 
 log = logging.getLogger("tether.daemon")
 api = Router()

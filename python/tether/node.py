@@ -38,8 +38,8 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from tether import limits, routing
-from tether.channel import HalfOpenTable
 from tether.errors import InvalidArgumentError, RouteError, TetherError
+from tether.handshake import HalfOpenTable
 from tether.message import LOCAL, LOCAL_ORIGIN, TCP, Address, Origin, RoutedMessage
 
 log = logging.getLogger("tether.node")
@@ -386,7 +386,7 @@ class Node:
         node expects there (:meth:`channel_trust`): ``trust`` for the last one (the end-to-end
         peer), and for each the identity of the node named right before it (``expect``: one
         node name or None per ``/secure/``; by default read off a route string)."""
-        from tether.channel import trust_anyone
+        from tether.trust import trust_anyone
 
         names = (
             list(expect)
@@ -432,7 +432,7 @@ class Node:
         the route); else any member of an authority this node trusts (a valid credential from
         it). Never anyone by default: with none of these the channel is refused before a byte
         is sent, since a relay or anything else on the path could answer the handshake."""
-        from tether.channel import ChannelRefusedError, trust_identifiers, trust_members
+        from tether.trust import ChannelRefusedError, trust_identifiers, trust_members
 
         if trust is not None:
             return trust
@@ -767,7 +767,8 @@ class Node:
         authorities: Any = None,
     ) -> Any:
         """Accept secure channels at ``address`` (see :mod:`tether.channel`)."""
-        from tether.channel import ChannelListener, trust_anyone
+        from tether.handshake import ChannelListener
+        from tether.trust import trust_anyone
 
         me = identity or self.identity
         if me is None:
@@ -799,7 +800,7 @@ class Node:
         be who :meth:`channel_trust` expects: ``trust``, else the node named in a route string
         (``/node/NAME/service/api``) or ``expect`` (an identifier), else an authority's
         member; otherwise :class:`~tether.channel.ChannelRefusedError` at once."""
-        from tether.channel import open_channel
+        from tether.handshake import open_channel
 
         me = identity or self.identity
         if me is None:
@@ -957,8 +958,8 @@ class Node:
     ) -> bool:
         """:meth:`allows` for a verified :class:`~tether.channel.Peer` (None: no peer), with
         the attributes of its credentials still valid now."""
-        from tether.channel import valid_attributes
         from tether.policy import subject_attributes
+        from tether.trust import valid_attributes
 
         env: dict[str, object] = (
             subject_attributes(peer.identifier, valid_attributes(peer, self))
@@ -1047,7 +1048,7 @@ class Node:
     def use_credential(self, credential: Any) -> None:
         """Present ``credential`` in this node's handshakes from now on (replacing one from
         the same issuer)."""
-        from tether.channel import ChannelIdentity
+        from tether.trust import ChannelIdentity
 
         me = self.identity
         if me is None:

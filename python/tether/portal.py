@@ -51,10 +51,10 @@ from anyio.abc import SocketAttribute, SocketStream
 from tether import engine as dp
 from tether import limits, routing
 from tether._core import ENGINE_MAX_DATA
-from tether.channel import trust_policy
 from tether.errors import InvalidArgumentError, TetherError
 from tether.message import Address, RoutedMessage
 from tether.node import KIND_DATA, KIND_ERROR
+from tether.trust import trust_policy
 
 if TYPE_CHECKING:
     from tether.channel import SecureChannel

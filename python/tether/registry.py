@@ -326,7 +326,7 @@ class Registry:
 
     def channel_identity(self, name: str, credentials: Sequence[Credential] = ()) -> Any:
         """What the identity presents in secure-channel handshakes."""
-        from tether.channel import ChannelIdentity
+        from tether.trust import ChannelIdentity
 
         secret, att = self.channel_key(name)
         return ChannelIdentity(self.get(name).identity, secret, att, tuple(credentials))

@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from tether.channel import has_valid_credential
 from tether.errors import TetherError
 from tether.message import Address, Origin, RoutedMessage
+from tether.trust import has_valid_credential
 
 if TYPE_CHECKING:
     from tether.node import Message, Node, WorkerContext
@@ -297,8 +297,8 @@ class RelayClient:
 
     async def claim_once(self) -> Any:
         """Open a channel to the relay node and claim the name; returns the channel."""
-        from tether.channel import ChannelRefusedError
         from tether.routing import format_route, listener_node
+        from tether.trust import ChannelRefusedError
 
         self.relay_route = await self._resolve()
         name = listener_node(self.at) if isinstance(self.at, str) else None
