@@ -58,10 +58,11 @@ from tether.errors import (
 from tether.identity import Identity, verify_history
 from tether.message import Address
 from tether.policy import Policy, subject_attributes
+from tether.worker import KIND_DATA, Message, WorkerContext
 
 if TYPE_CHECKING:
     from tether.channel import SecureChannel
-    from tether.node import Message, Node, WorkerContext
+    from tether.node import Node
     from tether.registry import Registry
     from tether.shared import SharedStore
 
@@ -355,8 +356,6 @@ class Authority:
     # --- the service: requests through secure channels --------------------------------------
 
     async def handle(self, ctx: WorkerContext, msg: Message) -> None:
-        from tether.node import KIND_DATA
-
         if msg.kind != KIND_DATA or not msg.return_route:
             return
         channel: SecureChannel | None = self.node.origin_channel(msg.origin)
@@ -472,8 +471,9 @@ async def call(
     trust: Any = None,
 ) -> dict[str, Any]:
     """Send one request to an authority (``route`` ends at its service; ``trust``: who must
-    answer its secure channel, by default the node's, see ``Node.channel_trust``) and return
-    the response; raises AuthorityError with the authority's reason if it refused."""
+    answer its secure channel, by default the node's, see ``tether.trust.initiator_trust``)
+    and return the response; raises AuthorityError with the authority's reason if it
+    refused."""
     raw = await node.request(route, json.dumps(request).encode(), timeout=timeout, trust=trust)
     try:
         response = json.loads(raw)

@@ -67,9 +67,10 @@ from tether.trust import (
     valid_credentials,
     verify_peer,
 )
+from tether.worker import KIND_DATA, KIND_ERROR, Message, WorkerContext
 
 if TYPE_CHECKING:
-    from tether.node import Message, Node, WorkerContext
+    from tether.node import Node
 
 log = logging.getLogger("tether.channel")
 
@@ -187,8 +188,6 @@ class SecureChannel:
         }
 
     async def _send_wire(self, step: Step, body: bytes) -> None:
-        from tether.node import KIND_DATA
-
         await self.node.route(
             RoutedMessage(
                 self.remote_route,
@@ -385,8 +384,6 @@ class SecureChannel:
     async def decrypt_wire(self, kind: int, data: bytes | memoryview) -> None:
         """:meth:`decrypt` for a payload as it arrived (``data`` after the kind byte; a
         memoryview is read in place)."""
-        from tether.node import KIND_ERROR
-
         if kind == KIND_ERROR:
             # A hop reports that the path to the peer failed. Reports are not authenticated
             # (anyone who can reach this node could send one), so it does not close the channel:
@@ -549,6 +546,4 @@ class Decryptor:
         if self.channel is not None:
             await self.channel.decrypt_wire(raw.payload[0], memoryview(raw.payload)[1:])
         elif self.handshake is not None:
-            from tether.node import Message
-
             await self.handshake(ctx, Message.delivered(raw, ctx.origin))

@@ -28,13 +28,14 @@ from tether.authority import (
 )
 from tether.control import ApiError, Router, serve_connection
 from tether.errors import TetherError
-from tether.node import Node, ReplyTimeoutError, UnreachableError, echo
+from tether.node import Node, ReplyTimeoutError, UnreachableError
 from tether.nodes import NodeConfig
 from tether.registry import Registry
 from tether.relay import RelayClaimError
 from tether.routing import format_route
 from tether.state import Store
 from tether.trust import ChannelRefusedError, trust_anyone, trust_identifiers
+from tether.worker import echo
 
 log = logging.getLogger("tether.daemon")
 api = Router()
@@ -355,7 +356,8 @@ def _identity_and_trust(d: Daemon, body: Any) -> tuple[Any, Any]:
 
 def _trust(body: Any) -> Any:
     """The trust policy a request names: ``authorized`` identifiers, or ``trust_any`` (any
-    identity, explicitly); None leaves it to the node's defaults (``Node.channel_trust``)."""
+    identity, explicitly); None leaves it to the node's defaults
+    (``tether.trust.initiator_trust``)."""
     authorized = body.get("authorized") or []
     if not isinstance(authorized, list) or not all(isinstance(a, str) for a in authorized):
         raise ApiError(400, "'authorized' must be a list of identifiers")

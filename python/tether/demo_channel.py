@@ -42,8 +42,9 @@ from tether.channel import (
 )
 from tether.errors import TetherError
 from tether.message import LOCAL_ORIGIN, Address, Origin, RoutedMessage
-from tether.node import Message, Node, WorkerContext
+from tether.node import Node
 from tether.vault import KeyType, MemoryVault
+from tether.worker import Message, WorkerContext
 
 MARKER = b"SELECT secret_column FROM accounts -- plaintext marker"
 

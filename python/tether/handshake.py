@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from tether import noise
+from tether import noise, policies
 from tether.channel import PROLOGUE, PROTOCOL, STEP_AD, Decryptor, SecureChannel, Step
 from tether.errors import CryptoError, TetherError
 from tether.identity import Identity
@@ -34,9 +34,10 @@ from tether.trust import (
     trust_anyone,
     verify_peer,
 )
+from tether.worker import KIND_DATA, Message, WorkerContext
 
 if TYPE_CHECKING:
-    from tether.node import Message, Node, WorkerContext
+    from tether.node import Node
 
 log = logging.getLogger("tether.channel")
 
@@ -82,8 +83,6 @@ class _Handshaker:
 
 
 async def _refuse(node: Node, route: Sequence[Address], reason: str) -> None:
-    from tether.node import KIND_DATA
-
     await node.route(
         RoutedMessage(tuple(route), (), bytes([KIND_DATA, Step.REFUSED]) + reason.encode()[:1024]),
         block=False,
@@ -100,9 +99,7 @@ async def open_channel(
     timeout: float = 10.0,
 ) -> SecureChannel:
     """Initiate a channel to the listener at the end of ``route``, to a peer ``trust``
-    accepts (there is no default: see ``Node.channel_trust``)."""
-    from tether.node import KIND_DATA
-
+    accepts (there is no default: see ``tether.trust.initiator_trust``)."""
     hsk = _Handshaker(node, me, True, authorities or {}, trust)
     address = node.next_id("sc")
     inbox_send, inbox = anyio.create_memory_object_stream[Any](4)
@@ -326,15 +323,13 @@ class ChannelListener:
     def _check_policy(self, peer: Peer) -> None:
         """The node's policy for this listener (by name or ``secure-channel-listener``)."""
         kind = "secure-channel-listener"
-        policy = self.node.policy_for(kind, self.address)
-        if policy is not None and not self.node.peer_allows(
-            policy, peer, kind, self.address, "connect"
+        policy = policies.policy_for(self.node, kind, self.address)
+        if policy is not None and not policies.peer_allows(
+            self.node, policy, peer, kind, self.address, "connect"
         ):
             raise ChannelRefusedError(f"{peer.identifier} is refused by the policy {policy}")
 
     async def handle(self, ctx: WorkerContext, msg: Message) -> None:
-        from tether.node import KIND_DATA
-
         if msg.kind != KIND_DATA or msg.payload[:1] != bytes([Step.HS1]):
             return
         half = self._admit(msg)
@@ -344,8 +339,6 @@ class ChannelListener:
     async def _respond(self, msg: Message, half: HalfOpen) -> None:
         """Answer a first handshake message, and keep the handshake (``half``, in the node's
         table) until its third message, a refusal, the timeout, or a newcomer evicts it."""
-        from tether.node import KIND_DATA
-
         hsk = _Handshaker(self.node, self.me, False, self.authorities, self.trust)
         try:
             hsk.hs.read_message(msg.payload[1:])

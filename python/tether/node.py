@@ -5,20 +5,13 @@
         listener = await node.listen_tcp("127.0.0.1", 0)
         reply = await node.request("/ip4/127.0.0.1/tcp/4000/service/echo", b"hi")
 
-Routing (``docs/routing.md``): a message carries an onward route and a return route. The node
-looks at the first onward address: a worker name on this node gets the message with that address
-popped; a TCP address is a connection (made or reused), which pops it and carries the message to
-the peer node, whose end of the connection pushes its own address onto the return route. A worker
-that forwards a message pushes itself onto the return route; one that sends a message puts itself
-there. A reply is sent to the return route, and so retraces the hops.
-
-Every queue is bounded (a worker's mailbox, a connection's send queue), and every hand-off awaits
-room, so a slow consumer slows its producers — back to the TCP sender, whose socket stops being
-read — and a node's memory stays bounded. A message that cannot be delivered (no such worker, a
-connection that cannot be made or died) is answered along its return route with an error report,
-so the sender gets a precise error instead of a timeout.
-
-Runs on anyio: trio by default, asyncio too.
+A message carries an onward and a return route (``docs/routing.md``); the first onward address
+is a worker here (popped on delivery) or a TCP hop (a connection, made or reused), and a reply
+retraces the return route. Where a message enters the node decides what it may reach
+(:mod:`tether.reach`). Every queue is bounded and a hand-off awaits room, so a slow consumer
+slows its producers; replies and error reports never wait on a peer. An undeliverable message is
+answered along its return route with an error report, so the sender gets a precise error instead
+of a timeout. Runs on anyio: trio by default, asyncio too.
 """
 
 from __future__ import annotations
@@ -28,27 +21,51 @@ import itertools
 import logging
 import math
 import secrets
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
-from tether import limits, routing
+from tether import limits, membership, policies, routing
 from tether.errors import InvalidArgumentError, RouteError, TetherError
 from tether.handshake import HalfOpenTable
 from tether.message import LOCAL, LOCAL_ORIGIN, TCP, Address, Origin, RoutedMessage
+from tether.policies import PolicyRule
+from tether.reach import Reach
+from tether.trust import initiator_trust
+from tether.worker import (
+    KIND_DATA,
+    KIND_ERROR,
+    MAILBOX_SIZE,
+    Handler,
+    Message,
+    RawHandler,
+    Worker,
+    WorkerContext,
+    echo,
+    encode_payload,
+)
 
 log = logging.getLogger("tether.node")
 
-#: Payload envelope: the first byte of every routed payload says what it is.
-KIND_DATA = 0
-KIND_ERROR = 1
-
-MAILBOX_SIZE = 64
+__all__ = [  # the worker names are tether.worker's, re-exported for the node's users
+    "KIND_DATA",
+    "KIND_ERROR",
+    "MAILBOX_SIZE",
+    "Handler",
+    "Message",
+    "Node",
+    "PolicyRule",
+    "RawHandler",
+    "ReplyTimeoutError",
+    "UnreachableError",
+    "Worker",
+    "WorkerContext",
+    "echo",
+    "encode_payload",
+]
 
 #: Worker kinds whose policies are checked where they make sense rather than per message: a
 #: listener's in the handshake (its first messages come through no channel yet), a channel's
@@ -62,108 +79,6 @@ class UnreachableError(RouteError):
 
 class ReplyTimeoutError(TetherError, TimeoutError):
     """No reply arrived in time."""
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A message as a worker receives it."""
-
-    onward: tuple[Address, ...]
-    return_route: tuple[Address, ...]
-    payload: bytes
-    kind: int = KIND_DATA
-    origin: Origin = LOCAL_ORIGIN
-    """Where it entered this node: a local caller, a TCP link or a secure channel."""
-
-    @classmethod
-    def delivered(cls, msg: RoutedMessage, origin: Origin = LOCAL_ORIGIN) -> Message:
-        """``msg`` as the worker at its first onward address gets it: that address popped, the
-        kind byte split off the payload."""
-        return cls(msg.onward[1:], msg.return_route, msg.payload[1:], msg.payload[0], origin)
-
-
-Handler = Callable[["WorkerContext", Message], Awaitable[None]]
-RawHandler = Callable[["WorkerContext", RoutedMessage], Awaitable[None]]
-
-
-@dataclass
-class Worker:
-    address: str
-    handler: Any  # Handler, or RawHandler for a raw inline worker
-    send: MemoryObjectSendStream[Message]
-    receive: MemoryObjectReceiveStream[Message]
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    kind: str = "custom"
-    delivered: int = 0
-    busy: bool = False
-    inline: bool = False
-    raw: bool = False
-    reach: str = "any"
-    """Who may send to it: ``any`` origin (a service; its policy decides), or only ``local``
-    callers and the origins granted to it (a channel's encryptor: see ``Node.grant``)."""
-
-
-class WorkerContext:
-    """What a handler gets: its node, its own address, and (for inline workers) where the
-    message it handles entered the node."""
-
-    def __init__(self, node: Node, address: str, origin: Origin = LOCAL_ORIGIN) -> None:
-        self.node = node
-        self.address = address
-        self.origin = origin
-
-    async def reply(self, msg: Message, payload: bytes) -> None:
-        """Send ``payload`` back along the message's return route. A reply never waits for a
-        peer: one that cannot be queued at once (the peer does not read) is dropped and counted,
-        so a shared service's progress never depends on one peer."""
-        await self.node.route(
-            RoutedMessage(
-                msg.return_route,
-                (Address.local(self.address),),
-                encode_payload(KIND_DATA, payload),
-            ),
-            block=False,
-        )
-
-    async def forward(self, msg: Message) -> None:
-        """Pass the message on along its onward route: this worker was popped from the onward
-        route on delivery and now pushes itself onto the return route, so replies come back
-        through it."""
-        await self.node.route(
-            RoutedMessage(
-                msg.onward,
-                (Address.local(self.address), *msg.return_route),
-                encode_payload(msg.kind, msg.payload),
-            )
-        )
-
-
-async def echo(ctx: WorkerContext, msg: Message) -> None:
-    """The built-in ``echo`` service: replies with what it received."""
-    if msg.kind == KIND_DATA and msg.return_route:
-        await ctx.reply(msg, msg.payload)
-
-
-def encode_payload(kind: int, body: bytes) -> bytes:
-    return bytes([kind]) + body
-
-
-@dataclass(frozen=True)
-class PolicyRule:
-    """A policy attached to a resource (by name) or to a resource type."""
-
-    id: str
-    resource: str | None
-    resource_type: str | None
-    policy: Any
-
-    def info(self) -> dict[str, object]:
-        return {
-            "id": self.id,
-            "resource": self.resource,
-            "resource_type": self.resource_type,
-            "expression": str(self.policy),
-        }
 
 
 class Node:
@@ -220,12 +135,10 @@ class Node:
         self.transit = frozenset(transit)
         """TCP addresses (``host:port``, or ``*`` for any) this node forwards to for remote
         senders. Empty by default: only local callers make a node open connections."""
-        self._grants: dict[str, set[Origin]] = {}
-        """Link or encryptor address → the remote origins its own traffic was forwarded for,
-        which may therefore reach it with their replies (``grant``)."""
+        self.reach = Reach(self)
+        """Who may reach this node's links and channel encryptors (:mod:`tether.reach`)."""
         self.counters: dict[str, int] = {}
         """What the node refused or dropped, by reason (``GET /node`` shows them)."""
-        self._last_reach_log = 0.0
         self.half_open = HalfOpenTable()
         """Half-open secure-channel handshakes on this node's listeners (capped)."""
         self.tcp = TcpTransport(self, tcp_options or TcpOptions())
@@ -383,9 +296,10 @@ class Node:
     ) -> tuple[Address, ...]:
         """Parse, and replace each ``/secure/NAME`` with a secure channel (opened to the listener
         NAME at the end of the route so far, or reused). Each channel's peer must be who this
-        node expects there (:meth:`channel_trust`): ``trust`` for the last one (the end-to-end
-        peer), and for each the identity of the node named right before it (``expect``: one
-        node name or None per ``/secure/``; by default read off a route string)."""
+        node expects there (:func:`~tether.trust.initiator_trust`): ``trust`` for the last one
+        (the end-to-end peer), and for each the identity of the node named right before it
+        (``expect``: one node name or None per ``/secure/``; by default read off a route
+        string)."""
         from tether.trust import trust_anyone
 
         names = (
@@ -404,7 +318,8 @@ class Node:
             name = names[i] if i < len(names) else None
             i += 1
             remaining -= 1
-            policy = self.channel_trust(
+            policy = initiator_trust(
+                self,
                 trust if remaining == 0 or trust is trust_anyone else None,
                 self.node_identifier(name),
                 routing.format_route(target),
@@ -425,29 +340,6 @@ class Node:
         if name is None or self._identify_node is None:
             return None
         return self._identify_node(name)
-
-    def channel_trust(self, trust: Any, expected: str | None, target: str) -> Any:
-        """Who may answer a secure channel this node opens to ``target``: ``trust`` when given
-        (or the node's own ``trust``); else the identity ``expected`` there (the node named in
-        the route); else any member of an authority this node trusts (a valid credential from
-        it). Never anyone by default: with none of these the channel is refused before a byte
-        is sent, since a relay or anything else on the path could answer the handshake."""
-        from tether.trust import ChannelRefusedError, trust_identifiers, trust_members
-
-        if trust is not None:
-            return trust
-        if self.trust is not None:
-            return self.trust
-        if expected:
-            return trust_identifiers(expected)
-        if self.authorities:
-            return trust_members(self.authorities)
-        raise ChannelRefusedError(
-            f"no identity to expect at {target}: name the peer with --authorized IDENTIFIER "
-            "(Python: trust=trust_identifiers(...)), reach it as /node/NAME/secure/..., or "
-            "enroll this node with an authority; --trust-any accepts any identity (anything "
-            "on the path could then answer)"
-        )
 
     async def send(
         self,
@@ -486,14 +378,16 @@ class Node:
             if w is None:
                 await self._route_other(name, msg, origin, block)
                 return
-            if w.reach != "any" and not self.may_reach(name, origin):
-                self._refuse_reach(origin, name)
+            if w.reach != "any" and not self.reach.may_reach(name, origin):
+                self.reach.refuse(origin, name)
                 await self.report(msg, f"no worker {name!r} on node {self.name}")
                 return
             if self.policies and not w.inline and w.kind not in _OWN_ENFORCEMENT:
-                policy = self.policy_for(w.kind, name)
+                policy = policies.policy_for(self, w.kind, name)
                 who = self.origin_channel(origin) if policy is not None else None
-                if policy is not None and not self.allows(policy, who, w.kind, name, "send"):
+                if policy is not None and not policies.allows(
+                    self, policy, who, w.kind, name, "send"
+                ):
                     await self.report(
                         msg,
                         f"{w.kind} {name!r} on node {self.name} refused "
@@ -515,9 +409,9 @@ class Node:
                 return
             await self._to_mailbox(w, msg, origin, block)
         elif head.transport == TCP:
-            if not origin.is_local and not self.transit_allows(head.value):
+            if not origin.is_local and not self.reach.transit_allows(head.value):
                 target = head.value.decode("utf-8", errors="replace")
-                self._refuse_reach(origin, target)
+                self.reach.refuse(origin, target)
                 await self.report(
                     msg,
                     f"node {self.name} opens connections only for its own callers: it is no "
@@ -546,14 +440,14 @@ class Node:
                 with contextlib.suppress(anyio.WouldBlock):  # only the first reply counts
                     send.send_nowait(Message.delivered(msg, origin))
             else:
-                self._refuse_reach(origin, name)
+                self.reach.refuse(origin, name)
             return
         conn = self.tcp.connection(name)
         if conn is not None:  # a link back to where a message came from
-            if self.may_reach(name, origin):
+            if self.reach.may_reach(name, origin):
                 await self.tcp.send_via(conn, msg, block=block)
                 return
-            self._refuse_reach(origin, name)
+            self.reach.refuse(origin, name)
         await self.report(msg, f"no worker {name!r} on node {self.name}")
 
     async def _to_mailbox(self, w: Worker, msg: RoutedMessage, origin: Origin, block: bool) -> None:
@@ -584,60 +478,6 @@ class Node:
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             await self.report(msg, f"worker {w.address!r} on node {self.name} stopped")
 
-    # --- who may reach what ---------------------------------------------------------------
-
-    def may_reach(self, address: str, origin: Origin) -> bool:
-        """Whether ``origin`` may send to the link or channel encryptor at ``address``: local
-        callers always; a remote origin only when it was granted (its requests were forwarded
-        from there, so its replies go back)."""
-        if origin.is_local:
-            return True
-        if origin in self._grants.get(address, ()):
-            return True
-        plane = self.dataplane
-        if plane is None:
-            return False
-        if origin.kind == "channel":  # a channel's reply to a link the engine forwarded for
-            return plane.granted(address, origin.address)
-        return plane.granted(origin.address, address)  # that link to that channel
-
-    def grant(self, a: Origin, b: Origin) -> None:
-        """Let two remote origins reach each other's address (a link's ``tcp#N``, a channel's
-        encryptor): a forwarder sent what came from ``a`` on to ``b`` (a relay's claimer, a
-        transit hop), so ``b``'s replies go back to ``a`` and ``a`` may go on talking to ``b``
-        directly along the return route it was given — which it could do through the forwarder
-        anyway. Grants end with either side."""
-        if a.is_local or b.is_local or a == b:
-            return
-        self._grants.setdefault(a.address, set()).add(b)
-        self._grants.setdefault(b.address, set()).add(a)
-        plane = self.dataplane
-        if plane is not None:
-            if a.kind == "link" and b.kind == "channel":
-                plane.grant(a.address, b.address)
-            elif b.kind == "link" and a.kind == "channel":
-                plane.grant(b.address, a.address)
-
-    def has_grants(self, address: str) -> bool:
-        """Whether the link or encryptor at ``address`` forwards for another origin now."""
-        return bool(self._grants.get(address))
-
-    def _drop_grants(self, address: str) -> None:
-        """``address`` (a link or a channel) is gone: its grants, both ways."""
-        self._grants.pop(address, None)
-        for kind in ("link", "channel"):
-            gone = Origin(kind, address)
-            for target in [t for t, origins in self._grants.items() if gone in origins]:
-                self._grants[target].discard(gone)
-                if not self._grants[target]:
-                    del self._grants[target]
-
-    def transit_allows(self, host_port: bytes) -> bool:
-        """Whether this node forwards to the TCP address ``host_port`` for remote senders."""
-        return bool(self.transit) and (
-            "*" in self.transit or host_port.decode("utf-8", "replace") in self.transit
-        )
-
     def origin_channel(self, origin: Origin) -> Any:
         """The open secure channel a message came out of (None: it came through none)."""
         if origin.kind != "channel":
@@ -647,21 +487,6 @@ class Node:
 
     def count(self, what: str, n: int = 1) -> None:
         self.counters[what] = self.counters.get(what, 0) + n
-
-    def _refuse_reach(self, origin: Origin, address: str) -> None:
-        """A remote origin asked for an address it may not reach: counted and logged (at most
-        once a second: an attacker chooses how often)."""
-        self.count("refused: address not reachable from there")
-        now = time.monotonic()
-        if now - self._last_reach_log >= 1.0:
-            self._last_reach_log = now
-            log.warning(
-                "%s: refused a message from %s to %s (not reachable from there; %d so far)",
-                self.name,
-                origin,
-                address,
-                self.counters["refused: address not reachable from there"],
-            )
 
     async def route_batch(self, msgs: Sequence[RoutedMessage]) -> None:
         """Route messages that share their first hop, in order; over TCP they are queued as one
@@ -797,9 +622,9 @@ class Node:
     ) -> Any:
         """Open a secure channel to the listener at the end of ``route``; returns the
         :class:`~tether.channel.SecureChannel` (its ``address`` goes in routes). The peer must
-        be who :meth:`channel_trust` expects: ``trust``, else the node named in a route string
-        (``/node/NAME/service/api``) or ``expect`` (an identifier), else an authority's
-        member; otherwise :class:`~tether.channel.ChannelRefusedError` at once."""
+        be who :func:`~tether.trust.initiator_trust` expects: ``trust``, else the node named in
+        a route string (``/node/NAME/service/api``) or ``expect`` (an identifier), else an
+        authority's member; otherwise :class:`~tether.channel.ChannelRefusedError` at once."""
         from tether.handshake import open_channel
 
         me = identity or self.identity
@@ -808,7 +633,7 @@ class Node:
         parsed = self.parse_route(route)
         if expect is None and isinstance(route, str):
             expect = self.node_identifier(routing.listener_node(route))
-        policy = self.channel_trust(trust, expect, routing.format_route(parsed))
+        policy = initiator_trust(self, trust, expect, routing.format_route(parsed))
         return await open_channel(
             self,
             parsed,
@@ -893,7 +718,14 @@ class Node:
             raise TetherError(f"no tcp-inlet named {name!r} on node {self.name}")
         inlet.stop()
 
-    # --- policies -----------------------------------------------------------------------------
+    def arrival_channel(self, return_route: Sequence[Address]) -> Any:
+        """The secure channel a message came through (the head of its return route), if any."""
+        if not return_route or return_route[0].transport != LOCAL:
+            return None
+        ch = self.channels.get(return_route[0].value.decode("utf-8", errors="replace"))
+        return None if ch is None or ch.closed.is_set() else ch
+
+    # --- policies and memberships: see tether.policies and tether.membership --------------
 
     def add_policy(
         self,
@@ -903,179 +735,42 @@ class Node:
         resource_type: str | None = None,
         policy_id: str | None = None,
     ) -> PolicyRule:
-        """Attach a policy to the resource named ``resource`` (optionally of ``resource_type``)
-        or to every resource of ``resource_type``: tcp-outlet, tcp-inlet, relay,
-        secure-channel-listener, or a worker kind (echo, authority, …). A resource's own
-        ``allow`` comes first, then a policy for its name, then one for its type."""
-        from tether.policy import Policy
-
-        if not resource and not resource_type:
-            raise InvalidArgumentError("a policy needs a resource name or a resource type")
-        rule = PolicyRule(
-            policy_id or self.next_id("policy").replace("#", ""),
-            resource,
-            resource_type,
-            Policy.parse(expression),
+        return policies.add_policy(
+            self,
+            expression,
+            resource=resource,
+            resource_type=resource_type,
+            policy_id=policy_id,
         )
-        self.policies[rule.id] = rule
-        return rule
 
     def delete_policy(self, policy_id: str) -> None:
-        if self.policies.pop(policy_id, None) is None:
-            raise TetherError(f"no policy {policy_id!r} on node {self.name}")
-
-    def policy_for(self, resource_type: str, name: str) -> Any:
-        """The policy that applies to resource ``name`` of ``resource_type`` (None: none)."""
-        by_type = None
-        for rule in self.policies.values():
-            if rule.resource == name and rule.resource_type in (None, resource_type):
-                return rule.policy
-            if rule.resource is None and rule.resource_type == resource_type:
-                by_type = rule.policy
-        return by_type
-
-    def allows(
-        self,
-        policy: Any,
-        channel: Any,
-        resource_type: str,
-        name: str,
-        action: str,
-    ) -> bool:
-        """Evaluate ``policy`` for the peer of ``channel`` (None: a message that came through
-        no secure channel, so with no authenticated attributes at all)."""
-        return self.peer_allows(
-            policy, None if channel is None else channel.peer, resource_type, name, action
-        )
-
-    def peer_allows(
-        self,
-        policy: Any,
-        peer: Any,
-        resource_type: str,
-        name: str,
-        action: str,
-    ) -> bool:
-        """:meth:`allows` for a verified :class:`~tether.channel.Peer` (None: no peer), with
-        the attributes of its credentials still valid now."""
-        from tether.policy import subject_attributes
-        from tether.trust import valid_attributes
-
-        env: dict[str, object] = (
-            subject_attributes(peer.identifier, valid_attributes(peer, self))
-            if peer is not None
-            else {}
-        )
-        env.update({"resource.type": resource_type, "resource.name": name, "action.name": action})
-        return bool(policy.allows(env))
-
-    def arrival_channel(self, return_route: Sequence[Address]) -> Any:
-        """The secure channel a message came through (the head of its return route), if any."""
-        if not return_route or return_route[0].transport != LOCAL:
-            return None
-        ch = self.channels.get(return_route[0].value.decode("utf-8", errors="replace"))
-        return None if ch is None or ch.closed.is_set() else ch
-
-    # --- authority and membership -----------------------------------------------------------
+        policies.delete_policy(self, policy_id)
 
     async def create_authority(
         self, registry: Any, identity_name: str, shared: Any, **options: Any
     ) -> Any:
-        """Run an authority (:mod:`tether.authority`) as the service ``authority``, with the
-        identity ``identity_name`` of ``registry`` and the member registry in ``shared``."""
-        from tether.authority import SERVICE, Authority
-
-        if self.authority is not None:
-            raise TetherError(f"node {self.name} already runs an authority")
-        authority = Authority(self, registry, identity_name, shared, **options)
-        await self.start_worker(SERVICE, authority.handle, kind="authority")
-        self.authority = authority
-        # This node honours the credentials it issues (its own policies see members' roles).
-        self.authorities[authority.identifier] = authority.identity
-        self.task_group.start_soon(authority.run_maintenance)
-        return authority
+        return await membership.create_authority(self, registry, identity_name, shared, **options)
 
     async def enroll(self, ticket: Any, *, poll_interval: float = 60.0) -> Any:
-        """Present a :class:`~tether.authority.Ticket` (or its text) to its authority: this
-        node becomes a member, trusts the authority, and from now on presents the credential
-        and keeps it fresh. Returns the :class:`~tether.authority.Membership`. Nothing about
-        this node changes unless the enrollment succeeds (a refused ticket leaves no trust in
-        its authority behind, and an existing membership as it was)."""
-        from tether.authority import Membership, Ticket
-
-        t = Ticket.decode(ticket) if isinstance(ticket, str) else ticket
-        if self.identity is None:
-            raise TetherError(f"node {self.name} has no identity to enroll")
-        m = Membership(self, t.authority, t.route, poll_interval=poll_interval)
-        try:
-            await m.enroll(t.secret)
-        except BaseException:
-            m.stop()
-            raise
-        await self._adopt(m)
-        return m
+        return await membership.enroll(self, ticket, poll_interval=poll_interval)
 
     async def join(
-        self,
-        authority: Any,
-        route: str,
-        *,
-        poll_interval: float = 60.0,
-        credential: Any = None,
+        self, authority: Any, route: str, *, poll_interval: float = 60.0, credential: Any = None
     ) -> Any:
-        """Trust ``authority`` (an Identity) and keep a membership of it at ``route`` (when a
-        node restarts with a stored credential, or was made a member by an admin)."""
-        from tether.authority import Membership
-
-        m = Membership(self, authority, route, poll_interval=poll_interval)
-        m.credential = credential
-        await self._adopt(m)
-        return m
-
-    async def _adopt(self, m: Any) -> None:
-        """Make ``m`` this node's membership of its authority: trust the authority, present
-        the credential, keep it fresh."""
-        self.authorities[m.identifier] = m.authority
-        old = self.memberships.pop(m.identifier, None)
-        if old is not None:
-            old.stop()
-        self.memberships[m.identifier] = m
-        m.active = True
-        if m.credential is not None:
-            self.use_credential(m.credential)
-        await self.task_group.start(m.run)
+        return await membership.join(
+            self, authority, route, poll_interval=poll_interval, credential=credential
+        )
 
     def use_credential(self, credential: Any) -> None:
-        """Present ``credential`` in this node's handshakes from now on (replacing one from
-        the same issuer)."""
-        from tether.trust import ChannelIdentity
-
-        me = self.identity
-        if me is None:
-            raise TetherError(f"node {self.name} has no identity")
-        creds = tuple(c for c in me.credentials if c.issuer != credential.issuer)
-        self.identity = ChannelIdentity(
-            me.identity, me.static_key, me.attestation, (*creds, credential)
-        )
-        for listener in self.channel_listeners.values():
-            if listener.me.identity.identifier == me.identity.identifier:
-                listener.me = self.identity
-        if self.on_credential is not None:
-            self.on_credential(credential)
+        membership.use_credential(self, credential)
 
     async def present_credentials(self) -> None:
-        """Send this node's current credentials on every open channel (after a refresh)."""
-        if self.identity is None:
-            return
-        for channel in list(self.channels.values()):
-            if not channel.closed.is_set():
-                with contextlib.suppress(TetherError):
-                    await channel.present_credentials(self.identity.credentials)
+        await membership.present_credentials(self)
 
     def connection_closed(self, address: str, peer: str | None) -> None:
         """A TCP connection closed: secure channels whose first hop it was can carry nothing
         more; close them now (their users learn it at once, not at their next timeout)."""
-        self._drop_grants(address)
+        self.reach.drop(address)
         hops = {Address.local(address)}
         if peer is not None:
             hops.add(Address(TCP, peer.encode()))
@@ -1095,7 +790,7 @@ class Node:
 
     def forget_channel(self, channel: Any) -> None:
         self.channels.pop(channel.address, None)
-        self._drop_grants(channel.address)
+        self.reach.drop(channel.address)
         carrier = channel._carrier
         if carrier is not None:
             carrier.channels.discard(channel.address)

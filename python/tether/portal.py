@@ -49,12 +49,12 @@ import anyio
 from anyio.abc import SocketAttribute, SocketStream
 
 from tether import engine as dp
-from tether import limits, routing
+from tether import limits, policies, routing
 from tether._core import ENGINE_MAX_DATA
 from tether.errors import InvalidArgumentError, TetherError
 from tether.message import Address, RoutedMessage
-from tether.node import KIND_DATA, KIND_ERROR
 from tether.trust import trust_policy
+from tether.worker import KIND_DATA, KIND_ERROR
 
 if TYPE_CHECKING:
     from tether.channel import SecureChannel
@@ -592,13 +592,15 @@ class _Portal:
 
     def effective_policy(self) -> Policy | None:
         """Its own ``allow``, else the node's policy for its name, else for its type."""
-        return self.policy or self.node.policy_for(self.kind, self.name)
+        return self.policy or policies.policy_for(self.node, self.kind, self.name)
 
     def allowed(self, channel: SecureChannel) -> bool:
         """Does the channel's peer, with the attributes still valid now, satisfy the policy
         for ``action.name = "connect"`` on this resource? (No policy: yes.)"""
         policy = self.effective_policy()
-        return policy is None or self.node.allows(policy, channel, self.kind, self.name, "connect")
+        return policy is None or policies.allows(
+            self.node, policy, channel, self.kind, self.name, "connect"
+        )
 
     def _remember_ended(self, key: Any) -> None:
         self._ended[key] = None
@@ -885,7 +887,7 @@ class Inlet(_Portal):
             )
         self.policy: Policy | None = _policy(allow)
         # Who must answer the route's secure channels: ``trust``, else the inlet's own policy
-        # (checked in the handshake), else the nodes the route names (Node.channel_trust).
+        # (checked in the handshake), else the nodes the route names (tether.trust.initiator_trust).
         self._expect = routing.named_peers(route) if isinstance(route, str) else None
         self._trust = trust
         if trust is None and self.policy is not None:

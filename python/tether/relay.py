@@ -32,12 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from tether import policies
 from tether.errors import TetherError
 from tether.message import Address, Origin, RoutedMessage
 from tether.trust import has_valid_credential
+from tether.worker import KIND_DATA, Message, WorkerContext
 
 if TYPE_CHECKING:
-    from tether.node import Message, Node, WorkerContext
+    from tether.node import Node
 
 log = logging.getLogger("tether.relay")
 
@@ -99,8 +101,6 @@ class RelayService:
         self._offline_since: dict[str, float] = {}
 
     async def handle(self, ctx: WorkerContext, msg: Message) -> None:
-        from tether.node import KIND_DATA
-
         if msg.kind != KIND_DATA or not msg.payload or not msg.return_route:
             return
         op, body = msg.payload[0], msg.payload[1:]
@@ -152,9 +152,9 @@ class RelayService:
                 "(route …/secure/api/service/relay), so the relay knows who claims"
             )
         me = channel.peer.identifier
-        policy = self.node.policy_for("relay", name)
+        policy = policies.policy_for(self.node, "relay", name)
         if policy is not None:
-            if not self.node.allows(policy, channel, "relay", name, "claim"):
+            if not policies.allows(self.node, policy, channel, "relay", name, "claim"):
                 return f"claiming the relay name {name!r} is refused by its policy {policy}"
         elif not has_valid_credential(channel.peer, self.node):
             # No policy: only members of an authority the relay node trusts may claim.
@@ -229,7 +229,7 @@ class RelayService:
                 return
             claim.forwarded += 1
             # The claimer's replies go back where this came from (and only there).
-            self.node.grant(ctx.origin, Origin.channel(claim.channel))
+            self.node.reach.grant(ctx.origin, Origin.channel(claim.channel))
             await self.node.route(
                 RoutedMessage((*claim.route, *msg.onward[1:]), msg.return_route, msg.payload)
             )
@@ -272,7 +272,7 @@ class RelayClient:
     """The route in use: to the relay node's secure-channel listener (``…/api``)."""
     trust: Any = None
     """Who the relay node must be (a trust policy); by default the node named in ``at``
-    (``/node/NAME``), else an authority's member (``Node.channel_trust``)."""
+    (``/node/NAME``), else an authority's member (``tether.trust.initiator_trust``)."""
 
     async def _resolve(self) -> tuple[Address, ...]:
         route = await self.node.resolve_route(self.at)
@@ -298,13 +298,16 @@ class RelayClient:
     async def claim_once(self) -> Any:
         """Open a channel to the relay node and claim the name; returns the channel."""
         from tether.routing import format_route, listener_node
-        from tether.trust import ChannelRefusedError
+        from tether.trust import ChannelRefusedError, initiator_trust
 
         self.relay_route = await self._resolve()
         name = listener_node(self.at) if isinstance(self.at, str) else None
         try:
-            policy = self.node.channel_trust(
-                self.trust, self.node.node_identifier(name), format_route(self.relay_route)
+            policy = initiator_trust(
+                self.node,
+                self.trust,
+                self.node.node_identifier(name),
+                format_route(self.relay_route),
             )
         except ChannelRefusedError as e:  # nothing to expect: a mistake, not a lost path
             raise RelayClaimError(str(e)) from None

@@ -6,7 +6,7 @@ its Noise static key to that identity, and its credentials. The other side verif
 (:func:`verify_peer`: the static key must be exactly the attested one, for the secure-channel
 purpose, by the identity's current key; credentials against the authorities it trusts) and then
 asks its **trust policy**, which raises :class:`ChannelRefusedError` to refuse the verified
-:class:`Peer`. An initiator never trusts anyone by default (``Node.channel_trust``);
+:class:`Peer`. An initiator never trusts anyone by default (``tether.trust.initiator_trust``);
 :func:`trust_anyone` is the explicit opt-out.
 """
 
@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tether import policies
 from tether.credential import DEFAULT_SKEW, Credential
 from tether.credential import verify as verify_credential
 from tether.encoding import Reader, Writer
@@ -132,7 +133,7 @@ def trust_policy(policy: Any, node: Node, resource_type: str, name: str) -> Trus
     a peer it refuses never learns who opened the channel)."""
 
     def check(peer: Peer) -> None:
-        if not node.peer_allows(policy, peer, resource_type, name, "connect"):
+        if not policies.peer_allows(node, policy, peer, resource_type, name, "connect"):
             raise ChannelRefusedError(f"{peer.identifier} is refused by the policy {policy}")
 
     return check
@@ -152,6 +153,29 @@ def trust_members(authorities: Mapping[str, Identity]) -> TrustPolicy:
         )
 
     return policy
+
+
+def initiator_trust(
+    node: Node, trust: TrustPolicy | None, expected: str | None, target: str
+) -> TrustPolicy:
+    """Who may answer a secure channel ``node`` opens to ``target``: ``trust`` when given (or
+    the node's own ``trust``); else the identity ``expected`` there (the node named in the
+    route); else any member of an authority the node trusts (a valid credential from it). Never
+    anyone by default: with none of these the channel is refused before a byte is sent, since a
+    relay or anything else on the path could answer the handshake."""
+    given: TrustPolicy | None = trust if trust is not None else node.trust
+    if given is not None:
+        return given
+    if expected:
+        return trust_identifiers(expected)
+    if node.authorities:
+        return trust_members(node.authorities)
+    raise ChannelRefusedError(
+        f"no identity to expect at {target}: name the peer with --authorized IDENTIFIER "
+        "(Python: trust=trust_identifiers(...)), reach it as /node/NAME/secure/..., or "
+        "enroll this node with an authority; --trust-any accepts any identity (anything "
+        "on the path could then answer)"
+    )
 
 
 def trust_credential(**required: str) -> TrustPolicy:

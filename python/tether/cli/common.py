@@ -27,7 +27,7 @@ TRUST_HELP = (
 
 def add_trust_arguments(p: argparse.ArgumentParser, *, authorized: bool = True) -> None:
     """``--authorized IDENTIFIER`` (repeatable) and ``--trust-any``: who may answer the secure
-    channel a command opens (``Node.channel_trust`` decides when neither is given)."""
+    channel a command opens (``tether.trust.initiator_trust`` decides when neither is given)."""
     if authorized:
         p.add_argument(
             "--authorized",

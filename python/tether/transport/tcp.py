@@ -745,7 +745,7 @@ class TcpTransport:
         """Whether ``conn`` is outgoing, carries an open secure channel, or forwards for one
         (here, or in the data plane), now; also notes the messages the data plane delivered
         on it."""
-        if conn.outgoing or conn.channels or self.node.has_grants(conn.address):
+        if conn.outgoing or conn.channels or self.node.reach.has_grants(conn.address):
             return True
         plane, link = self.node.dataplane, conn._link
         if link is not None and plane is not None and not plane.stopped:
@@ -867,7 +867,7 @@ class TcpTransport:
         except (ConnectionClosed, RouteError) as e:
             await self.node.report(msg, f"at node {self.node.name}: {e}")
             return
-        self.node.grant(origin, conn.origin)
+        self.node.reach.grant(origin, conn.origin)
         await self.send_via(conn, msg, block=block)
 
     async def send_many_via(self, conn: Connection, msgs: Sequence[RoutedMessage]) -> None:
