@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import pytest
 from anyio.abc import SocketAttribute, SocketStream, TaskGroup
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from peers import allow_claims, expect
@@ -456,6 +456,7 @@ def payload_bytes(i: int, n: int) -> bytes:
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seq=ops)
+@example(seq=[("eof", 0), ("data", MAX_DATA + 1)])  # the state's error before the size's
 def test_the_engine_session_follows_the_portal_protocol(seq: list[Op]) -> None:
     """Any sequence of portal messages from the inlet side, sent to an outlet session that the
     engine opened by itself (the channel was authorized by an earlier session): valid ones

@@ -39,7 +39,7 @@ use crate::channel::ChannelCipher;
 use crate::frame::{self, FrameDecoder};
 pub use crate::portal::MAX_DATA;
 use crate::portal::{
-    PortalMessage, KIND_DATA, MAX_REASON, T_CLOSE, T_CREDIT, T_DATA, T_EOF, T_OPEN,
+    PortalError, PortalMessage, KIND_DATA, MAX_REASON, T_CLOSE, T_CREDIT, T_DATA, T_EOF, T_OPEN,
 };
 use crate::route;
 
@@ -1783,6 +1783,12 @@ impl State {
         };
         let message = match PortalMessage::decode(payload) {
             Ok(m) => m,
+            // The session's state comes first: any DATA after EOF is that error, whatever
+            // its size (as tether.portal.Session decides).
+            Err(PortalError::DataTooLarge(_)) if s.peer_eof => {
+                self.finish(sid, "protocol error: DATA after EOF", true, true);
+                return;
+            }
             Err(e) => {
                 self.finish(sid, &e.to_string(), true, true);
                 return;
