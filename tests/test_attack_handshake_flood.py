@@ -31,7 +31,7 @@ from functools import partial
 import anyio
 import pytest
 
-import tether.channel
+import tether.handshake
 from peers import expect
 from rawwire import (
     HS2,
@@ -44,11 +44,11 @@ from rawwire import (
     frame,
     local,
 )
-from tether.channel import (
+from tether.channel import ephemeral_identity
+from tether.handshake import (
     MAX_PENDING_HANDSHAKES,
     MAX_PENDING_PER_PEER,
     MAX_PENDING_PER_SOURCE,
-    ephemeral_identity,
 )
 from tether.message import Address as TetherAddress
 from tether.node import Node
@@ -65,7 +65,7 @@ pytestmark = pytest.mark.usefixtures("dataplane")
 
 @pytest.fixture(autouse=True)
 def short_handshake_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tether.channel, "LISTENER_HANDSHAKE_TIMEOUT", TIMEOUT)
+    monkeypatch.setattr(tether.handshake, "LISTENER_HANDSHAKE_TIMEOUT", TIMEOUT)
 
 
 def at(port: int, rest: str) -> str:

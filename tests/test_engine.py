@@ -33,7 +33,7 @@ from tether.channel import ephemeral_identity
 from tether.message import LOCAL_ORIGIN, Address, Origin, RoutedMessage
 from tether.node import KIND_DATA, Message, Node, WorkerContext
 from tether.policy import Policy
-from tether.portal import (
+from tether.session import (
     MAX_DATA,
     T_CLOSE,
     T_CREDIT,

@@ -35,7 +35,7 @@ from peers import allow_claims, expect
 from tether.channel import ephemeral_identity, trust_identifiers
 from tether.errors import InvalidArgumentError
 from tether.node import Node
-from tether.portal import MAX_DATA, T_CLOSE, T_DATA, T_OPEN, EngineSession, PortalOptions
+from tether.session import MAX_DATA, T_CLOSE, T_DATA, T_OPEN, EngineSession, PortalOptions
 from tether.transport.tcp import TcpOptions
 from trio_run import run, until, within
 
