@@ -48,7 +48,6 @@ from tether.shared import (
     MAX_IDENTIFIER,
     DatabaseError,
     Member,
-    PostgresShared,
     SharedStore,
     SqliteShared,
     TicketError,
@@ -57,9 +56,9 @@ from tether.shared import (
     TicketUnknownError,
     TicketUsedError,
     database_url,
-    mask_url,
     open_shared,
 )
+from tether.shared_postgres import PostgresShared, mask_url
 from tether.state import Store
 
 NOW = 1_700_000_000
