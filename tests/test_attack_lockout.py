@@ -37,6 +37,7 @@ from functools import partial
 import anyio
 import pytest
 
+from node_logs import close_reasons
 from peers import expect
 from rawwire import HELLO, KIND_DATA, Raw, frame, local
 from tether.channel import ephemeral_identity
@@ -62,18 +63,6 @@ def sources(n: int, first: int = 2) -> list[str]:
 
 def at(port: int, rest: str = "/service/echo") -> str:
     return f"/ip4/{HOST}/tcp/{port}{rest}"
-
-
-def close_reasons(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """The reasons the node logged for the connections it closed."""
-    return [
-        str(r.args[3])
-        for r in caplog.records
-        if r.name == "tether.tcp"
-        and isinstance(r.args, tuple)
-        and len(r.args) == 4
-        and "closed connection" in r.msg
-    ]
 
 
 def until_closed(sock: socket.socket, timeout: float) -> bytes | None:

@@ -33,6 +33,7 @@ import time
 import anyio
 import pytest
 
+from node_logs import close_reasons
 from peers import expect
 from rawwire import KIND_DATA, KIND_ERROR, Raw, encode_message, frame, local
 from tether.channel import SecureChannel, ephemeral_identity
@@ -80,19 +81,6 @@ def queued_for(node: Node, source: str) -> str:
         )
         out.append(f"{stats[2]} bytes" if stats else f"{c._pending} frames")
     return ", ".join(out) or "nothing"
-
-
-def close_reasons(caplog: pytest.LogCaptureFixture, source: str) -> list[str]:
-    """The reasons the node logged for closing connections from ``source``."""
-    return [
-        str(r.args[3])
-        for r in caplog.records
-        if r.name == "tether.tcp"
-        and isinstance(r.args, tuple)
-        and len(r.args) == 4
-        and "closed connection" in r.msg
-        and str(r.args[2]).startswith(f"{source}:")
-    ]
 
 
 def delivered(node: Node, worker: str) -> int:

@@ -264,7 +264,7 @@ class DataPlane:
 
     def grant(self, link_address: str, channel_address: str) -> None:
         """Let the channel at ``channel_address`` send on the link at ``link_address`` (a
-        forwarder sent the link's messages into it; see ``Node.grant``)."""
+        forwarder sent the link's messages into it; see ``tether.reach.Reach.grant``)."""
         link, channel = self._link_id(link_address), self.node.channels.get(channel_address)
         cid = channel._engine_id if channel is not None else None
         if link is not None and cid is not None and not self.stopped:

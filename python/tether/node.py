@@ -309,17 +309,16 @@ class Node:
         )
         addresses = self.parse_route(route)
         remaining = sum(1 for a in addresses if a.transport == routing.SECURE)
-        i = 0
         while True:
             k = next((i for i, a in enumerate(addresses) if a.transport == routing.SECURE), None)
             if k is None:
                 return addresses
             target = (*addresses[:k], Address(LOCAL, addresses[k].value))
-            name = names[i] if i < len(names) else None
-            i += 1
+            name = names.pop(0) if names else None
             remaining -= 1
             policy = initiator_trust(
                 self,
+                # the caller's trust is for the last channel (trusting anyone, for all)
                 trust if remaining == 0 or trust is trust_anyone else None,
                 self.node_identifier(name),
                 routing.format_route(target),

@@ -7,8 +7,8 @@ so this state lives in a database they share. Two backends keep one contract
 
 * :class:`SqliteShared`: the node's own SQLite store (:mod:`tether.state`, tables added by its
   migration 3 -> 4); enough for one authority instance, or several processes on one machine.
-* :class:`PostgresShared`: a PostgreSQL database (``postgresql://`` URL, psycopg 3; the
-  ``postgres`` extra), for instances on several machines.
+* :class:`~tether.shared_postgres.PostgresShared`: a PostgreSQL database (``postgresql://``
+  URL, psycopg 3; the ``postgres`` extra), for instances on several machines.
 
 One database can serve several authorities: every row carries the authority's identifier, and
 every call names it.

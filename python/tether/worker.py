@@ -60,7 +60,7 @@ class Worker:
     raw: bool = False
     reach: str = "any"
     """Who may send to it: ``any`` origin (a service; its policy decides), or only ``local``
-    callers and the origins granted to it (a channel's encryptor: see ``Node.grant``)."""
+    callers and the origins granted to it (a channel's encryptor: ``tether.reach``)."""
 
 
 class WorkerContext:

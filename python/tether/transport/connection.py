@@ -111,7 +111,8 @@ class Connection:
         self.source = peer.rpartition(":")[0].strip("[]")  # the peer's IP address
         self.channels: set[str] = set()
         """The open secure channels whose first hop this link is (``Node.remember_channel``):
-        while it carries one (or forwards for one, see ``Node.grant``) it is kept while idle."""
+        while it carries one (or forwards for one, see ``tether.reach.Reach.grant``) it is
+        kept while idle."""
         self.opened_at = time.monotonic()
         self.active_at = self.opened_at  # when it last delivered a message
         self._engine_received = 0  # the engine's count of its messages, when last looked at
