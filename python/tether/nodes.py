@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import ItemsView, Iterator, MutableMapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,6 +234,11 @@ class RelayOwners(MutableMapping[str, str]):
     def __iter__(self) -> Iterator[str]:
         rows = self.store.query("SELECT name FROM relay_owners WHERE node = ?", (self.node,))
         return iter([str(r[0]) for r in rows])
+
+    def items(self) -> ItemsView[str, str]:
+        """Every (name, owner) in one query (the mixin's would query once per name)."""
+        rows = self.store.query("SELECT name, owner FROM relay_owners WHERE node = ?", (self.node,))
+        return dict((str(r[0]), str(r[1])) for r in rows).items()
 
     def __len__(self) -> int:
         row = self.store.query_one("SELECT COUNT(*) FROM relay_owners WHERE node = ?", (self.node,))

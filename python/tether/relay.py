@@ -169,7 +169,7 @@ class RelayService:
             if granted not in (name, "*"):
                 return f"the name {name!r} belongs to {owner}; it cannot be claimed by {me}"
         if owner != me:
-            owned = sum(1 for n in list(self.owners) if self.owners.get(n) == me)
+            owned = sum(1 for _, owner in self.owners.items() if owner == me)
             if owned >= self.max_names_per_identity:
                 return (
                     f"{me} already holds {owned} relay names at {self.node.name} (the limit); "
