@@ -34,6 +34,7 @@ from tether.handshake import HalfOpenTable
 from tether.message import LOCAL, LOCAL_ORIGIN, TCP, Address, Origin, RoutedMessage
 from tether.policies import PolicyRule
 from tether.reach import Reach
+from tether.secure_routes import ChannelRoutes
 from tether.trust import initiator_trust
 from tether.worker import (
     KIND_DATA,
@@ -111,8 +112,7 @@ class Node:
         self.relays: dict[str, Any] = {}
         self._relay_owners: Any = relay_owners
         self.channel_listeners: dict[str, Any] = {}
-        self._channel_routes: dict[tuple[Address, ...], Any] = {}
-        self._channel_lock = anyio.Lock()
+        self._channel_routes = ChannelRoutes()
         self._workers: dict[str, Worker] = {}
         self._replies: dict[
             str, tuple[MemoryObjectSendStream[Message], Callable[[Origin], bool] | None]
@@ -300,39 +300,7 @@ class Node:
         (the end-to-end peer), and for each the identity of the node named right before it
         (``expect``: one node name or None per ``/secure/``; by default read off a route
         string)."""
-        from tether.trust import trust_anyone
-
-        names = (
-            list(expect)
-            if expect is not None
-            else (routing.named_peers(route) if isinstance(route, str) else [])
-        )
-        addresses = self.parse_route(route)
-        remaining = sum(1 for a in addresses if a.transport == routing.SECURE)
-        while True:
-            k = next((i for i, a in enumerate(addresses) if a.transport == routing.SECURE), None)
-            if k is None:
-                return addresses
-            target = (*addresses[:k], Address(LOCAL, addresses[k].value))
-            name = names.pop(0) if names else None
-            remaining -= 1
-            policy = initiator_trust(
-                self,
-                # the caller's trust is for the last channel (trusting anyone, for all)
-                trust if remaining == 0 or trust is trust_anyone else None,
-                self.node_identifier(name),
-                routing.format_route(target),
-            )
-            channel = self._channel_routes.get(target)
-            if channel is None or channel.closed.is_set():
-                async with self._channel_lock:
-                    channel = self._channel_routes.get(target)
-                    if channel is None or channel.closed.is_set():
-                        channel = await self.create_secure_channel(target, trust=policy)
-                        self._channel_routes[target] = channel
-            else:
-                policy(channel.peer)  # an open channel is reused only with the peer expected
-            addresses = (Address.local(channel.address), *addresses[k + 1 :])
+        return await self._channel_routes.resolve(self, route, trust, expect)
 
     def node_identifier(self, name: str | None) -> str | None:
         """The identifier of the local node ``name`` (a ``/node/NAME`` in a route), if known."""
@@ -633,7 +601,7 @@ class Node:
         if expect is None and isinstance(route, str):
             expect = self.node_identifier(routing.listener_node(route))
         policy = initiator_trust(self, trust, expect, routing.format_route(parsed))
-        return await open_channel(
+        channel = await open_channel(
             self,
             parsed,
             me,
@@ -641,6 +609,9 @@ class Node:
             trust=policy,
             timeout=timeout,
         )
+        if identity is None:  # the node's own channel: routes through /secure/ may reuse it
+            self._channel_routes.remember(parsed, channel)
+        return channel
 
     async def create_relay(self, name: str, at: str | Sequence[Address], **options: Any) -> Any:
         """Claim ``name`` at the relay node at the end of route ``at`` (a route to the node, or
