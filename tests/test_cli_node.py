@@ -140,3 +140,27 @@ def test_three_node_processes(cli: Cli) -> None:
     assert replies == [b"msg %d" % i for i in range(1000)]
     assert got == [b"%05d" % i for i in range(500)]
     assert len([c for c in conns if c["direction"] == "outgoing"]) == 2  # to n3 and the client
+
+
+def test_message_send_reuses_the_open_channel(cli: Cli) -> None:
+    """`message send --to /node/n2/secure/api/...` goes through the channel already open to that
+    listener: one opened by `secure-channel create`, or by the first send; a closed one is
+    replaced."""
+    cli.run("node", "create", "n1")
+    cli.run("node", "create", "n2")
+    created = cli.js("secure-channel", "create", "--from", "n1", "--to", "/node/n2/service/api")
+    for text in ("one", "two", "three"):
+        sent = cli.js(
+            "message", "send", "--from", "n1", "--to", "/node/n2/secure/api/service/echo", text
+        )
+        assert sent["reply"] == text
+    channels = cli.js("secure-channel", "list", "--at", "n1")
+    assert [c["address"] for c in channels] == [created["address"]]
+    assert channels[0]["sent"] == 3
+
+    cli.run("secure-channel", "delete", created["address"], "--at", "n1")
+    for text in ("four", "five"):
+        cli.run("message", "send", "--from", "n1", "--to", "/node/n2/secure/api/service/echo", text)
+    channels = cli.js("secure-channel", "list", "--at", "n1")
+    assert len(channels) == 1 and channels[0]["address"] != created["address"]
+    assert channels[0]["sent"] == 2
