@@ -125,7 +125,7 @@ def test_credentials_across_two_homes(tmp_path: Path) -> None:
         "--credential",
         issued["credential"],
     ).stdout
-    assert "role = db-client" in human
+    assert "  role=db-client" in human
 
     # Wrong issuer, wrong subject, tampered: non-zero with the reason.
     p = run(

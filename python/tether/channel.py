@@ -30,17 +30,15 @@ import enum
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from tether import noise
 from tether.credential import Credential
-from tether.credential import verify as verify_credential
 from tether.encoding import Reader, Writer
 from tether.errors import (
-    CredentialError,
     CryptoError,
     EncodingError,
     TetherError,
@@ -58,6 +56,7 @@ from tether.trust import (
     TrustPolicy,
     ephemeral_identity,
     has_valid_credential,
+    standing,
     trust_anyone,
     trust_credential,
     trust_identifiers,
@@ -66,6 +65,7 @@ from tether.trust import (
     valid_attributes,
     valid_credentials,
     verify_peer,
+    with_credentials,
 )
 from tether.worker import KIND_DATA, KIND_ERROR, Message, WorkerContext
 
@@ -184,7 +184,18 @@ class SecureChannel:
             "sent": self.sent_messages,
             "closed": self.closed.is_set(),
             "refused": self.refused,
-            "attributes": dict(self.peer.attributes),
+            **self.credentials_info(),
+        }
+
+    def credentials_info(self) -> dict[str, object]:
+        """What the peer's credentials are worth here now: ``attributes`` (of those that
+        count), ``credentials`` (their ids) and ``ignored`` (a line for each presented one that
+        does not count, with the reason)."""
+        s = standing(self.peer, self.node)
+        return {
+            "attributes": dict(s.attributes),
+            "credentials": [c.id for c in s.credentials],
+            "ignored": list(s.ignored),
         }
 
     async def _send_wire(self, step: Step, body: bytes) -> None:
@@ -320,9 +331,10 @@ class SecureChannel:
         return self._fragment
 
     def current_attributes(self, now: int | None = None) -> dict[str, str]:
-        """The attributes of the peer's credentials that are still valid now: a credential that
-        expired (and was not refreshed), or that its authority revoked (the node holds the
-        authority's latest revocation list), no longer grants anything."""
+        """The attributes of the peer's credentials that count now: a credential that expired
+        (and was not refreshed), or that its authority revoked (the node holds the authority's
+        latest revocation list), no longer grants anything; one from an authority the node came
+        to trust after the channel opened grants its attributes from then on."""
         return valid_attributes(self.peer, self.node, now)
 
     async def present_credentials(self, credentials: Sequence[Credential]) -> None:
@@ -337,24 +349,22 @@ class SecureChannel:
         )
 
     def _accept_credentials(self, plain: bytes) -> None:
+        """The peer presents credentials again (refreshed, or new since it enrolled): they
+        replace those it presented from the same issuers; each is judged at every decision
+        (:func:`~tether.trust.standing`), like those of the handshake."""
         r = Reader(plain, "credentials", 1 + MAX_CREDENTIALS * (2 + MAX_CREDENTIAL_BYTES))
         raw = [r.var(MAX_CREDENTIAL_BYTES, "credential") for _ in range(r.u8("count"))]
         r.end()
-        now = int(time.time())
-        creds = list(self.peer.credentials)
+        presented: list[Credential] = []
         for data in raw:
             try:
-                c = verify_credential(
-                    data, authorities=self.authorities, now=now, subject=self.peer.identifier
-                )
-            except (CredentialError, EncodingError) as e:
-                log.info("secure channel %s: refused a refreshed credential: %s", self.address, e)
-                continue
-            creds = [old for old in creds if old.issuer != c.issuer] + [c]
-        attributes: dict[str, str] = {}
-        for c in creds:
-            attributes.update(c.attributes)
-        self.peer = Peer(self.peer.identity, attributes, tuple(creds))
+                presented.append(Credential.decode(data))
+            except EncodingError as e:
+                log.info("secure channel %s: a presented credential: %s", self.address, e)
+        peer = self.peer
+        if peer.authorities is None:
+            peer = replace(peer, authorities=self.authorities)
+        self.peer = with_credentials(peer, presented, int(time.time()))
 
     def _last_activity(self) -> float:
         """When the channel last carried anything (here or in the data plane)."""

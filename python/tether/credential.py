@@ -13,7 +13,7 @@ revoked credential. Formats: ``docs/identity-format.md``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from tether.encoding import Reader, Writer
@@ -255,12 +255,22 @@ def sign_revocations(
 def _check_signing_key(
     att: Attestation, issuer: Identity, signed_at: int, now: int, skew: int
 ) -> None:
+    _check_signing_attestation(att, issuer, signed_at, skew)
+    _check_signing_key_current(att, now, skew)
+
+
+def _check_signing_attestation(
+    att: Attestation, issuer: Identity, signed_at: int, skew: int
+) -> None:
     try:
         verify_attestation(att, issuer, Purpose.CREDENTIAL_SIGNING, at=signed_at, skew=skew)
     except AttestationError as e:
         raise SigningKeyError(
             f"the signing key is not validly attested by the issuer: {e}"
         ) from None
+
+
+def _check_signing_key_current(att: Attestation, now: int, skew: int) -> None:
     if now - skew > att.expires_at:
         raise SigningKeyError(
             f"the signing key's attestation expired at {att.expires_at}; the issuer must "
@@ -306,26 +316,8 @@ def verify(
         raise UntrustedIssuerError(
             f"the credential's issuer {cred.issuer} is not a trusted authority"
         )
-    if subject is not None and cred.subject != subject:
-        raise WrongSubjectError(f"the credential is about {cred.subject}, not {subject}")
-    att = cred.signing_attestation
-    if att.subject != cred.issuer:
-        raise SigningKeyError(f"the signing key is attested by {att.subject}, not the issuer")
-    if not ed25519_verify(att.public_key, cred.signed_message(), cred.signature):
-        raise CredentialSignatureError(
-            "the credential's signature does not verify: it was altered after issue"
-        )
-    _check_signing_key(att, authority, cred.created_at, now, skew)
-    if cred.expires_at <= cred.created_at:
-        raise CredentialExpiredError("the credential expires before it starts")
-    if now + skew < cred.created_at:
-        raise CredentialNotYetValidError(
-            f"the credential is valid from {cred.created_at}, {cred.created_at - now} s from now"
-        )
-    if now - skew > cred.expires_at:
-        raise CredentialExpiredError(
-            f"the credential expired at {cred.expires_at}, {now - cred.expires_at} s ago"
-        )
+    check_issued(cred, authority, subject=subject, skew=skew)
+    check_current(cred, now=now, skew=skew)
     if revocations is not None:
         rl = revocations.get(cred.issuer)
         # Only the issuer's own list can revoke its credentials.
@@ -335,3 +327,45 @@ def verify(
                 f"#{rl.sequence})"
             )
     return cred
+
+
+def check_issued(
+    cred: Credential, authority: Identity, *, subject: str | None = None, skew: int = DEFAULT_SKEW
+) -> None:
+    """The checks of :func:`verify` that do not depend on the time: ``cred`` was signed by
+    ``authority`` (the trusted issuer's verified identity) with a key it attested for signing
+    credentials when the credential was made, unaltered, and (when given) about ``subject``.
+    Their outcome holds for as long as the authority's identity does not change, so a verifier
+    may remember it; :func:`check_current` is the rest, at a given time."""
+    if subject is not None and cred.subject != subject:
+        raise WrongSubjectError(f"the credential is about {cred.subject}, not {subject}")
+    att = cred.signing_attestation
+    if att.subject != cred.issuer:
+        raise SigningKeyError(f"the signing key is attested by {att.subject}, not the issuer")
+    if not ed25519_verify(att.public_key, cred.signed_message(), cred.signature):
+        raise CredentialSignatureError(
+            "the credential's signature does not verify: it was altered after issue"
+        )
+    _check_signing_attestation(att, authority, cred.created_at, skew)
+    if cred.expires_at <= cred.created_at:
+        raise CredentialExpiredError("the credential expires before it starts")
+
+
+def check_current(
+    cred: Credential, *, now: int, skew: int = DEFAULT_SKEW, revoked: Collection[str] = ()
+) -> None:
+    """The checks of :func:`verify` that depend on the time ``now``, for a credential that
+    passed :func:`check_issued`: its signing key's attestation has not expired, it is valid
+    now (within ``skew``), and its id is not in ``revoked`` (the issuer's revoked ids, from
+    its latest verified revocation list)."""
+    _check_signing_key_current(cred.signing_attestation, now, skew)
+    if now + skew < cred.created_at:
+        raise CredentialNotYetValidError(
+            f"the credential is valid from {cred.created_at}, {cred.created_at - now} s from now"
+        )
+    if now - skew > cred.expires_at:
+        raise CredentialExpiredError(
+            f"the credential expired at {cred.expires_at}, {now - cred.expires_at} s ago"
+        )
+    if revoked and cred.id in revoked:
+        raise CredentialRevokedError(f"credential {cred.id} was revoked by {cred.issuer}")

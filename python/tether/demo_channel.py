@@ -43,6 +43,7 @@ from tether.channel import (
 from tether.errors import TetherError
 from tether.message import LOCAL_ORIGIN, Address, Origin, RoutedMessage
 from tether.node import Node
+from tether.trust import format_attributes
 from tether.vault import KeyType, MemoryVault
 from tether.worker import Message, WorkerContext
 
@@ -145,7 +146,7 @@ async def _run(megabytes: int) -> bool:
         (server_end,) = server.channels.values()
         print(
             f"   the server verified the client {_short(server_end.peer.identifier)} and its "
-            f"credential {dict(server_end.peer.attributes)}"
+            f"credential {format_attributes(server_end.peer.attributes)}"
         )
 
         inside = [Address.local(channel.address)]

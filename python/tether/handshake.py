@@ -100,7 +100,9 @@ async def open_channel(
 ) -> SecureChannel:
     """Initiate a channel to the listener at the end of ``route``, to a peer ``trust``
     accepts (there is no default: see ``tether.trust.initiator_trust``)."""
-    hsk = _Handshaker(node, me, True, authorities or {}, trust)
+    # The map itself, not a copy (an empty one too): authorities trusted later count as well.
+    trusted: Mapping[str, Identity] = authorities if authorities is not None else {}
+    hsk = _Handshaker(node, me, True, trusted, trust)
     address = node.next_id("sc")
     inbox_send, inbox = anyio.create_memory_object_stream[Any](4)
     decryptor = Decryptor()
@@ -149,7 +151,7 @@ async def open_channel(
         hs3 = hsk.hs.write_message(me.payload())
         cipher = hsk.hs.into_channel_cipher()
         channel = SecureChannel(
-            node, address, peer, msg.return_route, cipher, True, authorities=authorities or {}
+            node, address, peer, msg.return_route, cipher, True, authorities=trusted
         )
         await node.route(
             RoutedMessage(
@@ -276,6 +278,12 @@ class ChannelListener:
             "refused": self.refused,
             "pending": self.node.half_open.count(("listener", self.address)),
             "dropped": self.dropped,
+            "policy": policies.effective(
+                self.node,
+                "secure-channel-listener",
+                self.address,
+                default="its trust decides (--authorized, else any authenticated identity)",
+            ),
         }
 
     def _admit(self, msg: Message) -> HalfOpen | None:
@@ -321,13 +329,13 @@ class ChannelListener:
             )
 
     def _check_policy(self, peer: Peer) -> None:
-        """The node's policy for this listener (by name or ``secure-channel-listener``)."""
-        kind = "secure-channel-listener"
-        policy = policies.policy_for(self.node, kind, self.address)
-        if policy is not None and not policies.peer_allows(
-            self.node, policy, peer, kind, self.address, "connect"
-        ):
-            raise ChannelRefusedError(f"{peer.identifier} is refused by the policy {policy}")
+        """The node's policies for this listener (its name's and ``secure-channel-listener``'s:
+        every one must allow, :func:`tether.policies.check`)."""
+        refusal = policies.check(
+            self.node, "secure-channel-listener", self.address, "connect", peer
+        )
+        if refusal is not None:
+            raise ChannelRefusedError(refusal)
 
     async def handle(self, ctx: WorkerContext, msg: Message) -> None:
         if msg.kind != KIND_DATA or msg.payload[:1] != bytes([Step.HS1]):

@@ -9,7 +9,12 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from tether.errors import TetherError
+
+PRESENT_TIMEOUT = 2.0
+"""How long presenting credentials on one channel may wait for room on its path."""
 
 if TYPE_CHECKING:
     from tether.node import Node
@@ -73,8 +78,10 @@ async def join(
 
 
 async def adopt(node: Node, m: Any) -> None:
-    """Make ``m`` this node's membership of its authority: trust the authority, present
-    the credential, keep it fresh."""
+    """Make ``m`` this node's membership of its authority: trust the authority (on the
+    channels already open too: their peers' credentials from it count from now on), present
+    the credential (also on the open channels, so that their peers decide on it at once),
+    keep it fresh."""
     node.authorities[m.identifier] = m.authority
     old = node.memberships.pop(m.identifier, None)
     if old is not None:
@@ -83,6 +90,7 @@ async def adopt(node: Node, m: Any) -> None:
     m.active = True
     if m.credential is not None:
         use_credential(node, m.credential)
+        await present_credentials(node)
     await node.task_group.start(m.run)
 
 
@@ -106,10 +114,12 @@ def use_credential(node: Node, credential: Any) -> None:
 
 
 async def present_credentials(node: Node) -> None:
-    """Send this node's current credentials on every open channel (after a refresh)."""
+    """Send this node's current credentials on every open channel (after an enrollment or a
+    refresh); a channel whose path is congested or broken is skipped (its peer decides on what
+    it has, and gets the credentials with the next refresh or a new channel)."""
     if node.identity is None:
         return
     for channel in list(node.channels.values()):
         if not channel.closed.is_set():
-            with contextlib.suppress(TetherError):
+            with contextlib.suppress(TetherError), anyio.move_on_after(PRESENT_TIMEOUT):
                 await channel.present_credentials(node.identity.credentials)

@@ -8,21 +8,35 @@ purpose, by the identity's current key; credentials against the authorities it t
 asks its **trust policy**, which raises :class:`ChannelRefusedError` to refuse the verified
 :class:`Peer`. An initiator never trusts anyone by default (``tether.trust.initiator_trust``);
 :func:`trust_anyone` is the explicit opt-out.
+
+The peer keeps every credential it presented. What they grant is judged again at each access
+decision (:func:`standing`): against the authorities the node trusts and the revocations it holds
+at that moment, so a node that comes to trust an authority after a channel opened honours its
+peer's credentials at once, and one that does not count is reported with the reason
+(:func:`refusal_notes`: an issuer the node does not trust, expired, revoked, forged, or an
+attribute the refusing policy reads and the peer lacks).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from tether import policies
-from tether.credential import DEFAULT_SKEW, Credential
-from tether.credential import verify as verify_credential
+from tether.credential import Credential, check_current, check_issued
 from tether.encoding import Reader, Writer
-from tether.errors import CredentialError, EncodingError, HandshakeError, IdentityError
+from tether.errors import (
+    CredentialError,
+    CredentialExpiredError,
+    CredentialNotYetValidError,
+    CredentialRevokedError,
+    EncodingError,
+    HandshakeError,
+    IdentityError,
+)
 from tether.identity import (
     ATTESTATION_SIZE,
     MAX_HISTORY_SIZE,
@@ -73,11 +87,30 @@ class ChannelIdentity:
 
 @dataclass(frozen=True, slots=True)
 class Peer:
-    """The verified other side of a channel."""
+    """The verified other side of a channel: its identity, and the credentials it presented.
+
+    ``credentials`` (and their ``attributes``) are those that verified when it presented them
+    (in the handshake, or since inside the channel): what a trust policy decides on.
+    ``presented`` is every credential it presented, parsed but not necessarily trusted, and
+    ``authorities`` the (live) map of authorities they are judged against: :func:`standing`
+    judges ``presented`` again at each decision, so what a peer's credentials grant follows
+    what the node trusts and revokes now, for as long as the channel lives."""
 
     identity: Identity
     attributes: Mapping[str, str] = field(default_factory=dict)
     credentials: tuple[Credential, ...] = ()
+    presented: tuple[Credential, ...] = ()
+    authorities: Mapping[str, Identity] | None = field(default=None, compare=False, repr=False)
+    verdicts: dict[tuple[Credential, bytes], str | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """The time-independent checks of a presented credential against one version of its
+    issuer's identity (None: passed; else why not): signatures are verified once, not at
+    every decision."""
+
+    def __post_init__(self) -> None:
+        if not self.presented and self.credentials:
+            object.__setattr__(self, "presented", self.credentials)
 
     @property
     def identifier(self) -> str:
@@ -134,7 +167,10 @@ def trust_policy(policy: Any, node: Node, resource_type: str, name: str) -> Trus
 
     def check(peer: Peer) -> None:
         if not policies.peer_allows(node, policy, peer, resource_type, name, "connect"):
-            raise ChannelRefusedError(f"{peer.identifier} is refused by the policy {policy}")
+            why = explain(peer, node, policy)
+            raise ChannelRefusedError(
+                f"{peer.identifier} is refused by the policy {policy}" + (f"; {why}" if why else "")
+            )
 
     return check
 
@@ -150,9 +186,15 @@ def trust_members(authorities: Mapping[str, Identity]) -> TrustPolicy:
         raise ChannelRefusedError(
             f"{peer.identifier} is no member of an authority this node trusts (it presented no "
             "valid credential from one); name it with --authorized if it is the peer you want"
+            + _notes(peer)
         )
 
     return policy
+
+
+def _notes(peer: Peer) -> str:
+    """Why each credential ``peer`` presented does not count, each after "; " ("" if none)."""
+    return "".join(f"; {line}" for line in standing(peer, None).ignored)
 
 
 def initiator_trust(
@@ -185,6 +227,7 @@ def trust_credential(**required: str) -> TrustPolicy:
         if not peer.credentials:
             raise ChannelRefusedError(
                 f"{peer.identifier} presented no valid credential from a trusted authority"
+                + _notes(peer)
             )
         for k, v in required.items():
             if peer.attributes.get(k) != v:
@@ -209,50 +252,215 @@ def verify_peer(
         )
     except (IdentityError, EncodingError) as e:
         raise ChannelRefusedError(f"the peer's identity does not verify: {e}") from None
-    creds: list[Credential] = []
-    attributes: dict[str, str] = {}
+    presented: list[Credential] = []
     for raw in raw_creds:
         try:
-            c = verify_credential(
-                raw, authorities=authorities, now=now, subject=identity.identifier
-            )
-        except (CredentialError, EncodingError) as e:
+            presented.append(Credential.decode(raw))
+        except EncodingError as e:
             log.info("ignoring a credential of %s: %s", identity.identifier, e)
-            continue
-        creds.append(c)
-        attributes.update(c.attributes)
-    peer = Peer(identity, attributes, tuple(creds))
+    peer = with_credentials(Peer(identity, authorities=authorities), presented, now)
     trust(peer)
     return peer
+
+
+def with_credentials(peer: Peer, presented: Sequence[Credential], now: int) -> Peer:
+    """``peer`` having presented ``presented`` (parsed): they replace what it presented before
+    from the same issuers (at most MAX_CREDENTIALS kept, the newest), and those that verify
+    now against its authorities are its ``credentials``. Each one that does not is logged with
+    the reason (and :func:`standing` says it again at each decision)."""
+    issuers = {c.issuer for c in presented}
+    kept = [old for old in peer.presented if old.issuer not in issuers] + list(presented)
+    kept = kept[-MAX_CREDENTIALS:]
+    fresh = replace(peer, presented=tuple(kept), attributes={}, credentials=())
+    judged = _judge(fresh, peer.authorities if peer.authorities is not None else {}, {}, now, None)
+    for c, why in zip(fresh.presented, judged, strict=True):
+        if why is not None and c in presented:
+            log.info("%s: %s", peer.identifier, _ignored(c, why))
+    creds = tuple(c for c, why in zip(fresh.presented, judged, strict=True) if why is None)
+    attributes: dict[str, str] = {}
+    for c in creds:
+        attributes.update(c.attributes)
+    return replace(fresh, attributes=attributes, credentials=creds)
 
 
 # --- the channel ends -----------------------------------------------------------------------
 
 
-def valid_credentials(peer: Peer, node: Any, now: int | None = None) -> list[Credential]:
-    """``peer``'s credentials that are still valid now: not expired, and not revoked by their
-    authority (``node.revoked_credentials``)."""
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """What a peer's presented credentials are worth on a node at one time."""
+
+    credentials: tuple[Credential, ...]
+    """Those that count: from an authority the node trusts, intact, about the peer, valid
+    now and not revoked."""
+    attributes: Mapping[str, str]
+    """Their attributes (a later credential's value wins)."""
+    ignored: tuple[str, ...]
+    """For each presented credential that does not count, one line saying which and why."""
+
+
+def standing(peer: Peer, node: Any, now: int | None = None) -> Standing:
+    """Judge every credential ``peer`` presented, now, against the authorities ``node``
+    trusts for it (``peer.authorities``, else ``node.authorities``: live, so one trusted
+    after the channel opened counts at once) and the revocations it holds
+    (``node.revoked_credentials``). Signatures are checked once per credential and issuer
+    identity; expiry and revocation at every call."""
     t = int(time.time()) if now is None else now
+    authorities: Mapping[str, Identity] = (
+        peer.authorities if peer.authorities is not None else getattr(node, "authorities", {})
+    )
     revoked: Mapping[str, frozenset[str]] = getattr(node, "revoked_credentials", {})
-    return [
-        c
-        for c in peer.credentials
-        if c.expires_at + DEFAULT_SKEW >= t and c.id not in revoked.get(c.issuer, ())
-    ]
+    judged = _judge(peer, authorities, revoked, t, getattr(node, "name", None))
+    creds: list[Credential] = []
+    ignored: list[str] = []
+    attributes: dict[str, str] = {}
+    for c, why in zip(peer.presented, judged, strict=True):
+        if why is None:
+            creds.append(c)
+            attributes.update(c.attributes)
+        else:
+            ignored.append(_ignored(c, why))
+    return Standing(tuple(creds), attributes, tuple(ignored))
 
 
-def valid_attributes(peer: Peer, node: Any, now: int | None = None) -> dict[str, str]:
-    """The attributes of ``peer``'s credentials that are still valid now."""
-    out: dict[str, str] = {}
-    for c in valid_credentials(peer, node, now):
-        out.update(c.attributes)
+def _ignored(c: Credential, why: str) -> str:
+    return f"credential {c.id} from {c.issuer} ignored: {why}"
+
+
+def _judge(
+    peer: Peer,
+    authorities: Mapping[str, Identity],
+    revoked: Mapping[str, frozenset[str]],
+    now: int,
+    node_name: str | None,
+) -> list[str | None]:
+    """For each credential ``peer`` presented: None if it counts now, else why not."""
+    out: list[str | None] = []
+    for c in peer.presented:
+        authority = authorities.get(c.issuer)
+        if authority is None:
+            out.append(_untrusted(node_name))
+            continue
+        key = (c, authority.history)
+        if key in peer.verdicts:
+            why = peer.verdicts[key]
+        else:
+            try:
+                check_issued(c, authority, subject=peer.identifier)
+                why = None
+            except CredentialError as e:
+                why = f"it does not verify: {e}"
+            if len(peer.verdicts) >= 4 * MAX_CREDENTIALS:
+                peer.verdicts.clear()  # issuers' identities changed many times: start afresh
+            peer.verdicts[key] = why
+        if why is None:
+            try:
+                check_current(c, now=now, revoked=revoked.get(c.issuer, ()))
+            except CredentialExpiredError:
+                why = f"it expired at {_when(c.expires_at)}"
+            except CredentialNotYetValidError:
+                why = f"it is valid only from {_when(c.created_at)}"
+            except CredentialRevokedError:
+                why = "its authority revoked it"
+            except CredentialError as e:
+                why = str(e)
+        out.append(why)
     return out
 
 
+def _untrusted(node_name: str | None) -> str:
+    if node_name is None:
+        return "this node does not trust that issuer"
+    return (
+        f"node {node_name} does not trust that issuer; to trust it, enroll {node_name} with "
+        f"that authority (`tether enroll --at {node_name} --ticket-file TICKET`, with a "
+        "ticket from `tether ticket create --at AUTHORITY_NODE`)"
+    )
+
+
+def _when(t: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+def valid_credentials(peer: Peer, node: Any, now: int | None = None) -> list[Credential]:
+    """``peer``'s credentials that count now (:func:`standing`): from an authority ``node``
+    trusts now, not expired, and not revoked by their authority."""
+    return list(standing(peer, node, now).credentials)
+
+
+def valid_attributes(peer: Peer, node: Any, now: int | None = None) -> dict[str, str]:
+    """The attributes of ``peer``'s credentials that count now."""
+    return dict(standing(peer, node, now).attributes)
+
+
 def has_valid_credential(peer: Peer, node: Any, now: int | None = None) -> bool:
-    """Whether ``peer`` is, now, a member of an authority ``node`` trusts (it holds a valid
-    credential from it: only those survive the handshake's verification)."""
-    return bool(valid_credentials(peer, node, now))
+    """Whether ``peer`` is, now, a member of an authority ``node`` trusts (it presented a
+    credential from it that counts now)."""
+    return bool(standing(peer, node, now).credentials)
+
+
+def refusal_notes(
+    peer: Peer | None, node: Any, policy: Any = None, now: int | None = None
+) -> list[str]:
+    """Why ``peer``, refused on ``node`` by ``policy`` (a :class:`~tether.policy.Policy`, or
+    a list of those that refused; None: by a rule that needs a credential), may have expected
+    otherwise: a line for each credential it presented that does not count now (untrusted
+    issuer, expired, revoked, forged), and for the subject attributes the policies read that
+    it does not hold. Nothing when they read no attribute a credential gives
+    (``subject.identifier`` alone)."""
+    if peer is None:
+        return []
+    keys = None
+    if policy is not None:
+        refusing = policy if isinstance(policy, list | tuple) else [policy]
+        keys = _subject_keys([getattr(p, "expression", p) for p in refusing])
+    if keys is not None and not keys:
+        return []
+    s = standing(peer, node, now)
+    notes = list(s.ignored)
+    if not peer.presented:
+        notes.append(f"{peer.identifier} presented no credential")
+    missing = [k for k in keys or () if k not in s.attributes]
+    held = format_attributes(s.attributes) or "none"
+    if missing:
+        notes.append(
+            f"{peer.identifier} holds no attribute {', '.join(missing)} (its attributes: {held})"
+        )
+    elif keys and peer.presented:
+        notes.append(f"its attributes: {held}")
+    return notes
+
+
+def explain(peer: Peer | None, node: Any, policy: Any = None, now: int | None = None) -> str:
+    """:func:`refusal_notes` as one line ("" if none)."""
+    return "; ".join(refusal_notes(peer, node, policy, now))
+
+
+def _subject_keys(expr: Any) -> list[str]:
+    """The credential attributes (``subject.KEY``, but ``subject.identifier``) an expression
+    reads, in order, once each."""
+    found: dict[str, None] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, tuple | list):
+            for item in node:
+                walk(item)
+        elif is_dataclass(node) and not isinstance(node, type):
+            name = getattr(node, "name", None)
+            if type(node).__name__ == "Attribute" and isinstance(name, str):
+                if name.startswith("subject.") and name != "subject.identifier":
+                    found[name.removeprefix("subject.")] = None
+                return
+            for f in fields(node):
+                walk(getattr(node, f.name))
+
+    walk(expr)
+    return list(found)
+
+
+def format_attributes(attributes: Mapping[str, str]) -> str:
+    """Attributes as a person reads them: ``role=db-client, team=ops`` (sorted; "" if none)."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(attributes.items()))
 
 
 def ephemeral_identity(vault: Any = None, *, ttl: int = 24 * 3600) -> ChannelIdentity:

@@ -6,24 +6,38 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from tether.cli.api import call
-from tether.cli.common import add_trust_arguments, node_api, trust_body
+from tether.cli.common import (
+    Renamed,
+    add_trust_arguments,
+    check_route,
+    delete_saved,
+    node_api,
+    seconds,
+    trust_body,
+)
+from tether.trust import format_attributes
 
 if TYPE_CHECKING:
     from tether.cli import Context
 
 
 def _describe(c: dict[str, Any]) -> str:
+    """One line per channel: its address, peer, side and the peer's attributes that count now
+    (``role=db-client``); then a line for each credential of the peer's that does not, and
+    why."""
     role = "initiator" if c.get("initiator") else "responder"
-    attrs = f" attributes {c['attributes']}" if c.get("attributes") else ""
-    return f"{c['address']}  peer {c['peer']}  ({role}, {c['sent']} sent){attrs}"
+    attrs = format_attributes(c.get("attributes") or {}) or "none"
+    line = f"{c['address']}  peer {c['peer']}  ({role}, {c['sent']} sent)  attributes: {attrs}"
+    return "\n".join([line, *(f"  {note}" for note in c.get("ignored") or ())])
 
 
 def _create(ctx: Context) -> int:
     a = ctx.args
+    check_route(a.to)
     body: dict[str, Any] = {"to": a.to, "timeout": a.timeout, **trust_body(a)}
     if a.identity:
         body["identity"] = a.identity
-    c = call(node_api(ctx, a.from_node), "POST", "/secure-channels", body, timeout=a.timeout + 5)
+    c = call(node_api(ctx, a.at), "POST", "/secure-channels", body, timeout=a.timeout + 5)
     ctx.emit(
         f"secure channel {c['address']} to {c['peer']}\n"
         f"  use it in routes: /service/{c['address']}/…",
@@ -77,14 +91,31 @@ def _listener_list(ctx: Context) -> int:
     return 0
 
 
+def _listener_show(ctx: Context) -> int:
+    from tether.policies import describe
+
+    i = call(node_api(ctx, ctx.args.at), "GET", f"/secure-channel-listeners/{ctx.args.name}")
+    human = (
+        f"secure-channel listener {i['address']} as {i['identifier']}\n"
+        f"  accepted {i['accepted']}, refused {i['refused']}, pending {i['pending']}"
+    )
+    policy = describe(i.get("policy"))
+    ctx.emit(human + (f"\n{policy}" if policy else ""), i)
+    return 0
+
+
 def _listener_delete(ctx: Context) -> int:
-    call(node_api(ctx, ctx.args.at), "DELETE", f"/secure-channel-listeners/{ctx.args.name}")
-    ctx.emit(f"deleted listener {ctx.args.name}", {"deleted": ctx.args.name})
+    path, where = "/secure-channel-listeners", ""
+    if delete_saved(ctx, ctx.args.at, path, ctx.args.name):  # the node is stopped
+        where = f" (from {ctx.args.at}'s saved configuration)"
+    else:
+        call(node_api(ctx, ctx.args.at), "DELETE", f"{path}/{ctx.args.name}")
+    ctx.emit(f"deleted listener {ctx.args.name}{where}", {"deleted": ctx.args.name})
     return 0
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from tether.cli import add_command, add_group
+    from tether.cli import add_command, add_group, rename
 
     sub = add_group(
         groups,
@@ -94,22 +125,32 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
             "Secure channels: mutually authenticated, end-to-end encrypted Noise XX channels over"
             " any route."
         ),
-        "tether secure-channel create --from n1 --to /node/n2/service/api",
+        "tether secure-channel create --at n1 --to /node/n2/service/api",
     )
     p = add_command(
         sub,
         "create",
         "open a secure channel to a listener at the end of ROUTE",
-        "tether secure-channel create --from n1 --to /node/n2/service/api",
+        "tether secure-channel create --at n1 --to /node/n2/service/api",
         _create,
     )
-    p.add_argument("--from", dest="from_node", required=True, help="the node opening it")
-    p.add_argument("--to", required=True, help="route to the listener, e.g. /node/n2/service/api")
+    rename(p, Renamed("--from", "--at"))  # --at: the node the channel lives on, as in `list`
+    p.add_argument("--at", required=True, metavar="NODE", help="the node opening it")
+    p.add_argument(
+        "--to",
+        required=True,
+        metavar="ROUTE",
+        help="route to the listener, e.g. /node/n2/service/api",
+    )
     p.add_argument("--identity", help="identity to present (default: the node's)")
     add_trust_arguments(p)
-    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--timeout", type=seconds, default=10.0)
     p = add_command(
-        sub, "list", "list a node's secure channels", "tether secure-channel list --at n1", _list
+        sub,
+        "list",
+        "list a node's secure channels, with the attributes each peer's credentials give it",
+        "tether secure-channel list --at n1",
+        _list,
     )
     p.add_argument("--at", required=True, help="the node")
     for name, help_text, handler in (
@@ -158,6 +199,15 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "tether secure-channel-listener list --at n2",
         _listener_list,
     )
+    p.add_argument("--at", required=True, help="the node")
+    p = add_command(
+        sub,
+        "show",
+        "show a secure-channel listener: its counters and the policies that apply",
+        "tether secure-channel-listener show api --at n2",
+        _listener_show,
+    )
+    p.add_argument("name")
     p.add_argument("--at", required=True, help="the node")
     p = add_command(
         sub,

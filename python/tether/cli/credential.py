@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from tether.cli.common import attribute, hex_input, timestamp, ttl
 from tether.credential import Credential
 from tether.errors import InvalidArgumentError
+from tether.trust import format_attributes
 
 if TYPE_CHECKING:
     from tether.cli import Context
@@ -45,7 +46,7 @@ def _verify(ctx: Context) -> int:
         f"valid: credential {c.id} about {c.subject}",
         f"issued by {c.issuer}, expires {timestamp(c.expires_at)}",
     ]
-    human += [f"  {k} = {v}" for k, v in sorted(c.attributes.items())]
+    human += [f"  {k}={v}" for k, v in sorted(c.attributes.items())]
     ctx.emit("\n".join(human), {"valid": True, **_facts(c)})
     return 0
 
@@ -101,7 +102,7 @@ def _list(ctx: Context) -> int:
         for c in creds
     ]
     lines = [
-        f"{c.id}  {c.subject} from {c.issuer}  {dict(c.attributes)}  "
+        f"{c.id}  {c.subject} from {c.issuer}  {format_attributes(c.attributes) or '-'}  "
         f"expires {timestamp(c.expires_at)}"
         for c in creds
     ]
