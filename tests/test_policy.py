@@ -168,8 +168,10 @@ def test_format_is_canonical(text: str, canonical: str) -> None:
 
 
 def caret_column(error: PolicyError) -> int:
-    """The 1-based column the caret line points at (both excerpt lines are indented by 2)."""
-    excerpt, caret = str(error).splitlines()[-2:]
+    """The 1-based column the caret line points at (both excerpt lines are indented by 2; a
+    hint, if any, is the line after them)."""
+    lines = str(error).splitlines()
+    excerpt, caret = lines[-3:-1] if error.hint else lines[-2:]
     assert caret.strip() == "^"
     assert excerpt.startswith("  ")
     return caret.index("^") - 1

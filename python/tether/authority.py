@@ -49,6 +49,7 @@ import anyio
 from tether import credential as cred
 from tether.encoding import Reader, Writer, from_base64url, to_base64url
 from tether.errors import (
+    AlreadyExistsError,
     CredentialError,
     EncodingError,
     IdentityError,
@@ -135,8 +136,11 @@ class Ticket:
         try:
             r = Reader(raw, "ticket", 4 * MAX_HISTORY)
             version = r.u8("version")
-            if version != 1:
-                raise InvalidArgumentError(f"ticket version {version} is not supported (1 is)")
+            if version != 1:  # most often text that only looks like a ticket, not a newer one
+                raise InvalidArgumentError(
+                    f"not a ticket: what follows {TICKET_PREFIX!r} is not a ticket this "
+                    "tether can read (copy the whole line `tether ticket create` printed)"
+                )
             history = r.var(MAX_HISTORY, "authority identity")
             route = r.var(MAX_ROUTE, "route").decode()
             secret = r.var(SECRET_LEN, "secret")
@@ -301,24 +305,32 @@ class Authority:
         ]
 
     async def issue(self, subject: str, attributes: Mapping[str, str]) -> cred.Credential:
-        c: cred.Credential = await self._db(
-            self.registry.issue_credential,
-            self.identity_name,
-            subject,
-            dict(attributes),
-            self.credential_ttl,
-        )
-        now = int(time.time())
-        await self._db(
-            self.shared.record_credential,
-            self.identifier,
-            c.id,
-            subject,
-            expires_at=c.expires_at,
-            now=now,
-        )
-        self.issued += 1
-        return c
+        for _ in range(3):
+            c: cred.Credential = await self._db(
+                self.registry.issue_credential,
+                self.identity_name,
+                subject,
+                dict(attributes),
+                self.credential_ttl,
+            )
+            try:
+                await self._db(
+                    self.shared.record_credential,
+                    self.identifier,
+                    c.id,
+                    subject,
+                    expires_at=c.expires_at,
+                    now=int(time.time()),
+                )
+            except AlreadyExistsError:
+                # The same credential (subject, attributes, times: to the second) was issued a
+                # moment ago, e.g. a member enrolling twice in one second: a distinct one comes
+                # with the next second (the first may be revoked on its own).
+                await anyio.sleep(1.01 - time.time() % 1.0)
+                continue
+            self.issued += 1
+            return c
+        raise TetherError(f"could not record a new credential for {subject}; try again")
 
     async def revocation_list(self) -> cred.RevocationList:
         now = int(time.time())

@@ -2,17 +2,37 @@
 resource by name, or on every resource of a type, evaluated for the verified peer of the channel
 a request came through (deny by default). ``Node`` has these as methods (its
 ``policies``: id → :class:`PolicyRule`).
+
+**Every policy that applies must allow.** A resource is governed by every policy attached to its
+type (``--resource-type TYPE``), every policy attached to its name (``--resource NAME``, of its
+type or of no type) and its own ``--allow``; the caller must satisfy all of them. None is more
+specific than another and none replaces another: a type-wide policy is a floor that a resource's
+own rules can only narrow. :func:`check` is that rule, for every resource that has policies (the
+portals, the secure-channel listeners, relay names, the services); :func:`effective` describes
+it for a resource's ``show``.
+
+Policy names are sequential per node (``policy1``, ``policy2``, …): the node's
+``policy_serial`` is the last number given, and a deleted policy's name is never given again
+(the daemon saves the serial with the node's configuration).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tether.errors import InvalidArgumentError, TetherError
+from tether.errors import AlreadyExistsError, InvalidArgumentError, TetherError
 
 if TYPE_CHECKING:
     from tether.node import Node
+    from tether.policy import Policy
+
+_POLICY_ID = re.compile(r"policy([1-9][0-9]*)")
+
+NO_PEER = "a sender without a secure channel"
+"""Who a message that came through no secure channel is, in a refusal."""
 
 
 @dataclass(frozen=True)
@@ -24,13 +44,69 @@ class PolicyRule:
     resource_type: str | None
     policy: Any
 
+    def matches(self, resource_type: str, name: str) -> bool:
+        """Does this rule govern resource ``name`` of ``resource_type``?"""
+        return matches(self.resource, self.resource_type, resource_type, name)
+
+    def scope(self) -> str:
+        """What the rule is attached to: ``every tcp-outlet``, ``tcp-outlet 'db'``."""
+        if self.resource is None:
+            return f"every {self.resource_type}"
+        return f"{self.resource_type or 'resource'} {self.resource!r}"
+
     def info(self) -> dict[str, object]:
         return {
             "id": self.id,
+            "name": self.id,
             "resource": self.resource,
             "resource_type": self.resource_type,
             "expression": str(self.policy),
         }
+
+
+def matches(resource: str | None, rule_type: str | None, resource_type: str, name: str) -> bool:
+    """Does a rule attached to ``resource`` (a name, or None: every resource of its type) and
+    ``rule_type`` (None: any type) govern resource ``name`` of ``resource_type``? The one
+    definition, which the command line uses to list the policies of one resource too."""
+    if resource is None:
+        return rule_type == resource_type
+    return resource == name and rule_type in (None, resource_type)
+
+
+@dataclass(frozen=True)
+class Applicable:
+    """One policy that governs a resource: a node's :class:`PolicyRule` (``id`` set), or the
+    resource's own ``--allow`` (``id`` None)."""
+
+    id: str | None
+    scope: str
+    policy: Policy
+
+    @property
+    def label(self) -> str:
+        """How a refusal names it: ``the policy policy2 (every tcp-outlet)``."""
+        if self.id is None:
+            return f"the --allow of {self.scope}"
+        return f"the policy {self.id} ({self.scope})"
+
+    def info(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "applies_to": f"its --allow ({self.scope})" if self.id is None else self.scope,
+            "expression": str(self.policy),
+        }
+
+
+RESOURCE_TYPES = (
+    "tcp-outlet",
+    "tcp-inlet",
+    "relay",
+    "secure-channel-listener",
+    "authority",
+    "relay-service",
+)
+"""The resource types a policy can govern besides service kinds (``echo``, …): what
+``tether policy create --resource-type`` accepts."""
 
 
 def add_policy(
@@ -43,19 +119,32 @@ def add_policy(
 ) -> PolicyRule:
     """Attach a policy to the resource named ``resource`` (optionally of ``resource_type``)
     or to every resource of ``resource_type``: tcp-outlet, tcp-inlet, relay,
-    secure-channel-listener, or a worker kind (echo, authority, …). A resource's own
-    ``allow`` comes first, then a policy for its name, then one for its type."""
+    secure-channel-listener, or a worker kind (echo, authority, …). It adds to those that
+    already apply (all must allow). Named ``policyN``, the node's next number, unless
+    ``policy_id`` restores a saved one."""
     from tether.policy import Policy
 
     if not resource and not resource_type:
         raise InvalidArgumentError("a policy needs a resource name or a resource type")
-    rule = PolicyRule(
-        policy_id or node.next_id("policy").replace("#", ""),
-        resource,
-        resource_type,
-        Policy.parse(expression),
-    )
+    parsed = Policy.parse(expression)  # before a number is taken: a refused text takes none
+    if policy_id is None:
+        node.policy_serial += 1
+        while f"policy{node.policy_serial}" in node.policies:
+            node.policy_serial += 1
+        policy_id = f"policy{node.policy_serial}"
+    elif policy_id in node.policies:
+        raise AlreadyExistsError(f"a policy {policy_id!r} already exists on node {node.name}")
+    else:
+        number = _POLICY_ID.fullmatch(policy_id)
+        if number is not None:
+            node.policy_serial = max(node.policy_serial, int(number.group(1)))
+    rule = PolicyRule(policy_id, resource or None, resource_type or None, parsed)
     node.policies[rule.id] = rule
+    # Stricter from now on: what the portals let run (the data plane opens sessions alone for
+    # a channel once allowed) is decided again at once, not at the next periodic recheck.
+    for portal in (*node.outlets.values(), *node.inlets.values()):
+        if rule.matches(portal.kind, portal.name):
+            portal.reauthorize()
     return rule
 
 
@@ -64,30 +153,100 @@ def delete_policy(node: Node, policy_id: str) -> None:
         raise TetherError(f"no policy {policy_id!r} on node {node.name}")
 
 
-def policy_for(node: Node, resource_type: str, name: str) -> Any:
-    """The policy that applies to resource ``name`` of ``resource_type`` (None: none)."""
-    by_type = None
-    for rule in node.policies.values():
-        if rule.resource == name and rule.resource_type in (None, resource_type):
-            return rule.policy
-        if rule.resource is None and rule.resource_type == resource_type:
-            by_type = rule.policy
-    return by_type
+def applicable(
+    node: Node, resource_type: str, name: str, own: Policy | None = None
+) -> list[Applicable]:
+    """Every policy that governs resource ``name`` of ``resource_type``: the node's policies
+    for its type, then those for its name, then ``own`` (its ``--allow``), each in the order
+    they were added. Empty: no policy applies (the resource's default decides)."""
+    rules = [r for r in node.policies.values() if r.matches(resource_type, name)]
+    rules.sort(key=lambda r: r.resource is not None)  # type-wide first; stable otherwise
+    found = [Applicable(r.id, r.scope(), r.policy) for r in rules]
+    if own is not None:
+        found.append(Applicable(None, f"{resource_type} {name!r}", own))
+    return found
 
 
-def allows(
+def check(
     node: Node,
-    policy: Any,
-    channel: Any,
     resource_type: str,
     name: str,
     action: str,
-) -> bool:
-    """Evaluate ``policy`` for the peer of ``channel`` (None: a message that came through
-    no secure channel, so with no authenticated attributes at all)."""
-    return peer_allows(
-        node, policy, None if channel is None else channel.peer, resource_type, name, action
+    peer: Any,
+    *,
+    own: Policy | None = None,
+) -> str | None:
+    """The decision for ``peer`` (a verified :class:`~tether.trust.Peer`, with the attributes
+    of its credentials still valid now; None: a sender that came through no secure channel)
+    doing ``action`` on resource ``name`` of ``resource_type`` whose own ``--allow`` is
+    ``own``: None when every applicable policy allows it (or none applies), else why not, in
+    one line naming each policy that refuses and its expression, e.g. ``I… is refused by the
+    policy policy2 (every tcp-outlet): subject.role = "db-client"``, followed by why the
+    peer's credentials did not give the attributes those policies read
+    (:func:`tether.trust.refusal_notes`: untrusted issuer, expired, revoked, missing)."""
+    found = applicable(node, resource_type, name, own)
+    if not found:
+        return None
+    env = environment(node, peer, resource_type, name, action)
+    refusing = [a for a in found if not a.policy.allows(env)]
+    if not refusing:
+        return None
+    who = NO_PEER if peer is None else peer.identifier
+    reason = f"{who} is refused by " + ", and by ".join(f"{a.label}: {a.policy}" for a in refusing)
+    # Why its credentials did not give what the policies read (tether.trust.refusal_notes).
+    from tether.trust import explain
+
+    notes = explain(peer, node, [a.policy for a in refusing])
+    return f"{reason}; {notes}" if notes else reason
+
+
+def effective(
+    node: Node, resource_type: str, name: str, own: Policy | None = None, *, default: str
+) -> dict[str, object]:
+    """The effective policy of a resource, for its ``show``: the policies that apply (each
+    with its id, what it is attached to and its expression), how they combine (``all``: every
+    one must allow), the combined expression, and ``default``: who may use the resource when
+    no policy applies."""
+    found = applicable(node, resource_type, name, own)
+    texts = [str(a.policy) for a in found]
+    combined = texts[0] if len(texts) == 1 else " and ".join(f"({t})" for t in texts) or None
+    return {
+        "combine": "all",
+        "policies": [a.info() for a in found],
+        "expression": combined,
+        "default": default,
+    }
+
+
+def describe(effective: Mapping[str, Any] | None, indent: str = "  ") -> str:
+    """The human lines of an :func:`effective` policy (as a resource's ``show`` prints it)."""
+    if not effective:
+        return ""
+    found = effective.get("policies") or []
+    if not found:
+        return f"{indent}policy: none applies; {effective.get('default')}"
+    lines = [f"{indent}policy: every one of these must allow the peer"]
+    for p in found:
+        source = f"{p['id']} ({p['applies_to']})" if p.get("id") else p["applies_to"]
+        lines.append(f"{indent}  {source}: {p['expression']}")
+    return "\n".join(lines)
+
+
+def environment(
+    node: Node, peer: Any, resource_type: str, name: str, action: str
+) -> dict[str, object]:
+    """What a policy sees: the peer's identifier and the attributes of its credentials still
+    valid now (nothing for no peer), and the resource and action."""
+    from tether.policy import subject_attributes
+    from tether.trust import valid_attributes
+
+    env: dict[str, object] = (
+        subject_attributes(peer.identifier, valid_attributes(peer, node))
+        if peer is not None
+        else {}
     )
+    env.update({"resource.type": resource_type, "resource.name": name, "action.name": action})
+    return env
 
 
 def peer_allows(
@@ -98,15 +257,7 @@ def peer_allows(
     name: str,
     action: str,
 ) -> bool:
-    """:meth:`allows` for a verified :class:`~tether.channel.Peer` (None: no peer), with
-    the attributes of its credentials still valid now."""
-    from tether.policy import subject_attributes
-    from tether.trust import valid_attributes
-
-    env: dict[str, object] = (
-        subject_attributes(peer.identifier, valid_attributes(peer, node))
-        if peer is not None
-        else {}
-    )
-    env.update({"resource.type": resource_type, "resource.name": name, "action.name": action})
-    return bool(policy.allows(env))
+    """Does the one ``policy`` allow the verified :class:`~tether.channel.Peer` (None: no peer),
+    with the attributes of its credentials still valid now? (A check made before the rest, such
+    as an inlet's ``--allow`` in the handshake; :func:`check` decides on every policy.)"""
+    return bool(policy.allows(environment(node, peer, resource_type, name, action)))

@@ -40,6 +40,9 @@ rather than read one way or the other. ``member?`` wants a list or an attribute 
 ``exists?`` follows an attribute; ``<`` and ``>`` take attributes, strings and integers;
 comparisons do not chain.
 
+A text value is quoted: ``subject.role = db-client`` is refused (a bare word is a flag), with the
+hint ``did you mean subject.role = "db-client"?`` (also for ``10.0.0.1``, ``'single quotes'``).
+
 Limits: a policy text is at most :data:`MAX_LENGTH` characters and nests at most
 :data:`MAX_DEPTH` levels (each ``not``, parenthesis and operator is a level), so nothing here
 can recurse without bound. Expression objects are frozen dataclasses; :func:`format` prints the
@@ -76,6 +79,10 @@ _DIGITS = re.compile(r"-?[0-9]*")
 _KEYWORDS = frozenset({"and", "or", "not", "true", "false", "member?", "exists?"})
 _COMPARISONS = ("=", "!=", "<", ">")
 _OPERATORS = "=, !=, <, >, member? or exists?"
+# What a user meant as one value where a comparison wants one: up to a space, a parenthesis, a
+# bracket, a comma, a double quote or an operator character.
+_BARE = re.compile(r"[^\s()\[\],\"=<>!&|]+")
+_NOT_QUOTED = "a bare word is not a value: quote text values"
 
 
 class PolicyError(TetherError, ValueError):
@@ -83,19 +90,28 @@ class PolicyError(TetherError, ValueError):
 
     ``position`` is the 0-based offset into the text where the problem is, ``line`` and
     ``column`` the same place 1-based; all three are ``None`` for an expression built in code.
-    ``reason`` is the message without the location.
+    ``reason`` is the message without the location; ``hint`` (or None) a suggestion, such as
+    ``did you mean subject.role = "db-client"?``, printed on a last line of its own.
     """
 
     reason: str
+    hint: str | None
     position: int | None
     line: int | None
     column: int | None
 
-    def __init__(self, reason: str, text: str | None = None, position: int | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        text: str | None = None,
+        position: int | None = None,
+        hint: str | None = None,
+    ) -> None:
         self.reason = reason
+        self.hint = hint
         self.position = self.line = self.column = None
         if text is None or position is None:
-            super().__init__(reason)
+            super().__init__(reason if hint is None else f"{reason}\n{hint}")
             return
         self.position = position
         self.line = text.count("\n", 0, position) + 1
@@ -106,7 +122,8 @@ class PolicyError(TetherError, ValueError):
         if "\n" in text:
             where = f"line {self.line}, {where}"
         excerpt, caret = _excerpt(text[start : len(text) if end < 0 else end], self.column - 1)
-        super().__init__(f"{reason} at {where}:\n  {excerpt}\n  {' ' * caret}^")
+        message = f"{reason} at {where}:\n  {excerpt}\n  {' ' * caret}^"
+        super().__init__(message if hint is None else f"{message}\n{hint}")
 
 
 def _excerpt(line: str, offset: int, width: int = 72) -> tuple[str, int]:
@@ -421,9 +438,29 @@ class _Parser:
         self.lookahead: _Token | None = None
         self.nesting = 0
         self.flags: set[int] = set()  # where the short-form flags start, for better messages
+        # (left operand's start, operator, right operand's start) of each comparison so far:
+        # an error in what follows an operator may be a text value left unquoted.
+        self.compared: list[tuple[int, _Token, int]] = []
 
-    def error(self, reason: str, position: int) -> NoReturn:
-        raise PolicyError(reason, self.text, position)
+    def error(self, reason: str, position: int, hint: str | None = None) -> NoReturn:
+        raise PolicyError(reason, self.text, position, hint or self.quote_hint(position))
+
+    def quote_hint(self, position: int) -> str | None:
+        """``did you mean subject.role = "db-client"?`` when ``position`` is in what follows a
+        comparison operator and that reads as a text value left unquoted."""
+        for left, op, right in reversed(self.compared):
+            run = _BARE.match(self.text, right)
+            end = self.text.find("'", right + 1) if self.text[right : right + 1] == "'" else -1
+            if end > right and not _BARE.match(self.text, end + 1):  # 'in single quotes'?
+                run = re.compile(".*", re.DOTALL).match(self.text, right, end + 1)
+            if run is None or not right <= position < run.end():
+                continue
+            value = _unquoted_value(run.group())
+            before = ("subject." if left in self.flags else "") + self.text[left : op.pos].strip()
+            if value is None or not _ATTRIBUTE.fullmatch(before):
+                return None  # (``not web = x``: the left is no attribute either)
+            return f"did you mean {before} {op.text} {format(String(value))}?"
+        return None
 
     # tokens
 
@@ -565,10 +602,15 @@ class _Parser:
         token = self.peek()
         if token.kind in _COMPARISONS:
             self.take()
+            value_at = len(self.text) - len(self.text[self.offset :].lstrip(" \t\r\n"))
+            self.compared.append((start, token, value_at))  # where the right operand starts
             right, right_start = self.unary("a value")
             problem = _compare_problem(token.kind, left, right)
             if problem is not None:
-                self.operand_error(problem, (start, right_start))
+                if problem[0] == 1 and right_start in self.flags:
+                    self.error(_NOT_QUOTED, right_start)  # with the hint that quotes it
+                hint = self.flag_hint(start, token, right_start, right)
+                self.operand_error(problem, (start, right_start), hint)
             # The check above is the constructor's own, so the casts only tell mypy.
             op = cast(ComparisonOp, token.kind)
             return Compare(op, cast(Value, left), cast(Value, right)), start
@@ -589,7 +631,9 @@ class _Parser:
             self.unknown_operator(token)
         return left, start
 
-    def operand_error(self, problem: tuple[int, str], positions: tuple[int, int]) -> NoReturn:
+    def operand_error(
+        self, problem: tuple[int, str], positions: tuple[int, int], hint: str | None = None
+    ) -> NoReturn:
         position = positions[problem[0]]
         if position in self.flags:
             name = _FLAG.match(self.text, position)
@@ -598,8 +642,21 @@ class _Parser:
                 f'{name.group()!r} alone is the condition subject.{name.group()} = "true"; '
                 f"write subject.{name.group()} for the attribute's value",
                 position,
+                hint if problem[0] == 0 else None,
             )
         self.error(problem[1], position)
+
+    def flag_hint(self, start: int, op: _Token, right: int, operand: Expr) -> str | None:
+        """``did you mean subject.role = "db-client"?`` for ``role = "db-client"``: a flag
+        compared with a value, which the user meant as the attribute."""
+        name = _FLAG.match(self.text, start)
+        if start not in self.flags or not isinstance(operand, _VALUES) or name is None:
+            return None
+        meant = Attribute(f"subject.{name.group()}")
+        if self.lookahead is not None or _compare_problem(op.kind, meant, operand) is not None:
+            return None  # (``web < true``: no better as subject.web < true)
+        value = " ".join(self.text[right : self.offset].split())
+        return f"did you mean subject.{name.group()} {op.text} {value}?"
 
     def unary(self, expected: str = "a condition") -> tuple[Expr, int]:
         token = self.peek()
@@ -685,6 +742,7 @@ class _Parser:
                     f"list items must be literals (strings, integers, true or false), "
                     f"got {_show(token)}",
                     token.pos,
+                    self.list_hint(opening),
                 )
             separator = self.take()
             if separator.kind == "]":
@@ -693,6 +751,23 @@ class _Parser:
                 self.error("unbalanced '[': it is never closed", opening.pos)
             if separator.kind != ",":
                 self.error(f"expected ',' or ']' in a list, got {_show(separator)}", separator.pos)
+
+    def list_hint(self, opening: _Token) -> str | None:
+        """``did you mean ["admin", "ops"]?`` for ``[admin, ops]``."""
+        close = self.text.find("]", opening.pos)
+        if close < 0:
+            return None
+        items = []
+        for item in self.text[opening.pos + 1 : close].split(","):
+            item = item.strip()
+            if _STRING.fullmatch(item) or INTEGER_TEXT.fullmatch(item) or item in ("true", "false"):
+                items.append(item)
+                continue
+            value = _unquoted_value(item) if _BARE.fullmatch(item) else None
+            if value is None:
+                return None
+            items.append(format(String(value)))
+        return f"did you mean [{', '.join(items)}]?"
 
     def enter(self, position: int) -> None:
         self.nesting += 1
@@ -703,6 +778,19 @@ class _Parser:
         # Checked before building, so the error points at the operator that goes too deep.
         if depth > MAX_DEPTH:
             self.error(f"nesting deeper than {MAX_DEPTH} levels", position)
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\["\\])*"')
+
+
+def _unquoted_value(run: str) -> str | None:
+    """The text value ``run`` (a bare word where a value belongs) was meant as, or None when it
+    reads as something else (a keyword, an integer, nothing)."""
+    if len(run) >= 2 and run[0] == run[-1] == "'":
+        run = run[1:-1]  # 'single quotes' mean the same text
+    if not run or run in _KEYWORDS or _DIGITS.fullmatch(run) or INTEGER_TEXT.fullmatch(run):
+        return None
+    return run
 
 
 def _show(token: _Token) -> str:

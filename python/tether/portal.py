@@ -119,16 +119,21 @@ class _Portal:
         sessions within that bound."""
         while True:
             await anyio.sleep(self.options.recheck_interval)
-            if self.effective_policy() is None:
-                continue
+            self.reauthorize()
+
+    def reauthorize(self) -> None:
+        """Decide again, now, for what is open: the data plane stops opening sessions alone for
+        a channel whose peer is no longer allowed, and that peer's sessions end (each
+        ``recheck_interval``, and at once when a policy is added: ``tether.policies``)."""
+        if policies.applicable(self.node, self.kind, self.name, self.policy):
             self._recheck_engine()
             for session in list(self.sessions.values()):
-                if not self.allowed(session.channel):
+                refusal = self.refusal(session.channel)
+                if refusal is not None:
                     self.refused += 1
                     session.abort(
-                        f"{self.kind} {self.name!r}: {session.channel.peer.identifier} no longer "
-                        f"satisfies its policy {self.effective_policy()} (a credential expired or "
-                        "was revoked)",
+                        f"{self.kind} {self.name!r}: the peer no longer satisfies its policy (a "
+                        f"credential expired or was revoked, or a policy was added): {refusal}",
                         notify=True,
                     )
 
@@ -156,17 +161,26 @@ class _Portal:
         self.total += 1
         plane.sessions[session_id] = session
 
-    def effective_policy(self) -> Policy | None:
-        """Its own ``allow``, else the node's policy for its name, else for its type."""
-        return self.policy or policies.policy_for(self.node, self.kind, self.name)
+    def effective_policy(self) -> dict[str, object]:
+        """What its ``show`` says of its policy: every policy that applies (the node's for
+        its type and its name, and its own ``allow``), all of which must allow."""
+        default = (
+            "any peer with a secure channel to this node may connect"
+            if self.kind == "tcp-outlet"
+            else "the route's secure channels decide whom it talks to"
+        )
+        return policies.effective(self.node, self.kind, self.name, self.policy, default=default)
+
+    def refusal(self, channel: SecureChannel) -> str | None:
+        """Why the channel's peer, with the attributes that count now, may not
+        ``connect`` to this resource: every applicable policy must allow it
+        (:func:`tether.policies.check`). None: it may."""
+        return policies.check(
+            self.node, self.kind, self.name, "connect", channel.peer, own=self.policy
+        )
 
     def allowed(self, channel: SecureChannel) -> bool:
-        """Does the channel's peer, with the attributes still valid now, satisfy the policy
-        for ``action.name = "connect"`` on this resource? (No policy: yes.)"""
-        policy = self.effective_policy()
-        return policy is None or policies.allows(
-            self.node, policy, channel, self.kind, self.name, "connect"
-        )
+        return self.refusal(channel) is None
 
     def _remember_ended(self, key: Any) -> None:
         self._ended[key] = None
@@ -242,6 +256,7 @@ class Outlet(_Portal):
             "name": self.name,
             "to": self.to,
             "allow": str(self.policy) if self.policy else None,
+            "policy": self.effective_policy(),
             **self._stats(),
         }
 
@@ -313,9 +328,10 @@ class Outlet(_Portal):
                 "add /secure/LISTENER to the inlet's route",
             )
             return
-        if not self.allowed(channel):
+        refusal = self.refusal(channel)
+        if refusal is not None:
             self.refused += 1
-            self.last_error = f"refused {channel.peer.identifier}: policy {self.effective_policy()}"
+            self.last_error = refusal
             log.info("tcp-outlet %s: %s", self.name, self.last_error)
             self._refuse(
                 key, f"tcp-outlet {self.name!r} refused {channel.peer.identifier} by its policy"
@@ -469,6 +485,7 @@ class Inlet(_Portal):
             "from": self.address,
             "to": self.route,
             "allow": str(self.policy) if self.policy else None,
+            "policy": self.effective_policy(),
             "state": self.state,
             **self._stats(),
         }
@@ -610,8 +627,11 @@ class Inlet(_Portal):
         address = self.node.next_id("inlet")
         try:
             with anyio.fail_after(self.options.open_timeout):
+                # A route string is read again for each connection: its /node/NAME follows a
+                # node that restarted elsewhere (a new port), as a relay's reconnect does.
+                route = self.route if self._expect is not None else self._parsed
                 onward = await self.node.resolve_route(
-                    self._parsed, trust=self._trust, expect=self._expect
+                    route, trust=self._trust, expect=self._expect
                 )
         except (TetherError, TimeoutError) as e:
             why = "timed out" if isinstance(e, TimeoutError) else str(e)
@@ -625,14 +645,10 @@ class Inlet(_Portal):
                 stream, f"could not reach {self.route}: its secure channel closed while opening"
             )
             return
-        if not self.allowed(channel):
+        refusal = self.refusal(channel)
+        if refusal is not None:
             self.refused += 1
-            await self._fail(
-                stream,
-                f"refused the outlet side {channel.peer.identifier}: "
-                f"policy {self.effective_policy()}",
-                count=False,
-            )
+            await self._fail(stream, f"the outlet side: {refusal}", count=False)
             return
         plane = self.node.dataplane
         if plane is not None and plane.carries(channel):

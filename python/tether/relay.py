@@ -35,7 +35,7 @@ import anyio
 from tether import policies
 from tether.errors import TetherError
 from tether.message import Address, Origin, RoutedMessage
-from tether.trust import has_valid_credential
+from tether.trust import has_valid_credential, refusal_notes
 from tether.worker import KIND_DATA, Message, WorkerContext
 
 if TYPE_CHECKING:
@@ -152,16 +152,18 @@ class RelayService:
                 "(route …/secure/api/service/relay), so the relay knows who claims"
             )
         me = channel.peer.identifier
-        policy = policies.policy_for(self.node, "relay", name)
-        if policy is not None:
-            if not policies.allows(self.node, policy, channel, "relay", name, "claim"):
-                return f"claiming the relay name {name!r} is refused by its policy {policy}"
+        if policies.applicable(self.node, "relay", name):
+            # Every policy for relay names and for this one must allow (tether.policies.check).
+            refusal = policies.check(self.node, "relay", name, "claim", channel.peer)
+            if refusal is not None:
+                return f"claiming the relay name {name!r}: {refusal}"
         elif not has_valid_credential(channel.peer, self.node):
             # No policy: only members of an authority the relay node trusts may claim.
             return (
                 f"relay node {self.node.name} allows no claim by {me}: its operator allows it "
                 f"with `tether policy create --at {self.node.name} --resource-type relay "
                 f"'subject.identifier = \"{me}\"'`, or enrolls both nodes with one authority"
+                + "".join(f"; {note}" for note in refusal_notes(channel.peer, self.node))
             )
         owner = self.owners.get(name)
         if owner is not None and owner != me:
@@ -246,7 +248,14 @@ class RelayService:
                 info["forwarded"] = claim.forwarded + plane.engine.forwarded(
                     (FORWARD_PREFIX + claim.name).encode()
                 )
-            out.append({**info, "online": channel is not None and not channel.closed.is_set()})
+            online = channel is not None and not channel.closed.is_set()
+            policy = policies.effective(
+                self.node,
+                "relay",
+                claim.name,
+                default="a member of an authority this node trusts may claim it",
+            )
+            out.append({**info, "online": online, "policy": policy})
         return out
 
 
