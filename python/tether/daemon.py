@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -20,18 +21,19 @@ from typing import Any
 
 import anyio
 
-from tether import limits, logs, nodes
+from tether import limits, logs, nodes, policies
 from tether.authority import (
     DEFAULT_ADMIN_POLICY,
     DEFAULT_CREDENTIAL_TTL,
     DEFAULT_TICKET_TTL,
 )
 from tether.control import ApiError, Router, serve_connection
-from tether.errors import TetherError
+from tether.errors import NotFoundError, TetherError
 from tether.node import Node, ReplyTimeoutError, UnreachableError
 from tether.nodes import NodeConfig
-from tether.registry import Registry
+from tether.registry import Registry, check_name
 from tether.relay import RelayClaimError
+from tether.restore import Restorer, restore
 from tether.routing import format_route
 from tether.state import Store
 from tether.trust import ChannelRefusedError, trust_anyone, trust_identifiers
@@ -54,6 +56,13 @@ class Daemon:
         self.stop = anyio.Event()
         self.identifier: str | None = None
         self.listener_specs: dict[str, str] = {}
+        self.up = False
+        self.restorer = Restorer(config.name, self._restored)
+
+    def _restored(self) -> None:
+        """A saved resource started late, or stopped waiting: the runtime file follows."""
+        if self.up:
+            self.write_runtime()
 
     @property
     def n(self) -> Node:
@@ -71,6 +80,7 @@ class Daemon:
             "identifier": self.identifier,
             "api": str(nodes.api_socket(self.home, self.config.name)),
             "listeners": [lst.info() for lst in self.n.tcp.listeners.values()],
+            "waiting": self.restorer.summary(),
         }
 
     def write_runtime(self) -> None:
@@ -78,9 +88,18 @@ class Daemon:
 
     async def run(self) -> None:
         cfg = self.config
+        channel_identity, identity_error = None, ""
         if cfg.identity:
-            self.identifier = self.registry.get(cfg.identity).identifier
-        channel_identity = self.registry.channel_identity(cfg.identity) if cfg.identity else None
+            try:
+                self.identifier = self.registry.get(cfg.identity).identifier
+                channel_identity = self.registry.channel_identity(cfg.identity)
+            except TetherError as e:
+                # The node still starts (to be inspected, fixed or deleted), with no identity.
+                why = "no longer exists" if isinstance(e, NotFoundError) else f"is unusable ({e})"
+                identity_error = (
+                    f"the identity {cfg.identity!r} of this node {why}: it opens and accepts no "
+                    f"secure channels; `tether node delete {cfg.name}` and create it again"
+                )
         async with Node(
             cfg.name,
             relay_owners=nodes.RelayOwners(self.store, cfg.name),
@@ -92,46 +111,12 @@ class Daemon:
             self.node = node
             # Credentials this node receives (enrollment, refresh) are kept in its store.
             node.on_credential = self.registry.store_credential
-            for spec in cfg.tcp_listeners:
-                host, _, port = spec.rpartition(":")
-                lst = await node.listen_tcp(host.strip("[]") or "127.0.0.1", int(port))
-                self.listener_specs[lst.id] = spec
-            for lspec in cfg.channel_listeners:
-                if lspec.get("address") == "api" and node.has_worker("api"):
-                    continue
-                identity, trust = _identity_and_trust(self, lspec)
-                await node.create_secure_channel_listener(
-                    lspec["address"], identity=identity, trust=trust
-                )
-            for relay in cfg.relays:
-                # A relay whose node is not up yet keeps retrying in the background.
-                await node.create_relay(relay["name"], relay["at"], trust=_trust(relay))
-            for rule in cfg.policies:
-                node.add_policy(
-                    rule["expression"],
-                    resource=rule.get("resource"),
-                    resource_type=rule.get("resource_type"),
-                    policy_id=rule["id"],
-                )
-            if cfg.authority is not None:
-                await self._start_authority(cfg.authority)
-            for m in cfg.memberships:
-                # Back to each authority this node enrolled with: its stored credential now, a
-                # fresh one (and revocations) as soon as the authority answers.
-                await self._rejoin(m)
-            for o in cfg.tcp_outlets:
-                await node.create_tcp_outlet(o["to"], name=o["name"], allow=o.get("allow"))
-            for i in cfg.tcp_inlets:
-                # An inlet listens at once; its route is reached per connection, so a path that
-                # is not up yet only fails the connections made before it is.
-                await node.create_tcp_inlet(
-                    i["from"], i["to"], name=i["name"], allow=i.get("allow"), trust=_trust(i)
-                )
-            for svc in cfg.services:
-                if not node.has_worker(svc["address"]):
-                    await node.start_worker(
-                        svc["address"], SERVICE_KINDS[svc["kind"]], kind=svc["kind"]
-                    )
+            node.policy_serial = cfg.policy_serial  # names of deleted policies stay taken
+            self.restorer.attach(node)
+            if identity_error:
+                self.restorer.fail("identity", str(cfg.identity), {}, identity_error)
+            # Each saved resource on its own: one that cannot start waits (tether.restore).
+            await restore(self)
             sock = nodes.api_socket(self.home, cfg.name)
             with contextlib.suppress(FileNotFoundError):
                 sock.unlink()
@@ -142,6 +127,7 @@ class Daemon:
                 os.umask(old_umask)
             os.chmod(sock, 0o600)
             self.write_runtime()
+            self.up = True
             log.info(
                 "node %s up (pid %d), listeners %s",
                 cfg.name,
@@ -175,34 +161,6 @@ class Daemon:
             credential_ttl=int(spec.get("credential_ttl", DEFAULT_CREDENTIAL_TTL)),
             admin_policy=spec.get("admin_policy") or DEFAULT_ADMIN_POLICY,
         )
-
-    async def _rejoin(self, spec: dict[str, Any]) -> Any:
-        from tether.identity import verify_history
-
-        authority = verify_history(bytes.fromhex(spec["authority"]))
-        held = self._held_credential(authority.identifier)
-        return await self.n.join(
-            authority,
-            spec["route"],
-            poll_interval=float(spec.get("poll_interval", 60.0)),
-            credential=held,
-        )
-
-    def _held_credential(self, issuer: str) -> Any:
-        """The latest stored credential of this node's identity from ``issuer``, if valid."""
-        from tether.credential import Credential
-
-        if not self.identifier:
-            return None
-        row = self.store.query_one(
-            "SELECT data FROM credentials WHERE subject = ? AND issuer = ? "
-            "ORDER BY expires_at DESC LIMIT 1",
-            (self.identifier, issuer),
-        )
-        if row is None:
-            return None
-        c = Credential.decode(bytes(row[0]))
-        return c if c.expires_at > time.time() else None
 
     async def _signals(self, tg: Any) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -241,7 +199,8 @@ async def shutdown(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
 
 @api.add("GET", "/listeners")
 async def list_listeners(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
-    return 200, [lst.info() for lst in d.n.tcp.listeners.values()]
+    live = [lst.info() for lst in d.n.tcp.listeners.values()]
+    return 200, live + d.restorer.infos("tcp_listeners")
 
 
 @api.add("POST", "/listeners")
@@ -260,6 +219,9 @@ async def create_listener(d: Daemon, _params: dict[str, str], body: Any) -> tupl
 
 @api.add("DELETE", "/listeners/{id}")
 async def delete_listener(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
+    if await d.restorer.take("tcp_listeners", p["id"]):  # one that waits: its id is its spec
+        _unsave(d, "tcp_listeners", "", p["id"])
+        return 204, None
     _found(d.n.tcp.listeners, p["id"], "listener")
     await d.n.tcp.stop_listener(p["id"])
     spec = d.listener_specs.pop(p["id"], None)
@@ -278,11 +240,12 @@ async def list_services(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any
 @api.add("POST", "/services")
 async def create_service(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
     kind = _field(body, "kind")
-    address = _field(body, "address")
+    address = check_name(_field(body, "address"), "service")
     if kind not in SERVICE_KINDS:
         raise ApiError(400, f"unknown service kind {kind!r}; known: {sorted(SERVICE_KINDS)}")
     if d.n.has_worker(address):
         raise ApiError(409, f"a worker already listens at {address!r}")
+    d.restorer.check_free("services", address, "service")
     allow = _optional(body, "allow")
     rule = _allow_policy(d, allow, address, kind)
     await d.n.start_worker(address, SERVICE_KINDS[kind], kind=kind)
@@ -293,6 +256,8 @@ async def create_service(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, 
 
 @api.add("DELETE", "/services/{address}")
 async def delete_service(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
+    if await _forget_waiting(d, "services", "address", p["address"]):
+        return 204, None
     if not d.n.has_worker(p["address"]):
         raise ApiError(404, f"no service at {p['address']!r}")
     await d.n.stop_worker(p["address"])
@@ -321,14 +286,24 @@ async def delete_channel(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any
 
 @api.add("GET", "/secure-channel-listeners")
 async def list_channel_listeners(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
-    return 200, [lst.info() for lst in d.n.channel_listeners.values()]
+    live = [lst.info() for lst in d.n.channel_listeners.values()]
+    return 200, live + d.restorer.infos("channel_listeners")
+
+
+@api.add("GET", "/secure-channel-listeners/{address}")
+async def get_channel_listener(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
+    w = d.restorer.get("channel_listeners", p["address"])  # saved, waiting to start
+    if w is not None:
+        return 200, w.info()
+    return 200, _found(d.n.channel_listeners, p["address"], "secure-channel listener").info()
 
 
 @api.add("POST", "/secure-channel-listeners")
 async def create_channel_listener(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
-    address = _field(body, "address")
+    address = check_name(_field(body, "address"), "secure-channel listener")  # (in routes, URLs)
     if d.n.has_worker(address):
         raise ApiError(409, f"a worker already listens at {address!r}")
+    d.restorer.check_free("channel_listeners", address, "secure-channel listener")
     identity, trust = _identity_and_trust(d, body)
     _allow_policy(d, _optional(body, "allow"), address, "secure-channel-listener")
     listener = await d.n.create_secure_channel_listener(address, identity=identity, trust=trust)
@@ -341,6 +316,8 @@ async def create_channel_listener(d: Daemon, _: dict[str, str], body: Any) -> tu
 
 @api.add("DELETE", "/secure-channel-listeners/{address}")
 async def delete_channel_listener(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
+    if await _forget_waiting(d, "channel_listeners", "address", p["address"]):
+        return 204, None
     _found(d.n.channel_listeners, p["address"], "secure-channel listener")
     del d.n.channel_listeners[p["address"]]
     await d.n.stop_worker(p["address"])
@@ -377,6 +354,7 @@ async def create_relay(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, An
     at = _field(body, "at")
     if name in d.n.relays:
         raise ApiError(409, f"this node already keeps a relay named {name!r}")
+    d.restorer.check_free("relays", name, "relay")
     trust_spec = {k: body[k] for k in ("authorized", "trust_any") if body.get(k)}
     try:
         relay = await d.n.create_relay(name, at, trust=_trust(body))
@@ -389,6 +367,8 @@ async def create_relay(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, An
 
 @api.add("DELETE", "/relays/{name}")
 async def delete_relay(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
+    if await _forget_waiting(d, "relays", "name", p["name"]):
+        return 204, None
     _found(d.n.relays, p["name"], "relay")
     await d.n.delete_relay(p["name"])
     _unsave(d, "relays", "name", p["name"])
@@ -401,7 +381,8 @@ async def create_outlet(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, A
     name = _optional(body, "name") or "outlet"
     allow = _optional(body, "allow")
     if d.n.has_worker(name):
-        raise ApiError(409, f"this node already has a service at {name!r}; choose another --from")
+        raise ApiError(409, f"this node already has a service at {name!r}; choose another --name")
+    d.restorer.check_free("tcp_outlets", name, "tcp-outlet")
     try:
         outlet = await d.n.create_tcp_outlet(to, name=name, allow=allow)
     except TetherError as e:
@@ -413,6 +394,8 @@ async def create_outlet(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, A
 
 @api.add("DELETE", "/tcp-outlets/{name}")
 async def delete_outlet(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
+    if await _forget_waiting(d, "tcp_outlets", "name", p["name"]):
+        return 204, None
     _found(d.n.outlets, p["name"], "tcp-outlet")
     await d.n.delete_tcp_outlet(p["name"])
     _unsave(d, "tcp_outlets", "name", p["name"])
@@ -427,6 +410,11 @@ async def create_inlet(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, An
     allow = _optional(body, "allow")
     if name is not None and name in d.n.inlets:
         raise ApiError(409, f"this node already has a tcp-inlet named {name!r}")
+    if name is not None:
+        d.restorer.check_free("tcp_inlets", name, "tcp-inlet")
+    else:  # inletN: not the name of a saved one that waits either
+        taken = {*d.n.inlets, *(w.key for w in d.restorer.of("tcp_inlets"))}
+        name = next(f"inlet{k}" for k in itertools.count(1) if f"inlet{k}" not in taken)
     trust_spec = {k: body[k] for k in ("authorized", "trust_any") if body.get(k)}
     try:
         inlet = await d.n.create_tcp_inlet(bind, to, name=name, allow=allow, trust=_trust(body))
@@ -442,6 +430,8 @@ async def create_inlet(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, An
 
 @api.add("DELETE", "/tcp-inlets/{name}")
 async def delete_inlet(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
+    if await _forget_waiting(d, "tcp_inlets", "name", p["name"]):
+        return 204, None
     _found(d.n.inlets, p["name"], "tcp-inlet")
     await d.n.delete_tcp_inlet(p["name"])
     _unsave(d, "tcp_inlets", "name", p["name"])
@@ -450,13 +440,16 @@ async def delete_inlet(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
 
 @api.add("GET", "/authority")
 async def get_authority(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
-    return 200, _authority(d).info()
+    waiting = d.restorer.infos("authority")
+    return 200, waiting[0] if waiting and d.n.authority is None else _authority(d).info()
 
 
 @api.add("POST", "/authority")
 async def create_authority(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
     if d.n.authority is not None:
         raise ApiError(409, "this node already runs an authority")
+    for w in d.restorer.of("authority"):  # a saved one that could not start: this replaces it
+        await d.restorer.take(w.section, w.key)
     spec = {
         "name": _optional(body, "name") or "authority",
         "database": _optional(body, "database"),
@@ -484,6 +477,9 @@ async def create_authority(d: Daemon, _: dict[str, str], body: Any) -> tuple[int
 
 
 def _authority(d: Daemon) -> Any:
+    waiting = d.restorer.of("authority")
+    if waiting:
+        raise ApiError(409, f"this node's authority is not running: {waiting[0].error} (retrying)")
     if d.n.authority is None:
         raise ApiError(404, "this node runs no authority (`tether authority create`)")
     return d.n.authority
@@ -520,9 +516,12 @@ async def create_ticket(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, A
         attributes["relay"] = relay  # the member may claim this relay name
     route = _optional(body, "route") or _own_route(d)
     try:
+        expires_in = int(_default(body.get("expires_in"), DEFAULT_TICKET_TTL))
+        # The authority counts from now or a second later: the expiry reported is never late.
+        expires_at = int(time.time()) + expires_in
         ticket = await authority.create_ticket(
             attributes,
-            expires_in=int(_default(body.get("expires_in"), DEFAULT_TICKET_TTL)),
+            expires_in=expires_in,
             usage_count=int(_default(body.get("usage_count"), 1)),
             relay=relay,
             route=route,
@@ -535,6 +534,7 @@ async def create_ticket(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, A
         "authority": authority.identifier,
         "route": route,
         "attributes": attributes,
+        "expires_at": expires_at,
     }
 
 
@@ -570,6 +570,7 @@ async def enroll(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
         raise ApiError(422, str(e), "AuthorityError") from None
     except (TetherError, TimeoutError) as e:
         raise ApiError(400, f"enrollment failed: {e}", type(e).__name__) from None
+    await d.restorer.take("memberships", m.identifier)  # a saved one that waited: replaced
     d.config.memberships = [x for x in d.config.memberships if x.get("identifier") != m.identifier]
     d.config.memberships.append(
         {
@@ -585,18 +586,30 @@ async def enroll(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
 
 @api.add("GET", "/memberships")
 async def list_memberships(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
-    return 200, [m.info() for m in d.n.memberships.values()]
+    return 200, [m.info() for m in d.n.memberships.values()] + d.restorer.infos("memberships")
 
 
 @api.add("POST", "/policies")
 async def create_policy(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
     expression = _field(body, "expression")
-    rule = _add_policy(d, expression, _optional(body, "resource"), _optional(body, "resource_type"))
+    resource_type = _optional(body, "resource_type")
+    if resource_type is not None:
+        known = {*policies.RESOURCE_TYPES, *SERVICE_KINDS, *(str(w["kind"]) for w in d.n.workers())}
+        if resource_type not in known:
+            raise ApiError(
+                400,
+                f"unknown resource type {resource_type!r} (a policy for it would never apply); "
+                f"use one of: {', '.join(sorted(known))}",
+            )
+    rule = _add_policy(d, expression, _optional(body, "resource"), resource_type)
     return 201, rule.info()
 
 
 @api.add("DELETE", "/policies/{id}")
 async def delete_policy(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
+    if await _forget_waiting(d, "policies", "id", p["id"]):
+        d.n.policies.pop(p["id"], None)  # the ``false`` it held in its place
+        return 204, None
     _found(d.n.policies, p["id"], "policy")
     d.n.delete_policy(p["id"])
     _unsave(d, "policies", "id", p["id"])
@@ -635,24 +648,30 @@ async def send_message(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, An
     }
 
 
-def _readable(path: str, what: str, table: Callable[[Daemon], Mapping[str, Any]]) -> None:
+def _readable(
+    path: str, what: str, table: Callable[[Daemon], Mapping[str, Any]], section: str = ""
+) -> None:
     """``GET /path`` (every item's ``info()``) and ``GET /path/{key}`` (one, or 404) for a
-    table of the node's resources."""
+    table of the node's resources, with the saved ones of configuration ``section`` that wait
+    to start (``tether.restore``: in the state ``error``, with the reason)."""
 
     @api.add("GET", path)
     async def list_all(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
-        return 200, [x.info() for x in table(d).values()]
+        waiting = {w.key: w.info() for w in d.restorer.of(section)}
+        live = [waiting.pop(k, x.info()) for k, x in table(d).items()]
+        return 200, live + list(waiting.values())
 
     @api.add("GET", path + "/{key}")
     async def get_one(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
-        return 200, _found(table(d), p["key"], what).info()
+        w = d.restorer.get(section, p["key"])
+        return 200, w.info() if w is not None else _found(table(d), p["key"], what).info()
 
 
 _readable("/secure-channels", "secure channel", lambda d: d.n.channels)
-_readable("/relays", "relay", lambda d: d.n.relays)
-_readable("/tcp-outlets", "tcp-outlet", lambda d: d.n.outlets)
-_readable("/tcp-inlets", "tcp-inlet", lambda d: d.n.inlets)
-_readable("/policies", "policy", lambda d: d.n.policies)
+_readable("/relays", "relay", lambda d: d.n.relays, "relays")
+_readable("/tcp-outlets", "tcp-outlet", lambda d: d.n.outlets, "tcp_outlets")
+_readable("/tcp-inlets", "tcp-inlet", lambda d: d.n.inlets, "tcp_inlets")
+_readable("/policies", "policy", lambda d: d.n.policies, "policies")
 
 
 def _found(table: Mapping[str, Any], key: str, what: str) -> Any:
@@ -675,14 +694,28 @@ def _add_policy(d: Daemon, expression: str, resource: str | None, resource_type:
     except TetherError as e:
         raise ApiError(400, str(e), type(e).__name__) from None
     d.config.policies.append(rule.info())
+    d.config.policy_serial = d.n.policy_serial
     d.persist()
     return rule
 
 
 def _unsave(d: Daemon, section: str, key: str, value: str) -> None:
-    """Drop the entries of configuration ``section`` whose ``key`` is ``value``; save."""
-    setattr(d.config, section, [x for x in getattr(d.config, section) if x[key] != value])
+    """Drop the entries of configuration ``section`` whose ``key`` is ``value`` (entries that
+    are strings: equal to ``value``); save."""
+    setattr(d.config, section, [x for x in getattr(d.config, section) if _named(x, key) != value])
     d.persist()
+
+
+def _named(entry: Any, key: str) -> Any:
+    return entry.get(key) if isinstance(entry, dict) else entry
+
+
+async def _forget_waiting(d: Daemon, section: str, key: str, value: str) -> bool:
+    """Delete the saved resource ``value`` of ``section`` if it waits to start: True if so."""
+    if await d.restorer.take(section, value) is None:
+        return False
+    _unsave(d, section, key, value)
+    return True
 
 
 def _default(value: Any, default: Any) -> Any:

@@ -128,6 +128,8 @@ class Node:
         """Called with each credential this node starts presenting (the daemon stores it)."""
         self.policies: dict[str, Any] = {}
         """Policy id → :class:`PolicyRule`: policies attached to resources by name or type."""
+        self.policy_serial = 0
+        """The number of the last policy named (``policyN``); never given again."""
         self._tg: TaskGroup | None = None
         self._ids = itertools.count(1)
         self._resolve_node = resolve_node
@@ -350,16 +352,15 @@ class Node:
                 await self.report(msg, f"no worker {name!r} on node {self.name}")
                 return
             if self.policies and not w.inline and w.kind not in _OWN_ENFORCEMENT:
-                policy = policies.policy_for(self, w.kind, name)
-                who = self.origin_channel(origin) if policy is not None else None
-                if policy is not None and not policies.allows(
-                    self, policy, who, w.kind, name, "send"
-                ):
+                # Every policy for its kind and its name must allow (tether.policies.check).
+                who = self.origin_channel(origin)
+                refusal = policies.check(self, w.kind, name, "send", who and who.peer)
+                if refusal is not None:
+                    log.info("%s: %s %r: %s", self.name, w.kind, name, refusal)
                     await self.report(
                         msg,
                         f"{w.kind} {name!r} on node {self.name} refused "
-                        f"{who.peer.identifier if who else 'a sender without a secure channel'} "
-                        f"by its policy",
+                        f"{who.peer.identifier if who else policies.NO_PEER} by its policy",
                     )
                     return
             if w.inline:

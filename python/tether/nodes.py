@@ -38,6 +38,8 @@ class NodeConfig:
     policies: list[dict[str, Any]] = field(default_factory=list)
     transit: list[str] = field(default_factory=list)
     """TCP addresses (or ``*``) the node forwards to for remote senders (``--transit``)."""
+    policy_serial: int = 0
+    """The number of the last policy named (``policyN``): a deleted name is never reused."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -58,6 +60,7 @@ class NodeConfig:
             list(d.get("memberships", [])),
             list(d.get("policies", [])),
             list(d.get("transit", [])),
+            int(d.get("policy_serial", 0)),
         )
 
 
@@ -84,7 +87,18 @@ def output_file(home: Path, name: str) -> Path:
     return node_dir(home, name) / "output.txt"
 
 
+#: The longest path a Unix socket may have (``sun_path`` is 108 bytes, with the final NUL).
+MAX_SOCKET_PATH = 107
+
+
 def ensure_dir(home: Path, name: str) -> Path:
+    sock = api_socket(home.absolute(), name)
+    if len(os.fsencode(sock)) > MAX_SOCKET_PATH:
+        raise StoreError(
+            f"the node's control socket {sock} would be {len(os.fsencode(sock))} bytes long, "
+            f"over the {MAX_SOCKET_PATH} a Unix socket allows: use a shorter TETHER_HOME (or "
+            "--home), or a shorter node name"
+        )
     d = node_dir(home, name)
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(d.parent, 0o700)
@@ -127,6 +141,50 @@ def list_configs(store: Store) -> list[NodeConfig]:
 def delete_config(store: Store, name: str) -> None:
     if store.execute("DELETE FROM nodes WHERE name = ?", (name,)) == 0:
         raise NotFoundError(f"no node named {name!r}")
+
+
+#: The saved configuration's section of each kind of resource the control API serves at a path,
+#: the field that names one there, and what one is called (:func:`delete_saved`).
+SAVED = {
+    "/tcp-inlets": ("tcp_inlets", "name", "tcp-inlet"),
+    "/tcp-outlets": ("tcp_outlets", "name", "tcp-outlet"),
+    "/relays": ("relays", "name", "relay"),
+    "/policies": ("policies", "id", "policy"),
+    "/secure-channel-listeners": ("channel_listeners", "address", "secure-channel listener"),
+    "/services": ("services", "address", "service"),
+}
+
+
+def delete_saved(store: Store, node: str, path: str, key: str) -> None:
+    """Delete the resource ``key`` (of the kind the control API serves at ``path``) from the
+    saved configuration of ``node``, which is stopped: its next start goes without it."""
+    section, field_name, what = SAVED[path]
+    with store.transaction():
+        cfg = load_config(store, node)
+        entries = getattr(cfg, section)
+        kept = [e for e in entries if not (isinstance(e, dict) and e.get(field_name) == key)]
+        if len(kept) == len(entries):
+            raise NotFoundError(f"node {node!r} is stopped and has no {what} {key!r} saved")
+        setattr(cfg, section, kept)
+        save_config(store, cfg)
+
+
+def identity_users(store: Store, home: Path, identity: str) -> list[tuple[str, str]]:
+    """The nodes that use the local identity ``identity`` (as their own, for their authority,
+    or for a secure-channel listener): each node's name, and how, in a few words."""
+    users = []
+    for cfg in list_configs(store):
+        roles = []
+        if cfg.identity == identity:
+            roles.append("its identity")
+            if cfg.authority is not None:
+                roles.append("its authority")
+        if any(lst.get("identity") == identity for lst in cfg.channel_listeners):
+            roles.append("a secure-channel listener")
+        if roles:
+            state = "running" if read_runtime(home, cfg.name) is not None else "stopped"
+            users.append((cfg.name, f"node {cfg.name} ({state}; {' and '.join(roles)})"))
+    return users
 
 
 def write_runtime(home: Path, name: str, info: dict[str, Any]) -> None:

@@ -92,10 +92,33 @@ def _rotate(ctx: Context) -> int:
 
 
 def _delete(ctx: Context) -> int:
-    identifier = ctx.registry().delete(ctx.args.name)
+    import sys
+
+    from tether import nodes
+    from tether.errors import InvalidArgumentError
+    from tether.state import default_home
+
+    reg, name = ctx.registry(), ctx.args.name
+    reg.get(name)  # (no such identity: say so first)
+    users = nodes.identity_users(reg.store, ctx.home or default_home(), name)
+    used_by = ", ".join(how for _, how in users)
+    if users and not ctx.args.force:
+        raise InvalidArgumentError(
+            f"identity {name!r} is in use by {used_by}: delete the node first (`tether node "
+            f"delete {users[0][0]}`), or give --force to delete the identity anyway (the node "
+            "then starts with no identity)"
+        )
+    identifier = reg.delete(name)
+    if users:
+        print(f"tether: warning: deleted an identity in use by {used_by}", file=sys.stderr)
     ctx.emit(
-        f"deleted {ctx.args.name} ({identifier}) and its keys",
-        {"name": ctx.args.name, "identifier": identifier, "deleted": True},
+        f"deleted {name} ({identifier}) and its keys",
+        {
+            "name": name,
+            "identifier": identifier,
+            "deleted": True,
+            "was_used_by": [node for node, _ in users],
+        },
     )
     return 0
 
@@ -157,7 +180,13 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = add_command(
         sub, "delete", "delete an identity and its keys", "tether identity delete alice", _delete
     )
+    p.description = (
+        "Delete an identity and its keys. Refused while a node uses it (as its own identity, "
+        "for its authority or for a secure-channel listener), running or stopped: that node "
+        "could no longer open or accept secure channels."
+    )
     p.add_argument("name")
+    p.add_argument("--force", action="store_true", help="delete it even though a node uses it")
     p = add_command(
         sub,
         "import",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from tether import nodes
 from tether.cli.api import call
-from tether.cli.common import add_trust_arguments, trust_body
+from tether.cli.common import Renamed, add_trust_arguments, check_route, seconds, trust_body
 from tether.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
@@ -96,19 +96,26 @@ def _summary(info: dict[str, Any]) -> str:
         f"  identity   {info.get('identity')} {info.get('identifier') or ''}\n"
         f"  listeners  {listeners}\n"
         f"  api        {info.get('api')}"
-    )
+    ) + "".join(f"\n  {_waiting_line(w)}" for w in info.get("waiting") or [])
+
+
+def _waiting_line(w: dict[str, Any]) -> str:
+    """A saved resource that could not start (``tether.restore``)."""
+    retrying = " (retrying)" if w.get("retrying") else ""
+    return f"not started: {w['resource']} {w['name']}: {w['error']}{retrying}"
 
 
 def _create(ctx: Context) -> int:
     a = ctx.args
     reg = ctx.registry()
     identity = a.identity or a.name
+    made_identity = False
     try:
         reg.get(identity)
     except NotFoundError:
         if a.identity:
             raise
-        reg.create_identity(identity)
+        made_identity = True
     listeners = [] if a.no_tcp_listener else (a.tcp_listener or ["127.0.0.1:0"])
     for spec in listeners:
         host, _, port = spec.rpartition(":")
@@ -120,6 +127,8 @@ def _create(ctx: Context) -> int:
             raise InvalidArgumentError(f"--transit {spec!r}: use HOST:PORT, or * for any")
     cfg = NodeConfig(a.name, identity, listeners, transit=list(a.transit or []))
     nodes.save_config(reg.store, cfg, create=True)
+    if made_identity:
+        reg.create_identity(identity)
     if a.foreground:
         from tether import daemon
 
@@ -127,8 +136,18 @@ def _create(ctx: Context) -> int:
         return daemon.main(["--home", str(_home(ctx)), a.name])
     try:
         info = _spawn(ctx, a.name)
-    except StoreError:
+        busy = [w for w in info.get("waiting") or [] if w["resource"] == "listener"]
+        if busy:  # the listener asked for cannot be had: no node, one line
+            raise InvalidArgumentError(
+                f"cannot create node {a.name!r}: {busy[0]['error']}; choose another "
+                "--tcp-listener (port 0 picks a free one)"
+            )
+    except TetherError:
+        _stop_one(_home(ctx), a.name)
         nodes.delete_config(reg.store, a.name)
+        shutil.rmtree(nodes.node_dir(_home(ctx), a.name), ignore_errors=True)
+        if made_identity:
+            reg.delete(identity)
         raise
     ctx.emit(_summary(info), info)
     return 0
@@ -143,6 +162,7 @@ def _status(home: Path, cfg: NodeConfig) -> dict[str, Any]:
         "listeners": [lst["address"] for lst in info["listeners"]] if info else [],
         "configured_listeners": cfg.tcp_listeners,
         "identity": cfg.identity,
+        "waiting": info.get("waiting", []) if info else [],
     }
 
 
@@ -152,6 +172,11 @@ def _list(ctx: Context) -> int:
     lines = [
         f"{i['name']:<16} {'running' if i['running'] else 'stopped':<8} "
         f"{', '.join(i['listeners']) or '-'}"
+        + (
+            f"  ({len(i['waiting'])} not started: `tether node show {i['name']}`)"
+            if i["waiting"]
+            else ""
+        )
         for i in items
     ]
     ctx.emit("\n".join(lines) or "no nodes: `tether node create NAME` starts one", items)
@@ -247,6 +272,7 @@ def _logs(ctx: Context) -> int:
 
 def _send(ctx: Context) -> int:
     a = ctx.args
+    check_route(a.to)
     home = _home(ctx)
     nodes.load_config(ctx.registry().store, a.from_node)
     if nodes.read_runtime(home, a.from_node) is None:
@@ -263,7 +289,7 @@ def _send(ctx: Context) -> int:
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from tether.cli import add_command, add_group
+    from tether.cli import add_command, add_group, rename
 
     sub = add_group(
         groups,
@@ -326,17 +352,24 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "message",
         "send messages through nodes",
         "Send a message from a node along a route and print the reply.",
-        "tether message send --from n1 --to /node/n2/service/echo hello",
+        "tether message send --at n1 --to /node/n2/service/echo hello",
     )
     p = add_command(
         sub,
         "send",
         "send MESSAGE from a node along ROUTE; print the reply",
-        "tether message send --from n1 --to /node/n2/service/echo hello",
+        "tether message send --at n1 --to /node/n2/service/echo hello",
         _send,
     )
-    p.add_argument("--from", dest="from_node", required=True, help="the sending node")
-    p.add_argument("--to", required=True, help="the route, e.g. /node/n2/service/echo")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply")
+    # --at names a node in every command (--from was the sending node until this release)
+    rename(p, Renamed("--from", "--at"))
+    p.add_argument("--at", dest="from_node", required=True, metavar="NODE", help="the sending node")
+    p.add_argument(
+        "--to",
+        required=True,
+        metavar="ROUTE",
+        help="the route, e.g. /node/n2/service/echo",
+    )
+    p.add_argument("--timeout", type=seconds, default=10.0, help="seconds to wait for the reply")
     add_trust_arguments(p)
     p.add_argument("message")
