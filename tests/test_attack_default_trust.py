@@ -124,14 +124,14 @@ def test_the_command_refuses_to_guess_who_answers(tmp_path: Path) -> None:
                 db = cli.js("node", "create", "db")
                 relayed = f"/ip4/{HOST}/tcp/{port}/service/forward_to_db/secure/api/service/echo"
                 err = cli.fails(
-                    "message", "send", "--from", "app", "--to", relayed, SECRET.decode(),
+                    "message", "send", "--at", "app", "--to", relayed, SECRET.decode(),
                     reason="no identity to expect",
                 )  # fmt: skip
                 assert "--authorized" in err
                 assert len(err.strip().splitlines()) == 1, err
                 assert seen == []
                 cli.fails(
-                    "message", "send", "--from", "app", "--to", relayed,
+                    "message", "send", "--at", "app", "--to", relayed,
                     "--authorized", db["identifier"], SECRET.decode(),
                     reason="not an authorized identity",
                 )  # fmt: skip
@@ -139,7 +139,7 @@ def test_the_command_refuses_to_guess_who_answers(tmp_path: Path) -> None:
 
                 # A route that names the node: no flag, and the channel is to that node.
                 named = "/node/db/secure/api/service/echo"
-                out = cli.js("message", "send", "--from", "app", "--to", named, "hello")
+                out = cli.js("message", "send", "--at", "app", "--to", named, "hello")
                 assert out["reply"] == "hello"
                 peers = {c["peer"] for c in cli.js("secure-channel", "list", "--at", "app")}
                 assert peers == {db["identifier"]}
@@ -158,7 +158,7 @@ def test_the_command_refuses_to_guess_who_answers(tmp_path: Path) -> None:
 
                 # --trust-any is the explicit opt-in (and the relay then reads the secret).
                 cli.js(
-                    "message", "send", "--from", "app", "--to", relayed, "--trust-any",
+                    "message", "send", "--at", "app", "--to", relayed, "--trust-any",
                     SECRET.decode(),
                 )  # fmt: skip
                 assert read(seen)

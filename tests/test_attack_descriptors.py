@@ -135,7 +135,7 @@ class Victim:
     def send(self, text: str) -> subprocess.CompletedProcess[str]:
         """``tether message send`` from node ``client`` to the victim's echo."""
         return self.cli.run(
-            "message", "send", "--from", "client", "--to", "/node/victim/service/echo", text,
+            "message", "send", "--at", "client", "--to", "/node/victim/service/echo", text,
             ok=False,
         )  # fmt: skip
 

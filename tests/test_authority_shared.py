@@ -94,7 +94,7 @@ def test_a_ticket_from_one_instance_enrolls_through_the_other(
     t = cli.js(
         "ticket",
         "create",
-        "--authority",
+        "--at",
         "auth1",
         "--attribute",
         "role=db-client",
@@ -106,7 +106,7 @@ def test_a_ticket_from_one_instance_enrolls_through_the_other(
 
     enrolled = counters(cli, "enrolled")
     client = cli.js("node", "create", "client")["identifier"]
-    m = cli.js("enroll", t["ticket"], "--node", "client")
+    m = cli.js("enroll", t["ticket"], "--at", "client")
     assert m["authority"] == t["authority"]
     assert m["attributes"] == {"role": "db-client"}
     assert m["route"] == route2
@@ -118,7 +118,7 @@ def test_a_ticket_from_one_instance_enrolls_through_the_other(
     for at in ("auth1", "auth2"):
         assert members(cli, at)[client] == {"role": "db-client"}
     cli.run("node", "create", "late")
-    again = cli.run("enroll", t["ticket"], "--node", "late", ok=False)
+    again = cli.run("enroll", t["ticket"], "--at", "late", ok=False)
     assert again.returncode == 1
     assert "the ticket was already used as many times as it allows" in again.stderr
     assert "Traceback" not in again.stderr
@@ -139,7 +139,7 @@ def test_revocations_and_tickets_are_shared_between_instances(
     """A two-use ticket from auth2 enrolls once through each instance, not a third time; a
     credential issued and revoked through auth2 is on the list auth1 signs."""
     route1, route2 = two_authorities
-    text = cli.js("ticket", "create", "--authority", "auth2", "--usage-count", "2")["ticket"]
+    text = cli.js("ticket", "create", "--at", "auth2", "--usage-count", "2")["ticket"]
     t = Ticket.decode(text)
     assert t.route == route2
 
@@ -178,7 +178,7 @@ def test_one_single_use_ticket_raced_through_both_instances_enrolls_exactly_one(
 
     async def one_round(k: int) -> None:
         text = await anyio.to_thread.run_sync(
-            lambda: cli.js("ticket", "create", "--authority", "auth1", "--attribute", "r=1")
+            lambda: cli.js("ticket", "create", "--at", "auth1", "--attribute", "r=1")
         )
         t = Ticket.decode(text["ticket"])
         results: dict[int, BaseException | str] = {}

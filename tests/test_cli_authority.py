@@ -57,7 +57,7 @@ def test_authority_ticket_enroll_membership_and_policy_flow(cli: Cli) -> None:
     t = cli.js(
         "ticket",
         "create",
-        "--authority",
+        "--at",
         "auth",
         "--attribute",
         "role=db-client",
@@ -69,7 +69,7 @@ def test_authority_ticket_enroll_membership_and_policy_flow(cli: Cli) -> None:
     assert t["route"] == f"/ip4/127.0.0.1/tcp/{port}"
     assert t["attributes"] == {"role": "db-client"}
     # Without --json the ticket alone is printed: one line to copy.
-    plain = cli.run("ticket", "create", "--authority", "auth", "--attribute", "role=web").stdout
+    plain = cli.run("ticket", "create", "--at", "auth", "--attribute", "role=web").stdout
     assert plain.count("\n") == 1
     assert plain.startswith("tether-ticket1:")
 
@@ -77,17 +77,17 @@ def test_authority_ticket_enroll_membership_and_policy_flow(cli: Cli) -> None:
     web = cli.js("node", "create", "web")["identifier"]
     db = cli.js("node", "create", "db")["identifier"]
     before = time.time()
-    m = cli.js("enroll", t["ticket"], "--node", "app")
+    m = cli.js("enroll", t["ticket"], "--at", "app")
     assert m["authority"] == auth["identifier"]
     assert m["attributes"] == {"role": "db-client"}
     assert before + 86400 - 5 <= m["expires_at"] <= time.time() + 86400 + 5
     # From a file (not the command line, where other local users can read it), and stdin below.
     ticket_file = cli.home.parent / "web.ticket"
     ticket_file.write_text(plain)
-    human = cli.run("enroll", "--ticket-file", str(ticket_file), "--node", "web").stdout
-    assert f"web is a member of {auth['identifier']} with {{'role': 'web'}}" in human
-    db_ticket = cli.js("ticket", "create", "--authority", "auth", "--attribute", "role=db")
-    cli.js("enroll", "-", "--node", "db", stdin=db_ticket["ticket"] + "\n")
+    human = cli.run("enroll", "--ticket-file", str(ticket_file), "--at", "web").stdout
+    assert f"web is a member of {auth['identifier']} with role=web" in human
+    db_ticket = cli.js("ticket", "create", "--at", "auth", "--attribute", "role=db")
+    cli.js("enroll", "-", "--at", "db", stdin=db_ticket["ticket"] + "\n")
 
     (held,) = cli.js("membership", "list", "--at", "app")
     assert held["authority"] == auth["identifier"]
@@ -115,11 +115,11 @@ def test_authority_ticket_enroll_membership_and_policy_flow(cli: Cli) -> None:
     assert cli.js("policy", "show", rule["id"], "--at", "db") == rule
     assert f"{rule['id']}  every echo: {ROLE}" in cli.run("policy", "list", "--at", "db").stdout
     echo = "/node/db/secure/api/service/echo"
-    assert cli.run("message", "send", "--from", "app", "--to", echo, "hi").stdout.strip() == "hi"
+    assert cli.run("message", "send", "--at", "app", "--to", echo, "hi").stdout.strip() == "hi"
     cli.fails(
         "message",
         "send",
-        "--from",
+        "--at",
         "web",
         "--to",
         echo,
@@ -133,18 +133,18 @@ def test_authority_ticket_enroll_membership_and_policy_flow(cli: Cli) -> None:
     assert cli.js("policy", "list", "--at", "db") == [rule]
     (kept,) = cli.js("membership", "list", "--at", "db")
     assert kept["attributes"] == {"role": "db"}
-    assert cli.run("message", "send", "--from", "app", "--to", echo, "again").stdout.strip() == (
+    assert cli.run("message", "send", "--at", "app", "--to", echo, "again").stdout.strip() == (
         "again"
     )
-    cli.fails("message", "send", "--from", "web", "--to", echo, "x", reason="by its policy")
+    cli.fails("message", "send", "--at", "web", "--to", echo, "x", reason="by its policy")
 
     assert cli.js("policy", "delete", rule["id"], "--at", "db") == {"deleted": rule["id"]}
     assert cli.js("policy", "list", "--at", "db") == []
     assert cli.run("policy", "list", "--at", "db").stdout.strip() == "no policies"
-    assert cli.run("message", "send", "--from", "web", "--to", echo, "ok").stdout.strip() == "ok"
+    assert cli.run("message", "send", "--at", "web", "--to", echo, "ok").stdout.strip() == "ok"
 
     # A used ticket, and admin removal of a member.
-    cli.fails("enroll", t["ticket"], "--node", "ops", reason="already used")
+    cli.fails("enroll", t["ticket"], "--at", "ops", reason="already used")
     gone = cli.js("authority", "delete-member", web, "--at", "auth")
     assert gone["deleted"] == web
     assert len(gone["revoked"]) == 1
@@ -156,12 +156,12 @@ def test_bad_input_gets_clear_errors_and_a_nonzero_exit(cli: Cli) -> None:
     cli.js("node", "create", "auth", "--tcp-listener", "127.0.0.1:0")
     cli.js("node", "create", "app")
     cli.js("authority", "create", "acme", "--at", "auth")
-    ticket = cli.js("ticket", "create", "--authority", "auth")["ticket"]
+    ticket = cli.js("ticket", "create", "--at", "auth")["ticket"]
 
-    cli.fails("enroll", "not-a-ticket", "--node", "app", reason="not a tether ticket")
-    cli.fails("enroll", ticket[:-30], "--node", "app", reason="the ticket is damaged")
-    cli.fails("enroll", "--node", "app", reason="--ticket-file PATH, or - to read it")
-    cli.fails("enroll", "--ticket-file", "/nonexistent/t", "--node", "app", reason="cannot read")
+    cli.fails("enroll", "not-a-ticket", "--at", "app", reason="not a tether ticket")
+    cli.fails("enroll", ticket[:-30], "--at", "app", reason="the ticket is damaged")
+    cli.fails("enroll", "--at", "app", reason="--ticket-file PATH, or - to read it")
+    cli.fails("enroll", "--ticket-file", "/nonexistent/t", "--at", "app", reason="cannot read")
 
     # A bad policy expression: the reason, the column, and a caret under the problem.
     expression = 'subject.role = "db-client" and or subject.x = "1"'
@@ -200,17 +200,17 @@ def test_bad_input_gets_clear_errors_and_a_nonzero_exit(cli: Cli) -> None:
     cli.fails("policy", "delete", "policy99", "--at", "app", reason="no policy 'policy99'")
     cli.fails("policy", "create", "--at", "app", "true", reason="say what the policy is for")
 
-    cli.fails("ticket", "create", "--authority", "app", reason="this node runs no authority")
+    cli.fails("ticket", "create", "--at", "app", reason="this node runs no authority")
     cli.fails(
         "ticket",
         "create",
-        "--authority",
+        "--at",
         "auth",
         "--usage-count",
         "-1",
         reason="usage count must be 1 to 1000000",
     )
-    cli.fails("ticket", "create", "--authority", "auth", "--expires-in", "soon", reason="", code=2)
+    cli.fails("ticket", "create", "--at", "auth", "--expires-in", "soon", reason="", code=2)
     cli.fails("authority", "create", "acme", "--at", "auth", reason="already runs an authority")
     cli.fails(
         "authority",
@@ -255,7 +255,7 @@ def test_a_ticket_with_usage_count_zero_is_refused(cli: Cli) -> None:
     cli.fails(
         "ticket",
         "create",
-        "--authority",
+        "--at",
         "auth",
         "--usage-count",
         "0",
@@ -318,7 +318,7 @@ def test_allow_on_listener_and_service_creation_attaches_a_policy(cli: Cli) -> N
     cli.fails(
         "secure-channel",
         "create",
-        "--from",
+        "--at",
         "near",
         "--to",
         f"/ip4/127.0.0.1/tcp/{port}/service/guarded",
@@ -329,7 +329,7 @@ def test_allow_on_listener_and_service_creation_attaches_a_policy(cli: Cli) -> N
     cli.fails(
         "message",
         "send",
-        "--from",
+        "--at",
         "near",
         "--to",
         f"/ip4/127.0.0.1/tcp/{port}/secure/api/service/echo2",
@@ -357,7 +357,7 @@ def test_enroll_an_identity_with_no_running_node(cli: Cli) -> None:
     cli.js("node", "create", "auth", "--tcp-listener", "127.0.0.1:0")
     cli.js("authority", "create", "acme", "--at", "auth")
     cli.js("identity", "create", "alice")
-    ticket = cli.js("ticket", "create", "--authority", "auth", "--attribute", "role=ops")["ticket"]
+    ticket = cli.js("ticket", "create", "--at", "auth", "--attribute", "role=ops")["ticket"]
     m = cli.js("enroll", ticket, "--identity", "alice")
     assert m["attributes"] == {"role": "ops"}
     alice = cli.js("identity", "show", "alice")["identifier"]
@@ -369,7 +369,7 @@ def test_enroll_an_identity_with_no_running_node(cli: Cli) -> None:
     assert held
     assert held[0]["attributes"] == {"role": "ops"}
     cli.fails("enroll", ticket, "--identity", "alice", reason="already used")
-    cli.fails("enroll", ticket, "--identity", "alice", "--node", "auth", reason="not both")
+    cli.fails("enroll", ticket, "--identity", "alice", "--at", "auth", reason="not both")
 
 
 def test_identity_export_secret_and_import_secret(

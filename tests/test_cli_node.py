@@ -48,13 +48,13 @@ def test_node_lifecycle(cli: Cli) -> None:
 
     assert cli.js("node", "stop", "n1")["stopped"] is True
     assert cli.js("node", "list")[0]["running"] is False
-    stopped = cli.run("message", "send", "--from", "n1", "--to", "/service/echo", "x", ok=False)
+    stopped = cli.run("message", "send", "--at", "n1", "--to", "/service/echo", "x", ok=False)
     assert "not running" in stopped.stderr
     cli.js("node", "start", "n1")
     assert {w["address"] for w in call(sock, "GET", "/services")} >= {"echo", "echo2"}
     assert len(call(sock, "GET", "/listeners")) == 1
     assert (
-        cli.run("message", "send", "--from", "n1", "--to", "/service/echo2", "again").stdout.strip()
+        cli.run("message", "send", "--at", "n1", "--to", "/service/echo2", "again").stdout.strip()
         == "again"
     )
 
@@ -74,7 +74,7 @@ def test_message_errors_are_clear(cli: Cli) -> None:
         ("/node/ghost/service/echo", "no node named 'ghost'"),
     ]
     for route, reason in cases:
-        p = cli.run("message", "send", "--from", "n1", "--to", route, "hi", ok=False)
+        p = cli.run("message", "send", "--at", "n1", "--to", route, "hi", ok=False)
         assert p.returncode == 1, route
         assert reason in p.stderr, (route, p.stderr)
 
@@ -87,7 +87,7 @@ def test_three_node_processes(cli: Cli) -> None:
     reply = cli.run(
         "message",
         "send",
-        "--from",
+        "--at",
         "n1",
         "--to",
         f"/node/n2/ip4/127.0.0.1/tcp/{ports['n3']}/service/echo",
@@ -148,10 +148,10 @@ def test_message_send_reuses_the_open_channel(cli: Cli) -> None:
     replaced."""
     cli.run("node", "create", "n1")
     cli.run("node", "create", "n2")
-    created = cli.js("secure-channel", "create", "--from", "n1", "--to", "/node/n2/service/api")
+    created = cli.js("secure-channel", "create", "--at", "n1", "--to", "/node/n2/service/api")
     for text in ("one", "two", "three"):
         sent = cli.js(
-            "message", "send", "--from", "n1", "--to", "/node/n2/secure/api/service/echo", text
+            "message", "send", "--at", "n1", "--to", "/node/n2/secure/api/service/echo", text
         )
         assert sent["reply"] == text
     channels = cli.js("secure-channel", "list", "--at", "n1")
@@ -160,7 +160,8 @@ def test_message_send_reuses_the_open_channel(cli: Cli) -> None:
 
     cli.run("secure-channel", "delete", created["address"], "--at", "n1")
     for text in ("four", "five"):
-        cli.run("message", "send", "--from", "n1", "--to", "/node/n2/secure/api/service/echo", text)
+        cli.run("message", "send", "--at", "n1", "--to", "/node/n2/secure/api/service/echo", text)
     channels = cli.js("secure-channel", "list", "--at", "n1")
-    assert len(channels) == 1 and channels[0]["address"] != created["address"]
+    assert len(channels) == 1
+    assert channels[0]["address"] != created["address"]
     assert channels[0]["sent"] == 2

@@ -64,7 +64,7 @@ def test_a_peer_cannot_forge_lines_in_a_daemons_log(tmp_path: Path) -> None:
         n2 = cli.js("node", "create", "n2")
         cli.js("node", "create", "n1")
         # A channel n1 -> n2: n2 holds a decryptor, which logs the error reports it gets.
-        assert cli.js("message", "send", "--from", "n1", "--to",
+        assert cli.js("message", "send", "--at", "n1", "--to",
                       "/node/n2/secure/api/service/echo", "hi")["reply"] == "hi"  # fmt: skip
         port = int(n2["listeners"][0]["address"].rsplit(":", 1)[1])
         r = Raw(port, source="127.0.0.2")

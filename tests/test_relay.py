@@ -227,7 +227,7 @@ def test_relay_killed_and_restarted_during_use(cli: Cli, tmp_path: Path) -> None
     protected = json.loads(cli.run("node", "create", "protected", "--no-tcp-listener", "--json"))
     claimer = f'subject.identifier = "{protected["identifier"]}"'
     cli.run("policy", "create", "--at", "relay", "--resource-type", "relay", claimer)
-    cli.run("relay", "create", "db", "--at", "/node/relay", "--to", "protected")
+    cli.run("relay", "create", "db", "--relay", "/node/relay", "--at", "protected")
     runtime = tmp_path / "home" / "nodes" / "relay" / "runtime.json"
     route = f"/ip4/127.0.0.1/tcp/{port}/service/forward_to_db/service/echo"
 

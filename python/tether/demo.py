@@ -301,7 +301,7 @@ class Demo:
             f'subject.identifier = "{self.ids["db"]}"', nodes=("relay",),
         )  # fmt: skip
         claim = self.tether(
-            "relay", "create", "db", "--at", relay, "--to", "db",
+            "relay", "create", "db", "--relay", relay, "--at", "db",
             "--authorized", self.ids["relay"], nodes=("db", "relay"),
         )  # fmt: skip
         deadline = time.monotonic() + 10
@@ -309,7 +309,7 @@ class Demo:
             # The first claim failed; the node retries with backoff: give it a few seconds.
             self.show(f"{claim['state']}: {shorten(claim.get('last_error') or '')}")
             time.sleep(1)
-            claim = self.tether("relay", "show", "db", "--to", "db", nodes=("db", "relay"))
+            claim = self.tether("relay", "show", "db", "--at", "db", nodes=("db", "relay"))
         if claim["state"] != "claimed":
             raise DemoError(
                 f"db could not claim its name at the relay: {claim['state']}"

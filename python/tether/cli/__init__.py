@@ -18,6 +18,7 @@ from typing import Any
 
 from tether import __version__
 from tether.cli import authority, channel, credential, identity, node, portal, relay
+from tether.cli.common import Parser, Renamed
 from tether.errors import TetherError
 
 EXAMPLES = """\
@@ -78,10 +79,18 @@ def add_command(
         epilog=f"example:\n  {example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    assert isinstance(p, Parser)  # subparsers are made with their parent's class
+    p.is_command = True
     if json_flag:
         p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(handler=handler)
+    p.set_defaults(handler=handler, command_parser=p)
     return p
+
+
+def rename(p: argparse.ArgumentParser, *renamed: Renamed) -> None:
+    """Keep old spellings of ``p``'s options working for one release (see :class:`Renamed`)."""
+    assert isinstance(p, Parser)
+    p.renamed.extend(renamed)
 
 
 def add_group(
@@ -104,7 +113,7 @@ def add_group(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = Parser(
         prog="tether",
         description="tether: trusted connections between applications.",
         epilog=EXAMPLES,
@@ -164,12 +173,17 @@ def _register_demo(groups: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
+    # The parser of the innermost command or group given: its usage is the one to show.
+    innermost: argparse.ArgumentParser = (
+        getattr(args, "command_parser", None) or getattr(args, "group_parser", None) or parser
+    )
+    if extras:  # a command's own parser reports its unknown arguments; this is a group's
+        innermost.error(f"unrecognized arguments: {' '.join(extras)}")
     if handler is None:
         # A group without a command: show that group's help.
-        group_parser: argparse.ArgumentParser | None = getattr(args, "group_parser", None)
-        (group_parser or parser).print_help(sys.stderr)
+        innermost.print_help(sys.stderr)
         return 2
     ctx = Context(args)
     try:

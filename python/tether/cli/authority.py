@@ -5,21 +5,24 @@ use their attributes."""
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tether.cli.api import call
 from tether.cli.common import (
+    Renamed,
     attribute,
     deleter,
-    lister,
     node_api,
     running_node,
+    seconds,
     shower,
     timestamp,
     ttl,
 )
 from tether.errors import InvalidArgumentError, TetherError
+from tether.trust import format_attributes
 
 if TYPE_CHECKING:
     from tether.cli import Context
@@ -60,7 +63,7 @@ def _authority_create(ctx: Context) -> int:
         f"authority {info['name']} ({info['identifier']}) runs at {node}\n"
         f"  members' state: {info['database']}\n"
         f"  admins: {info['admin_policy']}; credentials for {info['credential_ttl'] // 86400} d\n"
-        f"  enroll members: tether ticket create --authority {node} --attribute KEY=VALUE",
+        f"  enroll members: tether ticket create --at {node} --attribute KEY=VALUE",
         info,
     )
     return 0
@@ -78,7 +81,9 @@ def _authority_show(ctx: Context) -> int:
 def _members(ctx: Context) -> int:
     items = call(node_api(ctx, _at(ctx)), "GET", "/authority/members")
     lines = [
-        f"{m['identifier']}  {m['attributes']}  (added {timestamp(m['added_at'])})" for m in items
+        f"{m['identifier']}  {format_attributes(m['attributes']) or '-'}  "
+        f"(added {timestamp(m['added_at'])})"
+        for m in items
     ]
     ctx.emit("\n".join(lines) or "no members", items)
     return 0
@@ -88,7 +93,7 @@ def _add_member(ctx: Context) -> int:
     a = ctx.args
     body = {"identifier": a.identifier, "attributes": dict(a.attribute or [])}
     r = call(node_api(ctx, _at(ctx)), "POST", "/authority/members", body)
-    ctx.emit(f"member {a.identifier} with {r['attributes']}", r)
+    ctx.emit(f"member {a.identifier} with {format_attributes(r['attributes']) or '-'}", r)
     return 0
 
 
@@ -100,15 +105,17 @@ def _delete_member(ctx: Context) -> int:
 
 def _ticket_create(ctx: Context) -> int:
     a = ctx.args
-    node = running_node(ctx, a.authority, "--authority", "runs the authority")
+    node = running_node(ctx, a.at, "--at", "runs the authority")
     body = {
         "attributes": dict(a.attribute or []),
         "expires_in": a.expires_in,
         "usage_count": a.usage_count,
-        "relay": a.relay,
+        "relay": a.relay_name,
         "route": a.route,
     }
     r = call(node_api(ctx, node), "POST", "/authority/tickets", body)
+    if "expires_at" in r:  # epoch seconds, from the node; and the same instant for people
+        r["expires"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["expires_at"]))
     ctx.emit(r["ticket"], r)
     return 0
 
@@ -133,20 +140,41 @@ def _enroll(ctx: Context) -> int:
         text = sys.stdin.read()
     else:
         text = a.ticket
+    _check_ticket(text, a.ticket)  # the ticket itself first, then which node presents it
     if a.identity:
-        if a.node:
-            raise InvalidArgumentError("enroll either --node or --identity, not both")
+        if a.at:
+            raise InvalidArgumentError("enroll either --at NODE or --identity, not both")
         return _enroll_identity(ctx, a.identity, text.strip())
-    node = running_node(ctx, a.node, "--node", "enrolls")
+    node = running_node(ctx, a.at, "--at", "enrolls")
     body = {"ticket": text.strip(), "poll_interval": a.poll_interval}
     m = call(node_api(ctx, node), "POST", "/enroll", body, timeout=60)
     ctx.emit(
-        f"{node} is a member of {m['authority']} with {m['attributes']}\n"
+        f"{node} is a member of {m['authority']} with "
+        f"{format_attributes(m['attributes']) or 'no attributes'}\n"
         f"  credential {m['credential']} until {timestamp(m['expires_at'])} (refreshed "
         "automatically)",
         m,
     )
     return 0
+
+
+def _check_ticket(text: str, given: str | None) -> None:
+    """Refuse what is not a ticket before any node is asked (a path given where the ticket
+    goes gets a hint to use --ticket-file)."""
+    from tether.authority import TICKET_PREFIX, Ticket
+
+    if given not in (None, "-") and not text.strip().startswith(TICKET_PREFIX):
+        assert given is not None
+        try:
+            is_file = Path(given).is_file()
+        except OSError:
+            is_file = False
+        if is_file:
+            raise InvalidArgumentError(
+                f"not a ticket: {given!r} is a file; read the ticket from it with "
+                f"--ticket-file {given}"
+            )
+    Ticket.decode(text)
 
 
 def _enroll_identity(ctx: Context, name: str, text: str) -> int:
@@ -185,7 +213,8 @@ def _enroll_identity(ctx: Context, name: str, text: str) -> int:
     registry.store_credential(m.credential)
     info = m.info()
     ctx.emit(
-        f"identity {name} is a member of {info['authority']} with {info['attributes']}\n"
+        f"identity {name} is a member of {info['authority']} with "
+        f"{format_attributes(info['attributes']) or 'no attributes'}\n"
         f"  credential {info['credential']} until {timestamp(int(str(info['expires_at'])))}",
         info,
     )
@@ -196,7 +225,7 @@ def _memberships(ctx: Context) -> int:
     node = running_node(ctx, ctx.args.at, "--at", "holds the memberships")
     items = call(node_api(ctx, node), "GET", "/memberships")
     lines = [
-        f"{m['authority']}  {m['attributes']}  until "
+        f"{m['authority']}  {format_attributes(m['attributes']) or '-'}  until "
         f"{timestamp(m['expires_at']) if m['expires_at'] else '-'}"
         + (f"  (last error: {m['last_error']})" if m["last_error"] else "")
         for m in items
@@ -211,8 +240,13 @@ def _policy_create(ctx: Context) -> int:
         raise InvalidArgumentError("say what the policy is for: --resource NAME or --resource-type")
     body = {"resource": a.resource, "resource_type": a.resource_type, "expression": a.expression}
     r = call(node_api(ctx, _policy_node(ctx)), "POST", "/policies", body)
-    ctx.emit(_policy_line(r), r)
+    ctx.emit(f"created {_policy_line(r)}\n  {_ALL_APPLY}", r)
     return 0
+
+
+_ALL_APPLY = (
+    "every policy that applies to a resource (its type's, its name's, its --allow) must allow"
+)
 
 
 def _policy_node(ctx: Context) -> str:
@@ -226,13 +260,36 @@ def _policy_line(p: dict[str, Any]) -> str:
     return f"{p['id']}  {target}: {p['expression']}"
 
 
-_policy_list = lister(_policy_node, "/policies", _policy_line, "no policies")
+def _policy_list(ctx: Context) -> int:
+    """Every policy on the node, or those that govern one resource (``--resource`` and
+    ``--resource-type``, by the rule of :func:`tether.policies.matches`), or those attached to
+    a name or a type."""
+    from tether.policies import matches
+
+    a = ctx.args
+    items = call(node_api(ctx, _policy_node(ctx)), "GET", "/policies")
+    if a.resource and a.resource_type:
+        items = [
+            p
+            for p in items
+            if matches(p["resource"], p["resource_type"], a.resource_type, a.resource)
+        ]
+    elif a.resource or a.resource_type:
+        key, value = ("resource", a.resource) if a.resource else ("resource_type", a.resource_type)
+        items = [p for p in items if p[key] == value]
+    human = "\n".join(_policy_line(p) for p in items) or "no policies"
+    if items and a.resource and a.resource_type:
+        human = f"{a.resource_type} {a.resource}: {_ALL_APPLY}\n" + human
+    ctx.emit(human, items)
+    return 0
+
+
 _policy_show = shower(_policy_node, "/policies", _policy_line, "id")
 _policy_delete = deleter(_policy_node, "/policies", "id", "deleted policy {}")
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from tether.cli import add_command, add_group
+    from tether.cli import add_command, add_group, rename
 
     sub = add_group(
         groups,
@@ -265,7 +322,11 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     p.add_argument("--database", metavar="URL", help="PostgreSQL URL (default: the node's store)")
     p.add_argument(
-        "--credential-ttl", type=ttl, default=30 * 86400, help="credential lifetime (default 30d)"
+        "--credential-ttl",
+        type=ttl,
+        default=30 * 86400,
+        metavar="DURATION",
+        help="credential lifetime, with a unit: s, m, h or d (default 30d)",
     )
     p.add_argument(
         "--admin-policy",
@@ -305,20 +366,33 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "ticket",
         "one-time enrollment tickets",
         "A ticket lets whoever presents it become a member with the ticket's attributes.",
-        "tether ticket create --authority auth --attribute role=db-client",
+        "tether ticket create --at auth --attribute role=db-client",
     )
     p = add_command(
         sub,
         "create",
         "print a ticket (single-use, 10 minutes by default)",
-        "tether ticket create --authority auth --attribute role=db-client --expires-in 10m",
+        "tether ticket create --at auth --attribute role=db-client --expires-in 10m",
         _ticket_create,
     )
-    p.add_argument("--authority", help="the node running the authority (default: the only one)")
+    rename(p, Renamed("--authority", "--at"))  # --at: the node, as in `tether authority …`
+    p.add_argument(
+        "--at",
+        metavar="NODE",
+        help="the node running the authority (default: the only running one)",
+    )
     p.add_argument("--attribute", type=attribute, action="append", metavar="KEY=VALUE")
-    p.add_argument("--expires-in", type=ttl, default=600, help="lifetime (default 10m)")
+    p.add_argument(
+        "--expires-in",
+        type=ttl,
+        default=600,
+        metavar="DURATION",
+        help="lifetime, with a unit: s, m, h or d (default 10m)",
+    )
     p.add_argument("--usage-count", type=int, default=1, help="how many enrollments (default 1)")
-    p.add_argument("--relay", help="also let the member claim this relay name")
+    # --relay is a relay's route in `tether relay create`; here it was a name (until this release)
+    rename(p, Renamed("--relay", "--relay-name"))
+    p.add_argument("--relay-name", metavar="NAME", help="also let the member claim this relay name")
     p.add_argument(
         "--route", help="route by which members reach the authority's node (default: its listener)"
     )
@@ -327,7 +401,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         groups,
         "enroll",
         "present a ticket: the node becomes a member and gets its credential",
-        "tether enroll --ticket-file ticket.txt --node app   (or: … | tether enroll - …)",
+        "tether enroll --ticket-file ticket.txt --at app   (or: … | tether enroll - …)",
         _enroll,
     )
     p.add_argument(
@@ -338,11 +412,14 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "command runs)",
     )
     p.add_argument("--ticket-file", metavar="PATH", help="read the ticket from this file")
-    p.add_argument("--node", help="the node that enrolls (default: the only running one)")
+    rename(p, Renamed("--node", "--at"))  # --at: the node the membership lives on
+    p.add_argument(
+        "--at", metavar="NODE", help="the node that enrolls (default: the only running one)"
+    )
     p.add_argument("--identity", help="enroll this identity instead (no node needs to run)")
     p.add_argument(
         "--poll-interval",
-        type=float,
+        type=seconds,
         default=60.0,
         help="seconds between revocation checks (default 60)",
     )
@@ -369,7 +446,9 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
             "'subject.role = \"db-client\"' or the short form 'web and not test'. It attaches to "
             "a resource by name (--resource) or to every resource of a type (--resource-type: "
             "tcp-outlet, tcp-inlet, relay, secure-channel-listener, or a service kind such as "
-            "echo). Deny by default: a missing attribute makes a comparison false."
+            "echo). Every policy that applies to a resource must allow the peer: its type's, "
+            "its name's and its own --allow (a type-wide policy is a floor). Deny by default: a "
+            "missing attribute makes a comparison false."
         ),
         "tether policy create --at db --resource outlet 'subject.role = \"db-client\"'",
     )
@@ -380,11 +459,19 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "tether policy create --at db --resource-type tcp-outlet 'subject.role = \"db-client\"'",
         _policy_create,
     )
-    p.add_argument("expression")
-    p.add_argument("--resource", metavar="NAME")
-    p.add_argument("--resource-type", metavar="TYPE")
+    p.add_argument("expression", help="e.g. 'subject.role = \"db-client\"' (quote text values)")
+    p.add_argument("--resource", metavar="NAME", help="attach it to the resource of this name")
+    p.add_argument("--resource-type", metavar="TYPE", help="to every resource of this type")
     p.add_argument("--at", help="the node (default: the only running one)")
-    p = add_command(sub, "list", "list policies", "tether policy list --at db", _policy_list)
+    p = add_command(
+        sub,
+        "list",
+        "list policies (all of them, or those that apply to one resource)",
+        "tether policy list --at db --resource-type tcp-outlet --resource outlet",
+        _policy_list,
+    )
+    p.add_argument("--resource", metavar="NAME", help="only those attached to this name")
+    p.add_argument("--resource-type", metavar="TYPE", help="only those of this type")
     p.add_argument("--at", help="the node (default: the only running one)")
     for name, help_text, handler in (
         ("show", "show one policy", _policy_show),

@@ -6,7 +6,8 @@ import argparse
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,104 @@ from tether.errors import InvalidArgumentError, StoreError
 
 if TYPE_CHECKING:
     from tether.cli import Context, Handler
+
+
+@dataclass(frozen=True)
+class Renamed:
+    """An option's old spelling, still accepted for one release: the command line is rewritten
+    to the new spelling before parsing, with a one-line note on stderr (``note``, if given,
+    is that line). ``when`` limits the rename to values it accepts (an old flag whose meaning
+    moved to another flag)."""
+
+    old: str
+    new: str
+    when: Callable[[str], bool] | None = None
+    note: str = ""
+
+
+_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
+
+
+class Parser(argparse.ArgumentParser):
+    """The parser of ``tether`` and of each of its commands: a command's own usage for any
+    mistake made in it (an unknown option is reported before a missing one, and never by the
+    top-level parser), and old option spellings kept for one release (:class:`Renamed`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.renamed: list[Renamed] = []
+        self.is_command = False  # a leaf: it runs a handler, it has no subcommands
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if not self.is_command:
+            return super().parse_known_args(args, namespace)
+        arg_list = self._renamed(list(sys.argv[1:] if args is None else args))
+        unknown = self._unknown_options(arg_list)
+        if unknown:
+            self.error(f"unrecognized arguments: {' '.join(unknown)}")
+        ns, extras = super().parse_known_args(arg_list, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns, extras
+
+    def _renamed(self, args: list[str]) -> list[str]:
+        out: list[str] = []
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            if arg == "--":
+                out.extend(args[i:])
+                break
+            flag, eq, value = arg.partition("=")
+            given = value if eq else (args[i + 1] if i + 1 < len(args) else None)
+            rule = next(
+                (
+                    r
+                    for r in self.renamed
+                    if r.old == flag and (r.when is None or (given is not None and r.when(given)))
+                ),
+                None,
+            )
+            if rule is None:
+                out.append(arg)
+                i += 1
+                continue
+            note = rule.note or (
+                f"{rule.old} is deprecated, use {rule.new} (the old spelling will be removed in "
+                "the next release)"
+            )
+            print(f"{self.prog}: {note}", file=sys.stderr)
+            if eq:
+                out.append(f"{rule.new}={value}")
+                i += 1
+            else:
+                out.extend([rule.new, *args[i + 1 : i + 2]])
+                i += 2
+        return out
+
+    def _unknown_options(self, args: list[str]) -> list[str]:
+        """The options of ``args`` this command does not have (as argparse tells an option
+        from a value: a leading '-', not a negative number, no space)."""
+        known = self._option_string_actions
+        unknown: list[str] = []
+        for arg in args:
+            if arg == "--":
+                break
+            if not arg.startswith("-") or arg == "-" or _NEGATIVE_NUMBER.match(arg):
+                continue
+            flag = arg.partition("=")[0]
+            if flag in known or " " in arg:
+                continue
+            if (
+                self.allow_abbrev
+                and flag.startswith("--")
+                and any(k.startswith(flag) for k in known)
+            ):
+                continue
+            unknown.append(arg)
+        return unknown
 
 
 TRUST_HELP = (
@@ -32,6 +131,7 @@ def add_trust_arguments(p: argparse.ArgumentParser, *, authorized: bool = True) 
         p.add_argument(
             "--authorized",
             action="append",
+            type=identifier,
             metavar="IDENTIFIER",
             help="accept only this peer identity at the far end (repeatable). " + TRUST_HELP,
         )
@@ -41,6 +141,31 @@ def add_trust_arguments(p: argparse.ArgumentParser, *, authorized: bool = True) 
         help="accept any identity at the far end (development only: anything on the path, "
         "a relay included, could then answer the handshake and read the traffic)",
     )
+
+
+def identifier(text: str) -> str:
+    """An identity's identifier (``I`` and 40 lowercase hex digits), as an argument type."""
+    from tether.errors import TetherError
+    from tether.identity import identifier_bytes
+
+    try:
+        identifier_bytes(text)
+    except TetherError as e:
+        raise argparse.ArgumentTypeError(
+            f"{e}; `tether identity list` or `tether node show NAME` print identifiers"
+        ) from None
+    return text
+
+
+def seconds(text: str) -> float:
+    """A positive number of seconds, as an argument type (``--timeout``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 def trust_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -85,18 +210,75 @@ def running_node(ctx: Context, given: str | None, flag: str, role: str) -> str:
 
 Describe = Callable[[dict[str, Any]], str]
 
-_TTL = re.compile(r"^(\d+)([smhdw]?)$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_TTL = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def ttl(text: str) -> int:
-    """``90``, ``90s``, ``15m``, ``12h``, ``30d`` or ``2w`` → seconds."""
-    m = _TTL.fullmatch(text.strip())
+    """A duration → seconds: ``90s``, ``15m``, ``12h``, ``30d`` or ``2w``, the one parser of
+    every duration option (``--ttl``, ``--credential-ttl``, ``--expires-in``). A bare number is
+    refused: ``10`` could mean seconds or minutes, and a ticket or credential that lives 60
+    times shorter or longer than meant is a mistake found too late."""
+    text = text.strip()
+    if text.isdigit() and int(text) > 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: give a unit, e.g. {text}s, {text}m, {text}h or {text}d"
+        )
+    m = _TTL.fullmatch(text)
     if not m or int(m.group(1)) == 0:
         raise argparse.ArgumentTypeError(
             f"invalid duration {text!r}: use a positive number with s, m, h, d or w (e.g. 30d)"
         )
     return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def check_host_port(flag: str, text: str, *, any_port: bool = False) -> str:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6), checked before any node is asked, so the first
+    mistake reported is the argument's; port 0 only where ``any_port`` (a listener: any free
+    port)."""
+    host, sep, port = text.rpartition(":")
+    low = 0 if any_port else 1
+    if not sep or not port or text.endswith("]") or (host.endswith(":") and "[" not in host):
+        problem = "the port is missing"
+    elif not host:
+        problem = "the host is missing"
+    elif not port.isdigit() or not low <= int(port) <= 65535:
+        problem = f"the port must be {low} to 65535"
+    else:
+        return text
+    example = "127.0.0.1:0 (port 0: any free port)" if any_port else "127.0.0.1:5432"
+    raise InvalidArgumentError(f"{flag} {text!r}: {problem}; use HOST:PORT, e.g. {example}")
+
+
+def check_name(flag: str, name: str | None, what: str) -> None:
+    """A resource's name, when given: ``what`` is its kind, e.g. ``tcp-outlet``."""
+    if name is not None:
+        from tether.registry import check_name as check
+
+        try:
+            check(name, what)
+        except InvalidArgumentError as e:
+            raise InvalidArgumentError(f"{flag}: {e}") from None
+
+
+def check_policy(expression: str | None) -> None:
+    """An ``--allow`` expression, when given (a bad one raises ``PolicyError``, which shows
+    where and how to fix it)."""
+    if expression:
+        from tether.policy import Policy
+
+        Policy.parse(expression)
+
+
+def check_route(text: str) -> str:
+    """A route's syntax, checked before any node is asked (a ``/node/NAME`` in it is looked up
+    later, by the node that uses the route); a bad one raises ``RouteSyntaxError``, which shows
+    where."""
+    from tether.message import LOCAL, Address
+    from tether.routing import parse
+
+    parse(text, resolve_node=lambda name: (Address(LOCAL, name.encode()),))
+    return text
 
 
 def attribute(text: str) -> tuple[str, str]:
@@ -155,8 +337,25 @@ def deleter(node: Callable[[Context], str], path: str, key: str, done: str) -> H
 
     def run(ctx: Context) -> int:
         name = getattr(ctx.args, key)
-        call(node_api(ctx, node(ctx)), "DELETE", f"{path}/{name}")
+        at = node(ctx)
+        if delete_saved(ctx, at, path, name):
+            ctx.emit(done.format(name) + f" (from {at}'s saved configuration)", {"deleted": name})
+            return 0
+        call(node_api(ctx, at), "DELETE", f"{path}/{name}")
         ctx.emit(done.format(name), {"deleted": name})
         return 0
 
     return run
+
+
+def delete_saved(ctx: Context, node: str, path: str, name: str) -> bool:
+    """When ``node`` is stopped, delete resource ``name`` (served at ``path``) from its saved
+    configuration and return True; when it runs, False (its control API deletes it)."""
+    from tether.state import default_home
+
+    store = ctx.registry().store
+    nodes.load_config(store, node)
+    if nodes.read_runtime(ctx.home or default_home(), node) is not None:
+        return False
+    nodes.delete_saved(store, node, path, name)
+    return True

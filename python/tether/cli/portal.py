@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 from tether.cli.api import call
 from tether.cli.common import (
+    Renamed,
     add_trust_arguments,
+    check_host_port,
+    check_name,
+    check_policy,
+    check_route,
     deleter,
     lister,
     node_api,
@@ -35,19 +40,29 @@ def _stats(p: dict[str, Any]) -> str:
     return line
 
 
+def _policy(p: dict[str, Any]) -> str:
+    """Its effective policy (every policy that applies), as ``tether.policies`` describes it."""
+    from tether.policies import describe
+
+    text = describe(p.get("policy"))
+    return f"\n{text}" if text else ""
+
+
 def _outlet(o: dict[str, Any]) -> str:
-    allow = f"\n  allows: {o['allow']}" if o.get("allow") else ""
-    return f"tcp-outlet {o['name']} → {o['to']}{allow}\n{_stats(o)}"
+    return f"tcp-outlet {o['name']} → {o['to']}{_policy(o)}\n{_stats(o)}"
 
 
 def _inlet(i: dict[str, Any]) -> str:
-    allow = f"\n  allows: {i['allow']}" if i.get("allow") else ""
-    return f"tcp-inlet {i['name']}  {i['from']} → {i['to']}  ({i['state']}){allow}\n{_stats(i)}"
+    head = f"tcp-inlet {i['name']}  {i['from']} → {i['to']}  ({i['state']})"
+    return f"{head}{_policy(i)}\n{_stats(i)}"
 
 
 def _outlet_create(ctx: Context) -> int:
     a = ctx.args
-    body = {"to": a.to, "name": a.from_name, "allow": a.allow}
+    check_host_port("--to", a.to)
+    check_name("--name", a.name, "tcp-outlet")
+    check_policy(a.allow)
+    body = {"to": a.to, "name": a.name, "allow": a.allow}
     o = call(node_api(ctx, _at(ctx)), "POST", "/tcp-outlets", body)
     ctx.emit(
         _outlet(o) + f"\n  reach it through a secure channel: …/secure/api/service/{o['name']}", o
@@ -57,6 +72,10 @@ def _outlet_create(ctx: Context) -> int:
 
 def _inlet_create(ctx: Context) -> int:
     a = ctx.args
+    check_host_port("--from", a.from_addr, any_port=True)
+    check_route(a.to)
+    check_name("--name", a.name, "tcp-inlet")
+    check_policy(a.allow)
     body = {"from": a.from_addr, "to": a.to, "name": a.name, "allow": a.allow, **trust_body(a)}
     i = call(node_api(ctx, _at(ctx)), "POST", "/tcp-inlets", body, timeout=60)
     ctx.emit(_inlet(i) + f"\n  clients connect to {i['from']}", i)
@@ -70,7 +89,7 @@ ALLOW_HELP = (
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from tether.cli import add_command, add_group
+    from tether.cli import add_command, add_group, rename
 
     sub = add_group(
         groups,
@@ -90,11 +109,13 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "tether tcp-outlet create --at db --to 127.0.0.1:5432 --allow 'subject.role = \"db\"'",
         _outlet_create,
     )
-    p.add_argument("--at", help="the node near the target (default: the only running one)")
-    p.add_argument("--to", required=True, metavar="HOST:PORT", help="the TCP service")
+    # Until this release an outlet's name was --from (an inlet's --name: one flag now).
+    rename(p, Renamed("--from", "--name"))
     p.add_argument(
-        "--from", dest="from_name", metavar="NAME", help="the outlet's address (default outlet)"
+        "--at", metavar="NODE", help="the node near the target (default: the only running one)"
     )
+    p.add_argument("--to", required=True, metavar="HOST:PORT", help="the TCP service")
+    p.add_argument("--name", help="the outlet's name, its service address (default: outlet)")
     p.add_argument("--allow", metavar="EXPR", help=ALLOW_HELP)
     _common(sub, "tcp-outlet", _outlet, "outlet")
 
@@ -119,9 +140,15 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--to /node/db/secure/api/service/outlet",
         _inlet_create,
     )
-    p.add_argument("--at", help="the node near the client (default: the only running one)")
     p.add_argument(
-        "--from", dest="from_addr", required=True, metavar="HOST:PORT", help="where to listen"
+        "--at", metavar="NODE", help="the node near the client (default: the only running one)"
+    )
+    p.add_argument(
+        "--from",
+        dest="from_addr",
+        required=True,
+        metavar="HOST:PORT",
+        help="where to listen (port 0: any free port)",
     )
     p.add_argument("--to", required=True, metavar="ROUTE", help="route to the outlet")
     p.add_argument("--name", help="the inlet's name (default: inletN)")
@@ -147,7 +174,7 @@ def _common(
         f"tether {kind} list --at NODE",
         lister(_at, f"/{kind}s", describe, f"no {kind}s"),
     )
-    p.add_argument("--at", help="the node (default: the only running one)")
+    p.add_argument("--at", metavar="NODE", help="the node (default: the only running one)")
     for name, help_text, handler in (
         ("show", f"show one {kind} and its counters", shower(_at, f"/{kind}s", describe, "name")),
         (
@@ -158,4 +185,4 @@ def _common(
     ):
         p = add_command(sub, name, help_text, f"tether {kind} {name} {eg} --at NODE", handler)
         p.add_argument("name")
-        p.add_argument("--at", help="the node (default: the only running one)")
+        p.add_argument("--at", metavar="NODE", help="the node (default: the only running one)")

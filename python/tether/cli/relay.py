@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from tether.cli.api import call
 from tether.cli.common import (
+    Renamed,
     add_trust_arguments,
+    check_route,
     deleter,
     lister,
     node_api,
@@ -21,8 +23,20 @@ if TYPE_CHECKING:
 
 
 def _node(ctx: Context) -> str:
-    """--to, or the only running node."""
-    return running_node(ctx, ctx.args.to, "--to", "keeps the relay")
+    """--at, or the only running node."""
+    return running_node(ctx, ctx.args.at, "--at", "keeps the relay")
+
+
+# Until this release `--to NODE` named the node that claims and `--at ROUTE` the relay node; now
+# `--at` is the node a resource lives on, as in every command, and the relay has --relay.
+_OLD_TO = Renamed("--to", "--at")
+_OLD_AT = Renamed(
+    "--at",
+    "--relay",
+    when=lambda value: value.startswith("/"),  # a route: a node's name never has a '/'
+    note="--at ROUTE is deprecated, use --relay ROUTE (--at now names the node that claims; "
+    "the old meaning will be removed in the next release)",
+)
 
 
 def _describe(r: dict[str, Any]) -> str:
@@ -31,12 +45,13 @@ def _describe(r: dict[str, Any]) -> str:
 
 
 def _create(ctx: Context) -> int:
+    check_route(ctx.args.relay)
     node = _node(ctx)
     r = call(
         node_api(ctx, node),
         "POST",
         "/relays",
-        {"name": ctx.args.name, "at": ctx.args.at, **trust_body(ctx.args)},
+        {"name": ctx.args.name, "at": ctx.args.relay, **trust_body(ctx.args)},
         timeout=60,
     )
     ctx.emit(_describe(r), r)
@@ -49,7 +64,7 @@ _delete = deleter(_node, "/relays", "name", "stopped keeping relay {}")
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from tether.cli import add_command, add_group
+    from tether.cli import add_command, add_group, rename
 
     sub = add_group(
         groups,
@@ -60,27 +75,37 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
             "at ROUTE_TO_RELAY/service/forward_to_NAME. Secure channels through the relay keep it"
             " blind."
         ),
-        "tether relay create db --at /node/relay --to protected",
+        "tether relay create db --relay /node/relay --at protected",
     )
     p = add_command(
         sub,
         "create",
-        "claim NAME at the relay node reached by --at",
-        "tether relay create db --at /node/relay --to protected",
+        "claim NAME at the relay node reached by --relay",
+        "tether relay create db --relay /node/relay --at protected",
         _create,
     )
+    rename(p, _OLD_TO, _OLD_AT)
     p.add_argument("name")
-    p.add_argument("--at", required=True, help="route to the relay node, e.g. /node/relay")
-    p.add_argument("--to", help="the node that claims the name (default: the only running one)")
+    p.add_argument(
+        "--relay",
+        required=True,
+        metavar="ROUTE",
+        help="route to the relay node, e.g. /node/relay or /ip4/RELAY_IP/tcp/4000",
+    )
+    p.add_argument(
+        "--at", metavar="NODE", help="the node that claims the name (default: the only running one)"
+    )
     add_trust_arguments(p)
     p = add_command(
-        sub, "list", "list the relays a node keeps", "tether relay list --to protected", _list
+        sub, "list", "list the relays a node keeps", "tether relay list --at protected", _list
     )
-    p.add_argument("--to", help="the node (default: the only running one)")
+    rename(p, _OLD_TO)
+    p.add_argument("--at", metavar="NODE", help="the node (default: the only running one)")
     for name, help_text, handler in (
         ("show", "show one relay", _show),
         ("delete", "stop keeping a relay", _delete),
     ):
-        p = add_command(sub, name, help_text, f"tether relay {name} db --to protected", handler)
+        p = add_command(sub, name, help_text, f"tether relay {name} db --at protected", handler)
+        rename(p, _OLD_TO)
         p.add_argument("name")
-        p.add_argument("--to", help="the node (default: the only running one)")
+        p.add_argument("--at", metavar="NODE", help="the node (default: the only running one)")
