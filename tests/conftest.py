@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from cli_run import Cli, echo_server
 
 settings.register_profile(
     "ci",
@@ -36,6 +39,27 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# --- the real `tether` command -----------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[Cli]:
+    """The real ``tether`` command in a throwaway home; every node it started is deleted after
+    the test (a module may define its own ``cli``, e.g. one shared by its tests)."""
+    c = Cli(tmp_path / "home")
+    try:
+        yield c
+    finally:
+        c.run("node", "delete", "--all", ok=False)
+
+
+@pytest.fixture
+def echo_port() -> Iterator[int]:
+    """A TCP echo service on a free loopback port (the target behind an outlet)."""
+    with echo_server() as port:
+        yield port
 
 
 # --- a throwaway PostgreSQL, shared by the session -------------------------------------------

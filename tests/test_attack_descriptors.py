@@ -85,13 +85,6 @@ def descriptors() -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-@pytest.fixture
-def cli(tmp_path: Path) -> Iterator[Cli]:
-    c = Cli(tmp_path / "home")
-    yield c
-    c.run("node", "delete", "--all", ok=False)
-
-
 def _limit_descriptors() -> None:  # in the child, before exec
     resource.setrlimit(resource.RLIMIT_NOFILE, (LIMIT, LIMIT))
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,6 @@ import tether.cli
 from cli_run import Cli
 
 ROLE = 'subject.role = "db-client"'
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Iterator[Cli]:
-    c = Cli(tmp_path / "home")
-    try:
-        yield c
-    finally:
-        c.run("node", "delete", "--all", ok=False)
 
 
 def test_authority_ticket_enroll_membership_and_policy_flow(cli: Cli) -> None:

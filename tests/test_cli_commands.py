@@ -11,22 +11,10 @@ import json
 import shlex
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from cli_run import Cli
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Iterator[Cli]:
-    c = Cli(tmp_path / "home")
-    try:
-        yield c
-    finally:
-        c.run("node", "delete", "--all", ok=False)
 
 
 def _free_port() -> int:

@@ -156,8 +156,18 @@ MISTAKES: list[tuple[str, tuple[str, ...], str, int]] = [
     ),
     (
         "an --authorized that is no identifier",
-        ("tcp-inlet", "create", "--at", "n1", "--from", "127.0.0.1:0", "--to", f"/node/n2{OUTLET}")
-        + ("--authorized", "garbage"),
+        (
+            "tcp-inlet",
+            "create",
+            "--at",
+            "n1",
+            "--from",
+            "127.0.0.1:0",
+            "--to",
+            f"/node/n2{OUTLET}",
+            "--authorized",
+            "garbage",
+        ),
         "not an identifier: 'garbage'",
         2,
     ),

@@ -3,23 +3,14 @@ messages routed across three node processes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
 
 from cli_run import Cli
 from tether.cli.api import call
 from tether.node import Message, Node, WorkerContext
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Iterator[Cli]:
-    c = Cli(tmp_path / "home")
-    yield c
-    c.run("node", "delete", "--all", ok=False)
 
 
 def test_node_lifecycle(cli: Cli) -> None:

@@ -17,45 +17,12 @@ from __future__ import annotations
 
 import json
 import socket
-import socketserver
-import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from cli_run import Cli
 
 ADMIN = 'subject.role = "admin"'
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Iterator[Cli]:
-    c = Cli(tmp_path / "home")
-    try:
-        yield c
-    finally:
-        c.run("node", "delete", "--all", ok=False)
-
-
-class _Echo(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        while data := self.request.recv(65536):
-            self.request.sendall(data)
-
-
-@pytest.fixture
-def echo_port() -> Iterator[int]:
-    """A TCP echo server on a free loopback port (the service behind the outlet)."""
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Echo)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def exchange(port: int, data: bytes = b"ping") -> bytes:

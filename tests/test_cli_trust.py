@@ -11,21 +11,15 @@ the node goes on serving its members."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import socket
-import socketserver
-import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
 
-from cli_run import Cli
+from cli_run import Cli, echo_server
 from tether.node import Node
 from tether.registry import Registry
 from tether.state import Store
@@ -35,34 +29,6 @@ from trio_run import run
 HOST = "127.0.0.1"
 ROLE = 'subject.role = "db-client"'
 OUTLET = "/node/db/secure/api/service/outlet"
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Iterator[Cli]:
-    c = Cli(tmp_path / "home")
-    try:
-        yield c
-    finally:
-        c.run("node", "delete", "--all", ok=False)
-
-
-@contextlib.contextmanager
-def echo_server() -> Iterator[int]:
-    """A TCP echo service on loopback (the outlet's target); yields its port."""
-
-    class Echo(socketserver.BaseRequestHandler):
-        def handle(self) -> None:
-            while data := self.request.recv(65536):
-                self.request.sendall(data)
-
-    server = socketserver.ThreadingTCPServer((HOST, 0), Echo)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def exchange(port: int, data: bytes = b"ping") -> bytes:
