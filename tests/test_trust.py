@@ -8,6 +8,7 @@ identities, and an unstarted :class:`~tether.node.Node` for the node's trust."""
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 
@@ -18,11 +19,13 @@ from tether.errors import CredentialError
 from tether.node import Node
 from tether.policy import Policy
 from tether.trust import (
+    ChannelRefusedError,
     Peer,
     format_attributes,
     has_valid_credential,
     refusal_notes,
     standing,
+    trust_members,
     valid_attributes,
     with_credentials,
 )
@@ -190,3 +193,20 @@ def test_check_issued_then_check_current_is_verify() -> None:
         except CredentialError as e:
             split = type(e)
         assert whole is split, (c, now)
+
+
+def test_a_revoked_member_is_no_member_to_answer_a_channel() -> None:
+    """The default trust of an enrolled node (a member of its authority must answer) judges the
+    answering peer's credential now: once the node holds its revocation, it is refused."""
+    a = Authority()
+    me = subject()
+    now = int(time.time())
+    attestation = a.attest(now - DAY, now + DAY)  # (the helper's own is of 2023)
+    c = a.issue(me.identifier, {"role": "db"}, now=now - 60, ttl=DAY, attestation=attestation)
+    node = Node("app", authorities=a.trusted)
+    peer = with_credentials(Peer(me, authorities=node.authorities), [c], now)
+    check = trust_members(node.authorities, node)
+    check(peer)  # a member
+    node.revoked_credentials[a.identifier] = frozenset({c.id})
+    with pytest.raises(ChannelRefusedError, match="its authority revoked it"):
+        check(peer)

@@ -175,26 +175,32 @@ def trust_policy(policy: Any, node: Node, resource_type: str, name: str) -> Trus
     return check
 
 
-def trust_members(authorities: Mapping[str, Identity]) -> TrustPolicy:
-    """The members of ``authorities`` (a valid credential from one of them: only such survive
-    the handshake's verification) and those authorities themselves: what a node enrolled with
-    an authority trusts by default. ``authorities`` is read at each handshake (a live map)."""
+def trust_members(authorities: Mapping[str, Identity], node: Any = None) -> TrustPolicy:
+    """The members of ``authorities`` (a credential from one of them that counts now: not
+    expired, and not revoked by ``node``'s revocation lists) and those authorities
+    themselves: what a node enrolled with an authority trusts by default. ``authorities`` is
+    read at each handshake (a live map)."""
 
     def policy(peer: Peer) -> None:
-        if peer.identifier in authorities or peer.credentials:
+        if peer.identifier in authorities:
+            return
+        if peer.authorities is None and node is None:  # (a Peer made outside a handshake)
+            if peer.credentials:
+                return
+        elif standing(peer, node).credentials:
             return
         raise ChannelRefusedError(
             f"{peer.identifier} is no member of an authority this node trusts (it presented no "
             "valid credential from one); name it with --authorized if it is the peer you want"
-            + _notes(peer)
+            + _notes(peer, node)
         )
 
     return policy
 
 
-def _notes(peer: Peer) -> str:
+def _notes(peer: Peer, node: Any = None) -> str:
     """Why each credential ``peer`` presented does not count, each after "; " ("" if none)."""
-    return "".join(f"; {line}" for line in standing(peer, None).ignored)
+    return "".join(f"; {line}" for line in standing(peer, node).ignored)
 
 
 def initiator_trust(
@@ -211,7 +217,7 @@ def initiator_trust(
     if expected:
         return trust_identifiers(expected)
     if node.authorities:
-        return trust_members(node.authorities)
+        return trust_members(node.authorities, node)
     raise ChannelRefusedError(
         f"no identity to expect at {target}: name the peer with --authorized IDENTIFIER "
         "(Python: trust=trust_identifiers(...)), reach it as /node/NAME/secure/..., or "
