@@ -126,6 +126,20 @@ def test_credentials_across_two_homes(tmp_path: Path) -> None:
         issued["credential"],
     ).stdout
     assert "  role=db-client" in human
+    # --issuer takes a local identity's name too, as `credential issue` does.
+    by_name = js(
+        auth_home,
+        "credential",
+        "verify",
+        "--issuer",
+        "authority",
+        "--credential",
+        issued["credential"],
+    )
+    assert by_name["issuer"] == authority
+    p = run(auth_home, "credential", "verify", "--issuer", "nobody", "--credential", "00", ok=False)
+    assert p.returncode == 1
+    assert "no identity named 'nobody'" in p.stderr
 
     # Wrong issuer, wrong subject, tampered: non-zero with the reason.
     p = run(

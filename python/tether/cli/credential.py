@@ -41,7 +41,10 @@ def _facts(c: Credential) -> dict[str, object]:
 def _verify(ctx: Context) -> int:
     a = ctx.args
     data = hex_input(a.credential, a.credential_file, "credential")
-    c = ctx.registry().verify_credential(data, issuer=a.issuer, subject=a.subject)
+    issuer = a.issuer
+    if not issuer.startswith("I") or len(issuer) != 41:  # a local identity's name, as for issue
+        issuer = ctx.registry().get(issuer).identifier
+    c = ctx.registry().verify_credential(data, issuer=issuer, subject=a.subject)
     human = [
         f"valid: credential {c.id} about {c.subject}",
         f"issued by {c.issuer}, expires {timestamp(c.expires_at)}",
@@ -152,7 +155,11 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "tether credential verify --issuer I4567... --credential-file alice.cred",
         _verify,
     )
-    p.add_argument("--issuer", required=True, help="identifier of the authority to trust")
+    p.add_argument(
+        "--issuer",
+        required=True,
+        help="the authority to trust: its identifier, or the name of a local identity",
+    )
     p.add_argument("--credential", help="the credential, hex")
     p.add_argument("--credential-file", help="a file holding the credential hex ('-': stdin)")
     p.add_argument("--for", dest="subject", help="also require this subject identifier")
