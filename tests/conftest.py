@@ -14,6 +14,7 @@ the selected profile (``settings().max_examples`` is the profile's value at impo
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,3 +88,41 @@ def dataplane(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     plane: str = request.param
     monkeypatch.setenv("TETHER_DATAPLANE", plane)
     return plane
+
+
+# --- no node outlives the tests --------------------------------------------------------------
+
+
+def _leftover_daemons(base: str) -> list[tuple[int, str]]:
+    """The node daemons (pid, command line) started under the session's temporary directory
+    that still run."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        line = " ".join(a.decode("utf-8", "replace") for a in argv if a)
+        if "tether.daemon" in line and base in line:
+            found.append((int(entry.name), line))
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A test that leaves a node running fails the run (it would hold ports and CPU for the
+    tests after it, and on a user's machine): the leftovers are named, then killed."""
+    import signal
+
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None or not Path("/proc").is_dir():
+        return
+    left = _leftover_daemons(str(factory.getbasetemp()))
+    for pid, _ in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    if left:
+        lines = "\n".join(f"  {pid}: {line}" for pid, line in left)
+        print(f"\n{len(left)} node daemon(s) outlived the tests (killed now):\n{lines}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

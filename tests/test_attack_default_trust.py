@@ -106,7 +106,9 @@ async def cli_home(tmp_path: Path) -> AsyncIterator[Cli]:
     try:
         yield cli
     finally:
-        await anyio.to_thread.run_sync(lambda: cli.run("node", "delete", "--all", ok=False))
+        # shielded: the test ends by cancelling its task group, and the nodes must go anyway
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(lambda: cli.run("node", "delete", "--all", ok=False))
 
 
 def test_the_command_refuses_to_guess_who_answers(tmp_path: Path) -> None:
