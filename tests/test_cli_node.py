@@ -156,3 +156,35 @@ def test_message_send_reuses_the_open_channel(cli: Cli) -> None:
     assert len(channels) == 1
     assert channels[0]["address"] != created["address"]
     assert channels[0]["sent"] == 2
+
+
+def test_a_relative_home_is_taken_from_where_the_command_runs(tmp_path: Path) -> None:
+    """`--home DIR` and `TETHER_HOME=DIR` relative to the working directory: the node's paths
+    (its control socket) are printed absolute, and later commands from there find it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def tether(*args: str, home: str | None = None) -> Any:
+        env = {k: v for k, v in os.environ.items() if k != "TETHER_HOME"}
+        if home is not None:
+            env["TETHER_HOME"] = home
+        p = subprocess.run(
+            [sys.executable, "-m", "tether.cli", *args, "--json"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        return json.loads(p.stdout)
+
+    try:
+        made = tether("--home", "m2", "node", "create", "a")
+        assert made["api"] == str(tmp_path / "m2" / "nodes" / "a" / "api.sock")
+        assert tether("--home", "m2", "node", "show", "a")["identity"] == "a"
+        made = tether("node", "create", "b", home="m3")
+        assert made["api"] == str(tmp_path / "m3" / "nodes" / "b" / "api.sock")
+    finally:
+        for home in ("m2", "m3"):
+            subprocess.run(
+                [sys.executable, "-m", "tether.cli", "--home", home, "node", "delete", "--all"],
+                cwd=tmp_path, capture_output=True, timeout=60, check=False,
+            )  # fmt: skip

@@ -134,7 +134,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 def default_home() -> Path:
     env = os.environ.get("TETHER_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".tether"
+    return Path(env).expanduser().absolute() if env else Path.home() / ".tether"
 
 
 class Store:

@@ -39,7 +39,7 @@ class Context:
     @property
     def home(self) -> Path | None:
         home: str | None = self.args.home
-        return Path(home) if home else None
+        return Path(home).absolute() if home else None  # (a daemon, and its output, use it)
 
     def registry(self) -> Any:
         if self._registry is None:
