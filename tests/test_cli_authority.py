@@ -384,3 +384,38 @@ def test_identity_export_secret_and_import_secret(
     Cli(tmp_path / "third").fails(
         "identity", "import-secret", "authority", "--file", str(secret), reason="wrong passphrase"
     )
+
+
+def test_a_member_leaves_and_an_authority_stops_running_or_stopped(cli: Cli) -> None:
+    """`membership delete` ends a membership (no credential presented, the authority no longer
+    trusted, and it stays gone across a restart); `authority delete` stops an authority, on a
+    running node or from a stopped node's saved configuration."""
+    cli.run("node", "create", "auth")
+    cli.run("node", "create", "app")
+    authority = cli.js("authority", "create", "acme", "--at", "auth")["identifier"]
+    ticket = cli.js("ticket", "create", "--at", "auth", "--attribute", "role=db-client")
+    cli.run("enroll", ticket["ticket"], "--at", "app")
+    assert [m["authority"] for m in cli.js("membership", "list", "--at", "app")] == [authority]
+
+    left = cli.js("membership", "delete", authority, "--at", "app")
+    assert left == {"deleted": authority}
+    assert cli.js("membership", "list", "--at", "app") == []
+    # No credential and no trust left: a route through a relay names nobody to expect again.
+    cli.fails(
+        "message", "send", "--at", "app", "--to", "/node/auth/service/forward_to_x/secure/api",
+        "hi", reason="no identity to expect",
+    )  # fmt: skip
+    cli.fails("membership", "delete", authority, "--at", "app", reason="no membership of")
+    cli.run("node", "stop", "app")
+    cli.run("node", "start", "app")
+    assert cli.js("membership", "list", "--at", "app") == []
+
+    cli.run("authority", "delete", "--at", "auth")
+    cli.fails("authority", "show", "--at", "auth", reason="runs no authority")
+    cli.fails("ticket", "create", "--at", "auth", reason="runs no authority")
+    cli.run("authority", "create", "acme", "--at", "auth")  # taken up again
+    cli.run("node", "stop", "auth")
+    stopped = cli.run("authority", "delete", "--at", "auth").stdout
+    assert "saved configuration" in stopped
+    cli.run("node", "start", "auth")
+    cli.fails("authority", "show", "--at", "auth", reason="runs no authority")

@@ -25,7 +25,6 @@ from tether import limits, logs, nodes, policies
 from tether.authority import (
     DEFAULT_ADMIN_POLICY,
     DEFAULT_CREDENTIAL_TTL,
-    DEFAULT_TICKET_TTL,
 )
 from tether.control import ApiError, Router, serve_connection
 from tether.errors import NotFoundError, TetherError
@@ -205,7 +204,7 @@ async def list_listeners(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, An
 
 @api.add("POST", "/listeners")
 async def create_listener(d: Daemon, _params: dict[str, str], body: Any) -> tuple[int, Any]:
-    address = _field(body, "address")
+    address = body_field(body, "address")
     host, _sep, port = address.rpartition(":")
     if not port.isdigit():
         raise ApiError(400, f"address {address!r} is not host:port")
@@ -220,9 +219,9 @@ async def create_listener(d: Daemon, _params: dict[str, str], body: Any) -> tupl
 @api.add("DELETE", "/listeners/{id}")
 async def delete_listener(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
     if await d.restorer.take("tcp_listeners", p["id"]):  # one that waits: its id is its spec
-        _unsave(d, "tcp_listeners", "", p["id"])
+        unsave(d, "tcp_listeners", "", p["id"])
         return 204, None
-    _found(d.n.tcp.listeners, p["id"], "listener")
+    found(d.n.tcp.listeners, p["id"], "listener")
     await d.n.tcp.stop_listener(p["id"])
     spec = d.listener_specs.pop(p["id"], None)
     if spec in d.config.tcp_listeners:
@@ -239,14 +238,14 @@ async def list_services(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any
 
 @api.add("POST", "/services")
 async def create_service(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
-    kind = _field(body, "kind")
-    address = check_name(_field(body, "address"), "service")
+    kind = body_field(body, "kind")
+    address = check_name(body_field(body, "address"), "service")
     if kind not in SERVICE_KINDS:
         raise ApiError(400, f"unknown service kind {kind!r}; known: {sorted(SERVICE_KINDS)}")
     if d.n.has_worker(address):
         raise ApiError(409, f"a worker already listens at {address!r}")
     d.restorer.check_free("services", address, "service")
-    allow = _optional(body, "allow")
+    allow = body_optional(body, "allow")
     rule = _allow_policy(d, allow, address, kind)
     await d.n.start_worker(address, SERVICE_KINDS[kind], kind=kind)
     d.config.services.append({"kind": kind, "address": address})
@@ -256,18 +255,18 @@ async def create_service(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, 
 
 @api.add("DELETE", "/services/{address}")
 async def delete_service(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
-    if await _forget_waiting(d, "services", "address", p["address"]):
+    if await forget_waiting(d, "services", "address", p["address"]):
         return 204, None
     if not d.n.has_worker(p["address"]):
         raise ApiError(404, f"no service at {p['address']!r}")
     await d.n.stop_worker(p["address"])
-    _unsave(d, "services", "address", p["address"])
+    unsave(d, "services", "address", p["address"])
     return 204, None
 
 
 @api.add("POST", "/secure-channels")
 async def create_channel(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
-    to = _field(body, "to")
+    to = body_field(body, "to")
     identity, trust = _identity_and_trust(d, body)
     try:
         channel = await d.n.create_secure_channel(
@@ -280,7 +279,7 @@ async def create_channel(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, 
 
 @api.add("DELETE", "/secure-channels/{address}")
 async def delete_channel(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
-    await _found(d.n.channels, p["address"], "secure channel").close()
+    await found(d.n.channels, p["address"], "secure channel").close()
     return 204, None
 
 
@@ -295,17 +294,18 @@ async def get_channel_listener(d: Daemon, p: dict[str, str], _: Any) -> tuple[in
     w = d.restorer.get("channel_listeners", p["address"])  # saved, waiting to start
     if w is not None:
         return 200, w.info()
-    return 200, _found(d.n.channel_listeners, p["address"], "secure-channel listener").info()
+    return 200, found(d.n.channel_listeners, p["address"], "secure-channel listener").info()
 
 
 @api.add("POST", "/secure-channel-listeners")
 async def create_channel_listener(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
-    address = check_name(_field(body, "address"), "secure-channel listener")  # (in routes, URLs)
+    # (a name that goes in routes and URLs)
+    address = check_name(body_field(body, "address"), "secure-channel listener")
     if d.n.has_worker(address):
         raise ApiError(409, f"a worker already listens at {address!r}")
     d.restorer.check_free("channel_listeners", address, "secure-channel listener")
     identity, trust = _identity_and_trust(d, body)
-    _allow_policy(d, _optional(body, "allow"), address, "secure-channel-listener")
+    _allow_policy(d, body_optional(body, "allow"), address, "secure-channel-listener")
     listener = await d.n.create_secure_channel_listener(address, identity=identity, trust=trust)
     d.config.channel_listeners.append(
         {k: v for k, v in body.items() if k in ("address", "identity", "authorized")}
@@ -316,12 +316,12 @@ async def create_channel_listener(d: Daemon, _: dict[str, str], body: Any) -> tu
 
 @api.add("DELETE", "/secure-channel-listeners/{address}")
 async def delete_channel_listener(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
-    if await _forget_waiting(d, "channel_listeners", "address", p["address"]):
+    if await forget_waiting(d, "channel_listeners", "address", p["address"]):
         return 204, None
-    _found(d.n.channel_listeners, p["address"], "secure-channel listener")
+    found(d.n.channel_listeners, p["address"], "secure-channel listener")
     del d.n.channel_listeners[p["address"]]
     await d.n.stop_worker(p["address"])
-    _unsave(d, "channel_listeners", "address", p["address"])
+    unsave(d, "channel_listeners", "address", p["address"])
     return 204, None
 
 
@@ -350,8 +350,8 @@ def _trust(body: Any) -> Any:
 
 @api.add("POST", "/relays")
 async def create_relay(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
-    name = _field(body, "name")
-    at = _field(body, "at")
+    name = body_field(body, "name")
+    at = body_field(body, "at")
     if name in d.n.relays:
         raise ApiError(409, f"this node already keeps a relay named {name!r}")
     d.restorer.check_free("relays", name, "relay")
@@ -367,19 +367,19 @@ async def create_relay(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, An
 
 @api.add("DELETE", "/relays/{name}")
 async def delete_relay(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
-    if await _forget_waiting(d, "relays", "name", p["name"]):
+    if await forget_waiting(d, "relays", "name", p["name"]):
         return 204, None
-    _found(d.n.relays, p["name"], "relay")
+    found(d.n.relays, p["name"], "relay")
     await d.n.delete_relay(p["name"])
-    _unsave(d, "relays", "name", p["name"])
+    unsave(d, "relays", "name", p["name"])
     return 204, None
 
 
 @api.add("POST", "/tcp-outlets")
 async def create_outlet(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
-    to = _field(body, "to")
-    name = _optional(body, "name") or "outlet"
-    allow = _optional(body, "allow")
+    to = body_field(body, "to")
+    name = body_optional(body, "name") or "outlet"
+    allow = body_optional(body, "allow")
     if d.n.has_worker(name):
         raise ApiError(409, f"this node already has a service at {name!r}; choose another --name")
     d.restorer.check_free("tcp_outlets", name, "tcp-outlet")
@@ -394,20 +394,20 @@ async def create_outlet(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, A
 
 @api.add("DELETE", "/tcp-outlets/{name}")
 async def delete_outlet(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
-    if await _forget_waiting(d, "tcp_outlets", "name", p["name"]):
+    if await forget_waiting(d, "tcp_outlets", "name", p["name"]):
         return 204, None
-    _found(d.n.outlets, p["name"], "tcp-outlet")
+    found(d.n.outlets, p["name"], "tcp-outlet")
     await d.n.delete_tcp_outlet(p["name"])
-    _unsave(d, "tcp_outlets", "name", p["name"])
+    unsave(d, "tcp_outlets", "name", p["name"])
     return 204, None
 
 
 @api.add("POST", "/tcp-inlets")
 async def create_inlet(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
-    bind = _field(body, "from")
-    to = _field(body, "to")
-    name = _optional(body, "name")
-    allow = _optional(body, "allow")
+    bind = body_field(body, "from")
+    to = body_field(body, "to")
+    name = body_optional(body, "name")
+    allow = body_optional(body, "allow")
     if name is not None and name in d.n.inlets:
         raise ApiError(409, f"this node already has a tcp-inlet named {name!r}")
     if name is not None:
@@ -430,169 +430,18 @@ async def create_inlet(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, An
 
 @api.add("DELETE", "/tcp-inlets/{name}")
 async def delete_inlet(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
-    if await _forget_waiting(d, "tcp_inlets", "name", p["name"]):
+    if await forget_waiting(d, "tcp_inlets", "name", p["name"]):
         return 204, None
-    _found(d.n.inlets, p["name"], "tcp-inlet")
+    found(d.n.inlets, p["name"], "tcp-inlet")
     await d.n.delete_tcp_inlet(p["name"])
-    _unsave(d, "tcp_inlets", "name", p["name"])
+    unsave(d, "tcp_inlets", "name", p["name"])
     return 204, None
-
-
-@api.add("GET", "/authority")
-async def get_authority(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
-    waiting = d.restorer.infos("authority")
-    return 200, waiting[0] if waiting and d.n.authority is None else _authority(d).info()
-
-
-@api.add("POST", "/authority")
-async def create_authority(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
-    if d.n.authority is not None:
-        raise ApiError(409, "this node already runs an authority")
-    for w in d.restorer.of("authority"):  # a saved one that could not start: this replaces it
-        await d.restorer.take(w.section, w.key)
-    spec = {
-        "name": _optional(body, "name") or "authority",
-        "database": _optional(body, "database"),
-        "credential_ttl": int(_default(body.get("credential_ttl"), DEFAULT_CREDENTIAL_TTL)),
-        "admin_policy": _optional(body, "admin_policy") or DEFAULT_ADMIN_POLICY,
-    }
-    trusted = body.get("trusted") or []
-    if not isinstance(trusted, list):
-        raise ApiError(400, "'trusted' must be a list of {identifier, attributes}")
-    try:
-        authority = await d._start_authority(spec)
-        for t in trusted:
-            await authority.add_member(
-                str(t.get("identifier", "")), dict(t.get("attributes") or {}), added_by="operator"
-            )
-    except TetherError as e:
-        if d.n.authority is not None:
-            d.n.authority.stop()
-            await d.n.stop_worker("authority")
-            d.n.authority = None
-        raise ApiError(400, str(e), type(e).__name__) from None
-    d.config.authority = spec
-    d.persist()
-    return 201, authority.info()
-
-
-def _authority(d: Daemon) -> Any:
-    waiting = d.restorer.of("authority")
-    if waiting:
-        raise ApiError(409, f"this node's authority is not running: {waiting[0].error} (retrying)")
-    if d.n.authority is None:
-        raise ApiError(404, "this node runs no authority (`tether authority create`)")
-    return d.n.authority
-
-
-@api.add("GET", "/authority/members")
-async def list_members(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
-    return 200, await _authority(d).members()
-
-
-@api.add("POST", "/authority/members")
-async def add_member(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
-    identifier = _field(body, "identifier")
-    attributes = body.get("attributes") or {}
-    try:
-        await _authority(d).add_member(identifier, attributes, added_by="operator")
-    except TetherError as e:
-        raise ApiError(400, str(e), type(e).__name__) from None
-    return 201, {"identifier": identifier, "attributes": attributes}
-
-
-@api.add("DELETE", "/authority/members/{identifier}")
-async def delete_member(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
-    revoked = await _authority(d).delete_member(p["identifier"])
-    return 200, {"deleted": p["identifier"], "revoked": revoked}
-
-
-@api.add("POST", "/authority/tickets")
-async def create_ticket(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
-    authority = _authority(d)
-    attributes = dict(body.get("attributes") or {})
-    relay = _optional(body, "relay") or ""
-    if relay:
-        attributes["relay"] = relay  # the member may claim this relay name
-    route = _optional(body, "route") or _own_route(d)
-    try:
-        expires_in = int(_default(body.get("expires_in"), DEFAULT_TICKET_TTL))
-        # The authority counts from now or a second later: the expiry reported is never late.
-        expires_at = int(time.time()) + expires_in
-        ticket = await authority.create_ticket(
-            attributes,
-            expires_in=expires_in,
-            usage_count=int(_default(body.get("usage_count"), 1)),
-            relay=relay,
-            route=route,
-            created_by="operator",
-        )
-    except (TetherError, ValueError) as e:
-        raise ApiError(400, str(e), type(e).__name__) from None
-    return 201, {
-        "ticket": ticket.encode(),
-        "authority": authority.identifier,
-        "route": route,
-        "attributes": attributes,
-        "expires_at": expires_at,
-    }
-
-
-def _own_route(d: Daemon) -> str:
-    """A route to this node for a ticket: its first TCP listener."""
-    import ipaddress
-
-    listeners = list(d.n.tcp.listeners.values())
-    if not listeners:
-        raise ApiError(
-            400,
-            "this node has no TCP listener to put in the ticket: give --route (for example the "
-            "relay forwarder that reaches it)",
-        )
-    host, port = listeners[0].host, listeners[0].port
-    host = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host  # noqa: S104
-    try:
-        kind = "ip6" if ipaddress.ip_address(host).version == 6 else "ip4"
-    except ValueError:
-        kind = "dnsaddr"
-    return f"/{kind}/{host}/tcp/{port}"
-
-
-@api.add("POST", "/enroll")
-async def enroll(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
-    from tether.authority import AuthorityError
-
-    text = _field(body, "ticket")
-    poll = float(_default(body.get("poll_interval"), 60.0))
-    try:
-        m = await d.n.enroll(text, poll_interval=poll)
-    except AuthorityError as e:
-        raise ApiError(422, str(e), "AuthorityError") from None
-    except (TetherError, TimeoutError) as e:
-        raise ApiError(400, f"enrollment failed: {e}", type(e).__name__) from None
-    await d.restorer.take("memberships", m.identifier)  # a saved one that waited: replaced
-    d.config.memberships = [x for x in d.config.memberships if x.get("identifier") != m.identifier]
-    d.config.memberships.append(
-        {
-            "identifier": m.identifier,
-            "authority": m.authority.history.hex(),
-            "route": m.route,
-            "poll_interval": poll,
-        }
-    )
-    d.persist()
-    return 201, m.info()
-
-
-@api.add("GET", "/memberships")
-async def list_memberships(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
-    return 200, [m.info() for m in d.n.memberships.values()] + d.restorer.infos("memberships")
 
 
 @api.add("POST", "/policies")
 async def create_policy(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
-    expression = _field(body, "expression")
-    resource_type = _optional(body, "resource_type")
+    expression = body_field(body, "expression")
+    resource_type = body_optional(body, "resource_type")
     if resource_type is not None:
         known = {*policies.RESOURCE_TYPES, *SERVICE_KINDS, *(str(w["kind"]) for w in d.n.workers())}
         if resource_type not in known:
@@ -601,18 +450,18 @@ async def create_policy(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, A
                 f"unknown resource type {resource_type!r} (a policy for it would never apply); "
                 f"use one of: {', '.join(sorted(known))}",
             )
-    rule = _add_policy(d, expression, _optional(body, "resource"), resource_type)
+    rule = _add_policy(d, expression, body_optional(body, "resource"), resource_type)
     return 201, rule.info()
 
 
 @api.add("DELETE", "/policies/{id}")
 async def delete_policy(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
-    if await _forget_waiting(d, "policies", "id", p["id"]):
+    if await forget_waiting(d, "policies", "id", p["id"]):
         d.n.policies.pop(p["id"], None)  # the ``false`` it held in its place
         return 204, None
-    _found(d.n.policies, p["id"], "policy")
+    found(d.n.policies, p["id"], "policy")
     d.n.delete_policy(p["id"])
-    _unsave(d, "policies", "id", p["id"])
+    unsave(d, "policies", "id", p["id"])
     return 204, None
 
 
@@ -628,8 +477,8 @@ async def list_connections(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, 
 
 @api.add("POST", "/messages")
 async def send_message(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
-    to = _field(body, "to")
-    payload = _field(body, "message").encode()
+    to = body_field(body, "to")
+    payload = body_field(body, "message").encode()
     timeout = float(body.get("timeout", 10))
     route = d.n.parse_route(to)
     try:
@@ -664,7 +513,7 @@ def _readable(
     @api.add("GET", path + "/{key}")
     async def get_one(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
         w = d.restorer.get(section, p["key"])
-        return 200, w.info() if w is not None else _found(table(d), p["key"], what).info()
+        return 200, w.info() if w is not None else found(table(d), p["key"], what).info()
 
 
 _readable("/secure-channels", "secure channel", lambda d: d.n.channels)
@@ -674,7 +523,7 @@ _readable("/tcp-inlets", "tcp-inlet", lambda d: d.n.inlets, "tcp_inlets")
 _readable("/policies", "policy", lambda d: d.n.policies, "policies")
 
 
-def _found(table: Mapping[str, Any], key: str, what: str) -> Any:
+def found(table: Mapping[str, Any], key: str, what: str) -> Any:
     """``table[key]``, or 404 naming what is missing."""
     if key not in table:
         raise ApiError(404, f"no {what} {key!r}")
@@ -699,7 +548,7 @@ def _add_policy(d: Daemon, expression: str, resource: str | None, resource_type:
     return rule
 
 
-def _unsave(d: Daemon, section: str, key: str, value: str) -> None:
+def unsave(d: Daemon, section: str, key: str, value: str) -> None:
     """Drop the entries of configuration ``section`` whose ``key`` is ``value`` (entries that
     are strings: equal to ``value``); save."""
     setattr(d.config, section, [x for x in getattr(d.config, section) if _named(x, key) != value])
@@ -710,20 +559,20 @@ def _named(entry: Any, key: str) -> Any:
     return entry.get(key) if isinstance(entry, dict) else entry
 
 
-async def _forget_waiting(d: Daemon, section: str, key: str, value: str) -> bool:
+async def forget_waiting(d: Daemon, section: str, key: str, value: str) -> bool:
     """Delete the saved resource ``value`` of ``section`` if it waits to start: True if so."""
     if await d.restorer.take(section, value) is None:
         return False
-    _unsave(d, section, key, value)
+    unsave(d, section, key, value)
     return True
 
 
-def _default(value: Any, default: Any) -> Any:
+def or_default(value: Any, default: Any) -> Any:
     """``value`` unless it is absent (None): 0 is a value, and is checked as one."""
     return default if value is None else value
 
 
-def _optional(body: Any, name: str) -> str | None:
+def body_optional(body: Any, name: str) -> str | None:
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
     value = body.get(name)
@@ -732,7 +581,7 @@ def _optional(body: Any, name: str) -> str | None:
     return value or None
 
 
-def _field(body: Any, name: str) -> str:
+def body_field(body: Any, name: str) -> str:
     if not isinstance(body, dict) or not isinstance(body.get(name), str):
         raise ApiError(400, f"the body must be a JSON object with a string {name!r}")
     return str(body[name])
@@ -776,5 +625,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# The authority's and memberships' resources register themselves on `api` (a module of their own).
+from tether import daemon_authority  # noqa: E402, F401
+
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m tether.daemon` runs this file as __main__, a second copy of the module: run the
+    # one registered as tether.daemon, whose `api` has every resource on it.
+    from tether.daemon import main as daemon_main
+
+    sys.exit(daemon_main())

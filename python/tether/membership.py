@@ -97,20 +97,43 @@ async def adopt(node: Node, m: Any) -> None:
 def use_credential(node: Node, credential: Any) -> None:
     """Present ``credential`` in this node's handshakes from now on (replacing one from
     the same issuer)."""
-    from tether.trust import ChannelIdentity
-
     me = node.identity
     if me is None:
         raise TetherError(f"node {node.name} has no identity")
     creds = tuple(c for c in me.credentials if c.issuer != credential.issuer)
-    node.identity = ChannelIdentity(
-        me.identity, me.static_key, me.attestation, (*creds, credential)
-    )
+    _present(node, (*creds, credential))
+    if node.on_credential is not None:
+        node.on_credential(credential)
+
+
+def _present(node: Node, credentials: tuple[Any, ...]) -> None:
+    """The node's identity (and its listeners' that use it) presents ``credentials`` in the
+    handshakes from now on."""
+    from tether.trust import ChannelIdentity
+
+    me = node.identity
+    assert me is not None
+    node.identity = ChannelIdentity(me.identity, me.static_key, me.attestation, credentials)
     for listener in node.channel_listeners.values():
         if listener.me.identity.identifier == me.identity.identifier:
             listener.me = node.identity
-    if node.on_credential is not None:
-        node.on_credential(credential)
+
+
+def leave(node: Node, identifier: str) -> None:
+    """End this node's membership of the authority ``identifier``: it stops refreshing and
+    presenting its credential from it (peers that already hold that credential keep it until
+    it expires: leaving is not revoking), and, unless the node runs that authority itself, it
+    stops trusting the credentials that authority issues, on open channels too."""
+    m = node.memberships.pop(identifier, None)
+    if m is None:
+        raise TetherError(f"node {node.name} is no member of {identifier}")
+    m.stop()
+    m.active = False
+    if node.authority is None or node.authority.identifier != identifier:
+        node.authorities.pop(identifier, None)
+        node.revoked_credentials.pop(identifier, None)
+    if node.identity is not None:
+        _present(node, tuple(c for c in node.identity.credentials if c.issuer != identifier))
 
 
 async def present_credentials(node: Node) -> None:

@@ -152,15 +152,22 @@ SAVED = {
     "/policies": ("policies", "id", "policy"),
     "/secure-channel-listeners": ("channel_listeners", "address", "secure-channel listener"),
     "/services": ("services", "address", "service"),
+    "/memberships": ("memberships", "identifier", "membership of"),
 }
 
 
 def delete_saved(store: Store, node: str, path: str, key: str) -> None:
     """Delete the resource ``key`` (of the kind the control API serves at ``path``) from the
     saved configuration of ``node``, which is stopped: its next start goes without it."""
-    section, field_name, what = SAVED[path]
     with store.transaction():
         cfg = load_config(store, node)
+        if path == "/authority":
+            if cfg.authority is None:
+                raise NotFoundError(f"node {node!r} is stopped and runs no authority")
+            cfg.authority = None
+            save_config(store, cfg)
+            return
+        section, field_name, what = SAVED[path]
         entries = getattr(cfg, section)
         kept = [e for e in entries if not (isinstance(e, dict) and e.get(field_name) == key)]
         if len(kept) == len(entries):

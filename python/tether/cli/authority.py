@@ -13,6 +13,7 @@ from tether.cli.api import call
 from tether.cli.common import (
     Renamed,
     attribute,
+    delete_saved,
     deleter,
     node_api,
     running_node,
@@ -234,6 +235,30 @@ def _memberships(ctx: Context) -> int:
     return 0
 
 
+def _membership_node(ctx: Context) -> str:
+    return running_node(ctx, ctx.args.at, "--at", "holds the membership")
+
+
+_membership_delete = deleter(
+    _membership_node, "/memberships", "authority", "left the authority {} (credential dropped)"
+)
+
+
+def _authority_delete(ctx: Context) -> int:
+    """Stop running the authority (on a stopped node: drop it from the saved configuration)."""
+    at = _at(ctx)
+    if delete_saved(ctx, at, "/authority", "authority"):
+        ctx.emit(f"node {at} runs no authority any more (saved configuration)", {"deleted": at})
+        return 0
+    call(node_api(ctx, at), "DELETE", "/authority")
+    ctx.emit(
+        f"node {at} runs no authority any more; its members' state stays in its database "
+        "(`tether authority create` with the same identity and database takes it up again)",
+        {"deleted": at},
+    )
+    return 0
+
+
 def _policy_create(ctx: Context) -> int:
     a = ctx.args
     if not a.resource and not a.resource_type:
@@ -338,6 +363,14 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     p.add_argument("--at", help="the node (default: the only running one)")
     p = add_command(
+        sub,
+        "delete",
+        "stop running the authority (its members' state stays in its database)",
+        "tether authority delete --at auth",
+        _authority_delete,
+    )
+    p.add_argument("--at", help="the node (default: the only running one)")
+    p = add_command(
         sub, "members", "list the members", "tether authority members --at auth", _members
     )
     p.add_argument("--at", help="the node (default: the only running one)")
@@ -434,6 +467,15 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = add_command(
         sub, "list", "list memberships", "tether membership list --at app", _memberships
     )
+    p.add_argument("--at", help="the node (default: the only running one)")
+    p = add_command(
+        sub,
+        "delete",
+        "leave an authority: stop presenting its credential and trusting its members",
+        "tether membership delete I0123… --at app",
+        _membership_delete,
+    )
+    p.add_argument("authority", metavar="AUTHORITY", help="the authority's identifier")
     p.add_argument("--at", help="the node (default: the only running one)")
 
     sub = add_group(
