@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import socketserver
 import subprocess
 import sys
@@ -79,3 +80,21 @@ def echo_server() -> Iterator[int]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def exchange(port: int, data: bytes = b"ping") -> bytes:
+    """Send ``data`` through the inlet at loopback ``port``; what comes back before the
+    connection ends (``b""``: turned away, the connection closed or reset — a reset may even
+    beat the connect call)."""
+    got = b""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(data)
+            while len(got) < len(data):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+    except (ConnectionResetError, BrokenPipeError):
+        return b""
+    return got

@@ -16,30 +16,12 @@ real command and node daemons in a temporary ``TETHER_HOME``:
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 
-from cli_run import Cli
+from cli_run import Cli, exchange
 
 ADMIN = 'subject.role = "admin"'
-
-
-def exchange(port: int, data: bytes = b"ping") -> bytes:
-    """Connect to the inlet at ``port``, send ``data``, and return what comes back before the
-    connection ends (``b""``: refused, the connection was closed or reset)."""
-    got = b""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
-            s.sendall(data)
-            while len(got) < len(data):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                got += chunk
-    except (ConnectionResetError, BrokenPipeError):
-        pass  # turned away (the inlet may reset the connection as soon as it accepts it)
-    return got
 
 
 def test_every_applicable_policy_must_allow_and_a_refusal_names_it(

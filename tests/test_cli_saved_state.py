@@ -19,25 +19,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cli_run import Cli
+from cli_run import Cli, exchange
 
 OUTLET = "/secure/api/service/outlet"
-
-
-def exchange(port: int, data: bytes = b"ping") -> bytes:
-    """Send ``data`` through the inlet at ``port``; what came back (``b""``: turned away)."""
-    got = b""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
-            s.sendall(data)
-            while len(got) < len(data):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                got += chunk
-    except (ConnectionResetError, BrokenPipeError):
-        pass
-    return got
 
 
 def eventually(check: Callable[[], Any], what: str, deadline: float = 90.0) -> Any:

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import socket
 import time
 from typing import Any
 
 import anyio
 
-from cli_run import Cli, echo_server
+from cli_run import Cli, echo_server, exchange
 from tether.node import Node
 from tether.registry import Registry
 from tether.state import Store
@@ -29,23 +28,6 @@ from trio_run import run
 HOST = "127.0.0.1"
 ROLE = 'subject.role = "db-client"'
 OUTLET = "/node/db/secure/api/service/outlet"
-
-
-def exchange(port: int, data: bytes = b"ping") -> bytes:
-    """Send ``data`` through the inlet at ``port``: the echo if the connection is served, b""
-    if it is refused (closed or reset)."""
-    got = b""
-    try:  # (a reset may even beat the connect call)
-        with socket.create_connection((HOST, port), timeout=30) as s:
-            s.sendall(data)
-            while len(got) < len(data):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                got += chunk
-    except (ConnectionResetError, BrokenPipeError):
-        return b""
-    return got
 
 
 def enroll(cli: Cli, node: str, *attributes: str, poll: str | None = None) -> Any:
