@@ -147,7 +147,7 @@ def test_listener_and_service_policies_combine(cli: Cli) -> None:
     err = cli.fails(
         "secure-channel",
         "create",
-        "--from",
+        "--at",
         "app",
         "--to",
         "/node/db/service/guarded",
@@ -163,7 +163,7 @@ def test_listener_and_service_policies_combine(cli: Cli) -> None:
     cli.js(
         "secure-channel",
         "create",
-        "--from",
+        "--at",
         "app",
         "--to",
         "/node/db/service/guarded",
@@ -175,7 +175,7 @@ def test_listener_and_service_policies_combine(cli: Cli) -> None:
     cli.js("policy", "create", "--at", "db", "--resource-type", "echo", me)
     assert (
         cli.js(
-            "message", "send", "--from", "app", "--to", "/node/db/secure/api/service/echo", "hi"
+            "message", "send", "--at", "app", "--to", "/node/db/secure/api/service/echo", "hi"
         )["reply"]
         == "hi"
     )
