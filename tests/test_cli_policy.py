@@ -173,12 +173,10 @@ def test_listener_and_service_policies_combine(cli: Cli) -> None:
 
     # The echo service: a policy on its kind that admits app, and one on its name that does not.
     cli.js("policy", "create", "--at", "db", "--resource-type", "echo", me)
-    assert (
-        cli.js(
-            "message", "send", "--at", "app", "--to", "/node/db/secure/api/service/echo", "hi"
-        )["reply"]
-        == "hi"
+    sent = cli.js(
+        "message", "send", "--at", "app", "--to", "/node/db/secure/api/service/echo", "hi"
     )
+    assert sent["reply"] == "hi"
     named = cli.js("policy", "create", "--at", "db", "--resource", "echo", ADMIN)
     cli.fails(
         "message",
