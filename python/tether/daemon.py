@@ -50,7 +50,7 @@ class Daemon:
         self.store = store
         self.config = config
         self.registry = Registry(store)
-        self.node: Node | None = None
+        self._node: Node | None = None
         self.started_at = int(time.time())
         self.stop = anyio.Event()
         self.identifier: str | None = None
@@ -64,9 +64,10 @@ class Daemon:
             self.write_runtime()
 
     @property
-    def n(self) -> Node:
-        assert self.node is not None
-        return self.node
+    def node(self) -> Node:
+        """The running node (the control API serves only while it runs)."""
+        assert self._node is not None
+        return self._node
 
     def persist(self) -> None:
         nodes.save_config(self.store, self.config)
@@ -78,7 +79,7 @@ class Daemon:
             "started_at": self.started_at,
             "identifier": self.identifier,
             "api": str(nodes.api_socket(self.home, self.config.name)),
-            "listeners": [lst.info() for lst in self.n.tcp.listeners.values()],
+            "listeners": [lst.info() for lst in self.node.tcp.listeners.values()],
             "waiting": self.restorer.summary(),
         }
 
@@ -107,7 +108,7 @@ class Daemon:
             identity=channel_identity,
             transit=cfg.transit,
         ) as node:
-            self.node = node
+            self._node = node
             # Credentials this node receives (enrollment, refresh) are kept in its store.
             node.on_credential = self.registry.store_credential
             node.policy_serial = cfg.policy_serial  # names of deleted policies stay taken
@@ -152,7 +153,7 @@ class Daemon:
         if not self.config.identity:
             raise ApiError(400, "a node without an identity cannot run an authority")
         shared = await anyio.to_thread.run_sync(open_shared, spec.get("database"), self.store)
-        return await self.n.create_authority(
+        return await self.node.create_authority(
             self.registry,
             self.config.identity,
             shared,
@@ -177,16 +178,16 @@ async def get_node(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
     return 200, {
         **d.runtime(),
         "identity": d.config.identity,
-        "workers": d.n.workers(),
-        "connections": [c.info() for c in d.n.tcp.connections.values()],
-        "secure_channels": [c.info() for c in d.n.channels.values()],
-        "secure_channel_listeners": [lst.info() for lst in d.n.channel_listeners.values()],
-        "transit": sorted(d.n.transit),
+        "workers": d.node.workers(),
+        "connections": [c.info() for c in d.node.tcp.connections.values()],
+        "secure_channels": [c.info() for c in d.node.channels.values()],
+        "secure_channel_listeners": [lst.info() for lst in d.node.channel_listeners.values()],
+        "transit": sorted(d.node.transit),
         "limits": {
-            "max_connections": d.n.tcp.max_connections,
-            "pending_handshakes": d.n.pending_handshakes,
+            "max_connections": d.node.tcp.max_connections,
+            "pending_handshakes": d.node.pending_handshakes,
         },
-        "counters": dict(d.n.counters),
+        "counters": dict(d.node.counters),
     }
 
 
@@ -198,7 +199,7 @@ async def shutdown(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
 
 @api.add("GET", "/listeners")
 async def list_listeners(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
-    live = [lst.info() for lst in d.n.tcp.listeners.values()]
+    live = [lst.info() for lst in d.node.tcp.listeners.values()]
     return 200, live + d.restorer.infos("tcp_listeners")
 
 
@@ -208,7 +209,7 @@ async def create_listener(d: Daemon, _params: dict[str, str], body: Any) -> tupl
     host, _sep, port = address.rpartition(":")
     if not port.isdigit():
         raise ApiError(400, f"address {address!r} is not host:port")
-    lst = await d.n.listen_tcp(host.strip("[]") or "127.0.0.1", int(port))
+    lst = await d.node.listen_tcp(host.strip("[]") or "127.0.0.1", int(port))
     d.listener_specs[lst.id] = address
     d.config.tcp_listeners.append(address)
     d.persist()
@@ -221,8 +222,8 @@ async def delete_listener(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, An
     if await d.restorer.take("tcp_listeners", p["id"]):  # one that waits: its id is its spec
         unsave(d, "tcp_listeners", "", p["id"])
         return 204, None
-    found(d.n.tcp.listeners, p["id"], "listener")
-    await d.n.tcp.stop_listener(p["id"])
+    found(d.node.tcp.listeners, p["id"], "listener")
+    await d.node.tcp.stop_listener(p["id"])
     spec = d.listener_specs.pop(p["id"], None)
     if spec in d.config.tcp_listeners:
         d.config.tcp_listeners.remove(spec)
@@ -233,7 +234,7 @@ async def delete_listener(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, An
 
 @api.add("GET", "/services")
 async def list_services(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
-    return 200, d.n.workers()
+    return 200, d.node.workers()
 
 
 @api.add("POST", "/services")
@@ -242,12 +243,12 @@ async def create_service(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, 
     address = check_name(body_field(body, "address"), "service")
     if kind not in SERVICE_KINDS:
         raise ApiError(400, f"unknown service kind {kind!r}; known: {sorted(SERVICE_KINDS)}")
-    if d.n.has_worker(address):
+    if d.node.has_worker(address):
         raise ApiError(409, f"a worker already listens at {address!r}")
     d.restorer.check_free("services", address, "service")
     allow = body_optional(body, "allow")
     rule = _allow_policy(d, allow, address, kind)
-    await d.n.start_worker(address, SERVICE_KINDS[kind], kind=kind)
+    await d.node.start_worker(address, SERVICE_KINDS[kind], kind=kind)
     d.config.services.append({"kind": kind, "address": address})
     d.persist()
     return 201, {"kind": kind, "address": address, "policy": rule.info() if rule else None}
@@ -257,9 +258,9 @@ async def create_service(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, 
 async def delete_service(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
     if await forget_waiting(d, "services", "address", p["address"]):
         return 204, None
-    if not d.n.has_worker(p["address"]):
+    if not d.node.has_worker(p["address"]):
         raise ApiError(404, f"no service at {p['address']!r}")
-    await d.n.stop_worker(p["address"])
+    await d.node.stop_worker(p["address"])
     unsave(d, "services", "address", p["address"])
     return 204, None
 
@@ -269,7 +270,7 @@ async def create_channel(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, 
     to = body_field(body, "to")
     identity, trust = _identity_and_trust(d, body)
     try:
-        channel = await d.n.create_secure_channel(
+        channel = await d.node.create_secure_channel(
             to, identity=identity, trust=trust, timeout=float(body.get("timeout", 10))
         )
     except ChannelRefusedError as e:
@@ -279,13 +280,13 @@ async def create_channel(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, 
 
 @api.add("DELETE", "/secure-channels/{address}")
 async def delete_channel(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
-    await found(d.n.channels, p["address"], "secure channel").close()
+    await found(d.node.channels, p["address"], "secure channel").close()
     return 204, None
 
 
 @api.add("GET", "/secure-channel-listeners")
 async def list_channel_listeners(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
-    live = [lst.info() for lst in d.n.channel_listeners.values()]
+    live = [lst.info() for lst in d.node.channel_listeners.values()]
     return 200, live + d.restorer.infos("channel_listeners")
 
 
@@ -294,19 +295,19 @@ async def get_channel_listener(d: Daemon, p: dict[str, str], _: Any) -> tuple[in
     w = d.restorer.get("channel_listeners", p["address"])  # saved, waiting to start
     if w is not None:
         return 200, w.info()
-    return 200, found(d.n.channel_listeners, p["address"], "secure-channel listener").info()
+    return 200, found(d.node.channel_listeners, p["address"], "secure-channel listener").info()
 
 
 @api.add("POST", "/secure-channel-listeners")
 async def create_channel_listener(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
     # (a name that goes in routes and URLs)
     address = check_name(body_field(body, "address"), "secure-channel listener")
-    if d.n.has_worker(address):
+    if d.node.has_worker(address):
         raise ApiError(409, f"a worker already listens at {address!r}")
     d.restorer.check_free("channel_listeners", address, "secure-channel listener")
     identity, trust = _identity_and_trust(d, body)
     _allow_policy(d, body_optional(body, "allow"), address, "secure-channel-listener")
-    listener = await d.n.create_secure_channel_listener(address, identity=identity, trust=trust)
+    listener = await d.node.create_secure_channel_listener(address, identity=identity, trust=trust)
     d.config.channel_listeners.append(
         {k: v for k, v in body.items() if k in ("address", "identity", "authorized")}
     )
@@ -318,9 +319,9 @@ async def create_channel_listener(d: Daemon, _: dict[str, str], body: Any) -> tu
 async def delete_channel_listener(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
     if await forget_waiting(d, "channel_listeners", "address", p["address"]):
         return 204, None
-    found(d.n.channel_listeners, p["address"], "secure-channel listener")
-    del d.n.channel_listeners[p["address"]]
-    await d.n.stop_worker(p["address"])
+    found(d.node.channel_listeners, p["address"], "secure-channel listener")
+    del d.node.channel_listeners[p["address"]]
+    await d.node.stop_worker(p["address"])
     unsave(d, "channel_listeners", "address", p["address"])
     return 204, None
 
@@ -352,12 +353,12 @@ def _trust(body: Any) -> Any:
 async def create_relay(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
     name = body_field(body, "name")
     at = body_field(body, "at")
-    if name in d.n.relays:
+    if name in d.node.relays:
         raise ApiError(409, f"this node already keeps a relay named {name!r}")
     d.restorer.check_free("relays", name, "relay")
     trust_spec = {k: body[k] for k in ("authorized", "trust_any") if body.get(k)}
     try:
-        relay = await d.n.create_relay(name, at, trust=_trust(body))
+        relay = await d.node.create_relay(name, at, trust=_trust(body))
     except RelayClaimError as e:
         raise ApiError(422, str(e), "RelayClaimError") from None
     d.config.relays.append({"name": name, "at": at, **trust_spec})
@@ -369,8 +370,8 @@ async def create_relay(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, An
 async def delete_relay(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
     if await forget_waiting(d, "relays", "name", p["name"]):
         return 204, None
-    found(d.n.relays, p["name"], "relay")
-    await d.n.delete_relay(p["name"])
+    found(d.node.relays, p["name"], "relay")
+    await d.node.delete_relay(p["name"])
     unsave(d, "relays", "name", p["name"])
     return 204, None
 
@@ -380,11 +381,11 @@ async def create_outlet(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, A
     to = body_field(body, "to")
     name = body_optional(body, "name") or "outlet"
     allow = body_optional(body, "allow")
-    if d.n.has_worker(name):
+    if d.node.has_worker(name):
         raise ApiError(409, f"this node already has a service at {name!r}; choose another --name")
     d.restorer.check_free("tcp_outlets", name, "tcp-outlet")
     try:
-        outlet = await d.n.create_tcp_outlet(to, name=name, allow=allow)
+        outlet = await d.node.create_tcp_outlet(to, name=name, allow=allow)
     except TetherError as e:
         raise ApiError(400, str(e), type(e).__name__) from None
     d.config.tcp_outlets.append({"name": name, "to": to, "allow": allow})
@@ -396,8 +397,8 @@ async def create_outlet(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, A
 async def delete_outlet(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
     if await forget_waiting(d, "tcp_outlets", "name", p["name"]):
         return 204, None
-    found(d.n.outlets, p["name"], "tcp-outlet")
-    await d.n.delete_tcp_outlet(p["name"])
+    found(d.node.outlets, p["name"], "tcp-outlet")
+    await d.node.delete_tcp_outlet(p["name"])
     unsave(d, "tcp_outlets", "name", p["name"])
     return 204, None
 
@@ -408,16 +409,16 @@ async def create_inlet(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, An
     to = body_field(body, "to")
     name = body_optional(body, "name")
     allow = body_optional(body, "allow")
-    if name is not None and name in d.n.inlets:
+    if name is not None and name in d.node.inlets:
         raise ApiError(409, f"this node already has a tcp-inlet named {name!r}")
     if name is not None:
         d.restorer.check_free("tcp_inlets", name, "tcp-inlet")
     else:  # inletN: not the name of a saved one that waits either
-        taken = {*d.n.inlets, *(w.key for w in d.restorer.of("tcp_inlets"))}
+        taken = {*d.node.inlets, *(w.key for w in d.restorer.of("tcp_inlets"))}
         name = next(f"inlet{k}" for k in itertools.count(1) if f"inlet{k}" not in taken)
     trust_spec = {k: body[k] for k in ("authorized", "trust_any") if body.get(k)}
     try:
-        inlet = await d.n.create_tcp_inlet(bind, to, name=name, allow=allow, trust=_trust(body))
+        inlet = await d.node.create_tcp_inlet(bind, to, name=name, allow=allow, trust=_trust(body))
     except TetherError as e:
         raise ApiError(400, str(e), type(e).__name__) from None
     # Persist the port actually bound (port 0 picks one): a restart listens there again.
@@ -432,8 +433,8 @@ async def create_inlet(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, An
 async def delete_inlet(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
     if await forget_waiting(d, "tcp_inlets", "name", p["name"]):
         return 204, None
-    found(d.n.inlets, p["name"], "tcp-inlet")
-    await d.n.delete_tcp_inlet(p["name"])
+    found(d.node.inlets, p["name"], "tcp-inlet")
+    await d.node.delete_tcp_inlet(p["name"])
     unsave(d, "tcp_inlets", "name", p["name"])
     return 204, None
 
@@ -443,7 +444,8 @@ async def create_policy(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, A
     expression = body_field(body, "expression")
     resource_type = body_optional(body, "resource_type")
     if resource_type is not None:
-        known = {*policies.RESOURCE_TYPES, *SERVICE_KINDS, *(str(w["kind"]) for w in d.n.workers())}
+        kinds = (str(w["kind"]) for w in d.node.workers())
+        known = {*policies.RESOURCE_TYPES, *SERVICE_KINDS, *kinds}
         if resource_type not in known:
             raise ApiError(
                 400,
@@ -457,22 +459,22 @@ async def create_policy(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, A
 @api.add("DELETE", "/policies/{id}")
 async def delete_policy(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
     if await forget_waiting(d, "policies", "id", p["id"]):
-        d.n.policies.pop(p["id"], None)  # the ``false`` it held in its place
+        d.node.policies.pop(p["id"], None)  # the ``false`` it held in its place
         return 204, None
-    found(d.n.policies, p["id"], "policy")
-    d.n.delete_policy(p["id"])
+    found(d.node.policies, p["id"], "policy")
+    d.node.delete_policy(p["id"])
     unsave(d, "policies", "id", p["id"])
     return 204, None
 
 
 @api.add("GET", "/relay-claims")
 async def list_claims(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
-    return 200, d.n.relay_service.info() if d.n.relay_service else []
+    return 200, d.node.relay_service.info() if d.node.relay_service else []
 
 
 @api.add("GET", "/connections")
 async def list_connections(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
-    return 200, [c.info() for c in d.n.tcp.connections.values()]
+    return 200, [c.info() for c in d.node.tcp.connections.values()]
 
 
 @api.add("POST", "/messages")
@@ -480,10 +482,10 @@ async def send_message(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, An
     to = body_field(body, "to")
     payload = body_field(body, "message").encode()
     timeout = float(body.get("timeout", 10))
-    route = d.n.parse_route(to)
+    route = d.node.parse_route(to)
     try:
         # The route as written: a /node/NAME in it says whose identity its channels expect.
-        reply = await d.n.request(to, payload, timeout=timeout, trust=_trust(body))
+        reply = await d.node.request(to, payload, timeout=timeout, trust=_trust(body))
     except UnreachableError as e:
         raise ApiError(502, str(e), "UnreachableError") from None
     except ReplyTimeoutError as e:
@@ -516,11 +518,11 @@ def _readable(
         return 200, w.info() if w is not None else found(table(d), p["key"], what).info()
 
 
-_readable("/secure-channels", "secure channel", lambda d: d.n.channels)
-_readable("/relays", "relay", lambda d: d.n.relays, "relays")
-_readable("/tcp-outlets", "tcp-outlet", lambda d: d.n.outlets, "tcp_outlets")
-_readable("/tcp-inlets", "tcp-inlet", lambda d: d.n.inlets, "tcp_inlets")
-_readable("/policies", "policy", lambda d: d.n.policies, "policies")
+_readable("/secure-channels", "secure channel", lambda d: d.node.channels)
+_readable("/relays", "relay", lambda d: d.node.relays, "relays")
+_readable("/tcp-outlets", "tcp-outlet", lambda d: d.node.outlets, "tcp_outlets")
+_readable("/tcp-inlets", "tcp-inlet", lambda d: d.node.inlets, "tcp_inlets")
+_readable("/policies", "policy", lambda d: d.node.policies, "policies")
 
 
 def found(table: Mapping[str, Any], key: str, what: str) -> Any:
@@ -539,11 +541,11 @@ def _allow_policy(d: Daemon, allow: str | None, name: str, resource_type: str) -
 def _add_policy(d: Daemon, expression: str, resource: str | None, resource_type: str | None) -> Any:
     """Add a policy to the node and save it (400 if the expression does not parse)."""
     try:
-        rule = d.n.add_policy(expression, resource=resource, resource_type=resource_type)
+        rule = d.node.add_policy(expression, resource=resource, resource_type=resource_type)
     except TetherError as e:
         raise ApiError(400, str(e), type(e).__name__) from None
     d.config.policies.append(rule.info())
-    d.config.policy_serial = d.n.policy_serial
+    d.config.policy_serial = d.node.policy_serial
     d.persist()
     return rule
 

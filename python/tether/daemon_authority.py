@@ -27,12 +27,12 @@ from tether.errors import TetherError
 @api.add("GET", "/authority")
 async def get_authority(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
     waiting = d.restorer.infos("authority")
-    return 200, waiting[0] if waiting and d.n.authority is None else _authority(d).info()
+    return 200, waiting[0] if waiting and d.node.authority is None else _authority(d).info()
 
 
 @api.add("POST", "/authority")
 async def create_authority(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
-    if d.n.authority is not None:
+    if d.node.authority is not None:
         raise ApiError(409, "this node already runs an authority")
     for w in d.restorer.of("authority"):  # a saved one that could not start: this replaces it
         await d.restorer.take(w.section, w.key)
@@ -52,10 +52,10 @@ async def create_authority(d: Daemon, _: dict[str, str], body: Any) -> tuple[int
                 str(t.get("identifier", "")), dict(t.get("attributes") or {}), added_by="operator"
             )
     except TetherError as e:
-        if d.n.authority is not None:
-            d.n.authority.stop()
-            await d.n.stop_worker("authority")
-            d.n.authority = None
+        if d.node.authority is not None:
+            d.node.authority.stop()
+            await d.node.stop_worker("authority")
+            d.node.authority = None
         raise ApiError(400, str(e), type(e).__name__) from None
     d.config.authority = spec
     d.persist()
@@ -66,9 +66,9 @@ def _authority(d: Daemon) -> Any:
     waiting = d.restorer.of("authority")
     if waiting:
         raise ApiError(409, f"this node's authority is not running: {waiting[0].error} (retrying)")
-    if d.n.authority is None:
+    if d.node.authority is None:
         raise ApiError(404, "this node runs no authority (`tether authority create`)")
-    return d.n.authority
+    return d.node.authority
 
 
 @api.add("GET", "/authority/members")
@@ -128,7 +128,7 @@ def _own_route(d: Daemon) -> str:
     """A route to this node for a ticket: its first TCP listener."""
     import ipaddress
 
-    listeners = list(d.n.tcp.listeners.values())
+    listeners = list(d.node.tcp.listeners.values())
     if not listeners:
         raise ApiError(
             400,
@@ -151,7 +151,7 @@ async def enroll(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
     text = body_field(body, "ticket")
     poll = float(or_default(body.get("poll_interval"), 60.0))
     try:
-        m = await d.n.enroll(text, poll_interval=poll)
+        m = await d.node.enroll(text, poll_interval=poll)
     except AuthorityError as e:
         raise ApiError(422, str(e), "AuthorityError") from None
     except (TetherError, TimeoutError) as e:
@@ -174,8 +174,8 @@ async def enroll(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
 async def delete_membership(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
     identifier = p["identifier"]
     if not await forget_waiting(d, "memberships", "identifier", identifier):
-        found(d.n.memberships, identifier, "membership of")
-        membership.leave(d.n, identifier)
+        found(d.node.memberships, identifier, "membership of")
+        membership.leave(d.node, identifier)
         unsave(d, "memberships", "identifier", identifier)
     return 204, None
 
@@ -187,14 +187,14 @@ async def delete_authority(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, 
     spec = d.config.authority
     name = str((spec or {}).get("name", "authority"))
     if spec is None or await d.restorer.take("authority", name) is None:
-        a = d.n.authority
+        a = d.node.authority
         if a is None:
-            raise ApiError(404, f"node {d.n.name} runs no authority")
+            raise ApiError(404, f"node {d.node.name} runs no authority")
         a.stop()
-        await d.n.stop_worker("authority")
-        d.n.authority = None
-        if a.identifier not in d.n.memberships:
-            d.n.authorities.pop(a.identifier, None)
+        await d.node.stop_worker("authority")
+        d.node.authority = None
+        if a.identifier not in d.node.memberships:
+            d.node.authorities.pop(a.identifier, None)
     d.config.authority = None
     d.persist()
     return 204, None
@@ -202,4 +202,4 @@ async def delete_authority(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, 
 
 @api.add("GET", "/memberships")
 async def list_memberships(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
-    return 200, [m.info() for m in d.n.memberships.values()] + d.restorer.infos("memberships")
+    return 200, [m.info() for m in d.node.memberships.values()] + d.restorer.infos("memberships")

@@ -288,7 +288,7 @@ async def rejoin(d: Daemon, spec: dict[str, Any]) -> Any:
     from tether.identity import verify_history
 
     authority = verify_history(bytes.fromhex(spec["authority"]))
-    return await d.n.join(
+    return await d.node.join(
         authority,
         spec["route"],
         poll_interval=float(spec.get("poll_interval", 60.0)),
@@ -323,7 +323,7 @@ async def restore(d: Daemon) -> None:
     memberships, outlets, inlets and services. What cannot start waits (see the module)."""
     from tether.daemon import SERVICE_KINDS, _identity_and_trust, _trust
 
-    cfg, node, r = d.config, d.n, d.restorer
+    cfg, node, r = d.config, d.node, d.restorer
 
     for rule in cfg.policies:
 
