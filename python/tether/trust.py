@@ -47,6 +47,7 @@ from tether.identity import (
     verify_attestation,
     verify_history,
 )
+from tether.policy_syntax import Attribute
 from tether.vault import SecretBytes
 
 if TYPE_CHECKING:
@@ -184,23 +185,20 @@ def trust_members(authorities: Mapping[str, Identity], node: Any = None) -> Trus
     def policy(peer: Peer) -> None:
         if peer.identifier in authorities:
             return
-        if peer.authorities is None and node is None:  # (a Peer made outside a handshake)
-            if peer.credentials:
-                return
-        elif standing(peer, node).credentials:
+        if standing(peer, node, authorities=authorities).credentials:
             return
         raise ChannelRefusedError(
             f"{peer.identifier} is no member of an authority this node trusts (it presented no "
             "valid credential from one); name it with --authorized if it is the peer you want"
-            + _notes(peer, node)
+            + _notes(peer, node, authorities)
         )
 
     return policy
 
 
-def _notes(peer: Peer, node: Any = None) -> str:
+def _notes(peer: Peer, node: Any = None, authorities: Mapping[str, Identity] | None = None) -> str:
     """Why each credential ``peer`` presented does not count, each after "; " ("" if none)."""
-    return "".join(f"; {line}" for line in standing(peer, node).ignored)
+    return "".join(f"; {line}" for line in standing(peer, node, authorities=authorities).ignored)
 
 
 def initiator_trust(
@@ -282,11 +280,8 @@ def with_credentials(peer: Peer, presented: Sequence[Credential], now: int) -> P
     for c, why in zip(fresh.presented, judged, strict=True):
         if why is not None and c in presented:
             log.info("%s: %s", peer.identifier, _ignored(c, why))
-    creds = tuple(c for c, why in zip(fresh.presented, judged, strict=True) if why is None)
-    attributes: dict[str, str] = {}
-    for c in creds:
-        attributes.update(c.attributes)
-    return replace(fresh, attributes=attributes, credentials=creds)
+    counted = _tally(fresh, judged)
+    return replace(fresh, attributes=dict(counted.attributes), credentials=counted.credentials)
 
 
 # --- the channel ends -----------------------------------------------------------------------
@@ -305,18 +300,29 @@ class Standing:
     """For each presented credential that does not count, one line saying which and why."""
 
 
-def standing(peer: Peer, node: Any, now: int | None = None) -> Standing:
+def standing(
+    peer: Peer,
+    node: Any,
+    now: int | None = None,
+    *,
+    authorities: Mapping[str, Identity] | None = None,
+) -> Standing:
     """Judge every credential ``peer`` presented, now, against the authorities ``node``
     trusts for it (``peer.authorities``, else ``node.authorities``: live, so one trusted
     after the channel opened counts at once) and the revocations it holds
     (``node.revoked_credentials``). Signatures are checked once per credential and issuer
     identity; expiry and revocation at every call."""
     t = int(time.time()) if now is None else now
-    authorities: Mapping[str, Identity] = (
-        peer.authorities if peer.authorities is not None else getattr(node, "authorities", {})
-    )
+    if authorities is None:
+        authorities = (
+            peer.authorities if peer.authorities is not None else getattr(node, "authorities", {})
+        )
     revoked: Mapping[str, frozenset[str]] = getattr(node, "revoked_credentials", {})
-    judged = _judge(peer, authorities, revoked, t, getattr(node, "name", None))
+    return _tally(peer, _judge(peer, authorities, revoked, t, getattr(node, "name", None)))
+
+
+def _tally(peer: Peer, judged: Sequence[str | None]) -> Standing:
+    """The :class:`Standing` of ``peer`` given a verdict per presented credential."""
     creds: list[Credential] = []
     ignored: list[str] = []
     attributes: dict[str, str] = {}
@@ -451,12 +457,10 @@ def _subject_keys(expr: Any) -> list[str]:
         if isinstance(node, tuple | list):
             for item in node:
                 walk(item)
+        elif isinstance(node, Attribute):
+            if node.name.startswith("subject.") and node.name != "subject.identifier":
+                found[node.name.removeprefix("subject.")] = None
         elif is_dataclass(node) and not isinstance(node, type):
-            name = getattr(node, "name", None)
-            if type(node).__name__ == "Attribute" and isinstance(name, str):
-                if name.startswith("subject.") and name != "subject.identifier":
-                    found[name.removeprefix("subject.")] = None
-                return
             for f in fields(node):
                 walk(getattr(node, f.name))
 
