@@ -79,8 +79,7 @@ _DIGITS = re.compile(r"-?[0-9]*")
 _KEYWORDS = frozenset({"and", "or", "not", "true", "false", "member?", "exists?"})
 _COMPARISONS = ("=", "!=", "<", ">")
 _OPERATORS = "=, !=, <, >, member? or exists?"
-# What a user meant as one value where a comparison wants one: up to a space, a parenthesis, a
-# bracket, a comma, a double quote or an operator character.
+# A value a user left unquoted: up to a space, a bracket, a comma, a quote or an operator.
 _BARE = re.compile(r"[^\s()\[\],\"=<>!&|]+")
 _NOT_QUOTED = "a bare word is not a value: quote text values"
 
@@ -449,13 +448,17 @@ class _Parser:
         """``did you mean subject.role = "db-client"?`` when ``position`` is in what follows a
         comparison operator and that reads as a text value left unquoted."""
         for left, op, right in reversed(self.compared):
-            run = _BARE.match(self.text, right)
             end = self.text.find("'", right + 1) if self.text[right : right + 1] == "'" else -1
+            bare = _BARE.match(self.text, right)
             if end > right and not _BARE.match(self.text, end + 1):  # 'in single quotes'?
-                run = re.compile(".*", re.DOTALL).match(self.text, right, end + 1)
-            if run is None or not right <= position < run.end():
+                run_end = end + 1
+            elif bare is not None:
+                run_end = bare.end()
+            else:
                 continue
-            value = _unquoted_value(run.group())
+            if not right <= position < run_end:
+                continue
+            value = _unquoted_value(self.text[right:run_end])
             before = ("subject." if left in self.flags else "") + self.text[left : op.pos].strip()
             if value is None or not _ATTRIBUTE.fullmatch(before):
                 return None  # (``not web = x``: the left is no attribute either)
