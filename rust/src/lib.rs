@@ -24,8 +24,10 @@ pub mod channel;
 pub mod engine;
 pub mod error;
 pub mod frame;
+pub mod link;
 pub mod noise;
 pub mod portal;
+pub mod reassembly;
 pub mod replay;
 pub mod route;
 

@@ -27,6 +27,10 @@
 
 use std::fmt;
 
+pub mod session;
+
+pub use session::{charge, Action, Control, Session, MIN_CHARGE};
+
 /// The kind byte of a data message (`tether.node.KIND_DATA`).
 pub const KIND_DATA: u8 = 0;
 /// The kind byte of an error report from a node on the path (`tether.node.KIND_ERROR`).
@@ -42,6 +46,9 @@ pub const T_CREDIT: u8 = 5;
 pub const MAX_DATA: usize = 240 * 1024;
 /// The most bytes of a CLOSE or error-report reason that are kept (and sent).
 pub const MAX_REASON: usize = 1024;
+/// How many ended sessions an outlet remembers, so that what their inlets still send (a late
+/// OPEN among it) is dropped quietly instead of answered with a second CLOSE.
+pub const ENDED_MEMORY: usize = 4096;
 /// The size of a CREDIT body.
 pub const CREDIT_LEN: usize = 4;
 /// Kind and type bytes in front of a session message's body.
