@@ -1,5 +1,5 @@
 //! One error type for the whole core. The bindings map each variant to one Python exception
-//! class of `tether.errors` (see `py/errors.rs`); nothing else decides how an error looks.
+//! class of `tether.core.errors` (see `py/errors.rs`); nothing else decides how an error looks.
 //!
 //! Messages are written for the person reading a log: what happened and what to do. None of
 //! them carries key material or plaintext; authentication failures carry no detail at all, so an

@@ -1,7 +1,9 @@
 //! tether's core: the hot, security-critical path of the tether package.
 //!
-//! Everything but `engine` is sans-IO: functions take bytes (and, where needed, randomness or the
-//! handshake's ephemeral key) and return bytes or typed errors. No sockets, no clocks.
+//! Everything but `engine` is sans-IO: functions and state machines take bytes (and, where
+//! needed, randomness, the handshake's ephemeral key or the time `now`) and return bytes, actions
+//! or typed errors. No sockets, no clocks. The data plane's rules live here once, and two drivers
+//! run them: `engine` (a Rust thread per node) and the Python package (through `py`).
 //!
 //! | module      | owns |
 //! |-------------|------|
@@ -11,9 +13,11 @@
 //! | [`noise`]   | the Noise XX handshake (from `snow`) and the transport cipher states it splits into |
 //! | [`replay`]  | the sliding anti-replay bitmap window |
 //! | [`channel`] | explicit-nonce transport messages for secure channels: replay window and rekey by count |
-//! | [`portal`]  | portal session messages (OPEN, DATA, EOF, CLOSE, CREDIT, error reports): allocation-free decode and encode |
-//! | `engine`    | the data plane (feature `engine`): the one module that does I/O — a thread per node owning its TCP links and portal sessions |
-//! | `py`        | the pyo3 bindings (feature `python`); nothing else touches Python |
+//! | [`portal`]  | portal session messages (OPEN, DATA, EOF, CLOSE, CREDIT, error reports): allocation-free decode and encode; [`portal::Session`], a session's state machine (credit, EOF, close → actions) |
+//! | [`reassembly`] | a secure channel's fragment reassembly, and which failures count as refused |
+//! | [`link`]    | a link's keepalive, dead-peer, slow-frame and stuck-peer timers, given `now` |
+//! | `engine`    | the Rust driver of the data plane (feature `engine`): the one module that does I/O — a thread per node owning its TCP links and portal sessions |
+//! | `py`        | the pyo3 bindings (feature `python`), typed events and the state machines' Python faces; nothing else touches Python |
 //!
 //! The house rules (see `docs/architecture.md`): a rejected input changes no state; an object
 //! that cannot recover says so (`Error::Broken`) for good; errors carry no secret.

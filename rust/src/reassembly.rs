@@ -42,6 +42,16 @@ impl fmt::Display for ReassemblyError {
 
 impl std::error::Error for ReassemblyError {}
 
+impl ReassemblyError {
+    /// Whether the fragment counts as one refused message of the channel's peer (malformed
+    /// flags, an oversized message). A lost part does not: its message was counted where
+    /// the part was lost (a forged or replayed fragment is refused before reassembly), or
+    /// the network lost it. Both drivers count by this one rule.
+    pub fn refuses(&self) -> bool {
+        !matches!(self, ReassemblyError::LostPart)
+    }
+}
+
 /// What a fragment made of its message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Fragment<'a> {
@@ -164,6 +174,13 @@ mod tests {
         assert_eq!(r.push(&frag(LAST, b"z"), 2), Err(ReassemblyError::LostPart));
         assert_eq!(r.push(&frag(0, b"z"), 0), Err(ReassemblyError::LostPart));
         assert_eq!(r.buffered(), 0);
+    }
+
+    #[test]
+    fn only_what_the_peer_got_wrong_counts_as_refused() {
+        assert!(ReassemblyError::MalformedFlags.refuses());
+        assert!(ReassemblyError::TooLarge.refuses());
+        assert!(!ReassemblyError::LostPart.refuses());
     }
 
     #[test]

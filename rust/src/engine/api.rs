@@ -7,6 +7,8 @@ use super::{
     HIGH_WATER, READ_SIZE, UP_LIMIT, UP_TOTAL_LIMIT, WAKER,
 };
 use crate::frame::FrameDecoder;
+use crate::link::LinkTimers;
+use crate::reassembly::Reassembler;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Poll, Waker};
 use std::collections::{HashMap, VecDeque};
@@ -47,7 +49,9 @@ impl Engine {
             blocked: Vec::new(),
             to_close: Vec::new(),
             rbuf: vec![0u8; READ_SIZE],
-            pbuf: Vec::new(),
+            plain_buf: Vec::new(),
+            actions: Vec::new(),
+            epoch: Instant::now(),
             stopping: false,
             fault: None,
             spare: spare_descriptor(),
@@ -93,7 +97,7 @@ impl Engine {
             token(id),
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        let now = Instant::now();
+        let now = st.epoch.elapsed();
         st.link_names.insert(name.clone(), id);
         st.links.insert(
             id,
@@ -107,10 +111,7 @@ impl Engine {
                 up: 0,
                 read_blocked: false,
                 congested: false,
-                last_rx: now,
-                last_tx: now,
-                tx_stalled: None,
-                frame_started: None,
+                timers: LinkTimers::new(opts.timeouts(), now),
                 opts,
                 waiting: Vec::new(),
                 received: 0,
@@ -169,7 +170,7 @@ impl Engine {
         }
         // Links held back (their own backlog, or everyone's) are read again once it is low.
         if st.up_total < UP_TOTAL_LIMIT / 2 && !st.blocked.is_empty() {
-            let now = Instant::now();
+            let now = st.epoch.elapsed();
             let st = &mut *st;
             let blocked = std::mem::take(&mut st.blocked);
             for id in blocked {
@@ -179,10 +180,7 @@ impl Engine {
                 if l.up < UP_LIMIT / 2 {
                     l.read_blocked = false;
                     // Time blocked on Python is neither peer silence nor a slow frame.
-                    l.last_rx = now;
-                    if l.frame_started.is_some() {
-                        l.frame_started = Some(now);
-                    }
+                    l.timers.delivering(false, now);
                     st.retry_links.push(id);
                     wake = true;
                 } else {
@@ -233,9 +231,7 @@ impl Engine {
                 frame_header,
                 link,
                 via,
-                partial: Vec::new(),
-                partial_on: false,
-                next_fragment: 0,
+                reassembler: Reassembler::new(),
                 last_activity: Instant::now(),
                 last_rx_link: None,
                 sessions: Vec::new(),
@@ -336,9 +332,9 @@ impl Engine {
     pub fn session_stats(&self, session: u64) -> Option<(u64, u64, u64)> {
         let st = self.state();
         st.sessions.get(&session).map(|s| {
-            let queued: usize = s.queue.iter().map(|(b, _)| b.len()).sum::<usize>() - s.queue_pos;
             let held: usize = s.held.iter().map(Vec::len).sum();
-            (s.sent, s.received, (queued + held) as u64)
+            let held = s.flow.queued_bytes() + held;
+            (s.flow.sent(), s.flow.received(), held as u64)
         })
     }
 

@@ -1,10 +1,11 @@
 //! Secure channels in the data plane: opening DATA (with reassembly and nesting), routing what
 //! comes out, and sealing whole messages onto a channel's link or into its outer channel.
 
-use super::{charge, lock, Event, State, FIRST, LAST, LOCAL, MAX_MESSAGE, MAX_NESTING, STEP_DATA};
+use super::{lock, Event, State, LOCAL, MAX_NESTING, STEP_DATA};
 use crate::channel::ChannelCipher;
 use crate::frame;
-use crate::portal::{KIND_DATA, MAX_DATA, T_OPEN};
+use crate::portal::{charge, KIND_DATA, MAX_DATA, T_OPEN};
+use crate::reassembly::{Fragment, FIRST, LAST};
 use crate::route;
 use std::time::Instant;
 
@@ -17,65 +18,42 @@ impl State {
             Ok(n) => n,
             Err(e) => return self.refuse(cid, e.to_string()),
         };
-        let mut plain = std::mem::take(&mut self.pbuf);
+        let mut plain = std::mem::take(&mut self.plain_buf);
         plain.clear();
         plain.resize(len, 0);
         let opened = lock(&ch.cipher).open_to_ad(&[STEP_DATA], body, &mut plain);
         let nonce = match opened {
             Ok(n) => n,
             Err(e) => {
-                self.pbuf = plain;
+                self.plain_buf = plain;
                 return self.refuse(cid, e.to_string());
             }
         };
         ch.last_activity = Instant::now();
         ch.last_rx_link = Some(link);
-        if plain.is_empty() || plain[0] > FIRST | LAST {
-            self.pbuf = plain;
-            return self.refuse(cid, "malformed fragment flags".into());
-        }
-        let flags = plain[0];
-        if flags == FIRST | LAST && !ch.partial_on {
-            self.inner(link, cid, &plain[1..], depth);
-            self.pbuf = plain;
-            return;
-        }
-        // Fragments of a larger message.
-        if flags & FIRST != 0 {
-            ch.partial.clear();
-            ch.partial_on = true;
-        } else if !ch.partial_on {
-            let plain_copy = plain.clone();
-            self.pbuf = plain;
-            self.up(link, plain_copy.len());
+        if plain.first().is_some_and(|f| f & FIRST == 0 && *f <= LAST)
+            && !ch.reassembler.gathering()
+        {
+            // A continuation of a message whose start Python opened (the channel was
+            // registered while it arrived): Python joins it.
+            self.up(link, plain.len());
             self.push(Event::Plain {
                 link,
                 channel: cid,
-                plain: plain_copy,
+                plain: plain.clone(),
                 nonce,
             });
-            return;
-        } else if nonce != ch.next_fragment {
-            ch.partial = Vec::new();
-            ch.partial_on = false;
-            self.pbuf = plain;
-            return self.refuse(cid, "a fragmented message lost a part; dropped".into());
-        }
-        if ch.partial.len() + plain.len() - 1 > MAX_MESSAGE {
-            ch.partial = Vec::new();
-            ch.partial_on = false;
-            self.pbuf = plain;
-            return self.refuse(cid, format!("message over {MAX_MESSAGE} bytes dropped"));
-        }
-        ch.partial.extend_from_slice(&plain[1..]);
-        ch.next_fragment = nonce.wrapping_add(1);
-        self.pbuf = plain;
-        if flags & LAST == 0 {
+            self.plain_buf = plain;
             return;
         }
-        let whole = std::mem::take(&mut ch.partial);
-        ch.partial_on = false;
-        self.inner(link, cid, &whole, depth);
+        match ch.reassembler.push(&plain, nonce) {
+            Ok(Fragment::Whole(whole)) => self.inner(link, cid, whole, depth),
+            Ok(Fragment::Joined(whole)) => self.inner(link, cid, &whole, depth),
+            Err(e) if e.refuses() => self.refuse(cid, e.to_string()),
+            // More to come; or a lost part (its message was counted where the part was lost).
+            Ok(Fragment::More) | Err(_) => {}
+        }
+        self.plain_buf = plain;
     }
 
     /// A whole inner message from channel `cid`.
@@ -132,7 +110,7 @@ impl State {
                 if let Some(s) = self.sessions.get_mut(&sid) {
                     if !s.synced {
                         s.held_bytes += payload.len();
-                        if s.held_bytes as u64 > s.window + 2 * charge(MAX_DATA) {
+                        if s.held_bytes as u64 > s.flow.window() + 2 * charge(MAX_DATA) {
                             self.finish(
                                 sid,
                                 "protocol error: the peer overran its flow-control window",

@@ -77,8 +77,7 @@ impl State {
                     return;
                 }
                 Ok(mut n) => {
-                    l.last_tx = Instant::now();
-                    l.tx_stalled = None;
+                    l.timers.sent(self.epoch.elapsed());
                     l.out_bytes -= n;
                     while n > 0 {
                         let front = l.out[0].len() - l.out_pos;
@@ -94,7 +93,7 @@ impl State {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    l.tx_stalled.get_or_insert_with(Instant::now);
+                    l.timers.send_blocked(self.epoch.elapsed());
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -134,6 +133,7 @@ impl State {
             if l.up >= UP_LIMIT || self.up_total >= UP_TOTAL_LIMIT {
                 if !l.read_blocked {
                     l.read_blocked = true;
+                    l.timers.delivering(true, self.epoch.elapsed());
                     self.blocked.push(id);
                 }
                 break;
@@ -169,8 +169,7 @@ impl State {
         let Some(l) = self.links.get_mut(&id) else {
             return;
         };
-        let now = Instant::now();
-        l.last_rx = now;
+        let now = self.epoch.elapsed();
         let mut decoder = std::mem::replace(&mut l.decoder, FrameDecoder::new(0));
         let mut failure: Option<String> = None;
         let res = decoder.feed(data, |f| {
@@ -186,11 +185,7 @@ impl State {
         let buffered = decoder.buffered();
         if let Some(l) = self.links.get_mut(&id) {
             l.decoder = decoder;
-            if buffered == 0 {
-                l.frame_started = None;
-            } else if l.frame_started.is_none() {
-                l.frame_started = Some(now);
-            }
+            l.timers.received(now, buffered > 0);
         }
         if let Some(reason) = failure {
             self.fail_link(id, reason);

@@ -1,6 +1,9 @@
-//! The data plane: one I/O thread per node that owns the node's TCP links (after their hello)
-//! and its established portal sessions, so that the bytes of an established session never
-//! enter Python.
+//! The Rust driver of the data plane: one I/O thread per node that owns the node's TCP links
+//! (after their hello) and its established portal sessions, so that the bytes of an established
+//! session never enter Python. The rules it drives are the sans-IO state machines both drivers
+//! share ([`crate::portal::Session`], [`crate::reassembly`], [`crate::link`]); this module only
+//! moves bytes between them and the sockets. Its Python face is
+//! `tether.node.rust_data_plane.RustDataPlane`.
 //!
 //! What it does on its own, per readiness event and without the GIL:
 //!
@@ -9,7 +12,8 @@
 //!   reassembled; an inner message for a registered portal session is handled here;
 //! * runs each portal session: socket → `DATA` sealed straight into a routed frame on the
 //!   channel's link (within its flow-control credit), `DATA` → socket, `CREDIT`, `EOF`
-//!   (half-close), `CLOSE` and resets, exactly as `tether.portal.Session` does in Python;
+//!   (half-close), `CLOSE` and resets, by [`crate::portal::Session`]'s actions (the Python
+//!   driver, `tether.services.session.Session`, runs the same state machine);
 //! * keepalives, the dead-peer and slow-frame timeouts of each link.
 //!
 //! Everything else goes up to Python as an [`Event`], in arrival order per link, and the link
@@ -37,7 +41,10 @@ use mio::{Events, Poll, Registry, Token, Waker};
 
 use crate::channel::ChannelCipher;
 use crate::frame::FrameDecoder;
+use crate::link::LinkTimers;
 pub use crate::portal::MAX_DATA;
+use crate::portal::{Action, Session as Flow};
+use crate::reassembly::Reassembler;
 use crate::route;
 
 mod api;
@@ -54,11 +61,6 @@ pub type SharedCipher = Arc<Mutex<ChannelCipher>>;
 const WAKER: Token = Token(0);
 const LOCAL: u16 = 0;
 const STEP_DATA: u8 = 4;
-const FIRST: u8 = 0b10;
-const LAST: u8 = 0b01;
-const MIN_CHARGE: u64 = 512;
-/// The largest message a channel reassembles (as `tether.channel.MAX_MESSAGE`).
-const MAX_MESSAGE: usize = 16 << 20;
 const READ_SIZE: usize = 256 * 1024;
 /// A link is not read while this many bytes of its messages wait for Python (each message
 /// counted at least [`MIN_EVENT_CHARGE`]).
@@ -97,10 +99,6 @@ type Key = (u64, Vec<u8>, Option<Vec<u8>>);
 
 fn token(id: u64) -> Token {
     Token(usize::try_from(id).unwrap_or(usize::MAX))
-}
-
-fn charge(n: usize) -> u64 {
-    (n as u64).max(MIN_CHARGE)
 }
 
 /// `Connection refused (os error 111)` → `connection refused`, as Python's `strerror.lower()`.
@@ -193,6 +191,17 @@ pub struct LinkOptions {
     pub drain_timeout: Duration,
 }
 
+impl LinkOptions {
+    fn timeouts(&self) -> crate::link::Timeouts {
+        crate::link::Timeouts {
+            keepalive: self.keepalive,
+            dead_after: self.dead_after,
+            frame_timeout: self.frame_timeout,
+            drain_timeout: self.drain_timeout,
+        }
+    }
+}
+
 struct Link {
     sock: TcpStream,
     /// Its local address (`tcp#N`): pushed onto the return route of what arrives by it.
@@ -204,11 +213,8 @@ struct Link {
     up: usize,
     read_blocked: bool,
     congested: bool,
-    last_rx: Instant,
-    last_tx: Instant,
-    /// Since when the socket has taken nothing while bytes wait for it.
-    tx_stalled: Option<Instant>,
-    frame_started: Option<Instant>,
+    /// Keepalives, dead peers, slow frames, stuck peers (`crate::link`).
+    timers: LinkTimers,
     opts: LinkOptions,
     waiting: Vec<u64>,
     received: u64,
@@ -244,16 +250,13 @@ struct Outlet {
     connect_prefix: String,
     sessions: Vec<u64>,
     /// Recently ended sessions (their keys), whose late messages are dropped: a repeated OPEN
-    /// must not open a second session (as `tether.portal`'s `_ended`).
+    /// must not open a second session (as `tether.services.portal`'s `_ended`).
     ended: VecDeque<Key>,
     ended_set: std::collections::HashSet<Key>,
 }
 
-/// How many ended sessions an outlet remembers (as `tether.portal.ENDED_MEMORY`).
-const ENDED_MEMORY: usize = 4096;
-
 /// A relay's forwarder: messages to it go on inside `channel`, to `route` + the rest of their
-/// onward route (as `tether.relay` does).
+/// onward route (as `tether.services.relay`'s forwarder does).
 struct Forward {
     channel: u64,
     route: OwnedRoute,
@@ -269,9 +272,8 @@ struct Channel {
     link: Option<u64>,
     /// The outer channel its messages travel in (its first hop is that channel), if any.
     via: Option<u64>,
-    partial: Vec<u8>,
-    partial_on: bool,
-    next_fragment: u64,
+    /// Its fragmented message being gathered (`crate::reassembly`).
+    reassembler: Reassembler,
     last_activity: Instant,
     last_rx_link: Option<u64>,
     sessions: Vec<u64>,
@@ -314,7 +316,6 @@ pub struct SessionSpec {
     pub connect_prefix: String,
 }
 
-#[allow(clippy::struct_excessive_bools)] // each flag is one end of the half-close state
 struct Session {
     channel: u64,
     /// The inlet or outlet that opened it here (for its session count).
@@ -324,22 +325,12 @@ struct Session {
     connect_prefix: String,
     header: Vec<u8>,
     key: Key,
-    window: u64,
-    grant: u64,
-    credit: i64,
-    consumed: u64,
-    queued: u64,
-    queue: VecDeque<(Vec<u8>, u64)>,
-    queue_pos: usize,
+    /// The session's rules: flow control, half-close, its end (`crate::portal::Session`).
+    flow: Flow,
+    /// Messages that arrived before Python delivered what it held (see [`Event::Sync`]).
     held: Vec<Vec<u8>>,
     held_bytes: usize,
     synced: bool,
-    peer_eof: bool,
-    wrote_eof: bool,
-    read_eof: bool,
-    want_read: bool,
-    sent: u64,
-    received: u64,
 }
 
 struct State {
@@ -367,7 +358,12 @@ struct State {
     blocked: Vec<u64>,
     to_close: Vec<(u64, String)>,
     rbuf: Vec<u8>,
-    pbuf: Vec<u8>,
+    /// The buffer channel messages are opened into.
+    plain_buf: Vec<u8>,
+    /// The buffer a session's actions are collected in.
+    actions: Vec<Action>,
+    /// The origin of the clock the link timers read (`now` is the time since).
+    epoch: Instant,
     stopping: bool,
     /// A link or session whose next event panics (tests of the containment; see `guard`).
     fault: Option<u64>,
@@ -496,14 +492,4 @@ fn session_header(onward: &[u8], address: &[u8]) -> Vec<u8> {
     header.extend_from_slice(onward);
     header.extend_from_slice(&encoded_local_route(address));
     header
-}
-
-/// `10` for 10 s, `0.5` for 500 ms (as Python's `%g`).
-fn secs(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s.fract() == 0.0 {
-        format!("{s:.0}")
-    } else {
-        format!("{s}")
-    }
 }

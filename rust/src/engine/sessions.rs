@@ -1,17 +1,14 @@
-//! Portal sessions in the data plane: the session protocol (`crate::portal` decodes its
-//! messages), flow control, half-close, connecting an outlet's target, and the end of a session.
+//! Portal sessions in the data plane: the driver of `crate::portal::Session` (the rules of
+//! flow control, half-close and the end of a session) over a `mio` socket, connecting an
+//! outlet's target, and the end of a session.
 
-use super::{
-    charge, reset, token, why, Event, Session, SessionSpec, State, SyncMode, ENDED_MEMORY,
-    HIGH_WATER,
-};
+use super::{reset, token, why, Event, Session, SessionSpec, State, SyncMode, HIGH_WATER};
 use crate::portal::{
-    PortalError, PortalMessage, KIND_DATA, MAX_DATA, MAX_REASON, T_CLOSE, T_CREDIT, T_DATA, T_EOF,
+    Action, Control, Session as Flow, ENDED_MEMORY, KIND_DATA, T_CLOSE, T_CREDIT, T_DATA, T_EOF,
     T_OPEN,
 };
 use mio::net::TcpStream;
 use mio::Interest;
-use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::Instant;
@@ -43,7 +40,7 @@ impl State {
                 .register(s, token(id), Interest::READABLE | Interest::WRITABLE)
                 .map_err(|e| why(&e))?;
         }
-        let window = spec.window.max(1);
+        let window = spec.window;
         let sync_link = last_rx_link.or(link);
         let synced = match spec.sync {
             SyncMode::Synced => true,
@@ -69,22 +66,10 @@ impl State {
                 connect_prefix: spec.connect_prefix,
                 header: spec.header,
                 key,
-                window,
-                grant: (window / 4).max(1),
-                credit: i64::try_from(window).unwrap_or(i64::MAX),
-                consumed: 0,
-                queued: 0,
-                queue: VecDeque::new(),
-                queue_pos: 0,
+                flow: Flow::new(window),
                 held: Vec::new(),
                 held_bytes: 0,
                 synced,
-                peer_eof: false,
-                wrote_eof: false,
-                read_eof: false,
-                want_read: false,
-                sent: 0,
-                received: 0,
             },
         );
         if let Some(ch) = st.channels.get_mut(&spec.channel) {
@@ -123,6 +108,39 @@ impl State {
         sent
     }
 
+    /// Do what session `sid`'s state machine answered, in order (`write`: an
+    /// [`Action::Write`] flushes at once; after a DATA that the socket did not take whole, the
+    /// socket's next writable event does).
+    fn apply(&mut self, sid: u64, out: &mut Vec<Action>, write: bool) {
+        let mut failure = None;
+        for action in out.drain(..) {
+            match action {
+                Action::Send(control) => {
+                    let sent = match &control {
+                        Control::Eof => self.send_portal(sid, T_EOF, &[]),
+                        Control::Credit(n) => self.send_portal(sid, T_CREDIT, &n.to_be_bytes()),
+                        Control::Close(reason) => self.send_portal(sid, T_CLOSE, reason.as_bytes()),
+                    };
+                    if let (Err(e), false) = (sent, matches!(control, Control::Close(_))) {
+                        failure.get_or_insert(format!("could not send to the peer: {e}"));
+                    }
+                }
+                Action::Write if write => self.retry_sessions.push(sid),
+                Action::Write => {}
+                Action::ShutWrite => {
+                    if let Some(sock) = self.sessions.get(&sid).and_then(|s| s.sock.as_ref()) {
+                        let _ = sock.shutdown(Shutdown::Write);
+                    }
+                }
+                Action::ResumeRead => self.retry_sessions.push(sid),
+                Action::Closed { reason, abort } => self.end_session(sid, &reason, abort),
+            }
+        }
+        if let Some(reason) = failure {
+            self.finish(sid, &reason, true, false);
+        }
+    }
+
     pub(super) fn session_link_congested(&mut self, sid: u64) -> bool {
         let Some(s) = self.sessions.get(&sid) else {
             return false;
@@ -137,62 +155,48 @@ impl State {
         }
     }
 
-    #[allow(clippy::while_let_loop)]
-    /// Read the session's socket while it has credit (`drain`: as in [`Self::read_link`]).
+    #[allow(clippy::while_let_loop)] // the loop also ends on a read result
+    /// Read the session's socket within its allowance (`drain`: as in [`Self::read_link`]).
     pub(super) fn read_session(&mut self, sid: u64, drain: bool) {
         let mut rbuf = self.take_rbuf();
         loop {
             let Some(s) = self.sessions.get_mut(&sid) else {
                 break;
             };
-            if s.read_eof || s.connecting.is_some() || s.sock.is_none() {
+            if s.connecting.is_some() || s.sock.is_none() {
                 break;
             }
-            if s.credit <= 0 {
-                s.want_read = true;
+            let allowed = s.flow.read_allowance().min(rbuf.len());
+            if allowed == 0 {
                 break;
             }
             if self.session_link_congested(sid) {
                 if let Some(s) = self.sessions.get_mut(&sid) {
-                    s.want_read = true;
+                    s.flow.wait_read();
                 }
                 break;
             }
             let Some(s) = self.sessions.get_mut(&sid) else {
                 break;
             };
-            s.want_read = false;
             let Some(sock) = s.sock.as_mut() else {
                 break;
             };
-            match sock.read(&mut rbuf[..MAX_DATA]) {
+            match sock.read(&mut rbuf[..allowed]) {
                 Ok(0) => {
-                    s.read_eof = true;
-                    if let Err(e) = self.send_portal(sid, T_EOF, &[]) {
-                        self.finish(
-                            sid,
-                            &format!("could not send to the peer: {e}"),
-                            true,
-                            false,
-                        );
-                    } else {
-                        self.check_done(sid);
-                    }
+                    let mut out = Vec::new();
+                    s.flow.on_read_eof(&mut out);
+                    self.apply(sid, &mut out, true);
                     break;
                 }
                 Ok(n) => {
-                    s.credit -= i64::try_from(charge(n)).unwrap_or(i64::MAX);
-                    s.sent += n as u64;
+                    s.flow.on_read(n);
                     if let Err(e) = self.send_portal(sid, T_DATA, &rbuf[..n]) {
-                        self.finish(
-                            sid,
-                            &format!("could not send to the peer: {e}"),
-                            true,
-                            false,
-                        );
+                        let reason = format!("could not send to the peer: {e}");
+                        self.finish(sid, &reason, true, false);
                         break;
                     }
-                    if n < MAX_DATA && !drain {
+                    if n < allowed && !drain {
                         break;
                     }
                 }
@@ -208,113 +212,38 @@ impl State {
         self.rbuf = rbuf;
     }
 
-    /// One message from the peer session (payload: kind byte, type byte, body).
+    /// One message from the peer session (payload: kind byte, type byte, body). A DATA body
+    /// goes straight to the socket when nothing waits before it.
     pub(super) fn deliver(&mut self, sid: u64, payload: &[u8]) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let message = match PortalMessage::decode(payload) {
-            Ok(m) => m,
-            // The session's state comes first: any DATA after EOF is that error, whatever
-            // its size (as tether.portal.Session decides).
-            Err(PortalError::DataTooLarge(_)) if s.peer_eof => {
-                self.finish(sid, "protocol error: DATA after EOF", true, true);
-                return;
-            }
-            Err(e) => {
-                self.finish(sid, &e.to_string(), true, true);
-                return;
-            }
+        let mut out = std::mem::take(&mut self.actions);
+        let Some(body) = s.flow.on_peer(payload, &mut out) else {
+            self.apply(sid, &mut out, true);
+            self.actions = out;
+            return;
         };
-        match message {
-            PortalMessage::PathFailed(reason) => {
-                let reason = String::from_utf8_lossy(reason).into_owned();
-                self.finish(
-                    sid,
-                    &format!("the path to the peer failed: {reason}"),
-                    true,
-                    false,
-                );
-            }
-            PortalMessage::Data(mut body) => {
-                if s.peer_eof {
-                    self.finish(sid, "protocol error: DATA after EOF", true, true);
-                    return;
-                }
-                let c = charge(body.len());
-                s.received += body.len() as u64;
-                if s.queue.is_empty() && s.connecting.is_none() {
-                    if let Some(sock) = s.sock.as_mut() {
-                        match sock.write(body) {
-                            Ok(n) => body = &body[n..],
-                            Err(e)
-                                if matches!(
-                                    e.kind(),
-                                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                                ) => {}
-                            Err(e) => {
-                                let reason = format!("the local connection failed: {}", why(&e));
-                                self.finish(sid, &reason, true, true);
-                                return;
-                            }
-                        }
-                        if body.is_empty() {
-                            s.consumed += c;
-                            self.maybe_credit(sid);
-                            return;
-                        }
+        let mut written = 0;
+        if s.flow.queue_empty() && s.connecting.is_none() {
+            if let Some(sock) = s.sock.as_mut() {
+                match sock.write(body) {
+                    Ok(n) => written = n,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                        ) => {}
+                    Err(e) => {
+                        let reason = format!("the local connection failed: {}", why(&e));
+                        s.flow.fail(&reason, true, true, &mut out);
                     }
                 }
-                s.queued += c;
-                if s.queued > s.window + charge(MAX_DATA) {
-                    self.finish(
-                        sid,
-                        "protocol error: the peer overran its flow-control window",
-                        true,
-                        true,
-                    );
-                    return;
-                }
-                s.queue.push_back((body.to_vec(), c));
             }
-            PortalMessage::Credit(n) => {
-                s.credit = s.credit.saturating_add(i64::from(n));
-                if s.want_read {
-                    self.retry_sessions.push(sid);
-                }
-            }
-            PortalMessage::Eof => {
-                s.peer_eof = true;
-                self.session_writable(sid);
-            }
-            PortalMessage::Close(reason) => {
-                let mut reason = String::from_utf8_lossy(reason).into_owned();
-                if reason.is_empty() {
-                    reason = "closed by the peer".into();
-                }
-                self.finish(sid, &reason, true, false);
-            }
-            PortalMessage::Open => {} // a repeated OPEN is harmless
         }
-    }
-
-    pub(super) fn maybe_credit(&mut self, sid: u64) {
-        let Some(s) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        if s.consumed < s.grant {
-            return;
-        }
-        let n = u32::try_from(s.consumed).unwrap_or(u32::MAX);
-        s.consumed -= u64::from(n);
-        if let Err(e) = self.send_portal(sid, T_CREDIT, &n.to_be_bytes()) {
-            self.finish(
-                sid,
-                &format!("could not send to the peer: {e}"),
-                true,
-                false,
-            );
-        }
+        s.flow.data(body, written, &mut out);
+        self.apply(sid, &mut out, false);
+        self.actions = out;
     }
 
     pub(super) fn session_writable(&mut self, sid: u64) {
@@ -353,44 +282,21 @@ impl State {
         let Some(sock) = s.sock.as_mut() else {
             return;
         };
-        while let Some((front, c)) = s.queue.front() {
-            match sock.write(&front[s.queue_pos..]) {
-                Ok(n) => {
-                    s.queue_pos += n;
-                    if s.queue_pos >= front.len() {
-                        let c = *c;
-                        s.queue.pop_front();
-                        s.queue_pos = 0;
-                        s.queued -= c;
-                        s.consumed += c;
-                    }
-                }
+        let mut out = Vec::new();
+        while let Some(pending) = s.flow.pending() {
+            match sock.write(pending) {
+                Ok(n) => s.flow.wrote(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     let reason = format!("the local connection failed: {}", why(&e));
-                    self.finish(sid, &reason, true, true);
-                    return;
+                    s.flow.fail(&reason, true, true, &mut out);
+                    break;
                 }
             }
         }
-        let done_writing = s.queue.is_empty() && s.peer_eof && !s.wrote_eof;
-        if done_writing {
-            s.wrote_eof = true;
-            let _ = sock.shutdown(Shutdown::Write);
-        }
-        self.maybe_credit(sid);
-        if done_writing {
-            self.check_done(sid);
-        }
-    }
-
-    pub(super) fn check_done(&mut self, sid: u64) {
-        if let Some(s) = self.sessions.get(&sid) {
-            if s.read_eof && s.wrote_eof {
-                self.finish(sid, "", false, false);
-            }
-        }
+        s.flow.flushed(&mut out);
+        self.apply(sid, &mut out, false);
     }
 
     pub(super) fn connect(&mut self, sid: u64, addr: SocketAddr) {
@@ -420,17 +326,19 @@ impl State {
         }
     }
 
-    /// End a session: `abort` resets its socket (else an orderly close), `notify` tells the
-    /// peer why. Python learns through [`Event::SessionClosed`].
+    /// End a session for the driver's own reason: `abort` resets its socket (else an orderly
+    /// close), `notify` tells the peer why. Python learns through [`Event::SessionClosed`].
     pub(super) fn finish(&mut self, sid: u64, reason: &str, abort: bool, notify: bool) {
-        if notify && self.sessions.contains_key(&sid) {
-            let end = reason.len().min(MAX_REASON);
-            let mut cut = end;
-            while !reason.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            let _ = self.send_portal(sid, T_CLOSE, &reason.as_bytes()[..cut]);
-        }
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let mut out = Vec::new();
+        s.flow.fail(reason, abort, notify, &mut out);
+        self.apply(sid, &mut out, false);
+    }
+
+    /// The session's state machine said it ended: leave every table, close the socket.
+    fn end_session(&mut self, sid: u64, reason: &str, abort: bool) {
         let Some(mut s) = self.sessions.remove(&sid) else {
             return;
         };
@@ -471,8 +379,8 @@ impl State {
         self.push(Event::SessionClosed {
             session: sid,
             reason: reason.to_string(),
-            sent: s.sent,
-            received: s.received,
+            sent: s.flow.sent(),
+            received: s.flow.received(),
         });
     }
 }

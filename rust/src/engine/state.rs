@@ -2,7 +2,8 @@
 //! to Python, deferred work (`settle`), grants, the backlog counted against Python, refusals,
 //! and the timers (`tick`).
 
-use super::{event_charge, secs, Event, State, INTERNAL_ERROR, READ_SIZE};
+use super::{event_charge, Event, State, INTERNAL_ERROR, READ_SIZE};
+use crate::link::Verdict;
 use std::io::Write;
 use std::time::Instant;
 
@@ -153,51 +154,19 @@ impl State {
     }
 
     pub(super) fn tick(&mut self) {
-        let now = Instant::now();
+        let now = self.epoch.elapsed();
         let mut failures = Vec::new();
         let mut keepalives = Vec::new();
         for (&id, l) in &self.links {
             if l.failed.is_some() {
                 continue;
             }
-            if l.out.is_empty() && now.duration_since(l.last_tx) >= l.opts.keepalive {
-                keepalives.push(id);
-            }
-            if let Some(stalled) = l.tx_stalled.filter(|_| !l.out.is_empty()) {
-                if now.duration_since(stalled) >= l.opts.drain_timeout {
-                    failures.push((
-                        id,
-                        format!(
-                            "the peer read nothing for {} s: presumed stuck",
-                            secs(l.opts.drain_timeout)
-                        ),
-                    ));
-                    continue;
-                }
-            }
-            if l.read_blocked {
-                continue; // waiting on Python is neither peer silence nor a slow frame
-            }
-            if let Some(started) = l.frame_started {
-                if now.duration_since(started) >= l.opts.frame_timeout {
-                    failures.push((
-                        id,
-                        format!(
-                            "a frame was not completed within {} s (slow peer)",
-                            secs(l.opts.frame_timeout)
-                        ),
-                    ));
-                    continue;
-                }
-            }
-            if now.duration_since(l.last_rx) >= l.opts.dead_after {
-                failures.push((
-                    id,
-                    format!(
-                        "peer silent for {} s: presumed dead",
-                        secs(l.opts.dead_after)
-                    ),
-                ));
+            match l.timers.check(now, !l.out.is_empty()) {
+                Verdict::Dead(reason) => failures.push((id, reason)),
+                Verdict::Alive {
+                    keepalive: true, ..
+                } => keepalives.push(id),
+                Verdict::Alive { .. } => {}
             }
         }
         for (id, reason) in failures {
@@ -206,7 +175,7 @@ impl State {
         for id in keepalives {
             self.link_send(id, vec![0, 0, 0, 0]);
             if let Some(l) = self.links.get_mut(&id) {
-                l.last_tx = now;
+                l.timers.sent(now);
             }
         }
         let mut refusals: Vec<(u64, u64, String)> = Vec::new();
@@ -224,6 +193,7 @@ impl State {
                 reason,
             });
         }
+        let now = Instant::now();
         let expired: Vec<u64> = self
             .sessions
             .iter()

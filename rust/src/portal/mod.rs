@@ -14,7 +14,7 @@
 //! 5 CREDIT  u32 big-endian: credit units returned
 //! ```
 //!
-//! Decoding accepts exactly what the data plane (`engine`) and `tether.portal` accept today, and
+//! Decoding accepts exactly what both data planes' drivers accept (one decoder for both), and
 //! refuses with the same texts: a kind other than [`KIND_ERROR`] is read as data, the body of OPEN
 //! and EOF is ignored, an empty DATA is accepted, and a reason longer than [`MAX_REASON`] bytes is
 //! cut (as a borrowed slice; the caller decodes it as UTF-8 with replacement). Session state
@@ -31,9 +31,9 @@ pub mod session;
 
 pub use session::{charge, Action, Control, Session, MIN_CHARGE};
 
-/// The kind byte of a data message (`tether.node.KIND_DATA`).
+/// The kind byte of a data message (`tether.core.message.KIND_DATA`).
 pub const KIND_DATA: u8 = 0;
-/// The kind byte of an error report from a node on the path (`tether.node.KIND_ERROR`).
+/// The kind byte of an error report from a node on the path (`tether.core.message.KIND_ERROR`).
 pub const KIND_ERROR: u8 = 1;
 
 pub const T_OPEN: u8 = 1;

@@ -1,7 +1,7 @@
 //! A portal session's rules, with no I/O: flow control, half-close and how a session ends.
 //!
 //! Both data planes drive this one state machine: the Rust engine (`engine/sessions.rs`, with a
-//! `mio` socket) and the Python driver (`tether` `Session`, with an anyio stream, through the
+//! `mio` socket) and the Python driver (`tether.services.session.Session`, with an anyio stream, through the
 //! `PortalSession` binding). A driver owns the socket and the channel; it tells the session what
 //! happened (a message from the peer, bytes read, bytes written) and does what the session
 //! answers, in order:

@@ -1,18 +1,18 @@
-//! Bindings for `crate::engine`: the data plane's handle, used by `tether.engine`.
+//! Bindings for `crate::engine`: the data plane's handle, used by
+//! `tether.node.rust_data_plane`.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::types::PyList;
 
 use super::buffer::Buf;
-use super::frame::{message_to_py, route_to_py};
+use super::events::{event_to_py, SendStatus, SyncMode};
 use super::noise::PyChannelCipher;
-use crate::engine::{self, Engine, Event, LinkOptions, SendStatus, SessionSpec, SyncMode};
+use crate::engine::{Engine, LinkOptions, SessionSpec};
 use crate::error::Error;
-use crate::route;
 
 /// Take the descriptor of a Python socket object: `sock.detach()` is called here, so the
 /// object no longer owns it (its `fileno()` is -1 and closing it closes nothing) and the
@@ -97,16 +97,11 @@ impl PyEngine {
             .map_err(|e| io(&e))?)
     }
 
-    /// Queue frames for a link: 0 sent (or queued under the high-water mark), 1 queued and the
-    /// link is congested (wait for its drained event), 2 the link is closed.
-    fn send(&self, py: Python<'_>, link: u64, data: Buf<'_>) -> u8 {
+    /// Queue frames for a link.
+    fn send(&self, py: Python<'_>, link: u64, data: Buf<'_>) -> SendStatus {
         let data = data.as_bytes().to_vec();
         let inner = &self.inner;
-        match py.detach(|| inner.send(link, data)) {
-            SendStatus::Sent => 0,
-            SendStatus::Congested => 1,
-            SendStatus::Closed => 2,
-        }
+        py.detach(|| inner.send(link, data)).into()
     }
 
     /// Python has delivered `n` bytes of the link's events (its reading resumes below a limit).
@@ -183,8 +178,7 @@ impl PyEngine {
         self.inner.channel_idle(channel)
     }
 
-    /// Register a portal session (see `tether.engine`); returns its id. `sync`: 0 nothing
-    /// earlier can be pending, 1 Python holds nothing earlier, 2 Python holds earlier events.
+    /// Register a portal session; returns its id.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (channel, sock, header, address, match_return, window, open, sync,
                         connect_timeout, connect_prefix))]
@@ -198,7 +192,7 @@ impl PyEngine {
         match_return: Option<Vec<u8>>,
         window: u64,
         open: bool,
-        sync: u8,
+        sync: SyncMode,
         connect_timeout: f64,
         connect_prefix: String,
     ) -> PyResult<u64> {
@@ -211,11 +205,7 @@ impl PyEngine {
             match_return,
             window,
             open,
-            sync: match sync {
-                0 => SyncMode::Synced,
-                1 => SyncMode::IfQueued,
-                _ => SyncMode::Always,
-            },
+            sync: sync.into(),
             connect_timeout: duration(connect_timeout, "connect_timeout")?,
             connect_prefix,
         };
@@ -315,94 +305,13 @@ impl PyEngine {
         self.inner.remove_outlet(outlet);
     }
 
-    /// The events ready now, in order (see `tether.engine` for their shapes).
+    /// The events ready now, in order, each as its class (`tether._core.LinkMessage`, ...).
     fn take_events<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let inner = &self.inner;
         let events = py.detach(|| inner.take_events());
         let out = PyList::empty(py);
         for ev in events {
-            let item = match ev {
-                Event::Message { link, frame } => {
-                    let msg = message_to_py(py, &route::decode(&frame)?)?;
-                    (0u8, link, engine::event_charge(frame.len()), msg)
-                        .into_pyobject(py)?
-                        .into_any()
-                }
-                Event::Inner {
-                    link,
-                    channel,
-                    message,
-                } => {
-                    let msg = message_to_py(py, &route::decode(&message)?)?;
-                    (1u8, link, engine::event_charge(message.len()), channel, msg)
-                        .into_pyobject(py)?
-                        .into_any()
-                }
-                Event::LinkClosed {
-                    link,
-                    reason,
-                    unsent,
-                } => {
-                    let unsent = PyList::new(py, unsent.iter().map(|f| PyBytes::new(py, f)))?;
-                    (2u8, link, reason, unsent).into_pyobject(py)?.into_any()
-                }
-                Event::Drained { link } => (3u8, link).into_pyobject(py)?.into_any(),
-                Event::SessionClosed {
-                    session,
-                    reason,
-                    sent,
-                    received,
-                } => (4u8, session, reason, sent, received)
-                    .into_pyobject(py)?
-                    .into_any(),
-                Event::Sync { link, session } => (5u8, link, session).into_pyobject(py)?.into_any(),
-                Event::Plain {
-                    link,
-                    channel,
-                    plain,
-                    nonce,
-                } => (
-                    7u8,
-                    link,
-                    engine::event_charge(plain.len()),
-                    channel,
-                    PyBytes::new(py, &plain),
-                    nonce,
-                )
-                    .into_pyobject(py)?
-                    .into_any(),
-                Event::InletSession {
-                    inlet,
-                    session,
-                    channel,
-                    address,
-                } => (8u8, inlet, session, channel, PyBytes::new(py, &address))
-                    .into_pyobject(py)?
-                    .into_any(),
-                Event::InletAccepted { inlet, fd } => {
-                    (9u8, inlet, fd.into_raw_fd()).into_pyobject(py)?.into_any()
-                }
-                Event::OutletSession {
-                    outlet,
-                    session,
-                    channel,
-                    return_route,
-                } => {
-                    let mut m = vec![route::VERSION, 0];
-                    m.extend_from_slice(&return_route);
-                    m.extend_from_slice(&[0, 0, 0, 0]);
-                    let ret = route_to_py(py, &route::decode(&m)?.return_route)?;
-                    (10u8, outlet, session, channel, ret)
-                        .into_pyobject(py)?
-                        .into_any()
-                }
-                Event::Refused {
-                    channel,
-                    count,
-                    reason,
-                } => (6u8, channel, reason, count).into_pyobject(py)?.into_any(),
-            };
-            out.append(item)?;
+            out.append(event_to_py(py, ev)?)?;
         }
         Ok(out)
     }
@@ -416,6 +325,5 @@ impl PyEngine {
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
-    m.add("ENGINE_MAX_DATA", engine::MAX_DATA)?;
     Ok(())
 }

@@ -1,20 +1,20 @@
-//! The one mapping from `crate::Error` to the exception classes of `tether.errors`.
+//! The one mapping from `crate::Error` to the exception classes of `tether.core.errors`.
 
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
 use crate::error::Error;
 
-pyo3::import_exception!(tether.errors, FrameError);
-pyo3::import_exception!(tether.errors, FrameTooLargeError);
-pyo3::import_exception!(tether.errors, RouteError);
-pyo3::import_exception!(tether.errors, DecryptError);
-pyo3::import_exception!(tether.errors, ReplayError);
-pyo3::import_exception!(tether.errors, HandshakeError);
-pyo3::import_exception!(tether.errors, NonceExhaustedError);
-pyo3::import_exception!(tether.errors, InvalidArgumentError);
-pyo3::import_exception!(tether.errors, StateError);
-pyo3::import_exception!(tether.errors, BrokenError);
+pyo3::import_exception!(tether.core.errors, FrameError);
+pyo3::import_exception!(tether.core.errors, FrameTooLargeError);
+pyo3::import_exception!(tether.core.errors, RouteError);
+pyo3::import_exception!(tether.core.errors, DecryptError);
+pyo3::import_exception!(tether.core.errors, ReplayError);
+pyo3::import_exception!(tether.core.errors, HandshakeError);
+pyo3::import_exception!(tether.core.errors, NonceExhaustedError);
+pyo3::import_exception!(tether.core.errors, InvalidArgumentError);
+pyo3::import_exception!(tether.core.errors, StateError);
+pyo3::import_exception!(tether.core.errors, BrokenError);
 
 impl From<Error> for PyErr {
     fn from(e: Error) -> PyErr {

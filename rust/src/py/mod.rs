@@ -5,7 +5,9 @@ mod aead;
 mod buffer;
 mod engine;
 mod errors;
+mod events;
 mod frame;
+mod machines;
 mod noise;
 
 use pyo3::prelude::*;
@@ -36,5 +38,7 @@ fn tether_core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     aead::register(m)?;
     noise::register(m)?;
     engine::register(m)?;
+    events::register(m)?;
+    machines::register(m)?;
     Ok(())
 }
