@@ -21,9 +21,10 @@ from noise.connection import Keypair, NoiseConnection  # type: ignore[import-unt
 
 from harness import Group, Runner, Variant
 from node_server import FrameReader
-from tether import credential, frame, identity, noise
-from tether.errors import CredentialSignatureError, SignatureError
-from tether.vault import KeyType, MemoryVault
+from tether.core import frame, noise
+from tether.core.errors import CredentialSignatureError, SignatureError
+from tether.identity import credential, identity
+from tether.identity.vault import KeyType, MemoryVault
 
 PROTOCOL = "Noise_XX_25519_AESGCM_SHA256"
 TRANSPORT_SIZES = (1024, 16384, noise.MAX_PAYLOAD_LEN)

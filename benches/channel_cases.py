@@ -27,7 +27,7 @@ Groups (all on 127.0.0.1):
   cache before each open and talks to ``api-cold``, whose trust policy clears S's after each
   handshake, so both histories are verified from scratch every time (the cost for a new peer);
   ``history cached`` talks to ``api`` and keeps the caches (a peer seen before). The baseline is
-  the bare ``tether.noise.Handshake`` XX pair of ``cases.handshake_group`` (both sides in this
+  the bare ``tether.core.noise.Handshake`` XX pair of ``cases.handshake_group`` (both sides in this
   process, empty payloads, no I/O), measured in the same run. After every ``run(n)`` the
   listener's accepted count, from ``stats``, must have grown by exactly n.
 * ``channel/request-64``: 64-byte request/reply round trips, 32 in flight. tether channel: 32
@@ -81,10 +81,11 @@ from node_cases import (
     _server as node_server,
 )
 from node_server import COLD_LISTENER, HOST, TOTALS
-from tether import identity
-from tether.channel import ChannelIdentity, SecureChannel, ephemeral_identity
-from tether.message import Address
-from tether.node import Node
+from tether.api import Node
+from tether.channel.channel import SecureChannel
+from tether.core.message import Address
+from tether.identity import identity
+from tether.identity.trust import ChannelIdentity, ephemeral_identity
 
 WARM_LISTENER = "api"
 """S's default listener (``Node(..., identity=...)`` starts it); verified histories stay cached."""

@@ -43,11 +43,12 @@ from typing import Any
 
 import anyio
 
-from tether import channel as tchannel
-from tether import limits
-from tether.channel import ephemeral_identity, trust_identifiers
-from tether.message import Address
-from tether.node import MAILBOX_SIZE, Node
+from tether.api import Node
+from tether.channel import channel as tchannel
+from tether.core.message import Address
+from tether.identity.trust import ephemeral_identity, trust_identifiers
+from tether.node import limits
+from tether.node.worker import MAILBOX_SIZE
 
 HOST = "127.0.0.1"
 PAYLOAD = b"x" * 64
@@ -86,7 +87,7 @@ def caps(node: Node) -> dict[str, Any]:
         "MAX_PENDING_HANDSHAKES": lambda: tchannel.MAX_PENDING_HANDSHAKES,
         "MAX_PENDING_PER_PEER": lambda: tchannel.MAX_PENDING_PER_PEER,
         "LISTENER_HANDSHAKE_TIMEOUT": lambda: tchannel.LISTENER_HANDSHAKE_TIMEOUT,
-        "dataplane": lambda: "rust" if node.dataplane is not None else "python",
+        "dataplane": lambda: "rust" if node.data_plane is not None else "python",
     }
     return {k: _get(fn, "?") for k, fn in out.items()}
 
@@ -96,7 +97,7 @@ def queued(node: Node) -> tuple[int, int, int]:
     (with the Rust data plane: its link queues and each connection's inbox; with the Python one,
     each connection's send queue)."""
     total = top = events = 0
-    plane = node.dataplane
+    plane = node.data_plane
     for conn in list(node.tcp.connections.values()):
         out = 0
         link_id = getattr(conn, "_link", None)
@@ -154,8 +155,8 @@ async def _report(node: Node, every: float) -> None:
 
 
 async def victim(args: argparse.Namespace) -> None:
-    dataplane = args.dataplane == "rust"
-    async with Node("victim", identity=ephemeral_identity(), dataplane=dataplane) as node:
+    data_plane = args.dataplane == "rust"
+    async with Node("victim", identity=ephemeral_identity(), data_plane=data_plane) as node:
         assert node.identity is not None
         listener = await node.listen_tcp(HOST, 0)
         info = {
@@ -224,7 +225,7 @@ class Client:
 
     async def fresh_open(self) -> None:
         """A new node, so a new TCP connection: open a channel and get one echo through it."""
-        async with Node("probe", identity=self.identity, dataplane=False) as probe:
+        async with Node("probe", identity=self.identity, data_plane=False) as probe:
             ch = await probe.create_secure_channel(
                 self._listener_route(), trust=self.trust, timeout=self.args.open_timeout
             )

@@ -59,8 +59,8 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from cases import BenchmarkError, _check
 from harness import Group, Measurement, Runner, Variant
 from node_server import HEADER, READ_SIZE, TOTALS, FrameReader, encode
-from tether.message import Address
-from tether.node import Node
+from tether.api import Node
+from tether.core.message import Address
 
 SERVER = Path(__file__).resolve().parent / "node_server.py"
 CONCURRENCY = 32

@@ -6,7 +6,7 @@
 One trio event loop (one process, so its own GIL) runs, all on 127.0.0.1 with ports the kernel
 picks:
 
-* a tether :class:`~tether.node.Node` named NAME with a TCP listener, its built-in ``echo``
+* a tether :class:`~tether.Node` named NAME with a TCP listener, its built-in ``echo``
   worker and a ``count`` worker (counts data messages and their bytes; a message with an empty
   payload is a query, answered along its return route with the totals);
 * the plain trio baselines: an echo server (echoes every length-prefixed frame it receives, one
@@ -17,8 +17,8 @@ Frames are a 4-byte big-endian length and the payload, decoded with the usual pu
 ``bytearray`` + ``struct.unpack_from`` idiom (the same as ``cases.PyFrameDecoder``).
 
 With ``--channel`` (the secure-channel groups, ``benches/channel_cases.py``) the node also has a
-secure-channel identity (:func:`tether.channel.ephemeral_identity`), so it accepts channels at
-``api``; a second listener, ``api-cold``, forgets every verified identity history after each
+secure-channel identity (:func:`tether.identity.trust.ephemeral_identity`), so it accepts channels
+at ``api``; a second listener, ``api-cold``, forgets every verified identity history after each
 handshake (its trust policy clears ``verify_history``'s cache), so the next handshake verifies
 from scratch; a ``stats`` worker answers any message with the listeners' counts, the open
 channels, the node's workers and how many of ``api-cold``'s handshakes verified the initiator's
@@ -55,9 +55,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tether import identity
-from tether.channel import Peer, ephemeral_identity
-from tether.node import Message, Node, WorkerContext
+from tether.api import Node
+from tether.core.message import Message, WorkerContext
+from tether.identity import identity
+from tether.identity.trust import Peer, ephemeral_identity
 
 HOST = "127.0.0.1"
 HEADER = struct.Struct(">I")

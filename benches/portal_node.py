@@ -6,7 +6,7 @@
     python benches/portal_node.py client --inlet HOST:PORT ROUTE [--inlet ...]
 
 Roles, all on 127.0.0.1, each node with a secure-channel identity
-(:func:`tether.channel.ephemeral_identity`, so it accepts channels at ``api``):
+(:func:`tether.identity.trust.ephemeral_identity`, so it accepts channels at ``api``):
 
 * ``relay``: a node that listens on TCP and serves relay claims (its built-in relay service);
 * ``db``: the target side: one TCP outlet per ``--outlet NAME HOST:PORT`` (the service ``NAME``
@@ -21,7 +21,7 @@ Roles, all on 127.0.0.1, each node with a secure-channel identity
 When everything is set up (for ``db --relay``: the name is claimed) the process prints one line
 ``ready {JSON}`` on stdout (the listening port and the inlets' addresses), then runs until
 SIGTERM or SIGINT. Warnings and errors of the node go to stderr. Like the node daemon, the
-process tunes malloc for bulk buffers (:mod:`tether.alloc`).
+process tunes malloc for bulk buffers (:mod:`tether.node.alloc`).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from typing import Any
 
 import anyio
 
-from tether.alloc import tune_for_bulk
-from tether.channel import ephemeral_identity, trust_identifiers
-from tether.node import Node
+from tether.api import Node
+from tether.identity.trust import ephemeral_identity, trust_identifiers
+from tether.node.alloc import tune_for_bulk
 
 HOST = "127.0.0.1"
 
@@ -50,8 +50,8 @@ async def _until_signalled() -> None:
 
 async def serve(args: argparse.Namespace) -> None:
     info: dict[str, Any] = {"role": args.role}
-    dataplane = args.dataplane == "rust"
-    async with Node(args.role, identity=ephemeral_identity(), dataplane=dataplane) as node:
+    data_plane = args.dataplane == "rust"
+    async with Node(args.role, identity=ephemeral_identity(), data_plane=data_plane) as node:
         assert node.identity is not None
         info["identifier"] = node.identity.identity.identifier
         trust = trust_identifiers(*args.authorized) if args.authorized else None
@@ -117,7 +117,7 @@ def main() -> int:
         level=args.log_level.upper(), format=f"[{args.role}] %(levelname)s %(name)s: %(message)s"
     )
     try:
-        tune_for_bulk()  # as the node daemon does (tether.alloc)
+        tune_for_bulk()  # as the node daemon does (tether.node.alloc)
         anyio.run(serve, args, backend="trio")
     except KeyboardInterrupt:
         return 130

@@ -13,13 +13,13 @@ What is compared (details in ``benches/README.md``):
   the raw X25519 rate of ``cryptography`` as context (the bound it implies for a handshake pair);
 * transport encrypt+decrypt at 1024, 16384 and 65519 bytes: tether ``Transport`` and
   ``ChannelCipher`` vs ``noiseprotocol``'s transport and vs ``cryptography``'s ``AESGCM`` alone;
-* frame decoding (64 B and 64 KiB frames fed in 64 KiB reads): ``tether.frame.FrameDecoder``
+* frame decoding (64 B and 64 KiB frames fed in 64 KiB reads): ``tether.core.frame.FrameDecoder``
   vs the usual pure-Python ``struct.unpack_from`` decoder;
 * batch sealing: ``ChannelCipher.seal_many`` and ``seal_chunks`` vs a Python loop of ``seal()``;
-* identity histories (1 and 5 changes): ``tether.identity.verify_history`` uncached and cached
-  vs the bare Ed25519 verifications (``cryptography``) the history needs;
-* credentials (3 attributes, one authority): ``tether.credential.verify`` vs the bare Ed25519
-  verifications it needs (the signing key's attestation and the credential);
+* identity histories (1 and 5 changes): ``tether.identity.identity.verify_history`` uncached and
+  cached vs the bare Ed25519 verifications (``cryptography``) the history needs;
+* credentials (3 attributes, one authority): ``tether.identity.credential.verify`` vs the bare
+  Ed25519 verifications it needs (the signing key's attestation and the credential);
 * tether nodes over loopback TCP, the server side in other processes (``node_cases.py``): 64 B
   request/reply round trips with 32 in flight, round-trip latency per hop, one-way 64 KiB
   throughput, each vs the same operation with plain trio on length-prefixed frames;

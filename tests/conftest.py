@@ -70,7 +70,7 @@ def echo_port() -> Iterator[int]:
 def postgres_url() -> Iterator[str]:
     """The URL of a fresh database on a throwaway PostgreSQL server (tests/pgserver.py), started
     the first time a test asks for it and stopped when the session ends. Tests share it: each
-    keeps to its own names (for tether.shared, its own authority identifiers)."""
+    keeps to its own names (for tether.store.authority, its own authority identifiers)."""
     from pgserver import running
 
     with running() as server:
@@ -81,13 +81,13 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture(params=["rust", "python"])
-def dataplane(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def data_plane(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """A test with either data plane: nodes (and daemons, which inherit the environment) read
     ``TETHER_DATAPLANE`` when they are created. A module uses it for every test with
-    ``pytestmark = pytest.mark.usefixtures("dataplane")``."""
-    plane: str = request.param
-    monkeypatch.setenv("TETHER_DATAPLANE", plane)
-    return plane
+    ``pytestmark = pytest.mark.usefixtures("data_plane")``."""
+    data_plane: str = request.param
+    monkeypatch.setenv("TETHER_DATAPLANE", data_plane)
+    return data_plane
 
 
 # --- no node outlives the tests --------------------------------------------------------------

@@ -3,8 +3,8 @@ unnamed peer by default, and a relay takes claims only from whom its operator al
 
 from __future__ import annotations
 
-from tether.channel import TrustPolicy, trust_identifiers
-from tether.node import Node
+from tether.api import Node
+from tether.identity.trust import TrustPolicy, trust_identifiers
 
 
 def identifier(node: Node) -> str:

@@ -9,8 +9,8 @@ import sys
 
 import anyio
 
-from tether.channel import ephemeral_identity, trust_identifiers
-from tether.node import Node
+from tether.api import Node
+from tether.identity.trust import ephemeral_identity, trust_identifiers
 
 
 async def main(route: str, name: str, relay_identifier: str) -> None:

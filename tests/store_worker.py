@@ -23,9 +23,9 @@ import os
 import random
 import sys
 
-from tether.errors import NotFoundError, TetherError
-from tether.registry import Registry
-from tether.state import Store
+from tether.core.errors import NotFoundError, TetherError
+from tether.identity.registry import Registry
+from tether.store.local import Store
 
 AUTHORITY = "authority"
 ROTATION_LIMIT = 3000

@@ -38,8 +38,8 @@ import rawwire
 from peers import allow_claims, expect, identifier
 from rawwire import KIND_DATA, KIND_ERROR, OPEN, PDATA, Raw, local
 from test_portal import DuplexServer, exchange, serve
-from tether.channel import ephemeral_identity
-from tether.node import Node
+from tether.api import Node
+from tether.identity.trust import ephemeral_identity
 from trio_run import run, until
 
 HOST = "127.0.0.1"
@@ -48,7 +48,7 @@ PROBE = 24  # channel addresses tried: far more than the nodes hold
 
 
 # Every test with either data plane (the fixture in conftest.py).
-pytestmark = pytest.mark.usefixtures("dataplane")
+pytestmark = pytest.mark.usefixtures("data_plane")
 
 
 @dataclass

@@ -35,9 +35,9 @@ from cli_run import Cli
 from peers import expect, identifier
 from test_engine import ping
 from test_portal import serve
-from tether.channel import ChannelRefusedError, ephemeral_identity, trust_anyone
-from tether.message import RoutedMessage
-from tether.node import Message, Node, WorkerContext
+from tether.api import Node
+from tether.core.message import Message, RoutedMessage, WorkerContext
+from tether.identity.trust import ChannelRefusedError, ephemeral_identity, trust_anyone
 from trio_run import run, until
 
 HOST = "127.0.0.1"

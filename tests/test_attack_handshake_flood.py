@@ -32,7 +32,7 @@ from functools import partial
 import anyio
 import pytest
 
-import tether.handshake
+import tether.channel.handshake
 from peers import expect
 from rawwire import (
     HS2,
@@ -45,14 +45,14 @@ from rawwire import (
     frame,
     local,
 )
-from tether.channel import ephemeral_identity
-from tether.handshake import (
+from tether.api import Node
+from tether.channel.handshake import (
     MAX_PENDING_HANDSHAKES,
     MAX_PENDING_PER_PEER,
     MAX_PENDING_PER_SOURCE,
 )
-from tether.message import Address as TetherAddress
-from tether.node import Node
+from tether.core.message import Address as TetherAddress
+from tether.identity.trust import ephemeral_identity
 from trio_run import run, until, within
 
 HOST = "127.0.0.1"
@@ -61,12 +61,12 @@ DROPPED = "dropped: too many half-open handshakes"
 
 
 # Every test with either data plane (the fixture in conftest.py).
-pytestmark = pytest.mark.usefixtures("dataplane")
+pytestmark = pytest.mark.usefixtures("data_plane")
 
 
 @pytest.fixture(autouse=True)
 def short_handshake_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tether.handshake, "LISTENER_HANDSHAKE_TIMEOUT", TIMEOUT)
+    monkeypatch.setattr(tether.channel.handshake, "LISTENER_HANDSHAKE_TIMEOUT", TIMEOUT)
 
 
 def at(port: int, rest: str) -> str:

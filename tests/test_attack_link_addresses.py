@@ -32,9 +32,10 @@ import pytest
 
 from peers import allow_claims, expect
 from rawwire import KIND_DATA, KIND_ERROR, Raw, channel_hs1_payload, local, tcp
-from tether.channel import ephemeral_identity
-from tether.node import Node, UnreachableError
-from tether.transport.tcp import TcpOptions
+from tether.api import Node
+from tether.identity.trust import ephemeral_identity
+from tether.node.node import UnreachableError
+from tether.node.transport.connection import TcpOptions
 from trio_run import run
 
 HOST = "127.0.0.1"
@@ -42,7 +43,7 @@ PROBE = 24
 
 
 # Every test with either data plane (the fixture in conftest.py).
-pytestmark = pytest.mark.usefixtures("dataplane")
+pytestmark = pytest.mark.usefixtures("data_plane")
 
 
 @contextmanager

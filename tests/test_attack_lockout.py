@@ -40,9 +40,9 @@ import pytest
 from node_logs import close_reasons
 from peers import expect
 from rawwire import HELLO, KIND_DATA, Raw, frame, local
-from tether.channel import ephemeral_identity
-from tether.node import Node
-from tether.transport.tcp import Connection, TcpOptions
+from tether.api import Node
+from tether.identity.trust import ephemeral_identity
+from tether.node.transport.connection import Connection, TcpOptions
 from trio_run import run, until, within
 
 HOST = "127.0.0.1"
@@ -54,7 +54,7 @@ NEWCOMER_DROPS_IDLE = "dropped for a newcomer: idle, with no secure channel, on 
 
 
 # Every test with either data plane (the fixture in conftest.py).
-pytestmark = pytest.mark.usefixtures("dataplane")
+pytestmark = pytest.mark.usefixtures("data_plane")
 
 
 def sources(n: int, first: int = 2) -> list[str]:

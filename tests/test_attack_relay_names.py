@@ -31,10 +31,11 @@ import pytest
 
 from peers import allow_claims, expect, identifier
 from rawwire import KIND_DATA, Raw, local
-from tether.channel import ChannelRefusedError, ephemeral_identity
-from tether.message import Address
-from tether.node import Node, UnreachableError
-from tether.relay import CLAIM, DENIED, FORWARD_PREFIX, RelayClaimError, RelayClient
+from tether.api import Node
+from tether.core.message import Address
+from tether.identity.trust import ChannelRefusedError, ephemeral_identity
+from tether.node.node import UnreachableError
+from tether.services.relay import CLAIM, DENIED, FORWARD_PREFIX, RelayClaimError, RelayClient
 from trio_run import run, until
 
 HOST = "127.0.0.1"
@@ -42,7 +43,7 @@ SQUATTED = ["api", "relay", "node", "db2", "admin", "www", "mail", "vpn"]
 
 
 # Every test with either data plane (the fixture in conftest.py).
-pytestmark = pytest.mark.usefixtures("dataplane")
+pytestmark = pytest.mark.usefixtures("data_plane")
 
 
 def forwarders(relay: Node) -> set[str]:

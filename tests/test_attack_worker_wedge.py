@@ -36,11 +36,12 @@ import pytest
 from node_logs import close_reasons
 from peers import expect
 from rawwire import KIND_DATA, KIND_ERROR, Raw, encode_message, frame, local
-from tether.channel import SecureChannel, ephemeral_identity
-from tether.message import Address
-from tether.node import Message, Node, WorkerContext
-from tether.relay import PING, PONG
-from tether.transport.tcp import TcpOptions
+from tether.api import Node
+from tether.channel.channel import SecureChannel
+from tether.core.message import Address, Message, WorkerContext
+from tether.identity.trust import ephemeral_identity
+from tether.node.transport.connection import TcpOptions
+from tether.services.relay import PING, PONG
 from trio_run import run, until, within
 
 HOST = "127.0.0.1"
@@ -51,7 +52,7 @@ MAILBOX_FULL = "dropped: worker mailbox full"
 
 
 # Every test with either data plane (the fixture in conftest.py).
-pytestmark = pytest.mark.usefixtures("dataplane")
+pytestmark = pytest.mark.usefixtures("data_plane")
 
 
 def at(port: int, rest: str = "/service/echo") -> str:
@@ -73,12 +74,7 @@ def queued_for(node: Node, source: str) -> str:
     for c in node.tcp.connections.values():
         if c.source != source:
             continue
-        plane = node.dataplane
-        stats = (
-            plane.engine.link_stats(c._link)
-            if plane is not None and c._link is not None and not plane.stopped
-            else None
-        )
+        stats = node.data_plane.link_stats(c._link) if c._link is not None else None
         out.append(f"{stats[2]} bytes" if stats else f"{c._pending} frames")
     return ", ".join(out) or "nothing"
 

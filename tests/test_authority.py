@@ -9,8 +9,8 @@ it); every other node has an ephemeral identity. Every wait has a deadline: a se
 close and does not fails the test, and a download that ends must end in a reset (never an
 orderly, silently truncated end of stream).
 
-Credentials stay valid for :data:`tether.credential.DEFAULT_SKEW` (60 s) past their expiry, so
-the tests that need a credential to lapse within seconds run the authority with a clock set back
+Credentials stay valid for :data:`tether.identity.credential.DEFAULT_SKEW` (60 s) past their expiry,
+so the tests that need a credential to lapse within seconds run the authority with a clock set back
 (its Registry's ``clock``): what it issues expired a minute ago by its own stamp and lapses,
 skew included, a few seconds after it is issued.
 """
@@ -31,15 +31,16 @@ import pytest
 from anyio.abc import SocketAttribute, SocketStream, TaskGroup
 
 from peers import expect
-from tether.authority import AuthorityError, Ticket, call
-from tether.channel import ChannelRefusedError, ephemeral_identity
-from tether.credential import DEFAULT_SKEW
-from tether.errors import InvalidArgumentError, TetherError
-from tether.node import Node, UnreachableError
-from tether.portal import PortalOptions
-from tether.registry import Registry
-from tether.shared import open_shared
-from tether.state import Store
+from tether.api import Node
+from tether.core.errors import InvalidArgumentError, TetherError
+from tether.identity.credential import DEFAULT_SKEW
+from tether.identity.registry import Registry
+from tether.identity.trust import ChannelRefusedError, ephemeral_identity
+from tether.node.node import UnreachableError
+from tether.services.authority import AuthorityError, Ticket, call
+from tether.services.session import PortalOptions
+from tether.store.authority_backend import open_shared
+from tether.store.local import Store
 from trio_run import run, until, within
 
 HOST = "127.0.0.1"

@@ -18,9 +18,10 @@ from test_authority import (
     running_authority,
     server_and_clients,
 )
-from tether.channel import ChannelRefusedError
-from tether.node import UnreachableError, echo
-from tether.relay import RelayClaimError
+from tether.identity.trust import ChannelRefusedError
+from tether.node.node import UnreachableError
+from tether.node.worker import echo
+from tether.services.relay import RelayClaimError
 from trio_run import run, within
 
 
@@ -104,7 +105,7 @@ def test_a_listener_policy_refuses_at_the_handshake_and_admits_the_others(tmp_pa
 
 
 def _local(name: str) -> tuple[Any, ...]:
-    from tether.message import Address
+    from tether.core.message import Address
 
     return (Address.local(name),)
 

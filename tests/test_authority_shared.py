@@ -19,9 +19,9 @@ from typing import Any
 import anyio
 import pytest
 
-from tether.authority import AuthorityError, Ticket
-from tether.channel import ephemeral_identity, trust_identifiers
-from tether.node import Node
+from tether.api import Node
+from tether.identity.trust import ephemeral_identity, trust_identifiers
+from tether.services.authority import AuthorityError, Ticket
 from trio_run import run
 
 TETHER = [sys.executable, "-m", "tether.cli"]

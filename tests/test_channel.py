@@ -56,18 +56,34 @@ from hypothesis.stateful import (
 )
 from noise.connection import Keypair, NoiseConnection
 
-from tether import identity as ident
-from tether import noise
-from tether.channel import (
+from tether.api import Node
+from tether.channel.channel import (
     MAX_MESSAGE,
     PROLOGUE,
     PROTOCOL,
     ChannelClosedError,
+    SecureChannel,
+    Step,
+)
+from tether.core import noise
+from tether.core.message import (
+    KIND_DATA,
+    KIND_ERROR,
+    LOCAL_ORIGIN,
+    TCP,
+    Address,
+    Message,
+    Origin,
+    RoutedMessage,
+    WorkerContext,
+)
+from tether.identity import identity as ident
+from tether.identity.credential import Credential, issue
+from tether.identity.identity import Attestation, Identity, Purpose
+from tether.identity.trust import (
     ChannelIdentity,
     ChannelRefusedError,
     Peer,
-    SecureChannel,
-    Step,
     TrustPolicy,
     ephemeral_identity,
     trust_anyone,
@@ -75,19 +91,8 @@ from tether.channel import (
     trust_identifiers,
     verify_peer,
 )
-from tether.credential import Credential, issue
-from tether.identity import Attestation, Identity, Purpose
-from tether.message import LOCAL_ORIGIN, TCP, Address, Origin, RoutedMessage
-from tether.node import (
-    KIND_DATA,
-    KIND_ERROR,
-    Message,
-    Node,
-    ReplyTimeoutError,
-    UnreachableError,
-    WorkerContext,
-)
-from tether.vault import KeyType, MemoryVault, SecretBytes
+from tether.identity.vault import KeyType, MemoryVault, SecretBytes
+from tether.node.node import ReplyTimeoutError, UnreachableError
 from trio_run import run
 
 HOST = "127.0.0.1"

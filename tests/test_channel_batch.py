@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from tether import noise
-from tether.errors import InvalidArgumentError, NonceExhaustedError
-from tether.frame import FrameDecoder
+from tether._core import FrameDecoder
+from tether.core import noise
+from tether.core.errors import InvalidArgumentError, NonceExhaustedError
 
 
 def _pair(

@@ -12,12 +12,13 @@ import anyio
 import pytest
 
 from peers import expect
-from tether import credential as cred
-from tether import identity as ident
-from tether.channel import ChannelIdentity, ephemeral_identity, trust_credential
-from tether.message import Address, RoutedMessage
-from tether.node import Node, UnreachableError
-from tether.vault import KeyType, MemoryVault
+from tether.api import Node
+from tether.core.message import Address, RoutedMessage
+from tether.identity import credential as cred
+from tether.identity import identity as ident
+from tether.identity.trust import ChannelIdentity, ephemeral_identity, trust_credential
+from tether.identity.vault import KeyType, MemoryVault
+from tether.node.node import UnreachableError
 
 
 class Authority:

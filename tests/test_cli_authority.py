@@ -290,7 +290,7 @@ def test_every_new_command_has_help_with_an_example(
 def test_allow_on_listener_and_service_creation_attaches_a_policy(cli: Cli) -> None:
     """`--allow` on the commands that create a listener (and `allow` on the control API's
     services) attaches a policy by name, listed with the others and enforced."""
-    from tether.cli.api import call
+    from tether.cli.control_client import call
 
     listener = cli.js("node", "create", "far", "--tcp-listener", "127.0.0.1:0")
     port = listener["listeners"][0]["address"].rpartition(":")[2]

@@ -9,8 +9,9 @@ from typing import Any
 import anyio
 
 from cli_run import Cli
-from tether.cli.api import call
-from tether.node import Message, Node, WorkerContext
+from tether.api import Node
+from tether.cli.control_client import call
+from tether.core.message import Message, WorkerContext
 
 
 def test_node_lifecycle(cli: Cli) -> None:

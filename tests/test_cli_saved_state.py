@@ -225,8 +225,8 @@ def test_a_relay_that_refuses_the_claim_at_start_waits(cli: Cli) -> None:
 
 
 def test_a_saved_policy_that_no_longer_parses_fails_closed(cli: Cli) -> None:
-    from tether import nodes
-    from tether.state import Store
+    from tether.daemon import saved_nodes
+    from tether.store.local import Store
 
     cli.run("node", "create", "n1")
     client = cli.js("node", "create", "n2")["identifier"]
@@ -237,9 +237,9 @@ def test_a_saved_policy_that_no_longer_parses_fails_closed(cli: Cli) -> None:
     cli.run("node", "stop", "n1")
     store = Store(cli.home)  # damage the saved expression, as an older or newer version might
     try:
-        cfg = nodes.load_config(store, "n1")
+        cfg = saved_nodes.load_config(store, "n1")
         cfg.policies[0]["expression"] = "subject.identifier ="
-        nodes.save_config(store, cfg)
+        saved_nodes.save_config(store, cfg)
     finally:
         store.close()
 

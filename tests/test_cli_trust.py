@@ -19,10 +19,10 @@ from typing import Any
 import anyio
 
 from cli_run import Cli, echo_server, exchange
-from tether.node import Node
-from tether.registry import Registry
-from tether.state import Store
-from tether.trust import ephemeral_identity, trust_identifiers
+from tether.api import Node
+from tether.identity.registry import Registry
+from tether.identity.trust import ephemeral_identity, trust_identifiers
+from tether.store.local import Store
 from trio_run import run
 
 HOST = "127.0.0.1"

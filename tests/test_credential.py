@@ -16,19 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tether import credential, identity
-from tether.credential import (
-    ID_LEN,
-    MAX_ATTRIBUTES,
-    MAX_CREDENTIAL_SIZE,
-    MAX_KEY_LEN,
-    MAX_REVOKED,
-    MAX_VALUE_LEN,
-    Credential,
-    RevocationList,
-)
-from tether.encoding import Writer
-from tether.errors import (
+from tether.core.encoding import Writer
+from tether.core.errors import (
     AttestationError,
     CredentialExpiredError,
     CredentialNotYetValidError,
@@ -41,8 +30,19 @@ from tether.errors import (
     WrongIssuerError,
     WrongSubjectError,
 )
-from tether.identity import Attestation, Identity, Purpose
-from tether.vault import KeyType, MemoryVault
+from tether.identity import credential, identity
+from tether.identity.credential import (
+    ID_LEN,
+    MAX_ATTRIBUTES,
+    MAX_CREDENTIAL_SIZE,
+    MAX_KEY_LEN,
+    MAX_REVOKED,
+    MAX_VALUE_LEN,
+    Credential,
+    RevocationList,
+)
+from tether.identity.identity import Attestation, Identity, Purpose
+from tether.identity.vault import KeyType, MemoryVault
 
 EXAMPLES = settings().max_examples  # the loaded profile's value (see conftest.py)
 T0 = 1_700_000_000

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tether import demo
+from tether.demo import portals as demo
 
 
 def _run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -69,7 +69,7 @@ def test_product_demo_cli_usage() -> None:
 
 
 def test_channel_demo() -> None:
-    p = _run("tether.demo_channel", "--megabytes", "4")
+    p = _run("tether.demo.channel", "--megabytes", "4")
     assert p.returncode == 0, p.stdout + p.stderr
     assert "plaintext nowhere in them" in p.stdout
     assert "refused:" in p.stdout
@@ -77,7 +77,7 @@ def test_channel_demo() -> None:
 
 
 def test_core_demo() -> None:
-    p = _run("tether.demo_core", "--megabytes", "4")
+    p = _run("tether.demo.core", "--megabytes", "4")
     assert p.returncode == 0, p.stdout + p.stderr
     assert "SHA-256 matches" in p.stdout
     assert "DecryptError, ReplayError" in p.stdout

@@ -1,4 +1,4 @@
-"""The Rust data plane (:mod:`tether.engine`): what it does by itself, and what it refuses.
+"""The Rust data plane (:mod:`tether.node.data_plane`): what it does by itself, and what it refuses.
 
 * portal sessions open in the engine without a round through Python once the inlet's route
   and the outlet's policy have been checked for a channel, and both fall back to Python when
@@ -29,11 +29,21 @@ from hypothesis import strategies as st
 
 from peers import allow_claims, expect
 from test_portal import Portal, echo, portal, serve
-from tether.channel import ephemeral_identity
-from tether.message import LOCAL_ORIGIN, Address, Origin, RoutedMessage
-from tether.node import KIND_DATA, Message, Node, WorkerContext
-from tether.policy import Policy
-from tether.session import (
+from tether.api import Node
+from tether.core.message import (
+    KIND_DATA,
+    LOCAL_ORIGIN,
+    Address,
+    Message,
+    Origin,
+    RoutedMessage,
+    WorkerContext,
+)
+from tether.identity.policy import Policy
+from tether.identity.trust import ephemeral_identity
+from tether.node.rust_data_plane import RustDataPlane
+from tether.node.transport.connection import HELLO, Connection, TcpOptions
+from tether.services.session import (
     MAX_DATA,
     T_CLOSE,
     T_CREDIT,
@@ -43,7 +53,6 @@ from tether.session import (
     EngineSession,
     PortalOptions,
 )
-from tether.transport.tcp import HELLO, TcpOptions
 from trio_run import run, until, within
 
 HOST = "127.0.0.1"
@@ -282,17 +291,22 @@ def test_a_failure_in_the_engine_stays_with_its_link_or_session() -> None:
     async def main() -> None:
         async with echo_portal() as (tg, p):
             far, inlet = p.far, p.inlet
-            plane = far.dataplane
-            assert plane is not None
+            plane = far.data_plane
+            assert isinstance(plane, RustDataPlane)
             held = await anyio.connect_tcp(HOST, inlet.port)
             await held.send(b"before")
             with within(10, "the echo before"):
                 assert await held.receive() == b"before"
+
             # A second link into the far node, whose next event panics.
-            before = set(plane.links)
+            def links() -> dict[str, Connection]:
+                return {c.address: c for c in far.tcp.connections.values() if c._link is not None}
+
+            before = set(links())
             sock = await anyio.to_thread.run_sync(raw_link, p.listen_port)
-            await until(lambda: len(plane.links) == 2, 5, "the far node has two engine links")
-            (victim,) = [c for link, c in plane.links.items() if link not in before]
+            await until(lambda: len(links()) == 2, 5, "the far node has two engine links")
+            (victim,) = [c for a, c in links().items() if a not in before]
+            assert victim._link is not None
             plane.engine.inject_fault(victim._link)
             sock.sendall(frame(b""))  # any event of that link: a keepalive
             sock.settimeout(5)
@@ -337,7 +351,7 @@ def test_forged_and_replayed_channel_messages_are_refused_and_the_channel_goes_o
             with within(10, "a first connection"):
                 assert await ping(inlet.port, b"hello") == b"hello"
             (channel,) = far.channels.values()
-            assert channel._engine_id is not None
+            assert far.data_plane.carries(channel)
             to = (Address.local(channel.decryptor),)
             forged = RoutedMessage(to, (), bytes([KIND_DATA, 4]) + bytes(range(200))).encode()
             # A replay: the cipher's next nonce is past what was used; nonce 0 was delivered.
@@ -386,7 +400,7 @@ def test_any_split_of_the_frame_stream_delivers_the_same_messages(
     async def main() -> None:
         got: list[bytes] = []
         async with Node("n", tcp_options=TcpOptions()) as node:
-            assert node.dataplane is not None
+            assert node.data_plane.kind == "rust"
 
             async def sink(ctx: WorkerContext, msg: Message) -> None:
                 got.append(msg.payload)

@@ -7,7 +7,7 @@ signature(64)]``; an attestation is ``type(0x03) version(1) subject(20) purpose(
 created_at(u64) expires_at(u64) signer change(32) signature(64)``.
 
 Every rejection is checked with its precise error class. Hand-built histories are signed
-correctly by a :class:`~tether.vault.MemoryVault`, so only the check under test can fail.
+correctly by a :class:`~tether.identity.vault.MemoryVault`, so only the check under test can fail.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tether import identity
-from tether.encoding import Writer
-from tether.errors import (
+from tether.core.encoding import Writer
+from tether.core.errors import (
     AttestationError,
     BrokenLinkError,
     ChangeOrderError,
@@ -31,7 +30,8 @@ from tether.errors import (
     IdentityError,
     SignatureError,
 )
-from tether.identity import (
+from tether.identity import identity
+from tether.identity.identity import (
     ATTESTATION_SIZE,
     HASH_LEN,
     KEY_LEN,
@@ -48,7 +48,7 @@ from tether.identity import (
     verify_attestation,
     verify_history,
 )
-from tether.vault import KeyType, MemoryVault
+from tether.identity.vault import KeyType, MemoryVault
 
 EXAMPLES = settings().max_examples  # the loaded profile's value (see conftest.py)
 T0 = 1_700_000_000

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tether import credential
-from tether.errors import AlreadyExistsError, IdentityError, InvalidArgumentError
-from tether.registry import SECRET_EXPORT_PREFIX, Registry
-from tether.state import Store
+from tether.core.errors import AlreadyExistsError, IdentityError, InvalidArgumentError
+from tether.identity import credential
+from tether.identity.registry import SECRET_EXPORT_PREFIX, Registry
+from tether.store.local import Store
 
 PASS = "correct horse battery"  # noqa: S105 (a test passphrase)
 

@@ -12,7 +12,7 @@ from typing import Protocol
 import pytest
 from noise.connection import Keypair, NoiseConnection
 
-from tether import noise
+from tether.core import noise
 
 
 class _Transport(Protocol):

@@ -1,5 +1,5 @@
-"""A node's log (``tether.logs``): what peers send cannot forge log lines or terminal escapes,
-and the log is rotated by size, so what an attacker makes a node write is bounded on disk.
+"""A node's log (``tether.daemon.logs``): what peers send cannot forge log lines or terminal
+escapes, and the log is rotated by size, so what an attacker makes a node write is bounded on disk.
 
 * ``escape`` (a property over any text): the result has no control character, and text without
   one is unchanged.
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from cli_run import Cli
 from rawwire import KIND_ERROR, Raw, local
-from tether import logs
+from tether.daemon import logs
 
 FORGED = "\n2020-01-01 00:00:00,000 INFO tether.node: forged line\x1b[2J\r"
 

@@ -1,4 +1,5 @@
-"""Nodes in one process, talking over real loopback TCP (``tether.node``, ``tether.transport.tcp``).
+"""Nodes in one process, talking over real loopback TCP (``tether.node``,
+``tether.node.transport.tcp``).
 
 * Request/reply with local and remote workers, a forwarding worker (replies retrace the route),
   and precise errors: no such worker, nothing listening, no reply in time.
@@ -29,20 +30,22 @@ import pytest
 from anyio.abc import SocketAttribute, SocketStream
 
 from peers import expect
-from tether.channel import ephemeral_identity
-from tether.frame import FrameDecoder, encode_frame
-from tether.message import LOCAL, TCP, Address, RoutedMessage
-from tether.node import (
+from tether._core import FrameDecoder, encode_frame
+from tether.api import Node
+from tether.core.message import (
     KIND_DATA,
     KIND_ERROR,
-    MAILBOX_SIZE,
+    LOCAL,
+    TCP,
+    Address,
     Message,
-    Node,
-    ReplyTimeoutError,
-    UnreachableError,
+    RoutedMessage,
     WorkerContext,
 )
-from tether.transport.tcp import HELLO, MAGIC, PROTOCOL_VERSION, TcpOptions
+from tether.identity.trust import ephemeral_identity
+from tether.node.node import ReplyTimeoutError, UnreachableError
+from tether.node.transport.connection import HELLO, MAGIC, PROTOCOL_VERSION, TcpOptions
+from tether.node.worker import MAILBOX_SIZE
 from trio_run import run
 
 BACKENDS = ["trio", "asyncio"]

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tether import noise
-from tether.errors import DecryptError
+from tether.core import noise
+from tether.core.errors import DecryptError
 from vector_files import load
 
 ALL = load("noise/cacophony-subset.json")["vectors"]

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tether.errors import TetherError
-from tether.policy import (
-    ALLOW_ALL,
+from tether.core.errors import TetherError
+from tether.identity.policy import ALLOW_ALL, Policy, evaluate, subject_attributes
+from tether.identity.policy_syntax import (
     MAX_DEPTH,
     MAX_LENGTH,
     And,
@@ -32,14 +32,11 @@ from tether.policy import (
     Member,
     Not,
     Or,
-    Policy,
     PolicyError,
     String,
     Value,
-    evaluate,
     format,
     parse,
-    subject_attributes,
 )
 
 

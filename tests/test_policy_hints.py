@@ -1,5 +1,5 @@
-"""The policy parser's hints (``tether.policy_syntax``): a text value left unquoted is refused
-with a hint that quotes it (``did you mean subject.role = "db-client"?``), and the suggested
+"""The policy parser's hints (``tether.identity.policy_syntax``): a text value left unquoted is
+refused with a hint that quotes it (``did you mean subject.role = "db-client"?``), and the suggested
 text parses and means what the user wrote. Examples, then properties (hypothesis)."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tether.policy import PolicyError, String, evaluate, format, parse
+from tether.identity.policy import evaluate
+from tether.identity.policy_syntax import PolicyError, String, format, parse
 
 ATTRIBUTE = re.compile(r"(?:subject|resource|action)(?:\.[A-Za-z0-9_-]+)+")
 KEYWORDS = {"and", "or", "not", "true", "false", "member?", "exists?"}

@@ -32,11 +32,11 @@ from anyio.abc import SocketAttribute, SocketStream, TaskGroup
 
 from faultproxy import FaultProxy, Faults, reset
 from peers import allow_claims, expect
-from tether.channel import ephemeral_identity, trust_identifiers
-from tether.errors import InvalidArgumentError
-from tether.node import Node
-from tether.session import MAX_DATA, T_CLOSE, T_DATA, T_OPEN, EngineSession, PortalOptions
-from tether.transport.tcp import TcpOptions
+from tether.api import Node
+from tether.core.errors import InvalidArgumentError
+from tether.identity.trust import ephemeral_identity, trust_identifiers
+from tether.node.transport.connection import TcpOptions
+from tether.services.session import MAX_DATA, T_CLOSE, T_DATA, T_OPEN, EngineSession, PortalOptions
 from trio_run import run, until, within
 
 HOST = "127.0.0.1"
@@ -46,7 +46,7 @@ Handler = Callable[[SocketStream], Awaitable[None]]
 
 
 # Every test with either data plane (the fixture in conftest.py).
-pytestmark = pytest.mark.usefixtures("dataplane")
+pytestmark = pytest.mark.usefixtures("data_plane")
 
 
 # --- servers (the portal's targets) ---------------------------------------------------------

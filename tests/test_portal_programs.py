@@ -27,8 +27,8 @@ import pytest
 
 from peers import allow_claims, expect
 from pgserver import require, running, unused_port
-from tether.channel import ephemeral_identity
-from tether.node import Node
+from tether.api import Node
+from tether.identity.trust import ephemeral_identity
 from trio_run import run
 
 HOST = "127.0.0.1"

@@ -33,9 +33,10 @@ from hypothesis.stateful import (
     rule,
 )
 
-from tether import noise
-from tether.aead import NONCE_LEN, TAG_LEN, Aead
-from tether.errors import (
+from tether._core import Aead, FrameDecoder, encode_frame, encode_frames
+from tether.core import noise
+from tether.core.aead import NONCE_LEN, TAG_LEN
+from tether.core.errors import (
     BrokenError,
     DecryptError,
     FrameTooLargeError,
@@ -45,8 +46,8 @@ from tether.errors import (
     RouteError,
     StateError,
 )
-from tether.frame import HEADER_LEN, FrameDecoder, encode_frame, encode_frames
-from tether.message import MAX_HOPS, VERSION, Address, RoutedMessage
+from tether.core.frame import HEADER_LEN
+from tether.core.message import MAX_HOPS, VERSION, Address, RoutedMessage
 
 EXAMPLES = settings().max_examples  # the loaded profile's value (see conftest.py)
 
@@ -478,7 +479,7 @@ def test_tampered_handshake_message_is_refused_and_ends_the_handshake(
     prologue: bytes,
     data: st.DataObject,
 ) -> None:
-    """``tether.noise``: a refused handshake message ends that handshake (``broken``, then
+    """``tether.core.noise``: a refused handshake message ends that handshake (``broken``, then
     BrokenError, even for the genuine message); a new handshake between the same parties works."""
     refusal = _refuse_tampered(name, seed, index, payloads, prologue, data)
     victim = refusal.victim

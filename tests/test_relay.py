@@ -21,10 +21,11 @@ import pytest
 
 from faultproxy import FaultProxy
 from peers import allow_claims, expect, identifier
-from tether.channel import ephemeral_identity, trust_identifiers
-from tether.message import LOCAL_ORIGIN, Origin, RoutedMessage
-from tether.node import Node, ReplyTimeoutError, UnreachableError
-from tether.relay import RelayClaimError
+from tether.api import Node
+from tether.core.message import LOCAL_ORIGIN, Origin, RoutedMessage
+from tether.identity.trust import ephemeral_identity, trust_identifiers
+from tether.node.node import ReplyTimeoutError, UnreachableError
+from tether.services.relay import RelayClaimError
 
 MARKER = b"confidential: the relay must never see this"
 HERE = Path(__file__).resolve().parent
@@ -37,7 +38,7 @@ def test_no_inbound_port_and_a_blind_relay() -> None:
     async def main() -> None:
         recorded: list[bytes] = []
         async with (
-            Node("relay", identity=ephemeral_identity(), dataplane=False) as relay,
+            Node("relay", identity=ephemeral_identity(), data_plane=False) as relay,
             Node("protected", identity=ephemeral_identity()) as protected,
             Node("client", identity=ephemeral_identity()) as client,
         ):
@@ -88,7 +89,7 @@ def test_a_blind_relay_in_the_data_plane() -> None:
             Node("protected", identity=ephemeral_identity()) as protected,
             Node("client", identity=ephemeral_identity()) as client,
         ):
-            assert relay.dataplane is not None
+            assert relay.data_plane.kind == "rust"
             port = (await relay.listen_tcp()).port
             proxy = FaultProxy("127.0.0.1", port, record=wire)
             await tg.start(proxy.serve)

@@ -1,5 +1,5 @@
-"""Route strings (``tether.routing``): every form parses to the right addresses, formats back to
-the same string, and every syntax error points at the segment that is wrong.
+"""Route strings (``tether.node.routing``): every form parses to the right addresses, formats back
+to the same string, and every syntax error points at the segment that is wrong.
 
 Hypothesis: generated valid routes round-trip; arbitrary strings (and strings built from route
 keywords, digits of every script and junk) parse to a tuple of wire-valid addresses or raise
@@ -14,9 +14,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tether.errors import RouteError
-from tether.message import LOCAL, TCP, Address, RoutedMessage
-from tether.routing import (
+from tether.core.errors import RouteError
+from tether.core.message import LOCAL, TCP, Address, RoutedMessage
+from tether.node.routing import (
     NodeResolver,
     RouteSyntaxError,
     format_route,

@@ -1,4 +1,4 @@
-"""tether.shared: an authority's shared state (members, tickets, issued credentials).
+"""tether.store.authority: an authority's shared state (members, tickets, issued credentials).
 
 The same contract tests run on both backends — the node's SQLite store and a real PostgreSQL
 (``postgres_url``, a throwaway server started once per session by tests/pgserver.py). Each test
@@ -33,14 +33,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, rule, run_state_machine_as_test
 
 from pgserver import unused_port
-from tether.errors import (
+from tether.core.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
     StateError,
     StoreError,
     TetherError,
 )
-from tether.shared import (
+from tether.store.authority import (
     DATABASE_URL_ENV,
     MAX_ATTRIBUTE_KEY,
     MAX_ATTRIBUTE_VALUE,
@@ -55,11 +55,10 @@ from tether.shared import (
     TicketInfo,
     TicketUnknownError,
     TicketUsedError,
-    database_url,
-    open_shared,
 )
-from tether.shared_postgres import PostgresShared, mask_url
-from tether.state import Store
+from tether.store.authority_backend import database_url, open_shared
+from tether.store.authority_postgres import PostgresShared, mask_url
+from tether.store.local import Store
 
 NOW = 1_700_000_000
 PASSWORD = "hunter2-Sup3rSecret"  # noqa: S105 - a test value that must never be shown
@@ -454,8 +453,9 @@ def test_threads_race_on_a_ticket(backend: Backend, authority: str, connections:
 
 WORKER = f"""
 import json, sys
-from tether.shared import TicketError, open_shared
-from tether.state import Store
+from tether.store.authority import TicketError
+from tether.store.authority_backend import open_shared
+from tether.store.local import Store
 
 target, authority, mode, *args = sys.argv[1:]
 shared = open_shared(target) if "://" in target else open_shared(None, Store(target))

@@ -1,4 +1,5 @@
-"""The node's state store (``tether.state``) and the registry kept in it (``tether.registry``).
+"""The node's state store (``tether.store.local``) and the registry kept in it
+(``tether.identity.registry``).
 
 * Files: the home is 0700 and the database (with its ``-wal``/``-shm``) 0600 even under an open
   umask; reopening; schema versions and migrations (a newer store is refused untouched, a failed
@@ -34,19 +35,19 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from tether import credential as cred
-from tether import identity as ident
-from tether.errors import (
+from tether.core.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
     NotFoundError,
     StoreError,
     TetherError,
 )
-from tether.identity import Attestation, Purpose
-from tether.registry import Registry
-from tether.state import DB_NAME, SCHEMA_VERSION, Store
-from tether.vault import KeyType, SqliteVault
+from tether.identity import credential as cred
+from tether.identity import identity as ident
+from tether.identity.identity import Attestation, Purpose
+from tether.identity.registry import Registry
+from tether.identity.vault import KeyType, SqliteVault
+from tether.store.local import DB_NAME, SCHEMA_VERSION, Store
 
 WORKER = Path(__file__).resolve().parent / "store_worker.py"
 VERSION_1_TABLES = {

@@ -1,9 +1,9 @@
 """What a peer's presented credentials are worth on a node, judged at each decision
-(``tether.trust.standing``): against the authorities the node trusts *now* (so trusting one after
-a channel opened counts at once), its expiry and the revocations the node holds now, with a reason
-kept for each credential that does not count; a signature verified once is never taken for a
+(``tether.identity.trust.standing``): against the authorities the node trusts *now* (so trusting one
+after a channel opened counts at once), its expiry and the revocations the node holds now, with a
+reason kept for each credential that does not count; a signature verified once is never taken for a
 forged copy; and the notes a refusal carries (``refusal_notes``). In memory: real credentials and
-identities, and an unstarted :class:`~tether.node.Node` for the node's trust."""
+identities, and an unstarted :class:`~tether.Node` for the node's trust."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import time
 import pytest
 
 from test_credential import DAY, T0, Authority
-from tether import credential, identity
-from tether.credential import check_current, check_issued
-from tether.errors import CredentialError
-from tether.node import Node
-from tether.policy import Policy
-from tether.trust import (
+from tether.api import Node
+from tether.core.errors import CredentialError
+from tether.identity import credential, identity
+from tether.identity.credential import check_current, check_issued
+from tether.identity.policy import Policy
+from tether.identity.trust import (
     ChannelRefusedError,
     Peer,
     format_attributes,
@@ -29,7 +29,7 @@ from tether.trust import (
     valid_attributes,
     with_credentials,
 )
-from tether.vault import MemoryVault
+from tether.identity.vault import MemoryVault
 
 NOW = T0 + 2 * DAY
 

@@ -1,4 +1,5 @@
-"""Wycheproof AEAD vectors (C2SP/wycheproof ``testvectors_v1``) against :class:`tether.aead.Aead`.
+"""Wycheproof AEAD vectors (C2SP/wycheproof ``testvectors_v1``) against
+:class:`tether.core.aead.Aead`.
 
 The vectors are in ``tests/vectors/wycheproof`` (``tests/vectors/README.md``). A missing folder
 or file, or a file that does not parse, FAILS the tests (it never skips them): a silently skipped
@@ -6,10 +7,10 @@ conformance suite is worse than none.
 
 The AEAD layer supports exactly 256-bit keys, 96-bit nonces and 128-bit tags. For groups with those
 parameters every ``valid`` case must seal to ``ct || tag`` and open back to ``msg``, and every
-``invalid`` case must be refused by ``open`` with :class:`~tether.errors.DecryptError`
+``invalid`` case must be refused by ``open`` with :class:`~tether.core.errors.DecryptError`
 (``acceptable`` cases may go either way, but may never open to anything but ``msg``). Groups with
-another key or nonce size must be refused with :class:`~tether.errors.InvalidArgumentError`, and
-never produce output.
+another key or nonce size must be refused with :class:`~tether.core.errors.InvalidArgumentError`,
+and never produce output.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from tether.aead import Aead
-from tether.errors import DecryptError, InvalidArgumentError
+from tether._core import Aead
+from tether.core.errors import DecryptError, InvalidArgumentError
 from vector_files import VECTORS
 
 WYCHEPROOF = VECTORS / "wycheproof"

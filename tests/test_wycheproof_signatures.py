@@ -1,13 +1,14 @@
 """Wycheproof Ed25519 and X25519 vectors against the code tether's identities and channels use.
 
-* ``ed25519_test.json`` (EdDSA verification) against :func:`tether.identity.ed25519_verify`, the
+* ``ed25519_test.json`` (EdDSA verification) against
+  :func:`tether.identity.identity.ed25519_verify`, the
   check behind every change-history, attestation, credential and revocation-list signature:
   ``valid`` cases verify, ``invalid`` ones do not. (Wycheproof's Ed25519 file has no private
   keys, so signing is not checked here.)
-* ``x25519_test.json`` against :func:`tether.noise.x25519`, the same AWS-LC call as the Noise
+* ``x25519_test.json`` against :func:`tether.core.noise.x25519`, the same AWS-LC call as the Noise
   handshake's DH: ``valid`` cases give exactly the expected shared secret. ``acceptable`` cases
   (low-order and non-canonical public keys) give the expected secret too, or are refused with
-  :class:`~tether.errors.InvalidArgumentError` — and only a case whose expected secret is all
+  :class:`~tether.core.errors.InvalidArgumentError` — and only a case whose expected secret is all
   zeros (a low-order point) may be refused.
 
 The vectors are read from ``tests/vectors/wycheproof`` (``tests/vector_files.py``); a missing file
@@ -21,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from tether.errors import InvalidArgumentError
-from tether.identity import ed25519_verify
-from tether.noise import x25519
+from tether._core import x25519
+from tether.core.errors import InvalidArgumentError
+from tether.identity.identity import ed25519_verify
 from vector_files import load
 
 

@@ -2,31 +2,62 @@
 
 import socket
 from collections.abc import Sequence
-from typing import Any, final
+from typing import ClassVar, final
 
 from typing_extensions import Buffer
 
-from tether.errors import TetherError
+from tether.core.errors import TetherError
 
 __all__ = [
     "AEAD_NONCE_LEN",
     "AEAD_TAG_LEN",
+    "CHANNEL_MAX_MESSAGE",
     "CHANNEL_MAX_PAYLOAD_LEN",
     "CHANNEL_OVERHEAD",
     "DEFAULT_REKEY_INTERVAL",
-    "ENGINE_MAX_DATA",
+    "FRAGMENT_FIRST",
+    "FRAGMENT_LAST",
     "FRAME_HEADER_LEN",
+    "KIND_DATA",
+    "KIND_ERROR",
     "MAX_HOPS",
     "MAX_MESSAGE_LEN",
     "MAX_PAYLOAD_LEN",
+    "PORTAL_CLOSE",
+    "PORTAL_CREDIT",
+    "PORTAL_DATA",
+    "PORTAL_ENDED_MEMORY",
+    "PORTAL_EOF",
+    "PORTAL_MAX_DATA",
+    "PORTAL_MAX_REASON",
+    "PORTAL_MIN_CHARGE",
+    "PORTAL_OPEN",
     "PROTOCOL_NAMES",
     "REPLAY_WINDOW",
     "ROUTE_VERSION",
+    "ActionKind",
     "Aead",
     "ChannelCipher",
+    "ChannelMessage",
+    "Drained",
     "Engine",
+    "Fragment",
     "FrameDecoder",
     "Handshake",
+    "InletAccepted",
+    "InletSession",
+    "LinkClosed",
+    "LinkMessage",
+    "LinkTimers",
+    "OutletSession",
+    "PortalAction",
+    "PortalSession",
+    "Reassembler",
+    "Refused",
+    "SendStatus",
+    "SessionClosed",
+    "Sync",
+    "SyncMode",
     "Transport",
     "__version__",
     "decode_message",
@@ -198,7 +229,216 @@ class ChannelCipher:
 
 # --- the data plane (tether.engine) ------------------------------------------------------
 
-ENGINE_MAX_DATA: int
+@final
+class SyncMode:
+    SYNCED: ClassVar[SyncMode]
+    IF_QUEUED: ClassVar[SyncMode]
+    ALWAYS: ClassVar[SyncMode]
+    def __int__(self) -> int: ...
+
+@final
+class SendStatus:
+    SENT: ClassVar[SendStatus]
+    CONGESTED: ClassVar[SendStatus]
+    CLOSED: ClassVar[SendStatus]
+    def __int__(self) -> int: ...
+
+# The engine's events, in order (Python dispatches with ``match`` on the class).
+
+@final
+class LinkMessage:
+    @property
+    def link(self) -> int: ...
+    @property
+    def charge(self) -> int: ...
+    @property
+    def message(self) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]], bytes]: ...
+
+@final
+class ChannelMessage:
+    @property
+    def link(self) -> int: ...
+    @property
+    def charge(self) -> int: ...
+    @property
+    def channel(self) -> int: ...
+    @property
+    def message(self) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]], bytes]: ...
+
+@final
+class Fragment:
+    @property
+    def link(self) -> int: ...
+    @property
+    def charge(self) -> int: ...
+    @property
+    def channel(self) -> int: ...
+    @property
+    def plain(self) -> bytes: ...
+    @property
+    def nonce(self) -> int: ...
+
+@final
+class LinkClosed:
+    @property
+    def link(self) -> int: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def unsent(self) -> list[bytes]: ...
+
+@final
+class Drained:
+    @property
+    def link(self) -> int: ...
+
+@final
+class SessionClosed:
+    @property
+    def session(self) -> int: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def sent(self) -> int: ...
+    @property
+    def received(self) -> int: ...
+
+@final
+class Sync:
+    @property
+    def link(self) -> int | None: ...
+    @property
+    def session(self) -> int: ...
+
+@final
+class Refused:
+    @property
+    def channel(self) -> int: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def count(self) -> int: ...
+
+@final
+class InletSession:
+    @property
+    def inlet(self) -> int: ...
+    @property
+    def session(self) -> int: ...
+    @property
+    def channel(self) -> int: ...
+    @property
+    def address(self) -> bytes: ...
+
+@final
+class InletAccepted:
+    @property
+    def inlet(self) -> int: ...
+    @property
+    def fd(self) -> int: ...
+
+@final
+class OutletSession:
+    @property
+    def outlet(self) -> int: ...
+    @property
+    def session(self) -> int: ...
+    @property
+    def channel(self) -> int: ...
+    @property
+    def return_route(self) -> list[tuple[int, bytes]]: ...
+
+# --- the sans-IO state machines both data planes drive -------------------------------------
+
+KIND_DATA: int
+KIND_ERROR: int
+PORTAL_OPEN: int
+PORTAL_DATA: int
+PORTAL_EOF: int
+PORTAL_CLOSE: int
+PORTAL_CREDIT: int
+PORTAL_MAX_DATA: int
+PORTAL_MAX_REASON: int
+PORTAL_MIN_CHARGE: int
+PORTAL_ENDED_MEMORY: int
+FRAGMENT_FIRST: int
+FRAGMENT_LAST: int
+CHANNEL_MAX_MESSAGE: int
+
+@final
+class ActionKind:
+    SEND_EOF: ClassVar[ActionKind]
+    SEND_CREDIT: ClassVar[ActionKind]
+    SEND_CLOSE: ClassVar[ActionKind]
+    WRITE: ClassVar[ActionKind]
+    SHUT_WRITE: ClassVar[ActionKind]
+    RESUME_READ: ClassVar[ActionKind]
+    CLOSED: ClassVar[ActionKind]
+    def __int__(self) -> int: ...
+
+@final
+class PortalAction:
+    @property
+    def kind(self) -> ActionKind: ...
+    @property
+    def credit(self) -> int: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def abort(self) -> bool: ...
+
+@final
+class PortalSession:
+    def __new__(cls, window: int) -> PortalSession: ...
+    def read_allowance(self) -> int: ...
+    def wait_read(self) -> None: ...
+    def on_read(self, n: int) -> None: ...
+    def on_read_eof(self) -> list[PortalAction]: ...
+    def on_peer(self, payload: Buffer) -> tuple[bool, list[PortalAction]]: ...
+    def data(self, body: Buffer, written: int) -> list[PortalAction]: ...
+    def pending(self) -> bytes | None: ...
+    def wrote(self, n: int) -> None: ...
+    def flushed(self) -> list[PortalAction]: ...
+    def fail(self, reason: str, abort: bool, notify: bool) -> list[PortalAction]: ...
+    @property
+    def queue_empty(self) -> bool: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def sent(self) -> int: ...
+    @property
+    def received(self) -> int: ...
+    @property
+    def queued_bytes(self) -> int: ...
+    @property
+    def credit(self) -> int: ...
+
+@final
+class Reassembler:
+    def __new__(cls) -> Reassembler: ...
+    def push(
+        self, plain: bytes, nonce: int
+    ) -> tuple[bytes | memoryview | None, str | None, bool]: ...
+    @property
+    def gathering(self) -> bool: ...
+    def clear(self) -> None: ...
+
+@final
+class LinkTimers:
+    def __new__(
+        cls,
+        keepalive: float,
+        dead_after: float,
+        frame_timeout: float,
+        drain_timeout: float,
+        now: float,
+    ) -> LinkTimers: ...
+    def received(self, now: float, partial: bool) -> None: ...
+    def sent(self, now: float) -> None: ...
+    def send_blocked(self, now: float) -> None: ...
+    def delivering(self, on: bool, now: float) -> None: ...
+    def keepalive_in(self, now: float) -> float: ...
+    def check(self, now: float, queued: bool) -> tuple[str | None, bool, float]: ...
 
 @final
 class Engine:
@@ -214,7 +454,7 @@ class Engine:
         frame_timeout: float,
         drain_timeout: float,
     ) -> int: ...
-    def send(self, link: int, data: Buffer) -> int: ...
+    def send(self, link: int, data: Buffer) -> SendStatus: ...
     def ack(self, link: int, n: int) -> None: ...
     def close_link(self, link: int, reason: str) -> None: ...
     def link_stats(self, link: int) -> tuple[int, int, int] | None: ...
@@ -245,7 +485,7 @@ class Engine:
         match_return: bytes | None,
         window: int,
         open: bool,
-        sync: int,
+        sync: SyncMode,
         connect_timeout: float,
         connect_prefix: str,
     ) -> int: ...
@@ -270,5 +510,19 @@ class Engine:
     def set_outlet_target(self, outlet: int, host: str | None, port: int) -> None: ...
     def allow_outlet(self, outlet: int, channel: int, allowed: bool) -> None: ...
     def remove_outlet(self, outlet: int) -> None: ...
-    def take_events(self) -> list[tuple[Any, ...]]: ...
+    def take_events(
+        self,
+    ) -> list[
+        LinkMessage
+        | ChannelMessage
+        | Fragment
+        | LinkClosed
+        | Drained
+        | SessionClosed
+        | Sync
+        | Refused
+        | InletSession
+        | InletAccepted
+        | OutletSession
+    ]: ...
     def stop(self) -> None: ...

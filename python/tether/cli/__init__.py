@@ -12,14 +12,13 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
-from tether import __version__
+from tether._core import __version__
 from tether.cli import authority, channel, credential, identity, node, portal, relay
-from tether.cli.common import Parser, Renamed
-from tether.errors import TetherError
+from tether.cli.parser import Context, Handler, Parser, add_command
+from tether.core.errors import TetherError
+from tether.demo import portals
 
 EXAMPLES = """\
 examples:
@@ -28,88 +27,6 @@ examples:
   tether credential issue --issuer authority --for I0123...cdef --attribute role=db-client
   tether credential verify --issuer I4567...89ab --credential-file alice.cred --json
 """
-
-
-class Context:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.json: bool = bool(getattr(args, "json", False))
-        self._registry: Any = None
-
-    @property
-    def home(self) -> Path | None:
-        home: str | None = self.args.home
-        return Path(home).absolute() if home else None  # (a daemon, and its output, use it)
-
-    def registry(self) -> Any:
-        if self._registry is None:
-            from tether.registry import Registry
-            from tether.state import Store
-
-            self._registry = Registry(Store(self.home))
-        return self._registry
-
-    def emit(self, human: str, data: object) -> None:
-        if self.json:
-            print(json.dumps(data, indent=2, sort_keys=True))
-        elif human:
-            print(human)
-
-    def close(self) -> None:
-        if self._registry is not None:
-            self._registry.store.close()
-
-
-Handler = Callable[[Context], int]
-
-
-def add_command(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    name: str,
-    help_text: str,
-    example: str,
-    handler: Handler,
-    *,
-    json_flag: bool = True,
-) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        name,
-        help=help_text,
-        description=help_text,
-        epilog=f"example:\n  {example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    assert isinstance(p, Parser)  # subparsers are made with their parent's class
-    p.is_command = True
-    if json_flag:
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(handler=handler, command_parser=p)
-    return p
-
-
-def rename(p: argparse.ArgumentParser, *renamed: Renamed) -> None:
-    """Keep old spellings of ``p``'s options working for one release (see :class:`Renamed`)."""
-    assert isinstance(p, Parser)
-    p.renamed.extend(renamed)
-
-
-def add_group(
-    groups: argparse._SubParsersAction[argparse.ArgumentParser],
-    name: str,
-    help_text: str,
-    description: str,
-    example: str,
-) -> argparse._SubParsersAction[argparse.ArgumentParser]:
-    """A command group (``tether NAME …``); returns its subcommand registry."""
-    group = groups.add_parser(
-        name,
-        help=help_text,
-        description=description,
-        epilog=f"example:\n  {example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    group.set_defaults(group_parser=group)
-    return group.add_subparsers(title="commands", metavar="COMMAND")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,15 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _demo(ctx: Context) -> int:
-    from tether import demo
-
-    return demo.run(ctx.args.megabytes, json_output=ctx.json)
-
-
-def _megabytes(text: str) -> int:
-    from tether import demo  # imported only when used: every command builds this parser
-
-    return demo.megabytes_arg(text)
+    return portals.run(ctx.args.megabytes, json_output=ctx.json)
 
 
 def _register_demo(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -164,10 +73,10 @@ def _register_demo(groups: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument(
         "--megabytes",
-        type=_megabytes,
-        default=256,  # tether.demo.DEFAULT_MEGABYTES
+        type=portals.megabytes_arg,
+        default=portals.DEFAULT_MEGABYTES,
         metavar="N",
-        help="size of the download through the portal, MiB (default 256)",
+        help=f"size of the download through the portal, MiB (default {portals.DEFAULT_MEGABYTES})",
     )
 
 

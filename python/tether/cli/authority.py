@@ -7,11 +7,10 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tether.cli.api import call
+from tether.api import Node
 from tether.cli.common import (
-    Renamed,
     attribute,
     delete_saved,
     deleter,
@@ -22,11 +21,15 @@ from tether.cli.common import (
     timestamp,
     ttl,
 )
-from tether.errors import InvalidArgumentError, TetherError
-from tether.trust import format_attributes
-
-if TYPE_CHECKING:
-    from tether.cli import Context
+from tether.cli.control_client import call
+from tether.cli.parser import Context, Renamed, add_command, add_group, rename
+from tether.core.errors import InvalidArgumentError, TetherError
+from tether.daemon import saved_nodes
+from tether.identity.trust import format_attributes
+from tether.node.policies import matches
+from tether.services.authority import TICKET_PREFIX, Ticket
+from tether.store.authority_backend import database_url
+from tether.store.local import default_home
 
 
 def _trusted(text: str) -> dict[str, Any]:
@@ -49,7 +52,6 @@ def _at(ctx: Context) -> str:
 
 def _authority_create(ctx: Context) -> int:
     a = ctx.args
-    from tether.shared import database_url
 
     body = {
         "name": a.name,
@@ -162,7 +164,6 @@ def _enroll(ctx: Context) -> int:
 def _check_ticket(text: str, given: str | None) -> None:
     """Refuse what is not a ticket before any node is asked (a path given where the ticket
     goes gets a hint to use --ticket-file)."""
-    from tether.authority import TICKET_PREFIX, Ticket
 
     if given not in (None, "-") and not text.strip().startswith(TICKET_PREFIX):
         assert given is not None
@@ -183,11 +184,6 @@ def _enroll_identity(ctx: Context, name: str, text: str) -> int:
     credential and the authority's identity are stored for the identity's later use."""
     import anyio
 
-    from tether import nodes
-    from tether.authority import Ticket
-    from tether.node import Node
-    from tether.state import default_home
-
     registry = ctx.registry()
     ticket = Ticket.decode(text)
     home = ctx.home or default_home()
@@ -198,7 +194,7 @@ def _enroll_identity(ctx: Context, name: str, text: str) -> int:
         async with Node(
             "enroll",
             identity=registry.channel_identity(name),
-            resolve_node=nodes.resolver(home),
+            resolve_node=saved_nodes.resolver(home),
         ) as node:
             try:
                 outcome: Any = await node.enroll(ticket)
@@ -287,9 +283,8 @@ def _policy_line(p: dict[str, Any]) -> str:
 
 def _policy_list(ctx: Context) -> int:
     """Every policy on the node, or those that govern one resource (``--resource`` and
-    ``--resource-type``, by the rule of :func:`tether.policies.matches`), or those attached to
+    ``--resource-type``, by the rule of :func:`tether.node.policies.matches`), or those attached to
     a name or a type."""
-    from tether.policies import matches
 
     a = ctx.args
     items = call(node_api(ctx, _policy_node(ctx)), "GET", "/policies")
@@ -314,8 +309,16 @@ _policy_delete = deleter(_policy_node, "/policies", "id", "deleted policy {}")
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from tether.cli import add_command, add_group, rename
+    """The commands of authorities, tickets, enrollment, memberships and policies."""
+    _register_authority(groups)
+    _register_ticket(groups)
+    _register_enroll(groups)
+    _register_membership(groups)
+    _register_policy(groups)
 
+
+def _register_authority(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``authority`` commands: run an authority, its members."""
     sub = add_group(
         groups,
         "authority",
@@ -394,6 +397,9 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("identifier")
     p.add_argument("--at", help="the node (default: the only running one)")
 
+
+def _register_ticket(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``ticket`` commands: enrollment tickets."""
     sub = add_group(
         groups,
         "ticket",
@@ -430,6 +436,9 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--route", help="route by which members reach the authority's node (default: its listener)"
     )
 
+
+def _register_enroll(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``enroll`` command: present a ticket."""
     p = add_command(
         groups,
         "enroll",
@@ -457,6 +466,9 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="seconds between revocation checks (default 60)",
     )
 
+
+def _register_membership(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``membership`` commands: a node's memberships."""
     sub = add_group(
         groups,
         "membership",
@@ -478,6 +490,9 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("authority", metavar="AUTHORITY", help="the authority's identifier")
     p.add_argument("--at", help="the node (default: the only running one)")
 
+
+def _register_policy(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``policy`` commands: policies on a node's resources."""
     sub = add_group(
         groups,
         "policy",

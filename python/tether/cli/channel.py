@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tether.cli.api import call
 from tether.cli.common import (
-    Renamed,
     add_trust_arguments,
     check_route,
     delete_saved,
@@ -15,10 +13,10 @@ from tether.cli.common import (
     seconds,
     trust_body,
 )
-from tether.trust import format_attributes
-
-if TYPE_CHECKING:
-    from tether.cli import Context
+from tether.cli.control_client import call
+from tether.cli.parser import Context, Renamed, add_command, add_group, rename
+from tether.identity.trust import format_attributes
+from tether.node.policies import describe
 
 
 def _describe(c: dict[str, Any]) -> str:
@@ -92,8 +90,6 @@ def _listener_list(ctx: Context) -> int:
 
 
 def _listener_show(ctx: Context) -> int:
-    from tether.policies import describe
-
     i = call(node_api(ctx, ctx.args.at), "GET", f"/secure-channel-listeners/{ctx.args.name}")
     human = (
         f"secure-channel listener {i['address']} as {i['identifier']}\n"
@@ -115,8 +111,6 @@ def _listener_delete(ctx: Context) -> int:
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from tether.cli import add_command, add_group, rename
-
     sub = add_group(
         groups,
         "secure-channel",

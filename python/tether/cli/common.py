@@ -6,116 +6,20 @@ import argparse
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tether import nodes
-from tether.cli.api import call
-from tether.errors import InvalidArgumentError, StoreError
-
-if TYPE_CHECKING:
-    from tether.cli import Context, Handler
-
-
-@dataclass(frozen=True)
-class Renamed:
-    """An option's old spelling, still accepted for one release: the command line is rewritten
-    to the new spelling before parsing, with a one-line note on stderr (``note``, if given,
-    is that line). ``when`` limits the rename to values it accepts (an old flag whose meaning
-    moved to another flag)."""
-
-    old: str
-    new: str
-    when: Callable[[str], bool] | None = None
-    note: str = ""
-
-
-_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
-
-
-class Parser(argparse.ArgumentParser):
-    """The parser of ``tether`` and of each of its commands: a command's own usage for any
-    mistake made in it (an unknown option is reported before a missing one, and never by the
-    top-level parser), and old option spellings kept for one release (:class:`Renamed`)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.renamed: list[Renamed] = []
-        self.is_command = False  # a leaf: it runs a handler, it has no subcommands
-
-    def parse_known_args(  # type: ignore[override]
-        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        if not self.is_command:
-            return super().parse_known_args(args, namespace)
-        arg_list = self._renamed(list(sys.argv[1:] if args is None else args))
-        unknown = self._unknown_options(arg_list)
-        if unknown:
-            self.error(f"unrecognized arguments: {' '.join(unknown)}")
-        ns, extras = super().parse_known_args(arg_list, namespace)
-        if extras:
-            self.error(f"unrecognized arguments: {' '.join(extras)}")
-        return ns, extras
-
-    def _renamed(self, args: list[str]) -> list[str]:
-        out: list[str] = []
-        i = 0
-        while i < len(args):
-            arg = args[i]
-            if arg == "--":
-                out.extend(args[i:])
-                break
-            flag, eq, value = arg.partition("=")
-            given = value if eq else (args[i + 1] if i + 1 < len(args) else None)
-            rule = next(
-                (
-                    r
-                    for r in self.renamed
-                    if r.old == flag and (r.when is None or (given is not None and r.when(given)))
-                ),
-                None,
-            )
-            if rule is None:
-                out.append(arg)
-                i += 1
-                continue
-            note = rule.note or (
-                f"{rule.old} is deprecated, use {rule.new} (the old spelling will be removed in "
-                "the next release)"
-            )
-            print(f"{self.prog}: {note}", file=sys.stderr)
-            if eq:
-                out.append(f"{rule.new}={value}")
-                i += 1
-            else:
-                out.extend([rule.new, *args[i + 1 : i + 2]])
-                i += 2
-        return out
-
-    def _unknown_options(self, args: list[str]) -> list[str]:
-        """The options of ``args`` this command does not have (as argparse tells an option
-        from a value: a leading '-', not a negative number, no space)."""
-        known = self._option_string_actions
-        unknown: list[str] = []
-        for arg in args:
-            if arg == "--":
-                break
-            if not arg.startswith("-") or arg == "-" or _NEGATIVE_NUMBER.match(arg):
-                continue
-            flag = arg.partition("=")[0]
-            if flag in known or " " in arg:
-                continue
-            if (
-                self.allow_abbrev
-                and flag.startswith("--")
-                and any(k.startswith(flag) for k in known)
-            ):
-                continue
-            unknown.append(arg)
-        return unknown
-
+from tether.cli.control_client import call
+from tether.cli.parser import Context, Handler
+from tether.core.errors import InvalidArgumentError, StoreError, TetherError
+from tether.core.message import LOCAL, Address
+from tether.daemon import saved_nodes
+from tether.identity.identity import identifier_bytes
+from tether.identity.policy import Policy
+from tether.identity.registry import check_name as check_registry_name
+from tether.node.routing import parse
+from tether.store.local import default_home
 
 TRUST_HELP = (
     "Who must answer the secure channel: by default the node a route names "
@@ -126,7 +30,8 @@ TRUST_HELP = (
 
 def add_trust_arguments(p: argparse.ArgumentParser, *, authorized: bool = True) -> None:
     """``--authorized IDENTIFIER`` (repeatable) and ``--trust-any``: who may answer the secure
-    channel a command opens (``tether.trust.initiator_trust`` decides when neither is given)."""
+    channel a command opens (``tether.identity.trust.initiator_trust`` decides when neither is
+    given)."""
     if authorized:
         p.add_argument(
             "--authorized",
@@ -145,9 +50,6 @@ def add_trust_arguments(p: argparse.ArgumentParser, *, authorized: bool = True) 
 
 def identifier(text: str) -> str:
     """An identity's identifier (``I`` and 40 lowercase hex digits), as an argument type."""
-    from tether.errors import TetherError
-    from tether.identity import identifier_bytes
-
     try:
         identifier_bytes(text)
     except TetherError as e:
@@ -180,26 +82,22 @@ def trust_body(args: argparse.Namespace) -> dict[str, Any]:
 
 def node_api(ctx: Context, node: str) -> Path:
     """The control-API socket of ``node``, which must be running."""
-    from tether.state import default_home
-
     home = ctx.home or default_home()
-    nodes.load_config(ctx.registry().store, node)
-    if nodes.read_runtime(home, node) is None:
+    saved_nodes.load_config(ctx.registry().store, node)
+    if saved_nodes.read_runtime(home, node) is None:
         raise StoreError(f"node {node!r} is not running (`tether node start {node}`)")
-    return nodes.api_socket(home, node)
+    return saved_nodes.api_socket(home, node)
 
 
 def running_node(ctx: Context, given: str | None, flag: str, role: str) -> str:
     """The node the user named with ``flag``, or the only running node."""
     if given:
         return given
-    from tether.state import default_home
-
     home = ctx.home or default_home()
     running = [
         c.name
-        for c in nodes.list_configs(ctx.registry().store)
-        if nodes.read_runtime(home, c.name) is not None
+        for c in saved_nodes.list_configs(ctx.registry().store)
+        if saved_nodes.read_runtime(home, c.name) is not None
     ]
     if len(running) != 1:
         raise InvalidArgumentError(
@@ -253,10 +151,8 @@ def check_host_port(flag: str, text: str, *, any_port: bool = False) -> str:
 def check_name(flag: str, name: str | None, what: str) -> None:
     """A resource's name, when given: ``what`` is its kind, e.g. ``tcp-outlet``."""
     if name is not None:
-        from tether.registry import check_name as check
-
         try:
-            check(name, what)
+            check_registry_name(name, what)
         except InvalidArgumentError as e:
             raise InvalidArgumentError(f"{flag}: {e}") from None
 
@@ -265,8 +161,6 @@ def check_policy(expression: str | None) -> None:
     """An ``--allow`` expression, when given (a bad one raises ``PolicyError``, which shows
     where and how to fix it)."""
     if expression:
-        from tether.policy import Policy
-
         Policy.parse(expression)
 
 
@@ -274,9 +168,6 @@ def check_route(text: str) -> str:
     """A route's syntax, checked before any node is asked (a ``/node/NAME`` in it is looked up
     later, by the node that uses the route); a bad one raises ``RouteSyntaxError``, which shows
     where."""
-    from tether.message import LOCAL, Address
-    from tether.routing import parse
-
     parse(text, resolve_node=lambda name: (Address(LOCAL, name.encode()),))
     return text
 
@@ -351,11 +242,9 @@ def deleter(node: Callable[[Context], str], path: str, key: str, done: str) -> H
 def delete_saved(ctx: Context, node: str, path: str, name: str) -> bool:
     """When ``node`` is stopped, delete resource ``name`` (served at ``path``) from its saved
     configuration and return True; when it runs, False (its control API deletes it)."""
-    from tether.state import default_home
-
     store = ctx.registry().store
-    nodes.load_config(store, node)
-    if nodes.read_runtime(ctx.home or default_home(), node) is not None:
+    saved_nodes.load_config(store, node)
+    if saved_nodes.read_runtime(ctx.home or default_home(), node) is not None:
         return False
-    nodes.delete_saved(store, node, path, name)
+    saved_nodes.delete_saved(store, node, path, name)
     return True

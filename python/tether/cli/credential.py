@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
 from tether.cli.common import attribute, hex_input, timestamp, ttl
-from tether.credential import Credential
-from tether.errors import InvalidArgumentError
-from tether.trust import format_attributes
-
-if TYPE_CHECKING:
-    from tether.cli import Context
+from tether.cli.parser import Context, add_command, add_group
+from tether.core.errors import InvalidArgumentError
+from tether.identity.credential import Credential
+from tether.identity.trust import format_attributes
 
 
 def _issue(ctx: Context) -> int:
@@ -114,8 +111,6 @@ def _list(ctx: Context) -> int:
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from tether.cli import add_command, add_group
-
     sub = add_group(
         groups,
         "credential",

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tether.cli.common import hex_input, timestamp
-from tether.identity import Purpose
-
-if TYPE_CHECKING:
-    from tether.cli import Context
-    from tether.registry import LocalIdentity, Registry
+from tether.cli.parser import Context, add_command, add_group
+from tether.core.errors import InvalidArgumentError
+from tether.daemon import saved_nodes
+from tether.identity.identity import Purpose
+from tether.identity.registry import LocalIdentity, Registry
+from tether.store.local import default_home
 
 
 def describe(reg: Registry, local: LocalIdentity, full: bool = False) -> dict[str, Any]:
@@ -94,13 +95,9 @@ def _rotate(ctx: Context) -> int:
 def _delete(ctx: Context) -> int:
     import sys
 
-    from tether import nodes
-    from tether.errors import InvalidArgumentError
-    from tether.state import default_home
-
     reg, name = ctx.registry(), ctx.args.name
     reg.get(name)  # (no such identity: say so first)
-    users = nodes.identity_users(reg.store, ctx.home or default_home(), name)
+    users = saved_nodes.identity_users(reg.store, ctx.home or default_home(), name)
     used_by = ", ".join(how for _, how in users)
     if users and not ctx.args.force:
         raise InvalidArgumentError(
@@ -134,8 +131,6 @@ def _import(ctx: Context) -> int:
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from tether.cli import add_command, add_group
-
     sub = add_group(
         groups,
         "identity",
@@ -222,8 +217,6 @@ def _passphrase(confirm: bool) -> str:
     import os
     import sys
 
-    from tether.errors import InvalidArgumentError
-
     value = os.environ.get("TETHER_PASSPHRASE")
     if value is not None:
         return value
@@ -237,8 +230,6 @@ def _passphrase(confirm: bool) -> str:
 
 def _export_secret(ctx: Context) -> int:
     import os
-
-    from tether.errors import InvalidArgumentError
 
     text = ctx.registry().export_secret(ctx.args.name, _passphrase(confirm=True))
     try:
@@ -259,8 +250,6 @@ def _export_secret(ctx: Context) -> int:
 
 def _import_secret(ctx: Context) -> int:
     from pathlib import Path
-
-    from tether.errors import InvalidArgumentError
 
     try:
         text = Path(ctx.args.file).read_text()

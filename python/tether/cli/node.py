@@ -11,41 +11,39 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tether import nodes
-from tether.cli.api import call
-from tether.cli.common import Renamed, add_trust_arguments, check_route, seconds, trust_body
-from tether.errors import (
+from tether.cli.common import add_trust_arguments, check_route, seconds, trust_body
+from tether.cli.control_client import call
+from tether.cli.parser import Context, Renamed, add_command, add_group, rename
+from tether.core.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
     NotFoundError,
     StoreError,
     TetherError,
 )
-from tether.nodes import NodeConfig
-
-if TYPE_CHECKING:
-    from tether.cli import Context
+from tether.daemon import saved_nodes
+from tether.daemon.main import main as run_daemon
+from tether.daemon.saved_nodes import NodeConfig
+from tether.store.local import default_home
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 
 
 def _home(ctx: Context) -> Path:
-    from tether.state import default_home
-
     return ctx.home or default_home()
 
 
 def _spawn(ctx: Context, name: str) -> dict[str, Any]:
     """Start the node's daemon in the background and wait until its control API answers."""
     home = _home(ctx)
-    if nodes.read_runtime(home, name) is not None:
+    if saved_nodes.read_runtime(home, name) is not None:
         raise AlreadyExistsError(f"node {name!r} is already running")
-    nodes.ensure_dir(home, name)
-    log_path = nodes.log_file(home, name)
-    out_path = nodes.output_file(home, name)
+    saved_nodes.ensure_dir(home, name)
+    log_path = saved_nodes.log_file(home, name)
+    out_path = saved_nodes.output_file(home, name)
     fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
@@ -69,10 +67,10 @@ def _spawn(ctx: Context, name: str) -> dict[str, Any]:
         os.close(fd)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
-        info = nodes.read_runtime(home, name)
+        info = saved_nodes.read_runtime(home, name)
         if info is not None:
             with contextlib.suppress(StoreError):
-                return dict(call(nodes.api_socket(home, name), "GET", "/node", timeout=5))
+                return dict(call(saved_nodes.api_socket(home, name), "GET", "/node", timeout=5))
         if proc.poll() is not None:
             tail = "\n".join(t for t in (_tail(log_path, 5), _tail(out_path, 10)) if t)
             raise StoreError(f"node {name!r} failed to start (exit {proc.returncode}):\n{tail}")
@@ -100,7 +98,7 @@ def _summary(info: dict[str, Any]) -> str:
 
 
 def _waiting_line(w: dict[str, Any]) -> str:
-    """A saved resource that could not start (``tether.restore``)."""
+    """A saved resource that could not start (``tether.daemon.restore``)."""
     retrying = " (retrying)" if w.get("retrying") else ""
     return f"not started: {w['resource']} {w['name']}: {w['error']}{retrying}"
 
@@ -126,14 +124,12 @@ def _create(ctx: Context) -> int:
         if spec != "*" and (not host or not port.isdigit() or not 0 < int(port) <= 65535):
             raise InvalidArgumentError(f"--transit {spec!r}: use HOST:PORT, or * for any")
     cfg = NodeConfig(a.name, identity, listeners, transit=list(a.transit or []))
-    nodes.save_config(reg.store, cfg, create=True)
+    saved_nodes.save_config(reg.store, cfg, create=True)
     if made_identity:
         reg.create_identity(identity)
     if a.foreground:
-        from tether import daemon
-
         ctx.close()
-        return daemon.main(["--home", str(_home(ctx)), a.name])
+        return run_daemon(["--home", str(_home(ctx)), a.name])
     try:
         info = _spawn(ctx, a.name)
         busy = [w for w in info.get("waiting") or [] if w["resource"] == "listener"]
@@ -144,8 +140,8 @@ def _create(ctx: Context) -> int:
             )
     except TetherError:
         _stop_one(_home(ctx), a.name)
-        nodes.delete_config(reg.store, a.name)
-        shutil.rmtree(nodes.node_dir(_home(ctx), a.name), ignore_errors=True)
+        saved_nodes.delete_config(reg.store, a.name)
+        shutil.rmtree(saved_nodes.node_dir(_home(ctx), a.name), ignore_errors=True)
         if made_identity:
             reg.delete(identity)
         raise
@@ -154,7 +150,7 @@ def _create(ctx: Context) -> int:
 
 
 def _status(home: Path, cfg: NodeConfig) -> dict[str, Any]:
-    info = nodes.read_runtime(home, cfg.name)
+    info = saved_nodes.read_runtime(home, cfg.name)
     return {
         "name": cfg.name,
         "running": info is not None,
@@ -168,7 +164,7 @@ def _status(home: Path, cfg: NodeConfig) -> dict[str, Any]:
 
 def _list(ctx: Context) -> int:
     home = _home(ctx)
-    items = [_status(home, c) for c in nodes.list_configs(ctx.registry().store)]
+    items = [_status(home, c) for c in saved_nodes.list_configs(ctx.registry().store)]
     lines = [
         f"{i['name']:<16} {'running' if i['running'] else 'stopped':<8} "
         f"{', '.join(i['listeners']) or '-'}"
@@ -185,12 +181,12 @@ def _list(ctx: Context) -> int:
 
 def _show(ctx: Context) -> int:
     home = _home(ctx)
-    cfg = nodes.load_config(ctx.registry().store, ctx.args.name)
-    if nodes.read_runtime(home, cfg.name) is None:
+    cfg = saved_nodes.load_config(ctx.registry().store, ctx.args.name)
+    if saved_nodes.read_runtime(home, cfg.name) is None:
         st = _status(home, cfg)
         ctx.emit(f"node {cfg.name} stopped (`tether node start {cfg.name}`)", st)
         return 0
-    info = call(nodes.api_socket(home, cfg.name), "GET", "/node")
+    info = call(saved_nodes.api_socket(home, cfg.name), "GET", "/node")
     human = (
         _summary(info)
         + "\n  workers    "
@@ -207,26 +203,26 @@ def _show(ctx: Context) -> int:
 
 
 def _stop_one(home: Path, name: str) -> bool:
-    info = nodes.read_runtime(home, name)
+    info = saved_nodes.read_runtime(home, name)
     if info is None:
         return False
     pid = int(info["pid"])
     with contextlib.suppress(TetherError):
-        call(nodes.api_socket(home, name), "POST", "/shutdown", timeout=5)
+        call(saved_nodes.api_socket(home, name), "POST", "/shutdown", timeout=5)
     deadline = time.monotonic() + STOP_TIMEOUT
-    while nodes.pid_alive(pid) and time.monotonic() < deadline:
+    while saved_nodes.pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if nodes.pid_alive(pid):
+    if saved_nodes.pid_alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(OSError):
-        nodes.runtime_file(home, name).unlink()
+        saved_nodes.runtime_file(home, name).unlink()
     return True
 
 
 def _stop(ctx: Context) -> int:
     home = _home(ctx)
-    nodes.load_config(ctx.registry().store, ctx.args.name)
+    saved_nodes.load_config(ctx.registry().store, ctx.args.name)
     was = _stop_one(home, ctx.args.name)
     ctx.emit(
         f"node {ctx.args.name} {'stopped' if was else 'was not running'}",
@@ -236,7 +232,7 @@ def _stop(ctx: Context) -> int:
 
 
 def _start(ctx: Context) -> int:
-    nodes.load_config(ctx.registry().store, ctx.args.name)
+    saved_nodes.load_config(ctx.registry().store, ctx.args.name)
     info = _spawn(ctx, ctx.args.name)
     ctx.emit(_summary(info), info)
     return 0
@@ -246,24 +242,24 @@ def _delete(ctx: Context) -> int:
     home = _home(ctx)
     store = ctx.registry().store
     if ctx.args.all:
-        names = [c.name for c in nodes.list_configs(store)]
+        names = [c.name for c in saved_nodes.list_configs(store)]
     elif ctx.args.name:
-        names = [nodes.load_config(store, ctx.args.name).name]
+        names = [saved_nodes.load_config(store, ctx.args.name).name]
     else:
         raise InvalidArgumentError("name a node, or use --all")
     for name in names:
         _stop_one(home, name)
-        nodes.delete_config(store, name)
-        shutil.rmtree(nodes.node_dir(home, name), ignore_errors=True)
+        saved_nodes.delete_config(store, name)
+        shutil.rmtree(saved_nodes.node_dir(home, name), ignore_errors=True)
     ctx.emit("\n".join(f"deleted node {n}" for n in names) or "no nodes", {"deleted": names})
     return 0
 
 
 def _logs(ctx: Context) -> int:
     home = _home(ctx)
-    nodes.load_config(ctx.registry().store, ctx.args.name)
-    text = _tail(nodes.log_file(home, ctx.args.name), ctx.args.lines)
-    output = _tail(nodes.output_file(home, ctx.args.name), ctx.args.lines)
+    saved_nodes.load_config(ctx.registry().store, ctx.args.name)
+    text = _tail(saved_nodes.log_file(home, ctx.args.name), ctx.args.lines)
+    output = _tail(saved_nodes.output_file(home, ctx.args.name), ctx.args.lines)
     if output:  # what the process wrote outside its log (a crash, say) comes last
         text = f"{text}\n--- output of the process outside its log:\n{output}".lstrip("\n")
     ctx.emit(text, {"name": ctx.args.name, "log": text.splitlines()})
@@ -274,11 +270,11 @@ def _send(ctx: Context) -> int:
     a = ctx.args
     check_route(a.to)
     home = _home(ctx)
-    nodes.load_config(ctx.registry().store, a.from_node)
-    if nodes.read_runtime(home, a.from_node) is None:
+    saved_nodes.load_config(ctx.registry().store, a.from_node)
+    if saved_nodes.read_runtime(home, a.from_node) is None:
         raise StoreError(f"node {a.from_node!r} is not running (`tether node start {a.from_node}`)")
     out = call(
-        nodes.api_socket(home, a.from_node),
+        saved_nodes.api_socket(home, a.from_node),
         "POST",
         "/messages",
         {"to": a.to, "message": a.message, "timeout": a.timeout, **trust_body(a)},
@@ -289,8 +285,6 @@ def _send(ctx: Context) -> int:
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from tether.cli import add_command, add_group, rename
-
     sub = add_group(
         groups,
         "node",

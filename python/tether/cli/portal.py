@@ -4,11 +4,9 @@ a secure channel."""
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tether.cli.api import call
 from tether.cli.common import (
-    Renamed,
     add_trust_arguments,
     check_host_port,
     check_name,
@@ -21,9 +19,9 @@ from tether.cli.common import (
     shower,
     trust_body,
 )
-
-if TYPE_CHECKING:
-    from tether.cli import Context
+from tether.cli.control_client import call
+from tether.cli.parser import Context, Renamed, add_command, add_group, rename
+from tether.node.policies import describe
 
 
 def _at(ctx: Context) -> str:
@@ -41,8 +39,8 @@ def _stats(p: dict[str, Any]) -> str:
 
 
 def _policy(p: dict[str, Any]) -> str:
-    """Its effective policy (every policy that applies), as ``tether.policies`` describes it."""
-    from tether.policies import describe
+    """Its effective policy (every policy that applies), as ``tether.node.policies`` describes
+    it."""
 
     text = describe(p.get("policy"))
     return f"\n{text}" if text else ""
@@ -89,8 +87,6 @@ ALLOW_HELP = (
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from tether.cli import add_command, add_group, rename
-
     sub = add_group(
         groups,
         "tcp-outlet",
@@ -165,7 +161,6 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def _common(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], kind: str, describe: Any, eg: str
 ) -> None:
-    from tether.cli import add_command
 
     p = add_command(
         sub,

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tether.cli.api import call
 from tether.cli.common import (
-    Renamed,
     add_trust_arguments,
     check_route,
     deleter,
@@ -17,9 +15,8 @@ from tether.cli.common import (
     shower,
     trust_body,
 )
-
-if TYPE_CHECKING:
-    from tether.cli import Context
+from tether.cli.control_client import call
+from tether.cli.parser import Context, Renamed, add_command, add_group, rename
 
 
 def _node(ctx: Context) -> str:
@@ -64,8 +61,6 @@ _delete = deleter(_node, "/relays", "name", "stopped keeping relay {}")
 
 
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from tether.cli import add_command, add_group, rename
-
     sub = add_group(
         groups,
         "relay",

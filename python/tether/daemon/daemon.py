@@ -1,0 +1,362 @@
+"""A node running as a daemon: its listeners and services from the stored configuration, its
+control API (``tether.daemon.control``; the resources are :mod:`tether.daemon.node_resources`'
+and :mod:`tether.daemon.authority_resources`'), its runtime file, and a clean stop on
+SIGTERM/SIGINT or ``POST /shutdown``.
+
+Started by ``tether node create|start`` as ``python -m tether.daemon --home HOME NAME``
+(:mod:`tether.daemon.main`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import SocketStream, TaskGroup
+
+from tether.api import Node
+from tether.core.errors import NotFoundError, TetherError
+from tether.daemon import saved_nodes
+from tether.daemon.control import ApiError, Router, serve_connection
+from tether.daemon.restore import Restorer
+from tether.daemon.saved_nodes import NodeConfig
+from tether.daemon.specs import SERVICE_KINDS, identity_and_trust, trust_of
+from tether.identity.credential import Credential
+from tether.identity.identity import verify_history
+from tether.identity.registry import Registry
+from tether.identity.trust import ChannelIdentity
+from tether.node import limits
+from tether.services.authority import DEFAULT_ADMIN_POLICY, DEFAULT_CREDENTIAL_TTL, Authority
+from tether.services.membership import Membership
+from tether.store.authority_backend import open_shared
+from tether.store.local import Store
+
+log = logging.getLogger("tether.daemon")
+
+
+class Daemon:
+    def __init__(self, home: Path, store: Store, config: NodeConfig, api: Router[Daemon]) -> None:
+        self.home = home
+        self.store = store
+        self.config = config
+        self.api = api
+        """The control API's resources."""
+        self.registry = Registry(store)
+        self._node: Node | None = None
+        self.started_at = int(time.time())
+        self.stop = anyio.Event()
+        self.identifier: str | None = None
+        self.listener_specs: dict[str, str] = {}
+        self.running = False
+        """The node is up and its runtime file written."""
+        self.restorer = Restorer(config.name, self._restored)
+
+    def _restored(self) -> None:
+        """A saved resource started late, or stopped waiting: the runtime file follows."""
+        if self.running:
+            self.write_runtime()
+
+    @property
+    def node(self) -> Node:
+        """The running node (the control API serves only while it runs)."""
+        assert self._node is not None
+        return self._node
+
+    def persist(self) -> None:
+        saved_nodes.save_config(self.store, self.config)
+
+    def unsave(self, section: str, key: str, value: str) -> None:
+        """Drop the entries of configuration ``section`` whose ``key`` is ``value`` (entries
+        that are strings: equal to ``value``); save."""
+        kept = [x for x in getattr(self.config, section) if _named(x, key) != value]
+        setattr(self.config, section, kept)
+        self.persist()
+
+    async def forget_waiting(self, section: str, key: str, value: str) -> bool:
+        """Delete the saved resource ``value`` of ``section`` if it waits to start: True if
+        so."""
+        if await self.restorer.take(section, value) is None:
+            return False
+        self.unsave(section, key, value)
+        return True
+
+    def runtime(self) -> dict[str, Any]:
+        return {
+            "name": self.config.name,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "identifier": self.identifier,
+            "api": str(saved_nodes.api_socket(self.home, self.config.name)),
+            "listeners": [lst.info() for lst in self.node.tcp.listeners.values()],
+            "waiting": self.restorer.summary(),
+        }
+
+    def write_runtime(self) -> None:
+        saved_nodes.write_runtime(self.home, self.config.name, self.runtime())
+
+    def _identity(self) -> tuple[ChannelIdentity | None, str]:
+        """The node's identity, or why it has none: the node still starts (to be inspected,
+        fixed or deleted), with no identity."""
+        cfg = self.config
+        if not cfg.identity:
+            return None, ""
+        try:
+            self.identifier = self.registry.get(cfg.identity).identifier
+            return self.registry.channel_identity(cfg.identity), ""
+        except TetherError as e:
+            problem = "no longer exists" if isinstance(e, NotFoundError) else f"is unusable ({e})"
+            return None, (
+                f"the identity {cfg.identity!r} of this node {problem}: it opens and accepts no "
+                f"secure channels; `tether node delete {cfg.name}` and create it again"
+            )
+
+    async def run(self) -> None:
+        cfg = self.config
+        channel_identity, identity_error = self._identity()
+        async with Node(
+            cfg.name,
+            relay_owners=saved_nodes.RelayOwners(self.store, cfg.name),
+            resolve_node=saved_nodes.resolver(self.home),
+            identify_node=saved_nodes.identifier_resolver(self.home),
+            identity=channel_identity,
+            transit=cfg.transit,
+        ) as node:
+            self._node = node
+            # Credentials this node receives (enrollment, refresh) are kept in its store.
+            node.on_credential = self.registry.store_credential
+            node.policy_serial = cfg.policy_serial  # names of deleted policies stay taken
+            self.restorer.attach(node)
+            if identity_error:
+                self.restorer.fail("identity", str(cfg.identity), {}, identity_error)
+            # Each saved resource on its own: one that cannot start waits (tether.daemon.restore).
+            await self.restore()
+            sock = saved_nodes.api_socket(self.home, cfg.name)
+            with contextlib.suppress(FileNotFoundError):
+                sock.unlink()
+            old_umask = os.umask(0o177)
+            try:
+                listener = await anyio.create_unix_listener(sock)
+            finally:
+                os.umask(old_umask)
+            os.chmod(sock, 0o600)
+            self.write_runtime()
+            self.running = True
+            log.info(
+                "node %s up (pid %d), listeners %s",
+                cfg.name,
+                os.getpid(),
+                [lst.address for lst in node.tcp.listeners.values()],
+            )
+            async with listener, anyio.create_task_group() as tg:
+                tg.start_soon(self._signals, tg)
+
+                async def handle(stream: SocketStream) -> None:
+                    await serve_connection(self, self.api, stream)
+
+                # (out of descriptors, a control request is refused, never the daemon ended)
+                tg.start_soon(limits.serve, listener, handle, tg, lambda: None)
+                await self.stop.wait()
+                tg.cancel_scope.cancel()
+            node.task_group.cancel_scope.cancel()
+        log.info("node %s stopped", cfg.name)
+
+    async def start_authority(self, spec: dict[str, Any]) -> Authority:
+        if not self.config.identity:
+            raise ApiError(400, "a node without an identity cannot run an authority")
+        shared = await anyio.to_thread.run_sync(open_shared, spec.get("database"), self.store)
+        return await self.node.create_authority(
+            self.registry,
+            self.config.identity,
+            shared,
+            name=spec.get("name", "authority"),
+            credential_ttl=int(spec.get("credential_ttl", DEFAULT_CREDENTIAL_TTL)),
+            admin_policy=spec.get("admin_policy") or DEFAULT_ADMIN_POLICY,
+        )
+
+    async def _signals(self, tg: TaskGroup) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for sig in signals:
+                log.info("node %s: signal %s, stopping", self.config.name, sig)
+                self.stop.set()
+                return
+
+    # --- the saved resources ----------------------------------------------------------------
+
+    async def _rejoin(self, spec: dict[str, Any]) -> Membership:
+        """Join again the authority of a saved membership, with the credential held from it."""
+        authority = verify_history(bytes.fromhex(spec["authority"]))
+        return await self.node.join(
+            authority,
+            spec["route"],
+            poll_interval=float(spec.get("poll_interval", 60.0)),
+            credential=self.held_credential(authority.identifier),
+        )
+
+    def held_credential(self, issuer: str) -> Credential | None:
+        """The latest stored credential of the node's identity from ``issuer``, if valid."""
+        if not self.identifier:
+            return None
+        row = self.store.query_one(
+            "SELECT data FROM credentials WHERE subject = ? AND issuer = ? "
+            "ORDER BY expires_at DESC LIMIT 1",
+            (self.identifier, issuer),
+        )
+        if row is None:
+            return None
+        c = Credential.decode(bytes(row[0]))
+        return c if c.expires_at > time.time() else None
+
+    async def restore(self) -> None:
+        """Start everything the configuration saves: policies first (nothing is served before
+        the policies that guard it), then listeners, channel listeners, relays, the authority,
+        memberships, outlets, inlets and services. What cannot start waits
+        (:mod:`tether.daemon.restore`)."""
+        await self._restore_policies()
+        await self._restore_listeners()
+        await self._restore_channel_listeners()
+        await self._restore_relays()
+        await self._restore_authority()
+        await self._restore_memberships()
+        await self._restore_outlets()
+        await self._restore_inlets()
+        await self._restore_services()
+
+    async def _restore_policies(self) -> None:
+        """Its policies, first: nothing is served before the policies that guard it."""
+        cfg, node, r = self.config, self.node, self.restorer
+        for rule in cfg.policies:
+
+            async def policy(rule: dict[str, Any] = rule) -> None:
+                try:
+                    node.add_policy(
+                        rule["expression"],
+                        resource=rule.get("resource"),
+                        resource_type=rule.get("resource_type"),
+                        policy_id=rule["id"],
+                    )
+                except Exception:
+                    # Fail closed: what the policy guarded admits nobody until it is fixed.
+                    if rule.get("id") and (rule.get("resource") or rule.get("resource_type")):
+                        node.add_policy(
+                            "false",
+                            resource=rule.get("resource"),
+                            resource_type=rule.get("resource_type"),
+                            policy_id=str(rule["id"]),
+                        )
+                    raise
+
+            await r.start("policies", _key(rule, "id"), rule, policy, retry=False)
+
+    async def _restore_listeners(self) -> None:
+        """Its TCP listeners."""
+        cfg, node, r = self.config, self.node, self.restorer
+        for spec in cfg.tcp_listeners:
+
+            async def listen(spec: str = spec) -> None:
+                host, _, port = spec.rpartition(":")
+                lst = await node.listen_tcp(host.strip("[]") or "127.0.0.1", int(port))
+                self.listener_specs[lst.id] = spec
+
+            await r.start("tcp_listeners", _key(spec, ""), spec, listen)
+
+    async def _restore_channel_listeners(self) -> None:
+        """Its secure-channel listeners (``api``, the node's own, runs already)."""
+        cfg, node, r = self.config, self.node, self.restorer
+        for lspec in cfg.channel_listeners:
+            if lspec.get("address") == "api" and node.has_worker("api"):
+                continue
+
+            async def channel_listener(lspec: dict[str, Any] = lspec) -> None:
+                identity, trust = identity_and_trust(self.registry, lspec)
+                await node.create_secure_channel_listener(
+                    lspec["address"], identity=identity, trust=trust
+                )
+
+            await r.start("channel_listeners", _key(lspec, "address"), lspec, channel_listener)
+
+    async def _restore_relays(self) -> None:
+        """The relay names it keeps claimed."""
+        cfg, node, r = self.config, self.node, self.restorer
+        for relay in cfg.relays:
+            # A relay node that is not up is retried by the relay itself (it starts "reconnecting");
+            # a relay that refuses the claim waits here.
+            async def claim(relay: dict[str, str] = relay) -> None:
+                await node.create_relay(relay["name"], relay["at"], trust=trust_of(relay))
+
+            await r.start("relays", _key(relay, "name"), relay, claim)
+
+    async def _restore_authority(self) -> None:
+        """The authority it runs."""
+        cfg, r = self.config, self.restorer
+        if cfg.authority is not None:
+            auth = cfg.authority
+
+            async def authority() -> None:
+                await self.start_authority(auth)
+
+            await r.start("authority", str(auth.get("name", "authority")), auth, authority)
+
+    async def _restore_memberships(self) -> None:
+        """Its memberships of authorities."""
+        cfg, r = self.config, self.restorer
+        for m in cfg.memberships:
+            # Back to each authority this node enrolled with: its stored credential now, a
+            # fresh one (and revocations) as soon as the authority answers.
+            async def join(m: dict[str, Any] = m) -> None:
+                await self._rejoin(m)
+
+            await r.start("memberships", _key(m, "identifier"), m, join)
+
+    async def _restore_outlets(self) -> None:
+        """Its tcp-outlets."""
+        cfg, node, r = self.config, self.node, self.restorer
+        for o in cfg.tcp_outlets:
+
+            async def outlet(o: dict[str, Any] = o) -> None:
+                await node.create_tcp_outlet(o["to"], name=o["name"], allow=o.get("allow"))
+
+            await r.start("tcp_outlets", _key(o, "name"), o, outlet)
+
+    async def _restore_inlets(self) -> None:
+        """Its tcp-inlets."""
+        cfg, node, r = self.config, self.node, self.restorer
+        for i in cfg.tcp_inlets:
+            # An inlet listens at once; its route is reached per connection, so a path that is
+            # not up yet only fails the connections made before it is. One whose route names a
+            # node that is missing or stopped waits until it is there.
+            async def inlet(i: dict[str, Any] = i) -> None:
+                await node.create_tcp_inlet(
+                    i["from"], i["to"], name=i["name"], allow=i.get("allow"), trust=trust_of(i)
+                )
+
+            await r.start("tcp_inlets", _key(i, "name"), i, inlet)
+
+    async def _restore_services(self) -> None:
+        """Its services."""
+        cfg, node, r = self.config, self.node, self.restorer
+        for svc in cfg.services:
+
+            async def service(svc: dict[str, str] = svc) -> None:
+                kind, address = svc["kind"], svc["address"]
+                if kind not in SERVICE_KINDS:
+                    raise TetherError(
+                        f"unknown service kind {kind!r}; known: {sorted(SERVICE_KINDS)}"
+                    )
+                if not node.has_worker(address):
+                    await node.start_worker(address, SERVICE_KINDS[kind], kind=kind)
+
+            await r.start("services", _key(svc, "address"), svc, service)
+
+
+def _key(entry: Any, name: str) -> str:
+    return str(entry.get(name, "?")) if isinstance(entry, dict) else str(entry)
+
+
+def _named(entry: Any, key: str) -> Any:
+    return entry.get(key) if isinstance(entry, dict) else entry
