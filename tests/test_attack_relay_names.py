@@ -19,7 +19,9 @@ both data planes:
   identity cannot take them; senders are told the name is offline), then they are free: the
   forwarders are gone and another identity claims them;
 * the legitimate claimer's route through the relay keeps working throughout;
-* a name that no route can name (non-ASCII) is refused as invalid.
+* a name that no route can name (non-ASCII) is refused as invalid;
+* a message to a claimed name with the longest route there is, from a raw socket, is forwarded
+  whole by the relay rule, and the link and the claimer go on.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import anyio
 import pytest
 
 from peers import allow_claims, expect, identifier
-from rawwire import KIND_DATA, Raw, local
+from rawwire import KIND_DATA, Raw, local, raw
 from tether.api import Node
 from tether.core.message import Address
 from tether.identity.trust import ChannelRefusedError, ephemeral_identity
@@ -248,5 +250,41 @@ def test_a_name_no_route_can_name_is_refused() -> None:
                     await squatter.create_relay(name, route, trust=expect(relay))
             assert relay.relay_service.claims == {}
             assert forwarders(relay) == set()
+
+    run(main)
+
+
+def test_the_longest_route_a_sender_can_give_is_forwarded_whole() -> None:
+    """A raw socket sends a message to a claimed name with the longest onward route there is
+    (64 addresses): the forwarder is replaced by the claimer's route (``rust/src/relay.rs``,
+    which refuses a result over the limit; a claimer reached in one hop keeps it within), the
+    rest goes on whole (the claimer reports its first missing worker, not a truncated route),
+    the link goes on, and the claimer is still reached through the relay."""
+
+    async def main() -> None:
+        async with (
+            Node("relay", identity=ephemeral_identity()) as relay,
+            Node("db", identity=ephemeral_identity()) as db,
+            Node("client", identity=ephemeral_identity()) as client,
+        ):
+            port = (await relay.listen_tcp(HOST)).port
+            allow_claims(relay, db)
+            rc = await db.create_relay("db", f"/ip4/{HOST}/tcp/{port}", trust=expect(relay))
+            await db_reachable(client, db, rc, "before")
+            assert len(relay.relay_service.claims["db"].route) == 1
+
+            def attack() -> tuple[list[str], bytes]:
+                with raw(port) as r:
+                    onward = [local(FORWARD_PREFIX + "db")] + [local("x")] * 63
+                    r.send(onward, bytes([KIND_DATA]) + b"long")
+                    reports = [m.text for m in r.messages(3) if m.kind == 1]
+                    # The same link still works: the relay's echo answers.
+                    r.send([local("echo")], bytes([KIND_DATA]) + b"still")
+                    return reports, r.message().payload
+
+            reports, echoed = await anyio.to_thread.run_sync(attack)
+            assert reports == ["no worker 'x' on node db"]
+            assert echoed == bytes([KIND_DATA]) + b"still"
+            await db_reachable(client, db, rc, "after")
 
     run(main)

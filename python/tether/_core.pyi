@@ -65,6 +65,7 @@ __all__ = [
     "encode_frames",
     "encode_message",
     "encode_message_frame",
+    "forward_onward",
     "generate_keypair",
     "public_key",
     "x25519",
@@ -100,6 +101,9 @@ def encode_message(
     return_route: Sequence[tuple[int, Buffer]],
     payload: Buffer,
 ) -> bytes: ...
+def forward_onward(
+    route: Sequence[tuple[int, Buffer]], onward: Sequence[tuple[int, Buffer]]
+) -> list[tuple[int, bytes]]: ...
 def decode_message(
     data: Buffer,
 ) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]], bytes]: ...

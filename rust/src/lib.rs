@@ -16,6 +16,7 @@
 //! | [`portal`]  | portal session messages (OPEN, DATA, EOF, CLOSE, CREDIT, error reports): allocation-free decode and encode; [`portal::Session`], a session's state machine (credit, EOF, close → actions) |
 //! | [`reassembly`] | a secure channel's fragment reassembly, and which failures count as refused |
 //! | [`link`]    | a link's keepalive, dead-peer, slow-frame and stuck-peer timers, given `now` |
+//! | [`relay`]   | a relay's forwarding rule: where a message that reaches a forwarder goes next |
 //! | `engine`    | the Rust driver of the data plane (feature `engine`): the one module that does I/O — a thread per node owning its TCP links and portal sessions |
 //! | `py`        | the pyo3 bindings (feature `python`), typed events and the state machines' Python faces; nothing else touches Python |
 //!
@@ -32,6 +33,7 @@ pub mod link;
 pub mod noise;
 pub mod portal;
 pub mod reassembly;
+pub mod relay;
 pub mod replay;
 pub mod route;
 

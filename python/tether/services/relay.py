@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.abc import TaskStatus
 
+from tether._core import forward_onward
 from tether.channel.channel import SecureChannel, origin_channel
 from tether.channel.secure_channels import SecureChannels
 from tether.core.errors import TetherError
@@ -239,11 +240,19 @@ class RelayService:
                     "connected); try again when it reconnects",
                 )
                 return
+            try:  # the relay rule, shared with the engine (rust/src/relay.rs)
+                onward = forward_onward(claim.route, msg.onward)
+            except TetherError as e:
+                await self.node.report(
+                    RoutedMessage(msg.onward[1:], msg.return_route, msg.payload[:1]),
+                    f"relay {name!r} on node {self.node.name} cannot forward it: {e}",
+                )
+                return
             claim.forwarded += 1
             # The claimer's replies go back where this came from (and only there).
             self.node.reach.grant(ctx.origin, Origin.channel(claim.channel))
             await self.node.route(
-                RoutedMessage((*claim.route, *msg.onward[1:]), msg.return_route, msg.payload)
+                RoutedMessage(tuple(map(Address._make, onward)), msg.return_route, msg.payload)
             )
 
         return forward

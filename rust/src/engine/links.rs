@@ -7,6 +7,7 @@ use super::{
 };
 use crate::frame::{self, FrameDecoder};
 use crate::portal::KIND_DATA;
+use crate::relay;
 use crate::route;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
@@ -241,8 +242,9 @@ impl State {
     }
 
     /// A message from `link` for channel `cid` (to its encryptor, or to a relay forwarder
-    /// into it): sealed into the channel here, to `prefix` + the rest of its onward route,
-    /// with the link pushed onto its return route. False: Python handles it (it fragments
+    /// into it): sealed into the channel here, onward by the relay rule
+    /// ([`relay::forward_onward`]: `prefix`, then the rest of its onward route), with the link
+    /// pushed onto its return route. False: Python handles it (it fragments
     /// what is too large, and reports what cannot go on).
     pub(super) fn seal_forward(
         &mut self,
@@ -254,14 +256,13 @@ impl State {
         let Some(l) = self.links.get(&link) else {
             return false;
         };
-        let onward: Vec<route::Address<'_>> = prefix
-            .iter()
-            .map(|(t, v)| route::Address {
-                transport: *t,
-                value: v,
-            })
-            .chain(m.onward[1..].iter().copied())
-            .collect();
+        let prefix = prefix.iter().map(|(t, v)| route::Address {
+            transport: *t,
+            value: v,
+        });
+        let Ok(onward) = relay::forward_onward(prefix, &m.onward) else {
+            return false; // Python refuses it, saying why
+        };
         let mut ret = Vec::with_capacity(m.return_route.len() + 1);
         ret.push(route::Address {
             transport: LOCAL,

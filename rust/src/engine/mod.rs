@@ -255,8 +255,8 @@ struct Outlet {
     ended_set: std::collections::HashSet<Key>,
 }
 
-/// A relay's forwarder: messages to it go on inside `channel`, to `route` + the rest of their
-/// onward route (as `tether.services.relay`'s forwarder does).
+/// A relay's forwarder: messages to it go on inside `channel`, onward by the relay rule
+/// ([`crate::relay::forward_onward`], which `tether.services.relay`'s forwarder uses too).
 struct Forward {
     channel: u64,
     route: OwnedRoute,

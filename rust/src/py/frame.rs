@@ -5,7 +5,7 @@ use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use super::buffer::Buf;
 use super::errors::frame_error_with_frames;
-use crate::{frame, route};
+use crate::{frame, relay, route};
 
 /// Streaming decoder of length-prefixed frames.
 #[pyclass(module = "tether._core", name = "FrameDecoder")]
@@ -149,6 +149,18 @@ fn addresses<'a>(route: &'a [(u16, Buf<'_>)]) -> Vec<route::Address<'a>> {
         .collect()
 }
 
+/// The onward route of a message forwarded by a relay's forwarder whose claimer is at `route`
+/// (`crate::relay::forward_onward`: the forwarder's address, first in `onward`, replaced).
+#[pyfunction]
+fn forward_onward<'py>(
+    py: Python<'py>,
+    route: PyRoute<'py>,
+    onward: PyRoute<'py>,
+) -> PyResult<Bound<'py, PyList>> {
+    let out = relay::forward_onward(addresses(&route), &addresses(&onward))?;
+    route_to_py(py, &out)
+}
+
 /// Encode a routed message (protocol version 1).
 #[pyfunction]
 fn encode_message<'py>(
@@ -245,6 +257,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_frame, m)?)?;
     m.add_function(wrap_pyfunction!(encode_frames, m)?)?;
     m.add_function(wrap_pyfunction!(encode_message, m)?)?;
+    m.add_function(wrap_pyfunction!(forward_onward, m)?)?;
     m.add_function(wrap_pyfunction!(decode_message, m)?)?;
     m.add_function(wrap_pyfunction!(encode_message_frame, m)?)?;
     m.add("ROUTE_VERSION", route::VERSION)?;
