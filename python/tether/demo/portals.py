@@ -239,8 +239,8 @@ class Demo:
                 f"`{what}` did not finish within {COMMAND_TIMEOUT:g} s", nodes
             ) from None
         if p.returncode != 0:
-            why = p.stderr.strip().splitlines()[:8] or [f"exit status {p.returncode}"]
-            raise DemoError(f"`{what}` failed: " + "\n    ".join(why), nodes)
+            reasons = p.stderr.strip().splitlines()[:8] or [f"exit status {p.returncode}"]
+            raise DemoError(f"`{what}` failed: " + "\n    ".join(reasons), nodes)
         try:
             return json.loads(p.stdout)
         except ValueError:
