@@ -246,6 +246,18 @@ class Node(BaseNode):
             raise TetherError(f"no tcp-inlet named {name!r} on node {self.name}")
         inlet.stop()
 
+    async def stop_accepting(self) -> None:
+        """Drain: open no new link or portal session (the TCP listeners close, the inlets stop
+        listening, the outlets refuse OPEN, saying why); what is open goes on."""
+        for listener_id in list(self.tcp.listeners):
+            await self.tcp.stop_listener(listener_id)
+        for portal in (*self.outlets.values(), *self.inlets.values()):
+            await portal.stop_accepting()
+
+    def open_sessions(self) -> int:
+        """The portal sessions open now, in every inlet and outlet."""
+        return sum(len(p.sessions) for p in (*self.outlets.values(), *self.inlets.values()))
+
     def _reauthorize_portals(self, rule: PolicyRule) -> None:
         """A policy was added: the portals it governs decide again at once."""
         for portal in (*self.outlets.values(), *self.inlets.values()):

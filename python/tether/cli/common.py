@@ -70,6 +70,20 @@ def seconds(text: str) -> float:
     return value
 
 
+def duration(text: str) -> float:
+    """A duration, as an argument type (``--drain``): seconds, plain or with ``s``, or minutes
+    with ``m`` (``30``, ``30s``, ``2m``; 0 allowed)."""
+    unit = {"s": 1.0, "m": 60.0}.get(text[-1:])
+    number = text[:-1] if unit is not None else text
+    try:
+        value = float(number) * (unit or 1.0)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (30, 30s or 2m)")
+    return value
+
+
 def trust_body(args: argparse.Namespace) -> dict[str, Any]:
     """The request-body fields of :func:`add_trust_arguments`' flags."""
     body: dict[str, Any] = {}

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tether.cli.common import add_trust_arguments, check_route, seconds, trust_body
+from tether.cli.common import add_trust_arguments, check_route, duration, seconds, trust_body
 from tether.cli.control_client import call
 from tether.cli.parser import Context, Renamed, add_command, add_group, rename
 from tether.core.errors import (
@@ -147,6 +147,23 @@ def _create(ctx: Context) -> int:
         raise
     ctx.emit(_summary(info), info)
     return 0
+
+
+def _run(ctx: Context) -> int:
+    """Run a created node in this process, in the foreground (for systemd and containers)."""
+    a = ctx.args
+    home = _home(ctx)
+    saved_nodes.load_config(ctx.registry().store, a.name)
+    running = saved_nodes.read_runtime(home, a.name)
+    if running is not None:
+        raise AlreadyExistsError(
+            f"node {a.name!r} is already running (pid {running['pid']}); stop it first: "
+            f"tether node stop {a.name}"
+        )
+    ctx.close()
+    return run_daemon(
+        ["--home", str(home), "--log-format", a.log_format, "--drain", repr(a.drain), a.name]
+    )
 
 
 def _status(home: Path, cfg: NodeConfig) -> dict[str, Any]:
@@ -324,6 +341,30 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "only for its own callers, so a stranger cannot use it to reach or probe its network",
     )
     p.add_argument("--foreground", action="store_true", help="run in this terminal")
+    p = add_command(
+        sub,
+        "run",
+        "run a created node in the foreground (systemd, containers): logs to standard error; "
+        "SIGTERM drains, SIGINT stops; exit status 0 stopped on request, 1 failed, 3 stopped "
+        "after the drain period cut sessions",
+        "tether node run db --drain 30s --log-format json",
+        _run,
+    )
+    p.add_argument("name")
+    p.add_argument(
+        "--drain",
+        type=duration,
+        default=30.0,
+        metavar="DURATION",
+        help="on SIGTERM, open nothing new and let open portal sessions finish for up to this "
+        "long, then stop (default 30s; 0: stop at once)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text lines, or one JSON object per line (time, level, logger, message)",
+    )
     add_command(sub, "list", "list nodes and whether they run", "tether node list --json", _list)
     for name, help_text, handler in (
         ("show", "show a node: listeners, workers, connections", _show),

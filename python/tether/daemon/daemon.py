@@ -1,7 +1,9 @@
 """A node running as a daemon: its listeners and services from the stored configuration, its
 control API (``tether.daemon.control``; the resources are :mod:`tether.daemon.node_resources`'
 and :mod:`tether.daemon.authority_resources`'), its runtime file, and a clean stop on
-SIGTERM/SIGINT or ``POST /shutdown``.
+SIGTERM/SIGINT or ``POST /shutdown``. With a drain period (``tether node run --drain``), SIGTERM
+first drains: no new link or portal session, the open sessions finish (for up to the period),
+then the node stops; a second SIGTERM, or SIGINT, stops it at once.
 
 Started by ``tether node create|start`` as ``python -m tether.daemon --home HOME NAME``
 (:mod:`tether.daemon.main`).
@@ -13,6 +15,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,21 @@ from tether.store.local import Store
 log = logging.getLogger("tether.daemon")
 
 
+def notify(state: str) -> None:
+    """Tell the service manager (systemd's ``Type=notify``: ``$NOTIFY_SOCKET``, a Unix datagram
+    socket, ``@`` for the abstract namespace) ``state`` (``READY=1``, ``STOPPING=1``); nothing
+    without one."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    address = "\0" + path[1:] if path.startswith("@") else path
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), address)
+    except OSError as e:
+        log.warning("could not notify the service manager at %s: %s", path, e.strerror or e)
+
+
 class Daemon:
     def __init__(self, home: Path, store: Store, config: NodeConfig, api: Router[Daemon]) -> None:
         self.home = home
@@ -56,6 +74,11 @@ class Daemon:
         self.running = False
         """The node is up and its runtime file written."""
         self.restorer = Restorer(config.name, self._restored)
+        self.drain = 0.0
+        """Seconds SIGTERM lets open portal sessions finish (0: stop at once)."""
+        self.draining = False
+        self.cut = 0
+        """Portal sessions still open when the drain period ran out (closed then)."""
 
     def _restored(self) -> None:
         """A saved resource started late, or stopped waiting: the runtime file follows."""
@@ -147,6 +170,7 @@ class Daemon:
             os.chmod(sock, 0o600)
             self.write_runtime()
             self.running = True
+            notify(f"READY=1\nMAINPID={os.getpid()}")
             log.info(
                 "node %s up (pid %d), listeners %s",
                 cfg.name,
@@ -182,9 +206,42 @@ class Daemon:
     async def _signals(self, tg: TaskGroup) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for sig in signals:
-                log.info("node %s: signal %s, stopping", self.config.name, sig)
+                if sig == signal.SIGTERM and self.drain > 0 and not self.draining:
+                    self.draining = True
+                    tg.start_soon(self._drain)
+                    continue
+                log.info("node %s: %s, stopping", self.config.name, signal.Signals(sig).name)
+                notify("STOPPING=1")
                 self.stop.set()
                 return
+
+    async def _drain(self) -> None:
+        """Open nothing new; stop once the open portal sessions have finished, or when the
+        drain period is over (closing what is still open)."""
+        node = self.node
+        notify("STOPPING=1")
+        await node.stop_accepting()
+        log.info(
+            "node %s: SIGTERM, draining: %d portal session(s) open, stopping when they finish "
+            "or in %g s (SIGTERM again or SIGINT: stop now)",
+            self.config.name,
+            node.open_sessions(),
+            self.drain,
+        )
+        with anyio.move_on_after(self.drain):
+            while node.open_sessions():
+                await anyio.sleep(0.05)
+        self.cut = node.open_sessions()
+        if self.cut:
+            log.warning(
+                "node %s: the drain period (%g s) is over: closing %d open portal session(s)",
+                self.config.name,
+                self.drain,
+                self.cut,
+            )
+        else:
+            log.info("node %s: drained, every portal session finished", self.config.name)
+        self.stop.set()
 
     # --- the saved resources ----------------------------------------------------------------
 

@@ -5,14 +5,19 @@ log lines or terminal escapes with control bytes: every control character of a m
 included; tracebacks, which the node writes itself, are not messages) is written as a visible
 escape (``\\x1b``, ``\\n``, ``\\u2028``). A log file is rotated at :data:`MAX_BYTES`, keeping
 :data:`BACKUPS` old files (``node.log.1`` …), so what an attacker can make the node write is
-bounded on disk.
+bounded on disk. With ``json_lines`` (``tether node run --log-format json``) each record is one
+JSON object per line (``time``, ``level``, ``logger``, ``message``, and ``exception`` when there
+is one), ASCII only: JSON escapes every control and non-ASCII character, so a peer's bytes stay
+inside their string.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -42,8 +47,26 @@ class SafeFormatter(logging.Formatter):
         return super().format(safe)
 
 
-def configure(path: Path | None = None, stream: TextIO | None = None) -> None:
-    """Log at INFO to ``path`` (rotated) or to ``stream``, through :class:`SafeFormatter`."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, for log collectors (see the module)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)  # ensure_ascii: control bytes are escaped
+
+
+def configure(
+    path: Path | None = None, stream: TextIO | None = None, *, json_lines: bool = False
+) -> None:
+    """Log at INFO to ``path`` (rotated) or to ``stream``, through :class:`SafeFormatter`
+    (or :class:`JsonFormatter`)."""
     handler: logging.Handler
     if path is not None:
         handler = logging.handlers.RotatingFileHandler(
@@ -51,7 +74,7 @@ def configure(path: Path | None = None, stream: TextIO | None = None) -> None:
         )
     else:
         handler = logging.StreamHandler(stream)
-    handler.setFormatter(SafeFormatter(FORMAT))
+    handler.setFormatter(JsonFormatter() if json_lines else SafeFormatter(FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)

@@ -1,6 +1,10 @@
 """``python -m tether.daemon --home HOME NAME``: run the node NAME of HOME as a daemon, serving
 the control API's resources (:mod:`tether.daemon.node_resources`,
-:mod:`tether.daemon.authority_resources`)."""
+:mod:`tether.daemon.authority_resources`). ``tether node run`` runs it in the foreground.
+
+Exit status: 0 stopped on request (a signal, ``POST /shutdown``) with every portal session
+finished; 1 could not start, or failed; 2 usage; 3 stopped on request after the drain period
+ran out, closing portal sessions still open."""
 
 from __future__ import annotations
 
@@ -21,6 +25,9 @@ from tether.store.local import Store
 
 log = logging.getLogger("tether.daemon")
 
+DRAIN_CUT = 3
+"""The exit status of a node stopped after its drain period ran out (sessions were cut)."""
+
 
 def control_api() -> Router[Daemon]:
     """Every resource of the control API."""
@@ -39,6 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--log-file", help="log here, rotated by size (default: standard error)", type=Path
     )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text lines, or one JSON object per line (for log collectors)",
+    )
+    parser.add_argument(
+        "--drain",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="on SIGTERM, let open portal sessions finish for up to this long (default 0)",
+    )
     parser.add_argument("name")
     args = parser.parse_args(argv)
     home = Path(args.home)
@@ -49,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     except TetherError as e:
         print(f"tether node: {e}", file=sys.stderr)
         return 1
-    logs.configure(args.log_file, sys.stderr)
+    logs.configure(args.log_file, sys.stderr, json_lines=args.log_format == "json")
     daemon = Daemon(home, store, config, control_api())
+    daemon.drain = max(0.0, args.drain)
     try:
         tune_for_bulk()
         anyio.run(daemon.run, backend="trio")
@@ -63,4 +84,4 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             saved_nodes.api_socket(home, args.name).unlink()
         store.close()
-    return 0
+    return DRAIN_CUT if daemon.cut else 0

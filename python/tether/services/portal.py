@@ -134,6 +134,9 @@ class _Portal:
                         notify=True,
                     )
 
+    async def stop_accepting(self) -> None:
+        """Open no new session (the node drains; see the subclasses); the open ones go on."""
+
     def _recheck_engine(self) -> None:
         """Withdraw what the data plane was allowed to do alone for a channel whose peer no
         longer satisfies the policy."""
@@ -230,6 +233,7 @@ class Outlet(_Portal):
         self.policy: Policy | None = _policy(allow)
         # Channels the data plane may open sessions for by itself (their peers are allowed).
         self._authorized: dict[str, SecureChannel] = {}
+        self.draining = False
         # OPENs through a channel Python has authorized are served in the data plane without
         # a round through Python (IP targets; a host name is resolved per session).
         self._engine_id = node.data_plane.add_outlet(
@@ -262,6 +266,15 @@ class Outlet(_Portal):
     def _out_of_descriptors(self) -> None:
         self.refused += 1
         self.last_error = "refused a connection: the process has no descriptor left"
+
+    async def stop_accepting(self) -> None:
+        """Open no new session (the node drains); the open ones go on."""
+        self.draining = True
+        oid = self._engine_id
+        if oid is not None:
+            for channel in self._authorized.values():
+                self.node.data_plane.allow_outlet(oid, channel, False)
+        self._authorized.clear()
 
     def _leave_engine(self) -> None:
         oid, self._engine_id = self._engine_id, None
@@ -299,6 +312,14 @@ class Outlet(_Portal):
         if t != T_OPEN:
             if t not in (T_CLOSE, T_CREDIT, T_EOF):  # a late message after the session ended
                 self._refuse(key, f"no portal session at tcp-outlet {self.name!r} (it ended)")
+            return
+        if self.draining:
+            self.refused += 1
+            self._refuse(
+                key,
+                f"node {self.node.name} is shutting down: tcp-outlet {self.name!r} opens no "
+                "new session; try again when it is back",
+            )
             return
         channel = arrival_channel(self.node, key)
         if channel is None:
@@ -451,6 +472,8 @@ class Inlet(_Portal):
             self._trust = trust_policy(self.policy, node, self.kind, name)
         self._scope = anyio.CancelScope()
         self.state = "starting"
+        self._accepting = anyio.CancelScope()
+        self._listener_closed: anyio.Event | None = None  # while Python serves the listener
         self._engine_id: int | None = None
         self._bound: SecureChannel | None = None  # the data plane opens connections through it
         self._tg: Any = None
@@ -497,9 +520,17 @@ class Inlet(_Portal):
                     if listener is None:
                         await self.recheck()
                     else:
-                        async with listener:
-                            tg.start_soon(self.recheck)
-                            await limits.serve(listener, self._accept, tg, self._out_of_descriptors)
+                        tg.start_soon(self.recheck)
+                        self._listener_closed = anyio.Event()
+                        try:
+                            async with listener:
+                                with self._accepting:
+                                    await limits.serve(
+                                        listener, self._accept, tg, self._out_of_descriptors
+                                    )
+                        finally:
+                            self._listener_closed.set()
+                        # No longer accepting (the node drains): the sessions go on in tg.
         finally:
             self._tg = None
             self._leave_engine()
@@ -524,6 +555,16 @@ class Inlet(_Portal):
             raise InvalidArgumentError(
                 f"tcp-inlet {self.name!r} cannot listen on {self.bind}: {e.strerror or e}"
             ) from None
+
+    async def stop_accepting(self) -> None:
+        """Close the listening socket (the node drains), and return once it is closed; the
+        open sessions go on."""
+        if self.state == "listening":
+            self.state = "draining"
+        self._accepting.cancel()
+        self._leave_engine()
+        if self._listener_closed is not None:
+            await self._listener_closed.wait()
 
     def _leave_engine(self) -> None:
         iid, self._engine_id = self._engine_id, None
