@@ -161,8 +161,13 @@ def _run(ctx: Context) -> int:
             f"tether node stop {a.name}"
         )
     ctx.close()
+    metrics = ["--metrics", a.metrics] if a.metrics else []
     return run_daemon(
-        ["--home", str(home), "--log-format", a.log_format, "--drain", repr(a.drain), a.name]
+        [
+            *("--home", str(home), "--log-format", a.log_format, "--drain", repr(a.drain)),
+            *metrics,
+            a.name,
+        ]
     )
 
 
@@ -364,6 +369,12 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         choices=("text", "json"),
         default="text",
         help="text lines, or one JSON object per line (time, level, logger, message)",
+    )
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics too (always on the control "
+        "socket: GET /metrics)",
     )
     add_command(sub, "list", "list nodes and whether they run", "tether node list --json", _list)
     for name, help_text, handler in (

@@ -15,6 +15,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -42,6 +43,14 @@ _REASONS = {
     502: "Bad Gateway",
     504: "Gateway Timeout",
 }
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A response body that is not JSON (the metrics' text exposition)."""
+
+    content_type: str
+    body: bytes
 
 
 class ApiError(TetherError):
@@ -151,10 +160,14 @@ async def serve_connection(context: ContextT, router: Router[ContextT], stream: 
         except Exception as e:  # a bug: say so, keep serving
             log.exception("control API request failed")
             status, payload = 500, {"error": {"type": type(e).__name__, "message": str(e)}}
-        out = b"" if status == 204 else json.dumps(payload).encode()
+        content_type = "application/json"
+        if isinstance(payload, Raw):
+            content_type, out = payload.content_type, payload.body
+        else:
+            out = b"" if status == 204 else json.dumps(payload).encode()
         head = (
             f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(out)}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(out)}\r\n"
             "Connection: close\r\n\r\n"
         ).encode()
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):

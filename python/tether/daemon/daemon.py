@@ -27,6 +27,7 @@ from tether.api import Node
 from tether.core.errors import NotFoundError, TetherError
 from tether.daemon import saved_nodes
 from tether.daemon.control import ApiError, Router, serve_connection
+from tether.daemon.metrics import Metrics
 from tether.daemon.restore import Restorer
 from tether.daemon.saved_nodes import NodeConfig
 from tether.daemon.specs import SERVICE_KINDS, identity_and_trust, trust_of
@@ -79,6 +80,9 @@ class Daemon:
         self.draining = False
         self.cut = 0
         """Portal sessions still open when the drain period ran out (closed then)."""
+        self.metrics = Metrics(self)
+        self.metrics_address: tuple[str, int] | None = None
+        """Where to serve ``GET /metrics`` over TCP too (``--metrics HOST:PORT``)."""
 
     def _restored(self) -> None:
         """A saved resource started late, or stopped waiting: the runtime file follows."""
@@ -177,8 +181,11 @@ class Daemon:
                 os.getpid(),
                 [lst.address for lst in node.tcp.listeners.values()],
             )
+            metrics_listener = await self._metrics_listener()
             async with listener, anyio.create_task_group() as tg:
                 tg.start_soon(self._signals, tg)
+                if metrics_listener is not None:
+                    tg.start_soon(self._serve_metrics, metrics_listener, tg)
 
                 async def handle(stream: SocketStream) -> None:
                     await serve_connection(self, self.api, stream)
@@ -189,6 +196,34 @@ class Daemon:
                 tg.cancel_scope.cancel()
             node.task_group.cancel_scope.cancel()
         log.info("node %s stopped", cfg.name)
+
+    async def _metrics_listener(self) -> Any:
+        if self.metrics_address is None:
+            return None
+        host, port = self.metrics_address
+        try:
+            return await anyio.create_tcp_listener(local_host=host, local_port=port)
+        except OSError as e:
+            raise TetherError(
+                f"cannot serve metrics on {host}:{port}: {e.strerror or e}; choose another "
+                "--metrics address"
+            ) from None
+
+    async def _serve_metrics(self, listener: Any, tg: TaskGroup) -> None:
+        """``GET /metrics`` (and nothing else) on the TCP address asked for."""
+        only: Router[Daemon] = Router()
+        only.add("GET", "/metrics")(self.api.match("GET", "/metrics")[0])
+
+        async def handle(stream: SocketStream) -> None:
+            await serve_connection(self, only, stream)
+
+        log.info(
+            "node %s: metrics on http://%s:%d/metrics",
+            self.config.name,
+            *self.metrics_address or ("", 0),
+        )
+        async with listener:
+            await limits.serve(listener, handle, tg, lambda: None)
 
     async def start_authority(self, spec: dict[str, Any]) -> Authority:
         if not self.config.identity:

@@ -59,8 +59,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help="on SIGTERM, let open portal sessions finish for up to this long (default 0)",
     )
+    parser.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve GET /metrics (Prometheus) here too, besides the control socket",
+    )
     parser.add_argument("name")
     args = parser.parse_args(argv)
+    metrics_address = None
+    if args.metrics:
+        host, _, port = args.metrics.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            parser.error(f"--metrics {args.metrics!r}: use HOST:PORT (for example 127.0.0.1:9464)")
+        metrics_address = (host, int(port))
     home = Path(args.home)
     try:
         store = Store(home)
@@ -72,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(args.log_file, sys.stderr, json_lines=args.log_format == "json")
     daemon = Daemon(home, store, config, control_api())
     daemon.drain = max(0.0, args.drain)
+    daemon.metrics_address = metrics_address
     try:
         tune_for_bulk()
         anyio.run(daemon.run, backend="trio")

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from tether.channel.channel import open_channels
 from tether.core.errors import TetherError
-from tether.daemon.control import ApiError, Router
+from tether.daemon.control import ApiError, Raw, Router
 from tether.daemon.daemon import Daemon
 from tether.daemon.specs import (
     SERVICE_KINDS,
@@ -53,6 +53,12 @@ async def get_node(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
         },
         "counters": dict(d.node.counters),
     }
+
+
+@api.add("GET", "/metrics")
+async def get_metrics(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
+    """The node's Prometheus metrics (docs/metrics.md), in the text exposition format."""
+    return 200, Raw(d.metrics.content_type, d.metrics.exposition())
 
 
 @api.add("POST", "/shutdown")

@@ -1,0 +1,205 @@
+"""A node's Prometheus metrics (``docs/metrics.md``), scraped as Prometheus would: with curl on
+the control socket and over HTTP on ``--metrics``, parsed by ``prometheus_client``'s parser.
+Counters move by exactly the traffic sent, and agree with ``show --json``."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from cli_run import TETHER, Cli, echo_server
+from peers import allow_claims, expect
+from tether.api import Node
+from tether.daemon.metrics import Metrics
+from tether.identity.trust import ephemeral_identity
+from trio_run import run
+
+HOST = "127.0.0.1"
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse(text: str) -> Samples:
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def scrape(cli: Cli, node: str) -> Samples:
+    """``GET /metrics`` on the node's control socket, with curl."""
+    sock = cli.home / "nodes" / node / "api.sock"
+    p = subprocess.run(
+        ["curl", "-sS", "--fail", "--unix-socket", str(sock), "http://node/metrics"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    return parse(p.stdout)
+
+
+def portal(kind: str, name: str) -> tuple[tuple[str, str], ...]:
+    return (("kind", kind), ("name", name))
+
+
+def through(port: int, data: bytes) -> bytes:
+    """Send ``data`` through the inlet at ``port`` and read the echo to the end."""
+    with socket.create_connection((HOST, port), timeout=10) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := s.recv(1 << 16):
+            got += chunk
+    return got
+
+
+def wait_closed(cli: Cli) -> None:
+    deadline = time.monotonic() + 10
+    while cli.js("tcp-inlet", "show", "web", "--at", "app")["sessions"]:
+        assert time.monotonic() < deadline, "the session did not end"
+        time.sleep(0.05)
+
+
+def test_counters_move_by_exactly_the_traffic_sent_and_agree_with_show(cli: Cli) -> None:
+    with echo_server() as target:
+        cli.run("node", "create", "db")
+        cli.run("tcp-outlet", "create", "--at", "db", "--to", f"{HOST}:{target}", "--name", "pg")
+        cli.run("node", "create", "app")
+        inlet = cli.js(
+            "tcp-inlet", "create", "--at", "app", "--from", f"{HOST}:0",
+            "--to", "/node/db/secure/api/service/pg", "--name", "web",
+        )  # fmt: skip
+        port = int(inlet["from"].rsplit(":", 1)[1])
+        assert through(port, b"warm-up") == b"warm-up"
+        wait_closed(cli)
+
+        before_app, before_db = scrape(cli, "app"), scrape(cli, "db")
+        data = os.urandom(300_000)
+        for _ in range(3):
+            assert through(port, data) == data
+        wait_closed(cli)
+        after_app, after_db = scrape(cli, "app"), scrape(cli, "db")
+
+        web, pg = portal("tcp-inlet", "web"), portal("tcp-outlet", "pg")
+        moved = 3 * len(data)
+        for samples0, samples1, labels in ((before_app, after_app, web), (before_db, after_db, pg)):
+            delta = {
+                name: samples1[(name, labels)] - samples0[(name, labels)]
+                for name in (
+                    "tether_portal_received_bytes_total",
+                    "tether_portal_sent_bytes_total",
+                    "tether_portal_sessions_opened_total",
+                )
+            }
+            assert delta == {
+                "tether_portal_received_bytes_total": moved,
+                "tether_portal_sent_bytes_total": moved,
+                "tether_portal_sessions_opened_total": 3,
+            }, labels
+            assert samples1[("tether_portal_sessions", labels)] == 0
+        shown = cli.js("tcp-inlet", "show", "web", "--at", "app")
+        assert after_app[("tether_portal_received_bytes_total", web)] == shown["bytes_in"]
+        assert after_app[("tether_portal_sessions_opened_total", web)] == shown["total"]
+        assert after_app[("tether_links", (("direction", "outgoing"),))] >= 1
+        assert after_db[("tether_secure_channels", ())] >= 1
+        node = cli.js("node", "show", "db")
+        for reason, n in node["counters"].items():
+            assert after_db[("tether_refusals_total", (("reason", reason),))] == n
+
+
+def test_metrics_on_a_tcp_address_serve_only_metrics(cli: Cli) -> None:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port = s.getsockname()[1]
+    cli.run("node", "create", "db")
+    cli.run("node", "stop", "db")
+    env = {**os.environ, "TETHER_HOME": str(cli.home)}
+    proc = subprocess.Popen(
+        [*TETHER, "node", "run", "db", "--drain", "0", "--metrics", f"{HOST}:{port}"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                conn = http.client.HTTPConnection(HOST, port, timeout=5)
+                conn.request("GET", "/metrics")
+                response = conn.getresponse()
+                break
+            except ConnectionRefusedError:
+                assert proc.poll() is None, proc.communicate()[1]
+                assert time.monotonic() < deadline, "no metrics listener"
+                time.sleep(0.1)
+        assert response.status == 200
+        assert response.getheader("Content-Type", "").startswith("text/plain")
+        samples = parse(response.read().decode())
+        assert samples[("tether_links", (("direction", "incoming"),))] == 0
+        conn.close()
+        # Only the metrics: the control API stays on the 0600 Unix socket.
+        conn = http.client.HTTPConnection(HOST, port, timeout=5)
+        conn.request("GET", "/node")
+        assert conn.getresponse().status == 404
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 0, stderr
+
+
+def test_a_bad_metrics_address_is_refused(cli: Cli) -> None:
+    cli.run("node", "create", "db")
+    cli.run("node", "stop", "db")
+    cli.fails("node", "run", "db", "--metrics", "nowhere", reason="use HOST:PORT", code=2)
+
+
+@dataclass
+class _Host:
+    node: Node
+    started_at: int = 0
+
+
+@pytest.mark.usefixtures("data_plane")
+def test_a_relays_forwarded_counter_counts_each_message_with_either_data_plane() -> None:
+    """What the relay forwards, by the worker (Python plane) or by the engine (Rust plane, read
+    at scrape time), moves ``tether_relay_forwarded_messages_total`` by one per request."""
+
+    async def main() -> None:
+        async with (
+            Node("relay", identity=ephemeral_identity()) as relay,
+            Node("db", identity=ephemeral_identity()) as db,
+            Node("client", identity=ephemeral_identity()) as client,
+        ):
+            port = (await relay.listen_tcp(HOST)).port
+            allow_claims(relay, db)
+            rc = await db.create_relay("db", f"/ip4/{HOST}/tcp/{port}", trust=expect(relay))
+            # Each request names the forwarder (no secure channel of the client's own, which
+            # would go on by the claimer's channel directly once granted).
+            route = rc.forward_route + "/service/echo"
+            metrics = Metrics(_Host(relay))
+            name = (("name", "db"),)
+
+            def sample(metric: str) -> float:
+                return parse(metrics.exposition().decode())[(metric, name)]
+
+            assert await client.request(route, b"first") == b"first"
+            assert sample("tether_relay_online") == 1
+            before = sample("tether_relay_forwarded_messages_total")
+            for i in range(7):
+                reply = await client.request(route, b"%d" % i)
+                assert reply == b"%d" % i
+            assert sample("tether_relay_forwarded_messages_total") - before == 7
+            (claim,) = relay.relay_service.info() if relay.relay_service else []
+            assert sample("tether_relay_forwarded_messages_total") == claim["forwarded"]
+
+    run(main)
