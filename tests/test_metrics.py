@@ -12,15 +12,18 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cli_run import TETHER, Cli, echo_server
-from peers import allow_claims, expect
+from peers import allow_claims, expect, identifier
+from rawwire import HS1, KIND_DATA, local, raw
+from test_credential import Authority
 from tether.api import Node
 from tether.daemon.metrics import Metrics
-from tether.identity.trust import ephemeral_identity
-from trio_run import run
+from tether.identity.trust import ChannelRefusedError, ephemeral_identity
+from trio_run import run, until
 
 HOST = "127.0.0.1"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -201,5 +204,83 @@ def test_a_relays_forwarded_counter_counts_each_message_with_either_data_plane()
             assert sample("tether_relay_forwarded_messages_total") - before == 7
             (claim,) = relay.relay_service.info() if relay.relay_service else []
             assert sample("tether_relay_forwarded_messages_total") == claim["forwarded"]
+
+    run(main)
+
+
+def test_the_expiry_of_each_presented_credential_is_exposed() -> None:
+    """A credential the node presents appears with its issuer and exact expiry, and is
+    replaced by the next one from the same issuer."""
+
+    async def main() -> None:
+        async with Node("member", identity=ephemeral_identity()) as node:
+            metrics = Metrics(_Host(node))
+            authority = Authority()
+            issuer = (("issuer", authority.identifier),)
+            metric = "tether_credential_expiry_timestamp_seconds"
+            assert not any(m == metric for m, _ in parse(metrics.exposition().decode()))
+            now = int(time.time())
+            for ttl in (3600, 7200):
+                credential = authority.issue(identifier(node), now=now, ttl=ttl)
+                node.use_credential(credential)
+                samples = parse(metrics.exposition().decode())
+                assert samples[(metric, issuer)] == now + ttl
+                assert [k for k in samples if k[0] == metric] == [(metric, issuer)]
+
+    run(main)
+
+
+def test_handshakes_are_counted_by_role_and_outcome_with_their_durations() -> None:
+    """Three channels (ok on both sides, three durations each), one the initiator refuses (it
+    expects another identity: refused on both sides), and a malformed first message from a
+    raw socket (failed, at the responder)."""
+
+    async def main() -> None:
+        async with (
+            Node("db", identity=ephemeral_identity()) as db,
+            Node("client", identity=ephemeral_identity()) as client,
+            Node("other", identity=ephemeral_identity()) as other,
+        ):
+            port = (await db.listen_tcp(HOST)).port
+            route = f"/ip4/{HOST}/tcp/{port}/service/api"
+            for _ in range(3):
+                await client.create_secure_channel(route, trust=expect(db))
+            with pytest.raises(ChannelRefusedError):
+                await client.create_secure_channel(route, trust=expect(other))
+
+            def malformed() -> None:
+                with raw(port) as r:
+                    r.send([local("api")], bytes([KIND_DATA, HS1]) + b"short")
+
+            await anyio.to_thread.run_sync(malformed)
+            await until(
+                lambda: db.handshakes.outcomes[("responder", "failed")] == 1, 5, "the failure"
+            )
+            await until(
+                lambda: db.handshakes.outcomes[("responder", "refused")] == 1, 5, "the refusal"
+            )
+            at_client = parse(Metrics(_Host(client)).exposition().decode())
+            at_db = parse(Metrics(_Host(db)).exposition().decode())
+
+            def outcomes(samples: Samples, role: str) -> dict[str, float]:
+                return {
+                    outcome: samples[
+                        ("tether_handshakes_total", (("outcome", outcome), ("role", role)))
+                    ]
+                    for outcome in ("ok", "refused", "failed", "timeout")
+                }
+
+            assert outcomes(at_client, "initiator") == {
+                "ok": 3, "refused": 1, "failed": 0, "timeout": 0
+            }  # fmt: skip
+            assert outcomes(at_db, "responder") == {
+                "ok": 3, "refused": 1, "failed": 1, "timeout": 0
+            }  # fmt: skip
+            for samples, role in ((at_client, "initiator"), (at_db, "responder")):
+                labels = (("role", role),)
+                assert samples[("tether_handshake_duration_seconds_count", labels)] == 3
+                assert samples[("tether_handshake_duration_seconds_sum", labels)] > 0
+                inf = (("le", "+Inf"), ("role", role))
+                assert samples[("tether_handshake_duration_seconds_bucket", inf)] == 3
 
     run(main)

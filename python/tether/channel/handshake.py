@@ -101,6 +101,7 @@ async def open_channel(
     accepts (there is no default: see ``tether.identity.trust.initiator_trust``)."""
     # The map itself, not a copy (an empty one too): authorities trusted later count as well.
     trusted: Mapping[str, Identity] = authorities if authorities is not None else {}
+    started = time.monotonic()
     hsk = _Handshaker(me, True, trusted, trust)
     address = node.next_id("sc")
     decryptor, inbox = await _initiator_inbox(node, route, address)
@@ -109,11 +110,16 @@ async def open_channel(
         channel = await _send_third(node, hsk, address, reply, trusted)
         await _acknowledgement(channel, inbox, timeout)
     except TimeoutError:
+        node.handshakes.record("initiator", "timeout")
         await node.stop_worker(address + ".in")
         raise ChannelRefusedError(f"no handshake reply within {timeout:g} s") from None
-    except BaseException:
+    except BaseException as e:
+        if isinstance(e, TetherError):
+            outcome = "refused" if isinstance(e, ChannelRefusedError) else "failed"
+            node.handshakes.record("initiator", outcome)
         await node.stop_worker(address + ".in")
         raise
+    node.handshakes.record("initiator", "ok", time.monotonic() - started)
     await node.start_worker(address, channel.encrypt, kind="secure-channel", reach="local")
     decryptor.channel = channel  # from now on the inbox decrypts
     node.remember_channel(channel)
@@ -405,6 +411,7 @@ class ChannelListener:
         except CryptoError as e:
             half.release()
             self.refused += 1
+            self.node.handshakes.record("responder", "failed")
             log.info("listener %s: bad first handshake message: %s", self.address, e)
             return
         pending = _PendingHandshake(self, hsk, self.node.next_id("sc"), msg, half)
@@ -450,6 +457,7 @@ class _PendingHandshake:
         self.done = half.done
         self.decryptor = Decryptor()
         self.decryptor.handshake = self.on_third
+        self.started = time.monotonic()
 
     async def on_third(self, ctx: WorkerContext, m3: Message) -> None:
         # Only from where the first message came (when a remote origin brought it; one a
@@ -462,6 +470,7 @@ class _PendingHandshake:
             return
         if m3.payload[:1] == bytes([Step.REFUSED]):
             listener.refused += 1
+            listener.node.handshakes.record("responder", "refused")
             log.info("listener %s: %s", listener.address, m3.payload[1:].decode("utf-8", "replace"))
             self.done.set()
             return
@@ -473,12 +482,14 @@ class _PendingHandshake:
             cipher = self.hsk.hs.into_channel_cipher()
         except ChannelRefusedError as e:
             listener.refused += 1
+            listener.node.handshakes.record("responder", "refused")
             log.info("listener %s: refused a channel: %s", listener.address, e)
             await _refuse(listener.node, m3.return_route, f"the listener refused: {e}")
             self.done.set()
             return
         except CryptoError as e:
             listener.refused += 1
+            listener.node.handshakes.record("responder", "failed")
             log.info("listener %s: handshake failed: %s", listener.address, e)
             self.done.set()
             return
@@ -498,6 +509,7 @@ class _PendingHandshake:
         node.remember_channel(channel)
         node.task_group.start_soon(channel.watch_idle)
         listener.accepted += 1
+        node.handshakes.record("responder", "ok", time.monotonic() - self.started)
         self.done.set()
         log.info(
             "listener %s: secure channel %s with %s",
@@ -516,6 +528,7 @@ class _PendingHandshake:
             if self.decryptor.channel is None and node.has_worker(self.inbox):
                 if not self.done.is_set():
                     listener.refused += 1
+                    node.handshakes.record("responder", "timeout")
                     log.debug(
                         "listener %s: no third handshake message within %g s",
                         listener.address,

@@ -13,11 +13,17 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from tether.api import Node
 from tether.channel.channel import open_channels
+from tether.node.handshakes import ROLES
 from tether.services.portal import Inlet, Outlet
 
 PORTAL = ["kind", "name"]
@@ -60,6 +66,23 @@ class NodeCollector(Collector):
             "Secure-channel handshakes in progress.",
             value=node.pending_handshakes,
         )
+        handshakes = CounterMetricFamily(
+            "tether_handshakes",
+            "Secure-channel handshakes, by role and how they ended.",
+            labels=["role", "outcome"],
+        )
+        for (role, outcome), n in node.handshakes.outcomes.items():
+            handshakes.add_metric([role, outcome], n)
+        yield handshakes
+        duration = HistogramMetricFamily(
+            "tether_handshake_duration_seconds",
+            "How long the completed secure-channel handshakes took, by role.",
+            labels=["role"],
+        )
+        for role in ROLES:
+            buckets, total = node.handshakes.histogram(role)
+            duration.add_metric([role], buckets, total)
+        yield duration
         refusals = CounterMetricFamily(
             "tether_refusals",
             "What the node refused or dropped, by reason (as node show's counters).",
@@ -68,6 +91,14 @@ class NodeCollector(Collector):
         for reason, n in sorted(node.counters.items()):
             refusals.add_metric([reason], n)
         yield refusals
+        expiry = GaugeMetricFamily(
+            "tether_credential_expiry_timestamp_seconds",
+            "When each credential the node presents expires (Unix time), by its issuer.",
+            labels=["issuer"],
+        )
+        for credential in node.identity.credentials if node.identity is not None else ():
+            expiry.add_metric([credential.issuer], credential.expires_at)
+        yield expiry
         yield from self._portals(node)
         yield from self._relays(node)
 

@@ -54,6 +54,7 @@ from tether.identity.trust import ChannelIdentity, TrustPolicy
 from tether.node import limits, policies, routing
 from tether.node.channel_end import ChannelEnd
 from tether.node.data_plane import Channel, DataPlane, PythonDataPlane, enabled
+from tether.node.handshakes import Handshakes
 from tether.node.policies import PolicyRule
 from tether.node.reach import Reach
 from tether.node.rust_data_plane import RustDataPlane
@@ -142,6 +143,8 @@ class BaseNode:
         """Who may reach this node's links and channel encryptors (:mod:`tether.node.reach`)."""
         self.counters: dict[str, int] = {}
         """What the node refused or dropped, by reason (``GET /node`` shows them)."""
+        self.handshakes = Handshakes()
+        """How its secure-channel handshakes ended (:mod:`tether.node.handshakes`)."""
         self.tcp = TcpTransport(self, tcp_options or TcpOptions())
         self._use_data_plane = enabled() if data_plane is None else data_plane
         self.data_plane: DataPlane = PythonDataPlane()
