@@ -439,17 +439,10 @@ class Connection:
 
     async def _serve(self, decoder: FrameDecoder, rest: bytes) -> None:
         """The connection in Python (no data plane): a reader, a writer and a watchdog."""
-        broken: FrameError | None = None
-        try:
-            pending = decoder.feed(rest)
-        except FrameError as e:  # what came whole before the bad bytes is delivered first
-            pending, broken = e.frames, e
-        if rest:  # a frame begun in the hello's read is timed from now
-            self.timers.received(time.monotonic(), bool(decoder.buffered))
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._guarded, self._writer)
             tg.start_soon(self._guarded, self._watchdog)
-            await self._guarded(self._reader, decoder, pending, broken)
+            await self._guarded(self._reader, decoder, rest)
             tg.cancel_scope.cancel()
 
     async def _report_unsent(self) -> None:
@@ -532,47 +525,39 @@ class Connection:
                 f"{PROTOCOL_VERSION}; upgrade the older one"
             )
 
-    async def _reader(
-        self, decoder: FrameDecoder, pending: list[bytes], broken: FrameError | None
-    ) -> None:
-        """Read and deliver frames (first ``pending``, read with the hello; then ``broken``,
-        the framing error that followed them, if one did). The timeouts (a silent peer, a frame
-        dripping in too slowly) are the watchdog's: no cancel scope per read on the hot path."""
+    async def _reader(self, decoder: FrameDecoder, rest: bytes) -> None:
+        """Read and deliver frames, beginning with ``rest`` (what was read with the hello).
+        The messages a read completed before a framing error are delivered before the error
+        closes the link. The timeouts (a silent peer, a frame dripping in too slowly) are the
+        watchdog's: no cancel scope per read on the hot path."""
         timers = self.timers
-        timers.delivering(True, time.monotonic())
-        try:
-            for frame in pending:
-                await self._deliver(frame)
-        finally:
-            timers.delivering(False, time.monotonic())
-        if broken is not None:
-            raise broken
+        chunk = rest
         while True:
-            chunk = await self.stream.receive(RECEIVE_SIZE)
+            if not chunk:
+                chunk = await self.stream.receive(RECEIVE_SIZE)
+            broken: FrameError | None = None
             # Frames decoded straight into messages (one copy of each payload, in Rust).
             try:
                 messages = decoder.feed_messages(chunk)
-            except FrameError as e:  # what came whole before the bad bytes is delivered first
+            except FrameError as e:
                 messages, broken = e.frames, e
+            chunk = b""
             now = time.monotonic()
             timers.received(now, bool(decoder.buffered))
-            if not messages:
-                if broken is not None:
-                    raise broken
-                continue
-            # Time blocked handing frames on (back-pressure) is not peer silence.
-            timers.delivering(True, now)
-            try:
-                for i, m in enumerate(messages, 1):
-                    if isinstance(m, TetherError):  # a RouteError in its place
-                        raise ConnectionClosed(f"malformed message from the peer: {m}")
-                    await self._forward(*m)
-                    if i % YIELD_EVERY == 0:
-                        # Handling may never suspend (refusals, reports): let the others,
-                        # this link's writer among them, have a turn.
-                        await anyio.lowlevel.checkpoint()
-            finally:
-                timers.delivering(False, time.monotonic())
+            if messages:
+                # Time blocked handing frames on (back-pressure) is not peer silence.
+                timers.delivering(True, now)
+                try:
+                    for i, m in enumerate(messages, 1):
+                        if isinstance(m, TetherError):  # a RouteError in its place
+                            raise ConnectionClosed(f"malformed message from the peer: {m}")
+                        await self._forward(*m)
+                        if i % YIELD_EVERY == 0:
+                            # Handling may never suspend (refusals, reports): let the others,
+                            # this link's writer among them, have a turn.
+                            await anyio.lowlevel.checkpoint()
+                finally:
+                    timers.delivering(False, time.monotonic())
             if broken is not None:
                 raise broken
 
@@ -585,15 +570,6 @@ class Connection:
             if reason is not None:
                 raise ConnectionClosed(reason)
             await anyio.sleep(max(0.01, wait))
-
-    async def _deliver(self, frame: bytes) -> None:
-        if not frame:
-            return  # keepalive
-        try:
-            msg = RoutedMessage.decode(frame)
-        except RouteError as e:
-            raise ConnectionClosed(f"malformed message from the peer: {e}") from None
-        await self._forward(msg.onward, msg.return_route, msg.payload)
 
     async def _forward(
         self,
