@@ -160,10 +160,17 @@ def test_metrics_on_a_tcp_address_serve_only_metrics(cli: Cli) -> None:
     assert proc.returncode == 0, stderr
 
 
-def test_a_bad_metrics_address_is_refused(cli: Cli) -> None:
+def test_a_bad_or_taken_metrics_address_is_refused(cli: Cli) -> None:
     cli.run("node", "create", "db")
     cli.run("node", "stop", "db")
     cli.fails("node", "run", "db", "--metrics", "nowhere", reason="use HOST:PORT", code=2)
+    with socket.create_server((HOST, 0)) as taken:
+        address = f"{HOST}:{taken.getsockname()[1]}"
+        cli.fails(
+            "node", "run", "db", "--metrics", address,
+            reason=f"cannot serve metrics on {address}: Address already in use",
+        )  # fmt: skip
+    assert not any(n["running"] for n in cli.js("node", "list"))
 
 
 @dataclass

@@ -146,6 +146,9 @@ class Daemon:
     async def run(self) -> None:
         cfg = self.config
         channel_identity, identity_error = self._identity()
+        # Bound first (outside the node's task group): a taken --metrics address fails the start
+        # with its one-line reason, before the node says it is up.
+        metrics_listener = await self._metrics_listener()
         async with Node(
             cfg.name,
             relay_owners=saved_nodes.RelayOwners(self.store, cfg.name),
@@ -181,7 +184,6 @@ class Daemon:
                 os.getpid(),
                 [lst.address for lst in node.tcp.listeners.values()],
             )
-            metrics_listener = await self._metrics_listener()
             async with listener, anyio.create_task_group() as tg:
                 tg.start_soon(self._signals, tg)
                 if metrics_listener is not None:
@@ -202,12 +204,14 @@ class Daemon:
             return None
         host, port = self.metrics_address
         try:
-            return await anyio.create_tcp_listener(local_host=host, local_port=port)
+            listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
         except OSError as e:
             raise TetherError(
                 f"cannot serve metrics on {host}:{port}: {e.strerror or e}; choose another "
                 "--metrics address"
             ) from None
+        log.info("node %s: metrics on http://%s:%d/metrics", self.config.name, host, port)
+        return listener
 
     async def _serve_metrics(self, listener: Any, tg: TaskGroup) -> None:
         """``GET /metrics`` (and nothing else) on the TCP address asked for."""
@@ -217,11 +221,6 @@ class Daemon:
         async def handle(stream: SocketStream) -> None:
             await serve_connection(self, only, stream)
 
-        log.info(
-            "node %s: metrics on http://%s:%d/metrics",
-            self.config.name,
-            *self.metrics_address or ("", 0),
-        )
         async with listener:
             await limits.serve(listener, handle, tg, lambda: None)
 
