@@ -114,9 +114,23 @@ def test_counters_move_by_exactly_the_traffic_sent_and_agree_with_show(cli: Cli)
         assert after_app[("tether_portal_sessions_opened_total", web)] == shown["total"]
         assert after_app[("tether_links", (("direction", "outgoing"),))] >= 1
         assert after_db[("tether_secure_channels", ())] >= 1
-        node = cli.js("node", "show", "db")
-        for reason, n in node["counters"].items():
-            assert after_db[("tether_refusals_total", (("reason", reason),))] == n
+        # A stranger's message to a channel encryptor, from a raw socket: refused and counted,
+        # in node show and in the metrics alike.
+        (channel, *_) = cli.js("node", "show", "db")["secure_channels"]
+        with raw(cli.port("db")) as r:
+            r.send([local(channel["address"])], bytes([KIND_DATA]) + b"x")
+            deadline = time.monotonic() + 10
+            while not cli.js("node", "show", "db")["counters"]:
+                assert time.monotonic() < deadline, "the refusal was not counted"
+                time.sleep(0.05)
+        counters = cli.js("node", "show", "db")["counters"]
+        refusals = {
+            labels[0][1]: value
+            for (name, labels), value in scrape(cli, "db").items()
+            if name == "tether_refusals_total"
+        }
+        assert refusals == counters
+        assert any("not reachable" in reason for reason in refusals), refusals
 
 
 def test_metrics_on_a_tcp_address_serve_only_metrics(cli: Cli) -> None:
