@@ -18,9 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cli_run import TETHER, Cli, echo_server
 from peers import allow_claims, expect, identifier
-from rawwire import HS1, KIND_DATA, local, raw
+from rawwire import HS1, HS2, KIND_DATA, local, raw
 from test_credential import Authority
 from tether.api import Node
+from tether.core.message import Message, WorkerContext
 from tether.daemon.metrics import Metrics
 from tether.identity.trust import ChannelRefusedError, ephemeral_identity
 from trio_run import run, until
@@ -253,8 +254,9 @@ def test_the_expiry_of_each_presented_credential_is_exposed() -> None:
 
 def test_handshakes_are_counted_by_role_and_outcome_with_their_durations() -> None:
     """Three channels (ok on both sides, three durations each), one the initiator refuses (it
-    expects another identity: refused on both sides), and a malformed first message from a
-    raw socket (failed, at the responder)."""
+    expects another identity: refused on both sides), a malformed first message from a raw
+    socket (failed, at the responder) and a forged second message (failed, at the
+    initiator)."""
 
     async def main() -> None:
         async with (
@@ -274,6 +276,18 @@ def test_handshakes_are_counted_by_role_and_outcome_with_their_durations() -> No
                     r.send([local("api")], bytes([KIND_DATA, HS1]) + b"short")
 
             await anyio.to_thread.run_sync(malformed)
+
+            async def forger(ctx: WorkerContext, msg: Message) -> None:
+                """A listener whose second handshake message is random bytes."""
+                if msg.payload[:1] == bytes([HS1]):
+                    await ctx.reply(msg, bytes([HS2]) + os.urandom(96))
+
+            await other.start_worker("forger", forger)
+            other_port = (await other.listen_tcp(HOST)).port
+            with pytest.raises(ChannelRefusedError, match="handshake failed"):
+                await client.create_secure_channel(
+                    f"/ip4/{HOST}/tcp/{other_port}/service/forger", trust=expect(other)
+                )
             await until(
                 lambda: db.handshakes.outcomes[("responder", "failed")] == 1, 5, "the failure"
             )
@@ -292,7 +306,7 @@ def test_handshakes_are_counted_by_role_and_outcome_with_their_durations() -> No
                 }
 
             assert outcomes(at_client, "initiator") == {
-                "ok": 3, "refused": 1, "failed": 0, "timeout": 0
+                "ok": 3, "refused": 1, "failed": 1, "timeout": 0
             }  # fmt: skip
             assert outcomes(at_db, "responder") == {
                 "ok": 3, "refused": 1, "failed": 1, "timeout": 0

@@ -189,7 +189,7 @@ def test_a_running_node_is_not_run_twice_and_bad_durations_are_refused(cli: Cli)
     cli.run("node", "create", "db")
     cli.fails("node", "run", "db", reason="node 'db' is already running (pid ")
     cli.fails("node", "run", "db", "--drain", "soon", reason="'soon' is not a duration", code=2)
-    cli.fails("node", "run", "nowhere", reason="nowhere")
+    cli.fails("node", "run", "nowhere", reason="no node named 'nowhere'")
 
 
 @pytest.mark.parametrize("hostile", ["\x1b[31mred\n2026 INFO forged", "\u2028tab\t"])

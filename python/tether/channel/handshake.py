@@ -115,8 +115,10 @@ async def open_channel(
         raise ChannelRefusedError(f"no handshake reply within {timeout:g} s") from None
     except BaseException as e:
         if isinstance(e, TetherError):
-            outcome = "refused" if isinstance(e, ChannelRefusedError) else "failed"
-            node.handshakes.record("initiator", outcome)
+            refused = isinstance(e, ChannelRefusedError) and not isinstance(
+                e.__cause__, CryptoError
+            )
+            node.handshakes.record("initiator", "refused" if refused else "failed")
         await node.stop_worker(address + ".in")
         raise
     node.handshakes.record("initiator", "ok", time.monotonic() - started)
@@ -193,8 +195,8 @@ async def _send_third(
     except ChannelRefusedError as e:
         await _refuse(node, reply.return_route, f"the initiator refused: {e}")
         raise
-    except CryptoError as e:
-        raise ChannelRefusedError(f"handshake failed: {e}") from None
+    except CryptoError as e:  # a malformed or forged reply (counted as "failed", by its cause)
+        raise ChannelRefusedError(f"handshake failed: {e}") from e
     hs3 = hsk.hs.write_message(hsk.me.payload())
     cipher = hsk.hs.into_channel_cipher()
     channel = SecureChannel(
