@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cli_run import TETHER, Cli, echo_server
+from cli_run import TETHER, Cli, echo_server, exchange
 from peers import allow_claims, expect, identifier
 from rawwire import HS1, HS2, KIND_DATA, local, raw
 from test_credential import Authority
@@ -24,6 +25,8 @@ from tether.api import Node
 from tether.core.message import Message, WorkerContext
 from tether.daemon.metrics import Metrics
 from tether.identity.trust import ChannelRefusedError, ephemeral_identity
+from tether.node import policies
+from tether.services.session import PortalOptions
 from trio_run import run, until
 
 HOST = "127.0.0.1"
@@ -317,5 +320,201 @@ def test_handshakes_are_counted_by_role_and_outcome_with_their_durations() -> No
                 assert samples[("tether_handshake_duration_seconds_sum", labels)] > 0
                 inf = (("le", "+Inf"), ("role", role))
                 assert samples[("tether_handshake_duration_seconds_bucket", inf)] == 3
+
+    run(main)
+
+
+@pytest.mark.usefixtures("data_plane")
+def test_a_relays_forwarded_bytes_are_the_payloads_it_forwarded() -> None:
+    """``tether_relay_forwarded_bytes_total`` moves by exactly the payload bytes of the
+    messages forwarded (a request's payload is its kind byte and body: no routes, no
+    framing), whichever data plane forwards them, and agrees with the claim's info."""
+
+    async def main() -> None:
+        async with (
+            Node("relay", identity=ephemeral_identity()) as relay,
+            Node("db", identity=ephemeral_identity()) as db,
+            Node("client", identity=ephemeral_identity()) as client,
+        ):
+            port = (await relay.listen_tcp(HOST)).port
+            allow_claims(relay, db)
+            rc = await db.create_relay("db", f"/ip4/{HOST}/tcp/{port}", trust=expect(relay))
+            route = rc.forward_route + "/service/echo"
+            metrics = Metrics(_Host(relay))
+            name = (("name", "db"),)
+
+            def sample(metric: str) -> float:
+                return parse(metrics.exposition().decode())[(metric, name)]
+
+            assert await client.request(route, b"first") == b"first"
+            before = sample("tether_relay_forwarded_bytes_total")
+            assert before == 1 + len(b"first")
+            sizes = [0, 1, 100, 1000, 20_000, 60_000, 7]
+            for size in sizes:
+                body = os.urandom(size)
+                assert await client.request(route, body) == body
+            moved = sample("tether_relay_forwarded_bytes_total") - before
+            assert moved == sum(1 + size for size in sizes)  # KIND_DATA and the body
+            (claim,) = relay.relay_service.info() if relay.relay_service else []
+            assert sample("tether_relay_forwarded_bytes_total") == claim["forwarded_bytes"]
+            assert sample("tether_relay_forwarded_messages_total") == claim["forwarded"]
+
+    run(main)
+
+
+@pytest.mark.usefixtures("data_plane")
+def test_the_open_latency_histograms_count_every_session_opened() -> None:
+    """Each session opened through an inlet is timed at the inlet (accepted → the outlet's
+    answer) and at the outlet (OPEN → target connected): the histograms' counts equal the
+    sessions opened, whether Python or the data plane opened them."""
+
+    async def main() -> None:
+        with echo_server() as target:
+            async with (
+                Node("db", identity=ephemeral_identity()) as db,
+                Node("app", identity=ephemeral_identity()) as app,
+            ):
+                port = (await db.listen_tcp(HOST)).port
+                outlet = await db.create_tcp_outlet(f"{HOST}:{target}", name="pg")
+                inlet = await app.create_tcp_inlet(
+                    f"{HOST}:0",
+                    f"/ip4/{HOST}/tcp/{port}/secure/api/service/pg",
+                    name="web",
+                    trust=expect(db),
+                )
+                n = 6
+                for i in range(n):
+                    data = b"session %d" % i
+                    got = await anyio.to_thread.run_sync(through, inlet.port, data)
+                    assert got == data
+                await until(lambda: not inlet.sessions and not outlet.sessions, 10, "the end")
+                for node, labels, portal_ in ((app, ("tcp-inlet", "web"), inlet),
+                                              (db, ("tcp-outlet", "pg"), outlet)):  # fmt: skip
+                    await until(lambda p=portal_: p.open_latency.count == n, 5, f"{labels} opened")
+                    samples = parse(Metrics(_Host(node)).exposition().decode())
+                    key = portal(*labels)
+                    assert samples[("tether_portal_session_open_seconds_count", key)] == n
+                    assert samples[("tether_portal_sessions_opened_total", key)] == n
+                    assert samples[("tether_portal_session_open_seconds_sum", key)] > 0
+                    inf = (*key[:1], ("le", "+Inf"), *key[1:])
+                    assert samples[("tether_portal_session_open_seconds_bucket", inf)] == n
+
+    run(main)
+
+
+def test_a_policy_refusal_is_counted_under_its_resource() -> None:
+    """A session the outlet's policy refuses counts once under ``tcp-outlet``/its name; a
+    relay name the peer chose counts as ``*`` unless a policy names it."""
+
+    async def main() -> None:
+        with echo_server() as target:
+            async with (
+                Node("db", identity=ephemeral_identity()) as db,
+                Node("app", identity=ephemeral_identity()) as app,
+            ):
+                port = (await db.listen_tcp(HOST)).port
+                await db.create_tcp_outlet(
+                    f"{HOST}:{target}", name="pg", allow='subject.identifier = "nobody"'
+                )
+                inlet = await app.create_tcp_inlet(
+                    f"{HOST}:0",
+                    f"/ip4/{HOST}/tcp/{port}/secure/api/service/pg",
+                    name="web",
+                    trust=expect(db),
+                )
+                for _ in range(2):
+                    assert await anyio.to_thread.run_sync(exchange, inlet.port) == b""
+                await until(
+                    lambda: db.policy_refusals.get(("tcp-outlet", "pg")) == 2, 10, "refusals"
+                )
+                samples = parse(Metrics(_Host(db)).exposition().decode())
+                metric = "tether_policy_refusals_total"
+                key = (("resource", "pg"), ("resource_type", "tcp-outlet"))
+                assert samples[(metric, key)] == 2
+                assert [k for k in samples if k[0] == metric] == [(metric, key)]
+                # A relay name is the claimer's choice: counted as "*" until a policy names it.
+                db.add_policy('subject.identifier = "nobody"', resource_type="relay")
+                for claimed in ("a", "b", "c"):
+                    assert policies.check(db, "relay", claimed, "claim", None, peer_named=True)
+                db.add_policy('subject.identifier = "nobody"', resource="c", resource_type="relay")
+                assert policies.check(db, "relay", "c", "claim", None, peer_named=True)
+                samples = parse(Metrics(_Host(db)).exposition().decode())
+                relay = {
+                    dict(labels)["resource"]: value
+                    for (name, labels), value in samples.items()
+                    if name == metric and dict(labels)["resource_type"] == "relay"
+                }
+                assert relay == {"*": 3, "c": 1}
+
+    run(main)
+
+
+def _firehose() -> tuple[int, threading.Event, threading.Thread]:
+    """A target that sends as fast as it can to its one client until it cannot (the window and
+    every buffer on the way are full) or it is told to stop."""
+    server = socket.create_server((HOST, 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        with server:
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(0.2)
+                chunk = b"x" * 65536
+                while not stop.is_set():
+                    try:
+                        conn.sendall(chunk)
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server.getsockname()[1], stop, thread
+
+
+@pytest.mark.usefixtures("data_plane")
+def test_back_pressure_under_a_client_that_does_not_read() -> None:
+    """A client that reads nothing while the target sends: the inlet's socket and queue fill,
+    no credit comes back, and the outlet stops reading the target: a back-pressure event of
+    kind ``session_credit`` at the outlet's node, in the metrics and ``node show`` alike."""
+
+    async def main() -> None:
+        target, stop, thread = _firehose()
+        options = PortalOptions(window=64 * 1024)
+        try:
+            async with (
+                Node("db", identity=ephemeral_identity()) as db,
+                Node("app", identity=ephemeral_identity()) as app,
+            ):
+                port = (await db.listen_tcp(HOST)).port
+                await db.create_tcp_outlet(f"{HOST}:{target}", name="pg", options=options)
+                inlet = await app.create_tcp_inlet(
+                    f"{HOST}:0",
+                    f"/ip4/{HOST}/tcp/{port}/secure/api/service/pg",
+                    name="web",
+                    trust=expect(db),
+                    options=options,
+                )
+                metrics = Metrics(_Host(db))
+                key = ("tether_backpressure_events_total", (("kind", "session_credit"),))
+                assert parse(metrics.exposition().decode())[key] == 0
+                client = socket.create_connection((HOST, inlet.port), timeout=10)
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                try:
+                    await until(
+                        lambda: db.backpressure_events()["session_credit"] >= 1,
+                        30,
+                        "the outlet ran out of credit",
+                    )
+                    samples = parse(metrics.exposition().decode())
+                    assert samples[key] >= 1
+                    assert samples[key] == db.backpressure_events()["session_credit"]
+                finally:
+                    client.close()
+        finally:
+            stop.set()
+            await anyio.to_thread.run_sync(thread.join, 10)
 
     run(main)

@@ -41,6 +41,7 @@ __all__ = [
     "ChannelMessage",
     "Drained",
     "Engine",
+    "EngineStats",
     "Fragment",
     "FrameDecoder",
     "Handshake",
@@ -56,6 +57,7 @@ __all__ = [
     "Refused",
     "SendStatus",
     "SessionClosed",
+    "SessionOpened",
     "Sync",
     "SyncMode",
     "Transport",
@@ -308,6 +310,13 @@ class SessionClosed:
     def received(self) -> int: ...
 
 @final
+class SessionOpened:
+    @property
+    def session(self) -> int: ...
+    @property
+    def seconds(self) -> float: ...
+
+@final
 class Sync:
     @property
     def link(self) -> int | None: ...
@@ -445,6 +454,17 @@ class LinkTimers:
     def check(self, now: float, queued: bool) -> tuple[str | None, bool, float]: ...
 
 @final
+class EngineStats:
+    @property
+    def session_credit(self) -> int: ...
+    @property
+    def session_congested(self) -> int: ...
+    @property
+    def link_congested(self) -> int: ...
+    @property
+    def link_up_limit(self) -> int: ...
+
+@final
 class Engine:
     def __new__(cls, notify: socket.socket) -> Engine: ...
     def add_link(
@@ -477,7 +497,8 @@ class Engine:
     def inject_fault(self, id: int) -> None: ...
     def granted(self, link: int, channel: int) -> bool: ...
     def has_grants(self, link: int) -> bool: ...
-    def forwarded(self, name: bytes) -> int: ...
+    def forwarded(self, name: bytes) -> tuple[int, int]: ...
+    def stats(self) -> EngineStats: ...
     def remove_channel(self, channel: int, reason: str) -> None: ...
     def channel_idle(self, channel: int) -> float | None: ...
     def add_session(
@@ -523,6 +544,7 @@ class Engine:
         | LinkClosed
         | Drained
         | SessionClosed
+        | SessionOpened
         | Sync
         | Refused
         | InletSession

@@ -91,6 +91,23 @@ class NodeCollector(Collector):
         for reason, n in sorted(node.counters.items()):
             refusals.add_metric([reason], n)
         yield refusals
+        by_policy = CounterMetricFamily(
+            "tether_policy_refusals",
+            "Refusals by a policy, by the resource that refused (type and name).",
+            labels=["resource_type", "resource"],
+        )
+        for resource_type, names in node.policy_refusal_counts().items():
+            for resource, n in names.items():
+                by_policy.add_metric([resource_type, resource], n)
+        yield by_policy
+        pressure = CounterMetricFamily(
+            "tether_backpressure_events",
+            "Times back-pressure was applied, by kind (Python tasks and the Rust data plane).",
+            labels=["kind"],
+        )
+        for kind, n in node.backpressure_events().items():
+            pressure.add_metric([kind], n)
+        yield pressure
         expiry = GaugeMetricFamily(
             "tether_credential_expiry_timestamp_seconds",
             "When each credential the node presents expires (Unix time), by its issuer.",
@@ -127,6 +144,12 @@ class NodeCollector(Collector):
             "Bytes written to the portal's TCP side.",
             labels=PORTAL,
         )
+        open_seconds = HistogramMetricFamily(
+            "tether_portal_session_open_seconds",
+            "How long portal sessions took to open (inlet: accepted connection to the outlet's "
+            "answer that its target is connected; outlet: OPEN to the target connected).",
+            labels=PORTAL,
+        )
         portals: list[Outlet | Inlet] = [*node.outlets.values(), *node.inlets.values()]
         for portal in portals:
             info = portal.info()
@@ -137,12 +160,19 @@ class NodeCollector(Collector):
             failed.add_metric(labels, _number(info["failed"]))
             received.add_metric(labels, _number(info["bytes_in"]))
             sent.add_metric(labels, _number(info["bytes_out"]))
-        yield from (open_now, opened, refused, failed, received, sent)
+            latency = portal.open_latency
+            open_seconds.add_metric(labels, latency.buckets(), latency.sum)
+        yield from (open_now, opened, refused, failed, received, sent, open_seconds)
 
     def _relays(self, node: Node) -> Iterator[Metric]:
         forwarded = CounterMetricFamily(
             "tether_relay_forwarded_messages",
             "Messages forwarded to a relay name's claimer.",
+            labels=["name"],
+        )
+        forwarded_bytes = CounterMetricFamily(
+            "tether_relay_forwarded_bytes",
+            "Payload bytes of the messages forwarded to a relay name's claimer.",
             labels=["name"],
         )
         online = GaugeMetricFamily(
@@ -151,8 +181,9 @@ class NodeCollector(Collector):
         for claim in node.relay_service.info() if node.relay_service is not None else []:
             name = str(claim["name"])
             forwarded.add_metric([name], _number(claim["forwarded"]))
+            forwarded_bytes.add_metric([name], _number(claim["forwarded_bytes"]))
             online.add_metric([name], 1 if claim["online"] else 0)
-        yield from (forwarded, online)
+        yield from (forwarded, forwarded_bytes, online)
 
 
 def _number(value: object) -> float:

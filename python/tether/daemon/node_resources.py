@@ -52,6 +52,8 @@ async def get_node(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
             "pending_handshakes": d.node.pending_handshakes,
         },
         "counters": dict(d.node.counters),
+        "policy_refusals": d.node.policy_refusal_counts(),
+        "backpressure": d.node.backpressure_events(),
     }
 
 

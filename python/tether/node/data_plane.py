@@ -88,6 +88,8 @@ class Session(Protocol):
 
     def engine_closed(self, reason: str, sent: int, received: int) -> None: ...
 
+    def engine_opened(self, seconds: float) -> None: ...
+
 
 class Portal(Protocol):
     """An outlet or an inlet: the plane opened a session by itself, through ``channel``."""
@@ -128,6 +130,13 @@ def encoded_header(onward: tuple[Address, ...], return_route: tuple[Address, ...
 def encoded_route(route: tuple[Address, ...]) -> bytes:
     """One encoded route (its count byte, then its addresses), as inside a routed message."""
     return RoutedMessage((), route, b"").encode()[2:-4]
+
+
+BACKPRESSURE = ("session_credit", "session_congested", "link_congested", "link_up_limit")
+"""The kinds of back-pressure a node counts (``docs/metrics.md``, ``tether_backpressure_events``):
+a portal session stopped reading its socket for lack of credit (its peer's window used up) or
+because its channel's link is congested; a link's send queue went over its high-water mark; a
+link stopped being read while too many of its messages waited for Python."""
 
 
 class DataPlane:
@@ -212,9 +221,16 @@ class DataPlane:
         """Forward what reaches ``name`` inside ``channel`` to ``route`` + the rest of its
         onward route, in the plane (a relay's forwarder; ``channel`` None: stop)."""
 
-    def forwarded(self, name: str) -> int:
-        """How many messages the plane forwarded for ``name``."""
-        return 0
+    def forwarded(self, name: str) -> tuple[int, int]:
+        """How many messages the plane forwarded for ``name``, and their payload bytes."""
+        return 0, 0
+
+    # --- counters ----------------------------------------------------------------------
+
+    def backpressure(self) -> dict[str, int]:
+        """How often the plane applied back-pressure, by kind (``BACKPRESSURE``): what it
+        carries itself; the Python driver's tasks count theirs on the node."""
+        return dict.fromkeys(BACKPRESSURE, 0)
 
     # --- portal sessions ---------------------------------------------------------------
 

@@ -9,7 +9,7 @@ time). The counts are a few integers per node, whatever peers send.
 
 from __future__ import annotations
 
-import bisect
+from tether.node.histogram import Histogram
 
 ROLES = ("initiator", "responder")
 OUTCOMES = ("ok", "refused", "failed", "timeout")
@@ -22,22 +22,16 @@ class Handshakes:
 
     def __init__(self) -> None:
         self.outcomes = {(role, outcome): 0 for role in ROLES for outcome in OUTCOMES}
-        self._bucket_counts = {role: [0] * (len(BUCKETS) + 1) for role in ROLES}
-        self._sums = dict.fromkeys(ROLES, 0.0)
+        self._durations = {role: Histogram(BUCKETS) for role in ROLES}
 
     def record(self, role: str, outcome: str, seconds: float = 0.0) -> None:
         """One handshake ended (``seconds``: how long it took, for one that completed)."""
         self.outcomes[(role, outcome)] += 1
         if outcome == "ok":
-            self._bucket_counts[role][bisect.bisect_left(BUCKETS, seconds)] += 1
-            self._sums[role] += seconds
+            self._durations[role].record(seconds)
 
     def histogram(self, role: str) -> tuple[list[tuple[str, float]], float]:
         """The cumulative buckets (``le``, count; ``+Inf`` last) and the sum of the completed
         handshakes' durations."""
-        buckets: list[tuple[str, float]] = []
-        total = 0
-        for bound, n in zip((*BUCKETS, float("inf")), self._bucket_counts[role], strict=True):
-            total += n
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(total)))
-        return buckets, self._sums[role]
+        durations = self._durations[role]
+        return durations.buckets(), durations.sum

@@ -53,7 +53,7 @@ from tether.identity.identity import Identity
 from tether.identity.trust import ChannelIdentity, TrustPolicy
 from tether.node import limits, policies, routing
 from tether.node.channel_end import ChannelEnd
-from tether.node.data_plane import Channel, DataPlane, PythonDataPlane, enabled
+from tether.node.data_plane import BACKPRESSURE, Channel, DataPlane, PythonDataPlane, enabled
 from tether.node.handshakes import Handshakes
 from tether.node.policies import PolicyRule
 from tether.node.reach import Reach
@@ -143,6 +143,11 @@ class BaseNode:
         """Who may reach this node's links and channel encryptors (:mod:`tether.node.reach`)."""
         self.counters: dict[str, int] = {}
         """What the node refused or dropped, by reason (``GET /node`` shows them)."""
+        self.backpressure: dict[str, int] = dict.fromkeys(BACKPRESSURE, 0)
+        """How often the node's own tasks applied back-pressure, by kind (the Rust data plane
+        counts its own: :meth:`~tether.node.data_plane.DataPlane.backpressure`)."""
+        self.policy_refusals: dict[tuple[str, str], int] = {}
+        """Refusals by a policy, by the resource that refused (:func:`policies.check`)."""
         self.handshakes = Handshakes()
         """How its secure-channel handshakes ended (:mod:`tether.node.handshakes`)."""
         self.tcp = TcpTransport(self, tcp_options or TcpOptions())
@@ -451,6 +456,20 @@ class BaseNode:
 
     def count(self, what: str, n: int = 1) -> None:
         self.counters[what] = self.counters.get(what, 0) + n
+
+    def backpressure_events(self) -> dict[str, int]:
+        """How often back-pressure was applied, by kind: by the node's own tasks and by its
+        data plane (read from the engine now)."""
+        plane = self.data_plane.backpressure()
+        return {kind: self.backpressure[kind] + plane.get(kind, 0) for kind in BACKPRESSURE}
+
+    def policy_refusal_counts(self) -> dict[str, dict[str, int]]:
+        """Refusals by a policy, by resource type, then resource name (``*``: a name the peer
+        chose that no policy names)."""
+        out: dict[str, dict[str, int]] = {}
+        for (resource_type, resource), n in sorted(self.policy_refusals.items()):
+            out.setdefault(resource_type, {})[resource] = n
+        return out
 
     async def route_batch(self, msgs: Sequence[RoutedMessage]) -> None:
         """Route messages that share their first hop, in order; over TCP they are queued as one

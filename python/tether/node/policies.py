@@ -114,6 +114,7 @@ class PolicyHolder(TrustContext, Protocol):
 
     policies: dict[str, PolicyRule]
     policy_serial: int
+    policy_refusals: dict[tuple[str, str], int]
 
     @property
     def policy_added(self) -> list[Callable[[PolicyRule], None]]: ...
@@ -183,6 +184,7 @@ def check(
     peer: Peer | None,
     *,
     own: Policy | None = None,
+    peer_named: bool = False,
 ) -> str | None:
     """The decision for ``peer`` (a verified :class:`~tether.identity.trust.Peer`, with the
     attributes of its credentials still valid now; None: a sender that came through no secure
@@ -191,7 +193,12 @@ def check(
     one line naming each policy that refuses and its expression, e.g. ``I… is refused by the
     policy policy2 (every tcp-outlet): subject.role = "db-client"``, followed by why the
     peer's credentials did not give the attributes those policies read
-    (:func:`tether.identity.trust.refusal_notes`: untrusted issuer, expired, revoked, missing)."""
+    (:func:`tether.identity.trust.refusal_notes`: untrusted issuer, expired, revoked, missing).
+
+    Each refusal is counted on the node (``policy_refusals``, by resource type and name: the
+    metric ``tether_policy_refusals_total``). A name the peer chose (``peer_named``: a relay
+    name it claims) is counted as ``*`` unless a policy names it, so that peers cannot add
+    labels: the names counted are the operator's."""
     found = applicable(node, resource_type, name, own)
     if not found:
         return None
@@ -199,6 +206,11 @@ def check(
     refusing = [a for a in found if not a.policy.allows(env)]
     if not refusing:
         return None
+    named = not peer_named or any(
+        r.resource == name for r in node.policies.values() if r.matches(resource_type, name)
+    )
+    key = (resource_type, name if named else "*")
+    node.policy_refusals[key] = node.policy_refusals.get(key, 0) + 1
     who = NO_PEER if peer is None else peer.identifier
     reason = f"{who} is refused by " + ", and by ".join(f"{a.label}: {a.policy}" for a in refusing)
     # Why its credentials did not give what the policies read (tether.identity.trust.refusal_notes).

@@ -16,6 +16,7 @@ refusals); what the engine does not handle reaches Python as events, in order pe
 ``Fragment``          a fragment whose message Python began, for Python to join
 ``LinkClosed``        the link closed (``unsent``: its frames that never left)
 ``Drained``           a congested link drained (senders waiting on it go on)
+``SessionOpened``     a session is open (``seconds`` after it was registered)
 ``SessionClosed``     a session ended (``reason`` empty: an orderly end both ways)
 ``Sync``              every event before this one is delivered: the session may go on
 ``Refused``           a channel refused ``count`` messages (forged, replayed, malformed)
@@ -52,6 +53,7 @@ from tether._core import (
     Refused,
     SendStatus,
     SessionClosed,
+    SessionOpened,
     Sync,
     SyncMode,
 )
@@ -147,6 +149,10 @@ class RustDataPlane(DataPlane):
                     self.engine.session_synced(session)
                 else:
                     conn.engine_event(event)
+            case SessionOpened(session=session, seconds=seconds):
+                opened = self._sessions.get(session)
+                if opened is not None:
+                    opened.engine_opened(seconds)
             case SessionClosed(session=session, reason=reason, sent=sent, received=received):
                 closed = self._sessions.pop(session, None)
                 if closed is not None:
@@ -312,8 +318,24 @@ class RustDataPlane(DataPlane):
         cid = self._channel_ids.get(channel.address) if channel is not None else None
         self.engine.set_forward(name.encode(), cid, [(a.transport, a.value) for a in route])
 
-    def forwarded(self, name: str) -> int:
-        return 0 if self.stopped else int(self.engine.forwarded(name.encode()))
+    def forwarded(self, name: str) -> tuple[int, int]:
+        if self.stopped:
+            return 0, 0
+        messages, size = self.engine.forwarded(name.encode())
+        return int(messages), int(size)
+
+    # --- counters ----------------------------------------------------------------------
+
+    def backpressure(self) -> dict[str, int]:
+        if self.stopped:
+            return super().backpressure()
+        stats = self.engine.stats()
+        return {
+            "session_credit": stats.session_credit,
+            "session_congested": stats.session_congested,
+            "link_congested": stats.link_congested,
+            "link_up_limit": stats.link_up_limit,
+        }
 
     # --- portal sessions -----------------------------------------------------------------
 

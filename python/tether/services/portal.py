@@ -34,6 +34,7 @@ from tether.identity.policy import Policy
 from tether.identity.trust import TrustPolicy, trust_policy
 from tether.node import limits, policies, routing
 from tether.node.data_plane import encoded_route, hand_over
+from tether.node.histogram import Histogram
 from tether.node.node import BaseNode
 from tether.services.session import (
     DATA_PREFIX,
@@ -41,6 +42,7 @@ from tether.services.session import (
     HEAD,
     MAX_DATA,
     MAX_REASON,
+    OPEN_BUCKETS,
     T_CLOSE,
     T_CREDIT,
     T_EOF,
@@ -109,6 +111,14 @@ class _Portal:
         self.bytes_in = 0
         self.bytes_out = 0
         self.created_at = time.time()
+        self.open_latency = Histogram(OPEN_BUCKETS)
+        """How long its sessions took to open (``tether_portal_session_open_seconds``): an
+        inlet's from the accepted connection to the outlet's answer that its target is
+        connected, an outlet's from the OPEN to the target connected."""
+
+    def record_open(self, seconds: float) -> None:
+        """One of its sessions is open, ``seconds`` after its opening began."""
+        self.open_latency.record(seconds)
 
     async def recheck(self) -> None:
         """Re-evaluate the policy for open sessions every ``recheck_interval`` seconds: a peer
@@ -432,6 +442,9 @@ class Outlet(_Portal):
             self.forget(session)
             return
         nodelay(stream)
+        session.opened()
+        # The inlet learns that the session is open (before any byte of the target's).
+        await session._send_or_abort(T_OPEN)
         await session.run(stream)
 
 
@@ -610,6 +623,7 @@ class Inlet(_Portal):
         await turn_away(stream)
 
     async def _accept(self, stream: SocketStream) -> None:
+        accepted = time.monotonic()
         nodelay(stream)
         if len(self.sessions) >= self.options.max_sessions:
             self.refused += 1
@@ -643,9 +657,10 @@ class Inlet(_Portal):
             await self._fail(stream, f"the outlet side: {refusal}", count=False)
             return
         if self.node.data_plane.carries(channel):
-            await self._open_in_engine(stream, address, channel, onward)
+            await self._open_in_engine(stream, address, channel, onward, accepted)
             return
         session = Session(self.node, address, channel, onward, self.options, self)
+        session.opening, session.awaits_open = accepted, True
         expected = channel.address
 
         def deliver(msg: RoutedMessage) -> None:
@@ -668,10 +683,12 @@ class Inlet(_Portal):
         address: str,
         channel: SecureChannel,
         onward: tuple[Address, ...],
+        accepted: float,
     ) -> None:
         """The session in the data plane: the engine sends OPEN and pumps the socket (a
         duplicate of it: Python's copy is closed here)."""
         session = EngineSession(self.node, address, channel, onward, self.options, self)
+        session.opening, session.awaits_open = accepted, True
         session.key = address
         self.sessions[address] = session
         try:

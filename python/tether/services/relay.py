@@ -82,6 +82,9 @@ class Claim:
     channel: str
     claimed_at: float = field(default_factory=time.time)
     forwarded: int = 0
+    forwarded_bytes: int = 0
+    """The payload bytes of the messages forwarded (as they reached the forwarder: for a
+    message of a secure channel, its ciphertext; no routes or framing)."""
 
     def info(self) -> dict[str, object]:
         return {
@@ -89,6 +92,7 @@ class Claim:
             "owner": self.owner,
             "channel": self.channel,
             "forwarded": self.forwarded,
+            "forwarded_bytes": self.forwarded_bytes,
             "claimed_at": int(self.claimed_at),
         }
 
@@ -167,7 +171,9 @@ class RelayService:
         me = channel.peer.identifier
         if policies.applicable(self.node, "relay", name):
             # Every policy for relay names and for this one must allow (tether.node.policies.check).
-            refusal = policies.check(self.node, "relay", name, "claim", channel.peer)
+            refusal = policies.check(
+                self.node, "relay", name, "claim", channel.peer, peer_named=True
+            )
             if refusal is not None:
                 return f"claiming the relay name {name!r}: {refusal}"
         elif not has_valid_credential(channel.peer, self.node):
@@ -249,6 +255,7 @@ class RelayService:
                 )
                 return
             claim.forwarded += 1
+            claim.forwarded_bytes += len(msg.payload)
             # The claimer's replies go back where this came from (and only there).
             self.node.reach.grant(ctx.origin, Origin.channel(claim.channel))
             await self.node.route(
@@ -264,7 +271,9 @@ class RelayService:
             channel = self.node.channels.get(claim.channel)
             info = claim.info()
             # What the worker forwarded, and what the data plane forwarded itself.
-            info["forwarded"] = claim.forwarded + data_plane.forwarded(FORWARD_PREFIX + claim.name)
+            messages, size = data_plane.forwarded(FORWARD_PREFIX + claim.name)
+            info["forwarded"] = claim.forwarded + messages
+            info["forwarded_bytes"] = claim.forwarded_bytes + size
             online = channel is not None and not channel.closed.is_set()
             policy = policies.effective(
                 self.node,

@@ -6,7 +6,9 @@ The session protocol (the payload of each message, inside the secure channel) is
 and a body:
 
 ========  ======================================================================================
-OPEN      the inlet opens a session (the outlet connects to its target)
+OPEN      the inlet opens a session (the outlet connects to its target); the outlet sends it back
+          once its target is connected (the session is open: the inlet times it, and ignores
+          it otherwise)
 DATA      bytes of the stream, at most :data:`MAX_DATA` per message
 EOF       the sender's side shut its write half (half-close): the receiver shuts its own write
           side once everything before it is written
@@ -76,6 +78,13 @@ ENDED_MEMORY: int = PORTAL_ENDED_MEMORY
 quietly instead of answered with a second CLOSE."""
 HEAD = {t: bytes((KIND_DATA, t)) for t in (T_OPEN, T_DATA, T_EOF, T_CLOSE, T_CREDIT)}
 DATA_PREFIX = bytes((KIND_DATA,))
+_OPEN_TYPE = bytes((T_OPEN,))
+OPEN_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+)  # fmt: skip
+"""Upper bounds, in seconds, of a portal's session-open latency histogram (``docs/metrics.md``:
+``tether_portal_session_open_seconds``)."""
 
 
 class PortalError(TetherError):
@@ -137,11 +146,21 @@ class _SessionBase:
         self.owner = owner
         self.key: Any = None  # the owner's key for it (the return route, or the address)
         self.started = time.monotonic()
+        self.opening = self.started
+        """When its opening began: an inlet's accepted connection, an outlet's OPEN."""
+        self.awaits_open = False
+        """An inlet's session until the outlet answers OPEN (its target connected)."""
         self.close_reason = ""
 
     def _counts(self) -> tuple[int, int]:
         """Bytes (sent, received)."""
         raise NotImplementedError
+
+    def opened(self) -> None:
+        """The session is open (an inlet's: the outlet answered OPEN; an outlet's: the target
+        is connected): its owner's open-latency histogram records how long that took."""
+        self.awaits_open = False
+        self.owner.record_open(time.monotonic() - self.opening)
 
     def info(self) -> dict[str, object]:
         sent, received = self._counts()
@@ -201,6 +220,9 @@ class Session(_SessionBase):
         if self._closed:
             return
         payload = msg.payload
+        if self.awaits_open and payload[1:2] == _OPEN_TYPE and payload[:1] == DATA_PREFIX:
+            self.opened()  # the outlet's answer: its target is connected
+            return
         is_data, actions = self.rules.on_peer(payload)
         if is_data:
             body = memoryview(payload)[2:]  # no copy of the data
@@ -308,11 +330,15 @@ class Session(_SessionBase):
         """Our socket → the peer, within the allowance the rules give."""
         assert self.stream is not None
         while True:
-            while (allowed := self.rules.read_allowance()) == 0:
+            if (allowed := self.rules.read_allowance()) == 0 and not self.rules.closed:
+                # No credit: the peer's window is used up; the reader waits (back-pressure).
+                self.node.backpressure["session_credit"] += 1
+            while allowed == 0:
                 if self.rules.closed:
                     return
                 self._wake_reader = anyio.Event()
                 await self._wake_reader.wait()
+                allowed = self.rules.read_allowance()
             try:
                 data = await self.stream.receive(allowed)
             except anyio.EndOfStream:
@@ -402,6 +428,7 @@ class EngineSession(_SessionBase):
     ) -> None:
         super().__init__(node, address, channel, peer_route, options, owner)
         self.id: int | None = None
+        self.registered: float | None = None  # when Python handed it to the engine
         self._sent = 0
         self._received = 0
         self._closed = False
@@ -419,6 +446,7 @@ class EngineSession(_SessionBase):
         """Hand the session to the engine (``sock``, if given, becomes the engine's: see
         :func:`tether.node.data_plane.hand_over`)."""
         header = encoded_header(self.peer_route[1:], (Address.local(self.address),))
+        self.registered = time.monotonic()
         self.id = self.node.data_plane.add_session(
             self,
             self.channel,
@@ -468,6 +496,15 @@ class EngineSession(_SessionBase):
             self.node.data_plane.close_session(self.id, reason, notify)
         # Recorded now (the engine's report of the end comes later and is then ignored).
         self.engine_closed(reason, sent, received)
+
+    def engine_opened(self, seconds: float) -> None:
+        """The engine says the session is open, ``seconds`` after it was registered there (a
+        session the engine opened by itself was registered when its opening began)."""
+        if self._closed:
+            return
+        before = 0.0 if self.registered is None else max(0.0, self.registered - self.opening)
+        self.awaits_open = False
+        self.owner.record_open(before + seconds)
 
     def engine_closed(self, reason: str, sent: int, received: int) -> None:
         """The engine ended the session (``reason`` empty: both directions ended in order)."""

@@ -2,9 +2,9 @@
 //! takes the state's lock, does its work, settles what it deferred, and wakes the thread.
 
 use super::{
-    lock, reset, run, spare_descriptor, token, Channel, Engine, Event, Forward, Inlet, Link,
-    LinkOptions, Outlet, OwnedRoute, SendStatus, SessionSpec, Shared, SharedCipher, State,
-    HIGH_WATER, READ_SIZE, UP_LIMIT, UP_TOTAL_LIMIT, WAKER,
+    lock, reset, run, spare_descriptor, token, Backpressure, Channel, Engine, Event, Forward,
+    Inlet, Link, LinkOptions, Outlet, OwnedRoute, SendStatus, SessionSpec, Shared, SharedCipher,
+    State, Stats, HIGH_WATER, READ_SIZE, UP_LIMIT, UP_TOTAL_LIMIT, WAKER,
 };
 use crate::frame::FrameDecoder;
 use crate::link::LinkTimers;
@@ -55,6 +55,7 @@ impl Engine {
             stopping: false,
             fault: None,
             spare: spare_descriptor(),
+            pressure: Backpressure::default(),
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -138,9 +139,13 @@ impl Engine {
             Some(l) if l.failed.is_some() => SendStatus::Closed,
             Some(_) => {
                 st.link_send(link, data);
+                let st = &mut *st;
                 match st.links.get_mut(&link) {
                     Some(l) if l.failed.is_none() => {
                         if l.out_bytes > HIGH_WATER {
+                            if !l.congested {
+                                st.pressure.link_congested += 1;
+                            }
                             l.congested = true;
                             SendStatus::Congested
                         } else {
@@ -455,13 +460,17 @@ impl Engine {
         let mut st = self.state();
         match forward {
             Some((channel, route)) => {
-                let forwarded = st.forwards.get(&name).map_or(0, |f| f.forwarded);
+                let (forwarded, forwarded_bytes) = st
+                    .forwards
+                    .get(&name)
+                    .map_or((0, 0), |f| (f.forwarded, f.forwarded_bytes));
                 st.forwards.insert(
                     name,
                     Forward {
                         channel,
                         route,
                         forwarded,
+                        forwarded_bytes,
                     },
                 );
             }
@@ -500,9 +509,19 @@ impl Engine {
         self.wake();
     }
 
-    /// Messages forwarded at `name` by the engine.
-    pub fn forwarded(&self, name: &[u8]) -> u64 {
-        self.state().forwards.get(name).map_or(0, |f| f.forwarded)
+    /// `(messages, payload bytes)` forwarded at `name` by the engine.
+    pub fn forwarded(&self, name: &[u8]) -> (u64, u64) {
+        self.state()
+            .forwards
+            .get(name)
+            .map_or((0, 0), |f| (f.forwarded, f.forwarded_bytes))
+    }
+
+    /// The engine's counters (back-pressure applied, by kind).
+    pub fn stats(&self) -> Stats {
+        Stats {
+            backpressure: self.state().pressure,
+        }
     }
 
     pub fn take_events(&self) -> Vec<Event> {

@@ -133,6 +133,7 @@ impl State {
             }
             if l.up >= UP_LIMIT || self.up_total >= UP_TOTAL_LIMIT {
                 if !l.read_blocked {
+                    self.pressure.link_up_limit += 1;
                     l.read_blocked = true;
                     l.timers.delivering(true, self.epoch.elapsed());
                     self.blocked.push(id);
@@ -226,6 +227,7 @@ impl State {
                     if self.seal_forward(link, cid, &prefix, &m) {
                         if let Some(f) = self.forwards.get_mut(a.value) {
                             f.forwarded += 1;
+                            f.forwarded_bytes += m.payload.len() as u64;
                         }
                         self.grant(link, cid);
                         return Ok(());

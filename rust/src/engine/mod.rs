@@ -164,6 +164,10 @@ pub enum Event {
     /// An inlet accepted a connection it cannot open by itself (no current binding): the
     /// socket is Python's now.
     InletAccepted { inlet: u64, fd: OwnedFd },
+    /// A session is open: on the inlet side the outlet answered OPEN (its target connected),
+    /// on the outlet side the target connected; `seconds` since the session was registered
+    /// (for the portals' open-latency histograms, `docs/metrics.md`).
+    SessionOpened { session: u64, seconds: f64 },
     /// An outlet opened a session for an authorized channel; `return_route` is the inlet
     /// session's (encoded, as inside a routed message).
     OutletSession {
@@ -261,6 +265,8 @@ struct Forward {
     channel: u64,
     route: OwnedRoute,
     forwarded: u64,
+    /// The payload bytes of the messages forwarded (`docs/metrics.md`).
+    forwarded_bytes: u64,
 }
 
 struct Channel {
@@ -327,6 +333,10 @@ struct Session {
     key: Key,
     /// The session's rules: flow control, half-close, its end (`crate::portal::Session`).
     flow: Flow,
+    /// When it was registered, until it is open ([`Event::SessionOpened`]).
+    opening: Option<Instant>,
+    /// The inlet side (it sent OPEN): the outlet's OPEN in answer says the session is open.
+    inlet_side: bool,
     /// Messages that arrived before Python delivered what it held (see [`Event::Sync`]).
     held: Vec<Vec<u8>>,
     held_bytes: usize,
@@ -370,6 +380,31 @@ struct State {
     /// A descriptor held in reserve: when the process has none left, an inlet closes it to
     /// accept (and refuse) one connection rather than leave it waiting.
     spare: Option<std::fs::File>,
+    /// How often back-pressure was applied, by kind (read at scrape time: [`Engine::stats`]).
+    pressure: Backpressure,
+}
+
+/// The times the engine applied back-pressure, each counted when it began (a wait that goes
+/// on is not counted again).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backpressure {
+    /// A portal session stopped reading its socket: its peer's flow-control window was used up
+    /// (no credit).
+    pub session_credit: u64,
+    /// A portal session stopped reading its socket: its channel's link had more than
+    /// [`HIGH_WATER`] bytes queued.
+    pub session_congested: u64,
+    /// A link's send queue went over [`HIGH_WATER`] (Python's sends are told to wait).
+    pub link_congested: u64,
+    /// A link stopped being read: its messages waiting for Python reached [`UP_LIMIT`] (or all
+    /// links' reached [`UP_TOTAL_LIMIT`]).
+    pub link_up_limit: u64,
+}
+
+/// The engine's counters, for a node's metrics (one call per scrape).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub backpressure: Backpressure,
 }
 
 struct Shared {

@@ -4,8 +4,8 @@
 
 use super::{reset, token, why, Event, Session, SessionSpec, State, SyncMode, HIGH_WATER};
 use crate::portal::{
-    Action, Control, Session as Flow, ENDED_MEMORY, KIND_DATA, T_CLOSE, T_CREDIT, T_DATA, T_EOF,
-    T_OPEN,
+    Action, Control, Session as Flow, ENDED_MEMORY, KIND_DATA, KIND_ERROR, T_CLOSE, T_CREDIT,
+    T_DATA, T_EOF, T_OPEN,
 };
 use mio::net::TcpStream;
 use mio::Interest;
@@ -62,6 +62,11 @@ impl State {
                 connecting: sock
                     .is_none()
                     .then(|| Instant::now() + spec.connect_timeout),
+                // Open when the outlet answers OPEN (inlet side) or the target is connected
+                // (outlet side): a session registered with a socket and no OPEN to send has
+                // nothing to wait for.
+                opening: (spec.open || sock.is_none()).then(Instant::now),
+                inlet_side: spec.open,
                 sock,
                 connect_prefix: spec.connect_prefix,
                 header: spec.header,
@@ -166,13 +171,20 @@ impl State {
             if s.connecting.is_some() || s.sock.is_none() {
                 break;
             }
+            let waited = s.flow.wants_read();
             let allowed = s.flow.read_allowance().min(rbuf.len());
             if allowed == 0 {
+                if !waited && s.flow.wants_read() {
+                    self.pressure.session_credit += 1; // the peer's window is used up
+                }
                 break;
             }
             if self.session_link_congested(sid) {
                 if let Some(s) = self.sessions.get_mut(&sid) {
                     s.flow.wait_read();
+                    if !waited {
+                        self.pressure.session_congested += 1; // the way on is congested
+                    }
                 }
                 break;
             }
@@ -218,7 +230,21 @@ impl State {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
+        if s.inlet_side && payload.get(1) == Some(&T_OPEN) && payload.first() != Some(&KIND_ERROR) {
+            // The outlet's answer: its target is connected (once; a repeat changes nothing).
+            if let Some(since) = s.opening.take() {
+                let seconds = since.elapsed().as_secs_f64();
+                self.push(Event::SessionOpened {
+                    session: sid,
+                    seconds,
+                });
+            }
+            return;
+        }
         let mut out = std::mem::take(&mut self.actions);
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         let Some(body) = s.flow.on_peer(payload, &mut out) else {
             self.apply(sid, &mut out, true);
             self.actions = out;
@@ -266,7 +292,11 @@ impl State {
                 Ok(_) => {
                     s.connecting = None;
                     let _ = sock.set_nodelay(true);
+                    let since = s.opening.take();
                     self.retry_sessions.push(sid);
+                    if let Some(since) = since {
+                        self.session_opened(sid, since);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
                 Err(e) => {
@@ -297,6 +327,24 @@ impl State {
         }
         s.flow.flushed(&mut out);
         self.apply(sid, &mut out, false);
+    }
+
+    /// The outlet side's target is connected: the inlet is told (OPEN in answer, before any
+    /// DATA from the target) and Python learns how long it took.
+    fn session_opened(&mut self, sid: u64, since: Instant) {
+        if let Err(e) = self.send_portal(sid, T_OPEN, &[]) {
+            self.finish(
+                sid,
+                &format!("could not send to the peer: {e}"),
+                true,
+                false,
+            );
+            return;
+        }
+        self.push(Event::SessionOpened {
+            session: sid,
+            seconds: since.elapsed().as_secs_f64(),
+        });
     }
 
     pub(super) fn connect(&mut self, sid: u64, addr: SocketAddr) {

@@ -65,7 +65,10 @@ impl State {
         // bytes of a connection that is opening.
         let lazy = matches!(
             ev,
-            Event::InletSession { .. } | Event::OutletSession { .. } | Event::SessionClosed { .. }
+            Event::InletSession { .. }
+                | Event::OutletSession { .. }
+                | Event::SessionOpened { .. }
+                | Event::SessionClosed { .. }
         );
         self.events.push_back(ev);
         if !lazy {

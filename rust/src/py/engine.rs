@@ -47,6 +47,20 @@ fn io(e: &std::io::Error) -> Error {
     Error::State(format!("the data plane could not take the socket: {e}"))
 }
 
+/// The engine's counters: how often it applied back-pressure, by kind, each counted when the
+/// wait began (`crate::engine::Backpressure`).
+#[pyclass(module = "tether._core", frozen, get_all)]
+pub(crate) struct EngineStats {
+    /// A session stopped reading its socket: no credit (its peer's window is used up).
+    session_credit: u64,
+    /// A session stopped reading its socket: its channel's link is over its high-water mark.
+    session_congested: u64,
+    /// A link's send queue went over its high-water mark.
+    link_congested: u64,
+    /// A link stopped being read: too many of its messages wait for Python.
+    link_up_limit: u64,
+}
+
 /// The data plane of one node: an I/O thread owning its links and portal sessions.
 #[pyclass(module = "tether._core", name = "Engine", frozen)]
 pub(crate) struct PyEngine {
@@ -164,9 +178,20 @@ impl PyEngine {
         self.inner.inject_fault(id);
     }
 
-    /// Messages the engine forwarded at `name`.
-    fn forwarded(&self, name: &[u8]) -> u64 {
+    /// `(messages, payload bytes)` the engine forwarded at `name`.
+    fn forwarded(&self, name: &[u8]) -> (u64, u64) {
         self.inner.forwarded(name)
+    }
+
+    /// The engine's counters (back-pressure applied, by kind), for a node's metrics.
+    fn stats(&self) -> EngineStats {
+        let b = self.inner.stats().backpressure;
+        EngineStats {
+            session_credit: b.session_credit,
+            session_congested: b.session_congested,
+            link_congested: b.link_congested,
+            link_up_limit: b.link_up_limit,
+        }
     }
 
     fn remove_channel(&self, py: Python<'_>, channel: u64, reason: &str) {
@@ -325,5 +350,6 @@ impl PyEngine {
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
+    m.add_class::<EngineStats>()?;
     Ok(())
 }

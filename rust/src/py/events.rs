@@ -113,6 +113,14 @@ pub(crate) struct SessionClosed {
     received: u64,
 }
 
+/// Session `session` is open (inlet side: the outlet answered OPEN, its target connected;
+/// outlet side: the target connected), `seconds` after it was registered.
+#[pyclass(module = "tether._core", frozen, get_all)]
+pub(crate) struct SessionOpened {
+    session: u64,
+    seconds: f64,
+}
+
 /// Every event before this one that could concern `session` was handed out: Python answers
 /// `Engine.session_synced` once it delivered them.
 #[pyclass(module = "tether._core", frozen, get_all)]
@@ -241,6 +249,9 @@ pub(crate) fn event_to_py(py: Python<'_>, ev: Event) -> PyResult<Py<PyAny>> {
             },
         )?
         .into_any(),
+        Event::SessionOpened { session, seconds } => {
+            Py::new(py, SessionOpened { session, seconds })?.into_any()
+        }
         Event::Sync { link, session } => Py::new(py, Sync { link, session })?.into_any(),
         Event::Refused {
             channel,
@@ -314,6 +325,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<LinkClosed>()?;
     m.add_class::<Drained>()?;
     m.add_class::<SessionClosed>()?;
+    m.add_class::<SessionOpened>()?;
     m.add_class::<Sync>()?;
     m.add_class::<Refused>()?;
     m.add_class::<InletSession>()?;

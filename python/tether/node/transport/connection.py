@@ -58,6 +58,9 @@ class LinkHost(Protocol):
     def counters(self) -> dict[str, int]: ...
 
     @property
+    def backpressure(self) -> dict[str, int]: ...
+
+    @property
     def data_plane(self) -> DataPlane: ...
 
     def count(self, what: str, n: int = 1) -> None: ...
@@ -280,7 +283,12 @@ class Connection:
             return
         self._pending += 1  # counted until the writer has written it: no direct send meanwhile
         try:
-            await self._send.send(framed)
+            try:
+                self._send.send_nowait(framed)
+            except anyio.WouldBlock:
+                # The link's queue is full: this sender waits (back-pressure, counted).
+                self.node.backpressure["link_congested"] += 1
+                await self._send.send(framed)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             self._pending -= 1
             raise self._closed_error() from None

@@ -67,6 +67,9 @@ class TransportHost(Protocol):
     def counters(self) -> dict[str, int]: ...
 
     @property
+    def backpressure(self) -> dict[str, int]: ...
+
+    @property
     def data_plane(self) -> DataPlane: ...
 
     @property
