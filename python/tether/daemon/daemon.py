@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import SocketStream, TaskGroup
+from anyio.abc import TaskGroup
 
 from tether.api import Node
 from tether.core.errors import NotFoundError, TetherError
 from tether.daemon import saved_nodes
-from tether.daemon.control import ApiError, Router, serve_connection
+from tether.daemon.control import ApiError, ControlServer, Router
 from tether.daemon.metrics import Metrics
 from tether.daemon.restore import Restorer
 from tether.daemon.saved_nodes import NodeConfig
@@ -189,11 +189,9 @@ class Daemon:
                 if metrics_listener is not None:
                     tg.start_soon(self._serve_metrics, metrics_listener, tg)
 
-                async def handle(stream: SocketStream) -> None:
-                    await serve_connection(self, self.api, stream)
-
                 # (out of descriptors, a control request is refused, never the daemon ended)
-                tg.start_soon(limits.serve, listener, handle, tg, lambda: None)
+                control = ControlServer(self, self.api)
+                tg.start_soon(limits.serve, listener, control.serve_connection, tg, lambda: None)
                 await self.stop.wait()
                 tg.cancel_scope.cancel()
             node.task_group.cancel_scope.cancel()
@@ -218,11 +216,9 @@ class Daemon:
         only: Router[Daemon] = Router()
         only.add("GET", "/metrics")(self.api.match("GET", "/metrics")[0])
 
-        async def handle(stream: SocketStream) -> None:
-            await serve_connection(self, only, stream)
-
+        metrics = ControlServer(self, only)
         async with listener:
-            await limits.serve(listener, handle, tg, lambda: None)
+            await limits.serve(listener, metrics.serve_connection, tg, lambda: None)
 
     async def start_authority(self, spec: dict[str, Any]) -> Authority:
         if not self.config.identity:
