@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from tether.cli import apply, apply_file
 from tether.cli.common import add_trust_arguments, check_route, duration, seconds, trust_body
 from tether.cli.control_client import call
+from tether.cli.node_process import spawn, stop_one, tail
 from tether.cli.parser import Context, Renamed, add_command, add_group, rename
 from tether.core.errors import (
     AlreadyExistsError,
@@ -28,63 +25,9 @@ from tether.daemon.main import main as run_daemon
 from tether.daemon.saved_nodes import NodeConfig
 from tether.store.local import default_home
 
-START_TIMEOUT = 20.0
-STOP_TIMEOUT = 10.0
-
 
 def _home(ctx: Context) -> Path:
     return ctx.home or default_home()
-
-
-def _spawn(ctx: Context, name: str) -> dict[str, Any]:
-    """Start the node's daemon in the background and wait until its control API answers."""
-    home = _home(ctx)
-    if saved_nodes.read_runtime(home, name) is not None:
-        raise AlreadyExistsError(f"node {name!r} is already running")
-    saved_nodes.ensure_dir(home, name)
-    log_path = saved_nodes.log_file(home, name)
-    out_path = saved_nodes.output_file(home, name)
-    fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
-            [
-                sys.executable,
-                "-m",
-                "tether.daemon",
-                "--home",
-                str(home),
-                "--log-file",
-                str(log_path),
-                name,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=fd,
-            stderr=fd,
-            start_new_session=True,
-            close_fds=True,
-        )
-    finally:
-        os.close(fd)
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        info = saved_nodes.read_runtime(home, name)
-        if info is not None:
-            with contextlib.suppress(StoreError):
-                return dict(call(saved_nodes.api_socket(home, name), "GET", "/node", timeout=5))
-        if proc.poll() is not None:
-            tail = "\n".join(t for t in (_tail(log_path, 5), _tail(out_path, 10)) if t)
-            raise StoreError(f"node {name!r} failed to start (exit {proc.returncode}):\n{tail}")
-        time.sleep(0.05)
-    raise StoreError(
-        f"node {name!r} did not come up within {START_TIMEOUT:g} s; see `tether node logs {name}`"
-    )
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def _summary(info: dict[str, Any]) -> str:
@@ -131,7 +74,7 @@ def _create(ctx: Context) -> int:
         ctx.close()
         return run_daemon(["--home", str(_home(ctx)), a.name])
     try:
-        info = _spawn(ctx, a.name)
+        info = spawn(_home(ctx), a.name)
         busy = [w for w in info.get("waiting") or [] if w["resource"] == "listener"]
         if busy:  # the listener asked for cannot be had: no node, one line
             raise InvalidArgumentError(
@@ -139,7 +82,7 @@ def _create(ctx: Context) -> int:
                 "--tcp-listener (port 0 picks a free one)"
             )
     except TetherError:
-        _stop_one(_home(ctx), a.name)
+        stop_one(_home(ctx), a.name)
         saved_nodes.delete_config(reg.store, a.name)
         shutil.rmtree(saved_nodes.node_dir(_home(ctx), a.name), ignore_errors=True)
         if made_identity:
@@ -150,9 +93,22 @@ def _create(ctx: Context) -> int:
 
 
 def _run(ctx: Context) -> int:
-    """Run a created node in this process, in the foreground (for systemd and containers)."""
+    """Run a created node in this process, in the foreground (for systemd and containers);
+    with ``--config FILE``, the node's part of an apply file (``docs/apply.md``), applied when
+    it is up and again at each SIGHUP (a node the store has not seen yet is created from it)."""
     a = ctx.args
     home = _home(ctx)
+    reload = None
+    if a.config:
+        path = Path(a.config)
+        spec = apply_file.load(path)  # a mistake in the file stops it here, with its line
+        if a.name not in spec.nodes:
+            raise InvalidArgumentError(
+                f"{a.config} declares no node {a.name!r} (it declares: "
+                f"{', '.join(spec.nodes)}); name one of them, or add it to the file"
+            )
+        apply.create_config(home, ctx.registry(), spec, a.name)
+        reload = partial(apply.converge_node, home, path.absolute(), a.name)
     saved_nodes.load_config(ctx.registry().store, a.name)
     running = saved_nodes.read_runtime(home, a.name)
     if running is not None:
@@ -167,7 +123,8 @@ def _run(ctx: Context) -> int:
             *("--home", str(home), "--log-format", a.log_format, "--drain", repr(a.drain)),
             *metrics,
             a.name,
-        ]
+        ],
+        reload=reload,
     )
 
 
@@ -224,28 +181,10 @@ def _show(ctx: Context) -> int:
     return 0
 
 
-def _stop_one(home: Path, name: str) -> bool:
-    info = saved_nodes.read_runtime(home, name)
-    if info is None:
-        return False
-    pid = int(info["pid"])
-    with contextlib.suppress(TetherError):
-        call(saved_nodes.api_socket(home, name), "POST", "/shutdown", timeout=5)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while saved_nodes.pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if saved_nodes.pid_alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(OSError):
-        saved_nodes.runtime_file(home, name).unlink()
-    return True
-
-
 def _stop(ctx: Context) -> int:
     home = _home(ctx)
     saved_nodes.load_config(ctx.registry().store, ctx.args.name)
-    was = _stop_one(home, ctx.args.name)
+    was = stop_one(home, ctx.args.name)
     ctx.emit(
         f"node {ctx.args.name} {'stopped' if was else 'was not running'}",
         {"name": ctx.args.name, "stopped": was},
@@ -255,7 +194,7 @@ def _stop(ctx: Context) -> int:
 
 def _start(ctx: Context) -> int:
     saved_nodes.load_config(ctx.registry().store, ctx.args.name)
-    info = _spawn(ctx, ctx.args.name)
+    info = spawn(_home(ctx), ctx.args.name)
     ctx.emit(_summary(info), info)
     return 0
 
@@ -270,7 +209,7 @@ def _delete(ctx: Context) -> int:
     else:
         raise InvalidArgumentError("name a node, or use --all")
     for name in names:
-        _stop_one(home, name)
+        stop_one(home, name)
         saved_nodes.delete_config(store, name)
         shutil.rmtree(saved_nodes.node_dir(home, name), ignore_errors=True)
     ctx.emit("\n".join(f"deleted node {n}" for n in names) or "no nodes", {"deleted": names})
@@ -280,8 +219,8 @@ def _delete(ctx: Context) -> int:
 def _logs(ctx: Context) -> int:
     home = _home(ctx)
     saved_nodes.load_config(ctx.registry().store, ctx.args.name)
-    text = _tail(saved_nodes.log_file(home, ctx.args.name), ctx.args.lines)
-    output = _tail(saved_nodes.output_file(home, ctx.args.name), ctx.args.lines)
+    text = tail(saved_nodes.log_file(home, ctx.args.name), ctx.args.lines)
+    output = tail(saved_nodes.output_file(home, ctx.args.name), ctx.args.lines)
     if output:  # what the process wrote outside its log (a crash, say) comes last
         text = f"{text}\n--- output of the process outside its log:\n{output}".lstrip("\n")
     ctx.emit(text, {"name": ctx.args.name, "log": text.splitlines()})
@@ -350,8 +289,8 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         sub,
         "run",
         "run a created node in the foreground (systemd, containers): logs to standard error; "
-        "SIGTERM drains, SIGINT stops; exit status 0 stopped on request, 1 failed, 3 stopped "
-        "after the drain period cut sessions",
+        "SIGTERM drains, SIGINT stops, SIGHUP re-reads --config; exit status 0 stopped on "
+        "request, 1 failed, 3 stopped after the drain period cut sessions",
         "tether node run db --drain 30s --log-format json",
         _run,
     )
@@ -375,6 +314,12 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics too (always on the control "
         "socket: GET /metrics)",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the node's apply file (docs/apply.md): applied when the node is up, and again "
+        "at each SIGHUP (systemd: ExecReload=kill -HUP $MAINPID)",
     )
     add_command(sub, "list", "list nodes and whether they run", "tether node list --json", _list)
     for name, help_text, handler in (

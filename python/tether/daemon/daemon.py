@@ -1,9 +1,11 @@
 """A node running as a daemon: its listeners and services from the stored configuration, its
 control API (``tether.daemon.control``; the resources are :mod:`tether.daemon.node_resources`'
 and :mod:`tether.daemon.authority_resources`'), its runtime file, and a clean stop on
-SIGTERM/SIGINT or ``POST /shutdown``. With a drain period (``tether node run --drain``), SIGTERM
-first drains: no new link or portal session, the open sessions finish (for up to the period),
-then the node stops; a second SIGTERM, or SIGINT, stops it at once.
+SIGTERM/SIGINT or ``POST /shutdown``. SIGHUP re-reads the node's file when it runs with one
+(``tether node run NAME --config FILE``: :attr:`Daemon.reload`). With a drain period
+(``tether node run --drain``), SIGTERM first drains: no new link or portal session, the open
+sessions finish (for up to the period), then the node stops; a second SIGTERM, or SIGINT,
+stops it at once.
 
 Started by ``tether node create|start`` as ``python -m tether.daemon --home HOME NAME``
 (:mod:`tether.daemon.main`).
@@ -17,6 +19,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +86,13 @@ class Daemon:
         self.metrics = Metrics(self)
         self.metrics_address: tuple[str, int] | None = None
         """Where to serve ``GET /metrics`` over TCP too (``--metrics HOST:PORT``)."""
+        self.reload: Callable[[], str] | None = None
+        """Converges the node to its file (``node run --config``), in a worker thread through
+        the control API: once when the node is up (before it says READY), and at each SIGHUP.
+        Returns what it changed, in a line for the log."""
+        self.reloads = 0
+        """Reloads that completed (a failed one is logged, and the node goes on as it was)."""
+        self._reloading = anyio.Lock()
 
     def _restored(self) -> None:
         """A saved resource started late, or stopped waiting: the runtime file follows."""
@@ -177,7 +187,8 @@ class Daemon:
             os.chmod(sock, 0o600)
             self.write_runtime()
             self.running = True
-            notify(f"READY=1\nMAINPID={os.getpid()}")
+            if self.reload is None:
+                notify(f"READY=1\nMAINPID={os.getpid()}")
             log.info(
                 "node %s up (pid %d), listeners %s",
                 cfg.name,
@@ -186,6 +197,8 @@ class Daemon:
             )
             async with listener, anyio.create_task_group() as tg:
                 tg.start_soon(self._signals, tg)
+                if self.reload is not None:
+                    tg.start_soon(self._first_reload)
                 if metrics_listener is not None:
                     tg.start_soon(self._serve_metrics, metrics_listener, tg)
 
@@ -233,9 +246,37 @@ class Daemon:
             admin_policy=spec.get("admin_policy") or DEFAULT_ADMIN_POLICY,
         )
 
+    async def _first_reload(self) -> None:
+        await self._reload("start")
+        notify(f"READY=1\nMAINPID={os.getpid()}")
+
+    async def _reload(self, why: str) -> None:
+        """Converge to the node's file (see :attr:`reload`); one reload at a time."""
+        assert self.reload is not None
+        async with self._reloading:
+            try:
+                changed = await anyio.to_thread.run_sync(self.reload)
+            except TetherError as e:
+                log.error("node %s: %s: the file was not applied: %s", self.config.name, why, e)
+                return
+            self.reloads += 1
+            log.info("node %s: %s: applied its file: %s", self.config.name, why, changed)
+
     async def _signals(self, tg: TaskGroup) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for sig in signals:
+                if sig == signal.SIGHUP:
+                    if self.reload is None:
+                        log.warning(
+                            "node %s: SIGHUP: no file to re-read (run it with `tether node run "
+                            "%s --config FILE`); nothing changed",
+                            self.config.name,
+                            self.config.name,
+                        )
+                    else:
+                        notify("RELOADING=1")
+                        tg.start_soon(self._hup)
+                    continue
                 if sig == signal.SIGTERM and self.drain > 0 and not self.draining:
                     self.draining = True
                     tg.start_soon(self._drain)
@@ -244,6 +285,10 @@ class Daemon:
                 notify("STOPPING=1")
                 self.stop.set()
                 return
+
+    async def _hup(self) -> None:
+        await self._reload("SIGHUP")
+        notify("READY=1")
 
     async def _drain(self) -> None:
         """Open nothing new; stop once the open portal sessions have finished, or when the

@@ -4,7 +4,8 @@ the control API's resources (:mod:`tether.daemon.node_resources`,
 
 Exit status: 0 stopped on request (a signal, ``POST /shutdown``) with every portal session
 finished; 1 could not start, or failed; 2 usage; 3 stopped on request after the drain period
-ran out, closing portal sessions still open."""
+ran out, closing portal sessions still open. SIGHUP re-reads the node's file, when it has one
+(``tether node run NAME --config FILE``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import argparse
 import contextlib
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -37,7 +39,9 @@ def control_api() -> Router[Daemon]:
     return api
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, reload: Callable[[], str] | None = None) -> int:
+    """Run the node; ``reload`` converges it to its file (``tether node run --config``: at the
+    start and at each SIGHUP; :attr:`Daemon.reload`)."""
     parser = argparse.ArgumentParser(
         prog="python -m tether.daemon",
         description="Run a tether node (normally started by `tether node create|start`).",
@@ -84,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     daemon = Daemon(home, store, config, control_api())
     daemon.drain = max(0.0, args.drain)
     daemon.metrics_address = metrics_address
+    daemon.reload = reload
     try:
         tune_for_bulk()
         anyio.run(daemon.run, backend="trio")
