@@ -20,6 +20,8 @@ from tether.node.routing import (
     NodeResolver,
     RouteSyntaxError,
     format_route,
+    host_and_port,
+    host_port_problem,
     parse,
     split_host_port,
 )
@@ -367,3 +369,51 @@ def test_ip_forms_agree_with_ipaddress() -> None:
     for text in ("::", "fe80::1", "2001:db8:0:0:0:0:0:1"):
         assert parse(f"/ip6/{text}/tcp/1") == (tcp(f"[{text}]:1"),)
         assert format_route(parse(f"/ip6/{text}/tcp/1")) == f"/ip6/{text}/tcp/1"
+
+
+# --- HOST:PORT: the one rule for every TCP address a user or a peer gives ----------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "any_port", "expected"),
+    [
+        ("127.0.0.1:4000", False, ("127.0.0.1", 4000)),
+        ("[::1]:9464", False, ("::1", 9464)),
+        ("db.internal:5432", False, ("db.internal", 5432)),
+        ("127.0.0.1:0", True, ("127.0.0.1", 0)),
+    ],
+)
+def test_host_and_port(text: str, any_port: bool, expected: tuple[str, int]) -> None:
+    assert host_and_port(text, any_port=any_port) == expected
+    assert host_port_problem(text, any_port=any_port) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "any_port", "problem"),
+    [
+        ("127.0.0.1", False, "the port is missing"),
+        ("[::1]", False, "the port is missing"),
+        (":4000", False, "the host is missing"),
+        ("::1:4000", False, "an IPv6 address goes in brackets"),
+        ("[::1:4000", False, "an IPv6 address goes in brackets"),
+        ("127.0.0.1:0", False, "the port must be 1 to 65535"),
+        ("127.0.0.1:65536", True, "the port must be 0 to 65535"),
+        ("127.0.0.1:+80", True, "the port must be 0 to 65535"),
+        ("127.0.0.1:٣٣", True, "the port must be 0 to 65535"),  # digits, but not ASCII ones
+    ],
+)
+def test_host_and_port_refusals(text: str, any_port: bool, problem: str) -> None:
+    assert problem in (host_port_problem(text, any_port=any_port) or "")
+    with pytest.raises(ValueError, match=problem):
+        host_and_port(text, any_port=any_port)
+
+
+@given(st.text(max_size=40), st.booleans())
+def test_host_and_port_never_raises_anything_else(text: str, any_port: bool) -> None:
+    try:
+        host, port = host_and_port(text, any_port=any_port)
+    except ValueError:
+        return
+    assert (0 if any_port else 1) <= port <= 65535
+    assert host
+    assert not host.startswith("[")

@@ -18,7 +18,7 @@ from tether.daemon import saved_nodes
 from tether.identity.identity import identifier_bytes
 from tether.identity.policy import Policy
 from tether.identity.registry import check_name as check_registry_name
-from tether.node.routing import parse
+from tether.node.routing import host_port_problem, parse
 from tether.store.local import default_home
 
 TRUST_HELP = (
@@ -148,15 +148,8 @@ def check_host_port(flag: str, text: str, *, any_port: bool = False) -> str:
     """``HOST:PORT`` (``[::1]:PORT`` for IPv6), checked before any node is asked, so the first
     mistake reported is the argument's; port 0 only where ``any_port`` (a listener: any free
     port)."""
-    host, sep, port = text.rpartition(":")
-    low = 0 if any_port else 1
-    if not sep or not port or text.endswith("]") or (host.endswith(":") and "[" not in host):
-        problem = "the port is missing"
-    elif not host:
-        problem = "the host is missing"
-    elif not port.isdigit() or not low <= int(port) <= 65535:
-        problem = f"the port must be {low} to 65535"
-    else:
+    problem = host_port_problem(text, any_port=any_port)
+    if problem is None:
         return text
     example = "127.0.0.1:0 (port 0: any free port)" if any_port else "127.0.0.1:5432"
     raise InvalidArgumentError(f"{flag} {text!r}: {problem}; use HOST:PORT, e.g. {example}")

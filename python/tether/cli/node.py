@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from tether.cli import apply, apply_file
-from tether.cli.common import add_trust_arguments, check_route, duration, seconds, trust_body
+from tether.cli.common import (
+    add_trust_arguments,
+    check_host_port,
+    check_route,
+    duration,
+    seconds,
+    trust_body,
+)
 from tether.cli.control_client import call
 from tether.cli.node_process import spawn, stop_one, tail
 from tether.cli.parser import Context, Renamed, add_command, add_group, rename
@@ -59,13 +66,10 @@ def _create(ctx: Context) -> int:
         made_identity = True
     listeners = [] if a.no_tcp_listener else (a.tcp_listener or ["127.0.0.1:0"])
     for spec in listeners:
-        host, _, port = spec.rpartition(":")
-        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise InvalidArgumentError(f"--tcp-listener {spec!r}: use HOST:PORT (port 0: any)")
+        check_host_port("--tcp-listener", spec, any_port=True)
     for spec in a.transit or []:
-        host, _, port = spec.rpartition(":")
-        if spec != "*" and (not host or not port.isdigit() or not 0 < int(port) <= 65535):
-            raise InvalidArgumentError(f"--transit {spec!r}: use HOST:PORT, or * for any")
+        if spec != "*":
+            check_host_port("--transit", spec)  # (or * for any)
     cfg = NodeConfig(a.name, identity, listeners, transit=list(a.transit or []))
     saved_nodes.save_config(reg.store, cfg, create=True)
     if made_identity:

@@ -27,7 +27,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from tether.api import Node
-from tether.core.errors import NotFoundError, TetherError
+from tether.core.errors import InvalidArgumentError, NotFoundError, TetherError
 from tether.daemon import saved_nodes
 from tether.daemon.control import ApiError, ControlServer, Router
 from tether.daemon.metrics import Metrics
@@ -39,6 +39,7 @@ from tether.identity.identity import verify_history
 from tether.identity.registry import Registry
 from tether.identity.trust import ChannelIdentity
 from tether.node import limits
+from tether.node.routing import host_and_port
 from tether.services.authority import DEFAULT_ADMIN_POLICY, DEFAULT_CREDENTIAL_TTL, Authority
 from tether.services.membership import Membership
 from tether.store.authority_backend import open_shared
@@ -391,8 +392,8 @@ class Daemon:
         for spec in cfg.tcp_listeners:
 
             async def listen(spec: str = spec) -> None:
-                host, _, port = spec.rpartition(":")
-                lst = await node.listen_tcp(host.strip("[]") or "127.0.0.1", int(port))
+                host, port = listen_address(spec)
+                lst = await node.listen_tcp(host, port)
                 self.listener_specs[lst.id] = spec
 
             await r.start("tcp_listeners", _key(spec, ""), spec, listen)
@@ -484,6 +485,14 @@ class Daemon:
                     await node.start_worker(address, SERVICE_KINDS[kind], kind=kind)
 
             await r.start("services", _key(svc, "address"), svc, service)
+
+
+def listen_address(spec: str) -> tuple[str, int]:
+    """A TCP listener's ``HOST:PORT`` (``:PORT``: on 127.0.0.1; port 0: any free one)."""
+    try:
+        return host_and_port("127.0.0.1" + spec if spec.startswith(":") else spec, any_port=True)
+    except ValueError as e:
+        raise InvalidArgumentError(f"listener {spec!r}: {e}; use HOST:PORT (port 0: any)") from None
 
 
 def _key(entry: Any, name: str) -> str:

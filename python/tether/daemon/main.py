@@ -23,6 +23,7 @@ from tether.daemon import authority_resources, logs, node_resources, saved_nodes
 from tether.daemon.control import Router
 from tether.daemon.daemon import Daemon
 from tether.node.alloc import tune_for_bulk
+from tether.node.routing import host_and_port
 from tether.store.local import Store
 
 log = logging.getLogger("tether.daemon")
@@ -72,10 +73,10 @@ def main(argv: list[str] | None = None, reload: Callable[[], str] | None = None)
     args = parser.parse_args(argv)
     metrics_address = None
     if args.metrics:
-        host, _, port = args.metrics.rpartition(":")
-        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            parser.error(f"--metrics {args.metrics!r}: use HOST:PORT (for example 127.0.0.1:9464)")
-        metrics_address = (host, int(port))
+        try:
+            metrics_address = host_and_port(args.metrics, any_port=True)
+        except ValueError as e:
+            parser.error(f"--metrics {args.metrics!r}: {e}; use HOST:PORT (e.g. 127.0.0.1:9464)")
     home = Path(args.home)
     try:
         store = Store(home)

@@ -11,9 +11,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from tether.channel.channel import open_channels
-from tether.core.errors import TetherError
+from tether.core.errors import InvalidArgumentError, TetherError
 from tether.daemon.control import ApiError, Raw, Router
-from tether.daemon.daemon import Daemon
+from tether.daemon.daemon import Daemon, listen_address
 from tether.daemon.specs import (
     SERVICE_KINDS,
     body_field,
@@ -78,10 +78,11 @@ async def list_listeners(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, An
 @api.add("POST", "/listeners")
 async def create_listener(d: Daemon, _params: dict[str, str], body: Any) -> tuple[int, Any]:
     address = body_field(body, "address")
-    host, _sep, port = address.rpartition(":")
-    if not port.isdigit():
-        raise ApiError(400, f"address {address!r} is not host:port")
-    lst = await d.node.listen_tcp(host.strip("[]") or "127.0.0.1", int(port))
+    try:
+        host, port = listen_address(address)
+    except InvalidArgumentError as e:
+        raise ApiError(400, str(e)) from None
+    lst = await d.node.listen_tcp(host, port)
     d.listener_specs[lst.id] = address
     d.config.tcp_listeners.append(address)
     d.persist()

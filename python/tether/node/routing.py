@@ -183,18 +183,43 @@ def listener_node(route: str) -> str | None:
     return None
 
 
+def host_port_problem(text: str, *, any_port: bool = False) -> str | None:
+    """What is wrong with ``text`` as ``HOST:PORT`` (``[IPv6]:PORT``), or None: the one rule
+    for every TCP address a user or a peer gives (listeners, targets, routes, ``--metrics``).
+    Port 0 ("any free port") only where ``any_port`` (a listener)."""
+    host, sep, port = text.rpartition(":")
+    low = 0 if any_port else 1
+    if not sep or not port or text.endswith("]"):
+        return "the port is missing"
+    if not host.strip("[]"):
+        return "the host is missing"
+    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
+        return "an IPv6 address goes in brackets, e.g. [::1]:4000"
+    if not re.fullmatch(r"[0-9]{1,5}", port) or not low <= int(port) <= 65535:
+        return f"the port must be {low} to 65535"
+    return None
+
+
+def host_and_port(text: str, *, any_port: bool = False) -> tuple[str, int]:
+    """``"127.0.0.1:4000"`` / ``"[::1]:4000"`` → ``("127.0.0.1", 4000)`` / ``("::1", 4000)``
+    (checked by :func:`host_port_problem`: ValueError says what is wrong)."""
+    problem = host_port_problem(text, any_port=any_port)
+    if problem is not None:
+        raise ValueError(problem)
+    host, _, port = text.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
 def split_host_port(value: bytes) -> tuple[str, int]:
     """``b"127.0.0.1:4000"`` / ``b"[::1]:4000"`` → ``("127.0.0.1", 4000)``."""
     try:
         text = value.decode("utf-8", errors="strict")
     except UnicodeDecodeError:
         raise RouteError(f"not a TCP address: {value!r} (not UTF-8)") from None
-    host, sep, port = text.rpartition(":")
-    if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
-        raise RouteError(f"not a TCP address: {text!r} (expected host:port)")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
+    try:
+        return host_and_port(text, any_port=True)
+    except ValueError as e:
+        raise RouteError(f"not a TCP address: {text!r} ({e}; expected host:port)") from None
 
 
 def format_route(route: Sequence[Address]) -> str:

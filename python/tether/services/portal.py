@@ -84,12 +84,12 @@ def _policy(allow: str | Policy | None) -> Policy | None:
 
 
 def _host_port(spec: str, what: str) -> tuple[str, int]:
-    host, sep, port = spec.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    try:
+        return routing.host_and_port(spec, any_port=True)
+    except ValueError as e:
         raise InvalidArgumentError(
-            f"{what} must be HOST:PORT (for example 127.0.0.1:5432), not {spec!r}"
-        )
-    return host.strip("[]"), int(port)
+            f"{what} must be HOST:PORT (for example 127.0.0.1:5432), not {spec!r}: {e}"
+        ) from None
 
 
 class _Portal:
