@@ -230,3 +230,30 @@ def test_an_inlets_node_that_drains_closes_its_listener_and_keeps_its_sessions()
             tg.cancel_scope.cancel()
 
     run(main)
+
+
+def test_whether_a_node_runs_is_its_lock_not_a_pid(tmp_path: Path) -> None:
+    """A node runs while its process holds its lock (``saved_nodes.lock_file``): a runtime file
+    left by a killed node whose pid now belongs to another live process does not make it look
+    running, and a second process for a running node is refused."""
+    cli = Cli(tmp_path / "home")
+    cli.run("node", "create", "n1")
+    try:
+        runtime = tmp_path / "home" / "nodes" / "n1" / "runtime.json"
+        info = json.loads(runtime.read_text())
+        p = cli.run("node", "run", "n1", ok=False)  # a second process for the running node
+        assert p.returncode == 1
+        assert f"node 'n1' is already running (pid {info['pid']})" in p.stderr
+        assert cli.js("node", "list")[0]["running"] is True
+        os.kill(info["pid"], signal.SIGKILL)  # no cleanup: the runtime file stays
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{info['pid']}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        info["pid"] = os.getpid()  # a live process, not the node: what a reused pid looks like
+        runtime.write_text(json.dumps(info))
+        assert cli.js("node", "list")[0]["running"] is False
+        assert not runtime.exists()  # the stale file is gone
+        cli.run("node", "start", "n1")
+        assert cli.js("node", "list")[0]["running"] is True
+    finally:
+        cli.run("node", "delete", "--all", ok=False)

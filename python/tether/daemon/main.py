@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None, reload: Callable[[], str] | None = None)
         store = Store(home)
         config = saved_nodes.load_config(store, args.name)
         saved_nodes.ensure_dir(home, args.name)
+        saved_nodes.hold_lock(home, args.name)  # one process per node, until this one ends
     except TetherError as e:
         print(f"tether node: {e}", file=sys.stderr)
         return 1

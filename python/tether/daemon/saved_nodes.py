@@ -7,6 +7,7 @@ running node's files under ``$TETHER_HOME/nodes/NAME/`` (0700): ``api.sock`` (th
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import time
@@ -205,8 +206,55 @@ def write_runtime(home: Path, name: str, info: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def lock_file(home: Path, name: str) -> Path:
+    """Held (``flock``) by the node's process while it runs: the kernel lets it go when the
+    process ends, however it ends, so whether a node runs never depends on a pid that another
+    process may have been given since."""
+    return node_dir(home, name) / "lock"
+
+
+def hold_lock(home: Path, name: str) -> int:
+    """Take the node's lock for this process (its descriptor, open until the process ends), or
+    :class:`AlreadyExistsError` if another process runs the node."""
+    fd = os.open(lock_file(home, name), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        info = _runtime_info(home, name)
+        pid = f" (pid {info.get('pid')})" if info else ""
+        raise AlreadyExistsError(
+            f"node {name!r} is already running{pid}; stop it first: tether node stop {name}"
+        ) from None
+    return fd
+
+
+def lock_held(home: Path, name: str) -> bool | None:
+    """Whether a process holds the node's lock (None: there is no lock file)."""
+    try:
+        fd = os.open(lock_file(home, name), os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # (closing lets our shared lock go)
+    return False
+
+
+def _runtime_info(home: Path, name: str) -> dict[str, Any] | None:
+    try:
+        info: dict[str, Any] = json.loads(runtime_file(home, name).read_text())
+    except (OSError, ValueError):
+        return None
+    return info
+
+
 def read_runtime(home: Path, name: str) -> dict[str, Any] | None:
-    """The running node's runtime facts, or None if it is not running."""
+    """The running node's runtime facts, or None if it is not running (its process holds its
+    lock: :func:`lock_file`)."""
     path = runtime_file(home, name)
     try:
         info: dict[str, Any] = json.loads(path.read_text())
@@ -214,8 +262,8 @@ def read_runtime(home: Path, name: str) -> dict[str, Any] | None:
         return None
     except OSError as e:  # (no descriptor left, say): not "not running"
         raise StoreError(f"cannot read {path}: {e.strerror or e}") from None
-    pid = int(info.get("pid", 0))
-    if not pid_alive(pid):
+    held = lock_held(home, name)
+    if held is False or (held is None and not pid_alive(int(info.get("pid", 0)))):
         with contextlib.suppress(OSError):
             runtime_file(home, name).unlink()
         return None
