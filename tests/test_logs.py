@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from cli_run import Cli
 from rawwire import KIND_ERROR, Raw, local
+from tether.core.errors import InvalidArgumentError
 from tether.daemon import logs
 
 FORGED = "\n2020-01-01 00:00:00,000 INFO tether.node: forged line\x1b[2J\r"
@@ -82,3 +83,39 @@ def test_a_peer_cannot_forge_lines_in_a_daemons_log(tmp_path: Path) -> None:
         assert "\\n2020-01-01 00:00:00,000 INFO tether.node: forged line\\x1b[2J\\r" in text
     finally:
         cli.run("node", "delete", "--all", ok=False)
+
+
+def test_rotation_is_chosen_in_the_environment(tmp_path: Path) -> None:
+    assert logs.rotation({}) == (logs.MAX_BYTES, logs.BACKUPS)
+    assert logs.rotation({"TETHER_LOG_MAX_SIZE": "512k", "TETHER_LOG_KEEP": "7"}) == (512 << 10, 7)
+    assert logs.rotation({"TETHER_LOG_MAX_SIZE": "10MB"}) == (10 << 20, logs.BACKUPS)
+    assert logs.rotation({"TETHER_LOG_MAX_SIZE": "8192"})[0] == 8192
+    for size in ("10X", "1K", "-5M", "lots", "99999999999999M"):
+        with pytest.raises(InvalidArgumentError, match="TETHER_LOG_MAX_SIZE"):
+            logs.rotation({"TETHER_LOG_MAX_SIZE": size})
+    for keep in ("0", "101", "two", "-1"):
+        with pytest.raises(InvalidArgumentError, match="TETHER_LOG_KEEP"):
+            logs.rotation({"TETHER_LOG_KEEP": keep})
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        logs.configure(tmp_path / "node.log", rotate=(4096, 1))
+        for i in range(500):
+            logging.getLogger("tether.test").info("line %d: %s", i, "x" * 40)
+    finally:
+        for h in root.handlers:
+            h.close()
+        root.handlers[:], root.level = saved
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["node.log", "node.log.1"]
+
+
+def test_a_bad_rotation_setting_stops_the_node_with_its_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TETHER_LOG_KEEP", "0")
+    cli = Cli(tmp_path / "home")
+    err = cli.fails("node", "create", "n1", reason="TETHER_LOG_KEEP='0'")
+    assert "1 to 100" in err
+    monkeypatch.setenv("TETHER_LOG_KEEP", "2")
+    cli.run("node", "create", "n2")
+    cli.run("node", "delete", "--all")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -83,10 +84,11 @@ def main(argv: list[str] | None = None, reload: Callable[[], str] | None = None)
         config = saved_nodes.load_config(store, args.name)
         saved_nodes.ensure_dir(home, args.name)
         saved_nodes.hold_lock(home, args.name)  # one process per node, until this one ends
+        rotate = logs.rotation(os.environ)
     except TetherError as e:
         print(f"tether node: {e}", file=sys.stderr)
         return 1
-    logs.configure(args.log_file, sys.stderr, json_lines=args.log_format == "json")
+    logs.configure(args.log_file, sys.stderr, json_lines=args.log_format == "json", rotate=rotate)
     daemon = Daemon(home, store, config, control_api())
     daemon.drain = max(0.0, args.drain)
     daemon.metrics_address = metrics_address
