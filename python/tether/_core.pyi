@@ -23,6 +23,7 @@ __all__ = [
     "MAX_HOPS",
     "MAX_MESSAGE_LEN",
     "MAX_PAYLOAD_LEN",
+    "MAX_RECORD",
     "PORTAL_CLOSE",
     "PORTAL_CREDIT",
     "PORTAL_DATA",
@@ -33,6 +34,10 @@ __all__ = [
     "PORTAL_MIN_CHARGE",
     "PORTAL_OPEN",
     "PROTOCOL_NAMES",
+    "RECORD_KEY_ID_LEN",
+    "RECORD_MAX_HEADERS",
+    "RECORD_OVERHEAD",
+    "RECORD_VERSION",
     "REPLAY_WINDOW",
     "ROUTE_VERSION",
     "ActionKind",
@@ -50,10 +55,14 @@ __all__ = [
     "LinkClosed",
     "LinkMessage",
     "LinkTimers",
+    "OpenedRecord",
     "OutletSession",
     "PortalAction",
     "PortalSession",
     "Reassembler",
+    "RecordOpener",
+    "RecordRefused",
+    "RecordSealer",
     "Refused",
     "SendStatus",
     "SessionClosed",
@@ -70,6 +79,7 @@ __all__ = [
     "forward_onward",
     "generate_keypair",
     "public_key",
+    "record_key_id",
     "x25519",
 ]
 
@@ -552,3 +562,80 @@ class Engine:
         | OutletSession
     ]: ...
     def stop(self) -> None: ...
+
+# sealed records (rust/src/records.rs)
+RECORD_VERSION: int
+RECORD_KEY_ID_LEN: int
+RECORD_OVERHEAD: int
+RECORD_MAX_HEADERS: int
+MAX_RECORD: int
+
+@final
+class RecordSealer:
+    def __new__(
+        cls,
+        stream: str,
+        producer: str,
+        key_id: Buffer,
+        key: Buffer,
+        algorithm: str = "AES-256-GCM",
+        next_position: int = 0,
+    ) -> RecordSealer: ...
+    @property
+    def next_position(self) -> int: ...
+    @property
+    def key_id(self) -> bytes: ...
+    @property
+    def stream(self) -> str: ...
+    @property
+    def producer(self) -> str: ...
+    @property
+    def algorithm(self) -> str: ...
+    def seal_many(
+        self,
+        bodies: Sequence[Buffer],
+        headers: Sequence[Sequence[tuple[str, Buffer]] | None] | None = None,
+    ) -> list[bytes]: ...
+
+@final
+class OpenedRecord:
+    @property
+    def producer(self) -> str: ...
+    @property
+    def key_id(self) -> bytes: ...
+    @property
+    def position(self) -> int: ...
+    @property
+    def gap(self) -> int: ...
+    @property
+    def headers(self) -> list[tuple[str, bytes]]: ...
+    @property
+    def body(self) -> bytes: ...
+
+@final
+class RecordRefused:
+    @property
+    def reason(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def key_id(self) -> bytes | None: ...
+    @property
+    def position(self) -> int | None: ...
+    @property
+    def last(self) -> int | None: ...
+
+@final
+class RecordOpener:
+    def __new__(cls, stream: str) -> RecordOpener: ...
+    @property
+    def stream(self) -> str: ...
+    def add_key(
+        self, key_id: Buffer, key: Buffer, producer: str, algorithm: str = "AES-256-GCM"
+    ) -> None: ...
+    def remove_key(self, key_id: Buffer) -> None: ...
+    def has_key(self, key_id: Buffer) -> bool: ...
+    def last_position(self, producer: str) -> int | None: ...
+    def open_many(self, records: Sequence[Buffer]) -> list[OpenedRecord | RecordRefused]: ...
+
+def record_key_id(record: Buffer) -> bytes | None: ...

@@ -86,6 +86,11 @@ fn portal_message_corpus() {
 }
 
 #[test]
+fn records_open_corpus() {
+    run_corpus("records_open");
+}
+
+#[test]
 fn every_corpus_directory_is_a_target() {
     let mut dirs: Vec<String> = fs::read_dir(corpus_dir())
         .expect("rust/fuzz/corpus")
@@ -145,6 +150,7 @@ fn seeds() -> Vec<Seed> {
     noise_seeds(&mut out);
     channel_seeds(&mut out);
     portal_seeds(&mut out);
+    records_seeds(&mut out);
     out
 }
 
@@ -372,5 +378,53 @@ fn portal_seeds(out: &mut Vec<Seed>) {
     ];
     for (name, data) in cases {
         seed(out, "portal_message", name, data);
+    }
+}
+
+fn records_seeds(out: &mut Vec<Seed>) {
+    // Selectors: algorithm (bit 0), one record already opened at position 5 (bit 1).
+    for selector in 0u8..4 {
+        let name = |what: &str| format!("sel{selector}-{what}");
+        let input = |record: &[u8]| cat(&[&[selector], record]);
+        let next = if selector & 2 == 0 {
+            0
+        } else {
+            checks::RECORD_OPENED + 1
+        };
+        let mut s = checks::record_sealer(selector, next);
+        let record = s
+            .seal(
+                &[("content-type", &b"json"[..]), ("k", &b""[..])],
+                b"{\"n\": 1}",
+            )
+            .expect("seal");
+        let mut flipped = record.clone();
+        flipped[30] ^= 0x40;
+        let ahead = checks::record_sealer(selector, next + 3)
+            .seal(&[], b"after a gap")
+            .expect("seal");
+        seed(out, "records_open", &name("next"), input(&record));
+        seed(out, "records_open", &name("flipped"), input(&flipped));
+        seed(out, "records_open", &name("gap"), input(&ahead));
+        if selector & 2 != 0 {
+            let replay = checks::record_sealer(selector, checks::RECORD_OPENED)
+                .seal(&[], b"first")
+                .expect("seal");
+            let older = checks::record_sealer(selector, 1)
+                .seal(&[], b"older")
+                .expect("seal");
+            seed(out, "records_open", &name("replay"), input(&replay));
+            seed(out, "records_open", &name("older"), input(&older));
+        }
+        if selector == 0 {
+            let mut other_key = record.clone();
+            other_key[1] ^= 1;
+            let mut version = record.clone();
+            version[0] = 2;
+            seed(out, "records_open", "unknown-key", input(&other_key));
+            seed(out, "records_open", "version-2", input(&version));
+            seed(out, "records_open", "short", input(&record[..40]));
+            seed(out, "records_open", "empty", input(b""));
+        }
     }
 }

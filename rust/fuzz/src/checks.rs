@@ -15,6 +15,7 @@ use tether_core::error::{Error, ReplayReason};
 use tether_core::frame::{self, FrameDecoder, HEADER_LEN};
 use tether_core::noise::{public_key, Handshake, Suite};
 use tether_core::portal::{self, PortalError, PortalMessage, KIND_DATA, KIND_ERROR, MAX_REASON};
+use tether_core::records::{self, RecordError, RecordOpener, RecordSealer};
 use tether_core::replay::WINDOW;
 use tether_core::route;
 
@@ -22,12 +23,13 @@ use tether_core::route;
 pub type Check = fn(&[u8]);
 
 /// The targets, by name: the fuzz target and the corpus directory of each.
-pub const TARGETS: [(&str, Check); 5] = [
+pub const TARGETS: [(&str, Check); 6] = [
     ("frame", frame),
     ("routed_message", routed_message),
     ("noise_handshake", noise_handshake),
     ("channel_open", channel_open),
     ("portal_message", portal_message),
+    ("records_open", records_open),
 ];
 
 // --- frame ------------------------------------------------------------------------------------
@@ -537,5 +539,122 @@ pub fn portal_message(data: &[u8]) {
     };
     if canonical {
         assert_eq!(enc, data, "a canonical payload re-encoded differently");
+    }
+}
+
+// --- sealed records ---------------------------------------------------------------------------
+
+/// The data key of the records target, its id, the stream and the producer.
+pub const RECORD_KEY: [u8; 32] = [0x3c; 32];
+pub const RECORD_KEY_ID: records::KeyId = [0xd4; records::KEY_ID_LEN];
+pub const RECORD_STREAM: &str = "fuzz.stream";
+pub const RECORD_PRODUCER: &str = "Ifuzz";
+/// The position the producer of a records input has reached when its selector has bit 1 set.
+pub const RECORD_OPENED: u64 = 5;
+
+/// The algorithm a records selector picks (bit 0).
+pub fn record_algorithm(selector: u8) -> tether_core::aead::Algorithm {
+    if selector & 1 == 0 {
+        tether_core::aead::Algorithm::Aes256Gcm
+    } else {
+        tether_core::aead::Algorithm::ChaCha20Poly1305
+    }
+}
+
+/// The producer's sealer for a records selector, at `next`.
+pub fn record_sealer(selector: u8, next: u64) -> RecordSealer {
+    RecordSealer::new(
+        record_algorithm(selector),
+        &RECORD_KEY,
+        RECORD_KEY_ID,
+        RECORD_STREAM,
+        RECORD_PRODUCER,
+        next,
+    )
+    .expect("sealer")
+}
+
+/// Input: `selector, record`. Selector bit 0 picks the algorithm; bit 1, whether the opener has
+/// already opened the producer's record at [`RECORD_OPENED`]. The record is opened. A refused
+/// record must change nothing (the next genuine record still opens, with the right gap) and be
+/// refused for the reason its bytes give; an accepted one must be exactly what the producer's
+/// sealer makes of its headers and body at its position (nothing else authenticates), be
+/// recorded (its replay is refused) and report the right gap.
+///
+/// # Panics
+///
+/// On a violated invariant.
+pub fn records_open(data: &[u8]) {
+    let [selector, record @ ..] = data else {
+        return;
+    };
+    let mut o = RecordOpener::new(RECORD_STREAM).expect("opener");
+    o.add_key(
+        RECORD_KEY_ID,
+        record_algorithm(*selector),
+        &RECORD_KEY,
+        RECORD_PRODUCER,
+    )
+    .expect("key");
+    let before = if selector & 2 == 0 {
+        None
+    } else {
+        let first = record_sealer(*selector, RECORD_OPENED)
+            .seal(&[], b"first")
+            .expect("seal");
+        o.open(&first).expect("the genuine record opens");
+        Some(RECORD_OPENED)
+    };
+    assert_eq!(o.last_position(RECORD_PRODUCER), before);
+    match o.open(record) {
+        Ok(r) => {
+            let header = records::peek(record).expect("an opened record has a header");
+            assert_eq!((r.key_id, r.position), (header.key_id, header.position));
+            assert!(
+                !matches!(before, Some(b) if r.position <= b),
+                "a replay was accepted"
+            );
+            assert_eq!(r.gap, before.map_or(0, |b| r.position - b - 1));
+            let headers: Vec<_> = r.headers().collect();
+            assert!(headers.len() <= records::MAX_HEADERS);
+            let again = record_sealer(*selector, r.position)
+                .seal(&headers, r.body())
+                .expect("what opened can be sealed");
+            assert_eq!(
+                again, record,
+                "an accepted record the producer did not seal"
+            );
+            assert_eq!(o.last_position(RECORD_PRODUCER), Some(r.position));
+            assert!(matches!(o.open(record), Err(RecordError::Replayed { .. })));
+        }
+        Err(e) => {
+            assert_eq!(
+                o.last_position(RECORD_PRODUCER),
+                before,
+                "a refusal changed state"
+            );
+            match records::peek(record) {
+                Err(p) => assert_eq!(e, p),
+                Ok(h) if h.key_id != RECORD_KEY_ID => {
+                    assert_eq!(e, RecordError::UnknownKey { key_id: h.key_id });
+                }
+                Ok(_) => assert!(
+                    matches!(
+                        e,
+                        RecordError::Forged { .. }
+                            | RecordError::BadEnvelope { .. }
+                            | RecordError::Replayed { .. }
+                    ),
+                    "{e:?}"
+                ),
+            }
+            assert!(!e.to_string().is_empty());
+            let next = before.map_or(0, |b| b + 1);
+            let fresh = record_sealer(*selector, next)
+                .seal(&[("h", &b"v"[..])], b"fresh")
+                .expect("seal");
+            let opened = o.open(&fresh).expect("the opener stopped working");
+            assert_eq!((opened.position, opened.gap), (next, 0));
+        }
     }
 }

@@ -9,6 +9,7 @@ mod events;
 mod frame;
 mod machines;
 mod noise;
+mod records;
 
 use pyo3::prelude::*;
 
@@ -40,5 +41,6 @@ fn tether_core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     engine::register(m)?;
     events::register(m)?;
     machines::register(m)?;
+    records::register(m)?;
     Ok(())
 }
