@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("channel", ("tether.channel",)),
     ("services", ("tether.services",)),
     ("api", ("tether.api", "tether")),  # tether/__init__.py exports tether.Node
+    ("pipelines", ("tether.pipelines",)),
     ("daemon", ("tether.daemon",)),
     ("demo", ("tether.demo",)),
     ("cli", ("tether.cli",)),

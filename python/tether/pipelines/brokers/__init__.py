@@ -1,0 +1,46 @@
+"""Brokers that carry sealed records and read nothing of them: one interface, three adapters.
+
+``await connect(url)`` opens a :class:`Broker`: ``nats://HOST:PORT`` (NATS JetStream,
+:mod:`.nats`), ``redis://HOST:PORT[/DB]`` (Redis Streams, :mod:`.redis`) or ``mqtt://HOST:PORT``
+(MQTT 5 QoS 1 with persistent sessions, :mod:`.mqtt`). Producers ``publish`` opaque payloads to a
+stream; consumers ``subscribe`` as a durable consumer, ``fetch`` records in order and ``ack``
+them once the application took them; what was not acknowledged comes again to the next
+subscription of that consumer. :mod:`.interface` states the contract, each adapter how its broker
+meets it (limits, ordering, redelivery). Works on trio and asyncio alike (:mod:`.bridge`).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+
+from tether.pipelines.brokers.interface import Broker, BrokerError, Delivery, Subscription
+from tether.pipelines.brokers.mqtt import MqttBroker
+from tether.pipelines.brokers.nats import NatsBroker
+from tether.pipelines.brokers.redis import RedisBroker
+
+__all__ = ["Broker", "BrokerError", "Delivery", "Subscription", "connect"]
+
+SCHEMES = ("nats", "redis", "mqtt")
+
+
+async def connect(url: str) -> Broker:
+    """Open a connection to the broker at ``url``: ``nats://HOST:PORT`` (JetStream),
+    ``redis://HOST:PORT[/DB]`` (Streams) or ``mqtt://HOST:PORT`` (MQTT 5)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise BrokerError(f"not a broker URL: {url!r} ({e})") from None
+    if parts.scheme not in SCHEMES or not parts.hostname:
+        raise BrokerError(
+            f"not a broker URL: {url!r}; use nats://HOST:PORT, redis://HOST:PORT[/DB] or "
+            "mqtt://HOST:PORT"
+        )
+    if parts.scheme == "nats":
+        return await NatsBroker.open(url)
+    if parts.scheme == "redis":
+        return await RedisBroker.open(url)
+    if parts.path not in ("", "/") or parts.query:
+        raise BrokerError(f"an MQTT URL has no path or query: {url!r}; use mqtt://HOST:PORT")
+    del port
+    return await MqttBroker.open(url)
