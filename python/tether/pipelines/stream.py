@@ -1,0 +1,237 @@
+"""Producers and consumers of end-to-end encrypted streams (``docs/pipelines.md``).
+
+A :class:`Producer` seals records with its stream's current data key, in batches (one call into
+the Rust core per batch, the GIL released) and publishes them to a broker; the broker stores
+ciphertext only: the body, the application's headers, everything but the key id and the
+position. A :class:`Consumer` fetches them, opens them in batches with the keys its node got
+from the producer's node over a secure channel (only if a policy on the stream allows it:
+:mod:`tether.services.stream_keys`), yields them in order, and acknowledges them to the broker
+only once the application has taken them: when it asks for the next batch, or closes.
+
+A record the consumer cannot open (altered in the broker, for another stream, replayed or
+reordered, sealed with a key it may not have) is refused with its reason, counted in
+:attr:`Consumer.refused`, logged, and acknowledged, so the stream goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+from tether._core import OpenedRecord, RecordOpener, RecordRefused, record_key_id
+from tether.api import Node
+from tether.core.errors import TetherError
+from tether.identity.policy import Policy
+from tether.identity.trust import TrustPolicy
+from tether.pipelines.brokers import Broker, Delivery, Subscription
+from tether.services.stream_keys import (
+    SERVICE,
+    StreamKeyError,
+    StreamKeyRing,
+    StreamKeyService,
+    check_stream,
+    key_request,
+    parse_keys,
+)
+
+log = logging.getLogger("tether.streams")
+
+Headers = Sequence[tuple[str, bytes]]
+
+_services: weakref.WeakKeyDictionary[Node, StreamKeyService] = weakref.WeakKeyDictionary()
+
+
+async def key_service(node: Node) -> StreamKeyService:
+    """The node's ``stream_keys`` service (started the first time a producer asks)."""
+    service = _services.get(node)
+    if service is None:
+        service = _services[node] = StreamKeyService(node)
+        await service.start()
+    return service
+
+
+@dataclass(frozen=True)
+class Record:
+    """An opened record: what the producer published, and where it was in the stream."""
+
+    body: bytes
+    headers: list[tuple[str, bytes]]
+    producer: str
+    position: int
+    gap: int
+    """Positions skipped before this one (records the broker lost or dropped, or a producer's
+    restart: ``docs/pipelines.md``)."""
+
+
+class Producer:
+    """Seals and publishes the records of ``stream`` on ``broker``; its node serves the
+    stream's keys to the consumers ``allow`` (and the node's policies for resource type
+    ``stream``) admit."""
+
+    def __init__(
+        self,
+        node: Node,
+        broker: Broker,
+        stream: str,
+        *,
+        allow: str | Policy | None,
+        rotate_after_records: int = 1_000_000,
+        rotate_after_seconds: float = 3600.0,
+        algorithm: str = "AES-256-GCM",
+    ) -> None:
+        if node.identity is None:
+            raise StreamKeyError("a producer's node needs an identity (its records name it)")
+        self.node = node
+        self.broker = broker
+        self.stream = check_stream(stream)
+        self.ring = StreamKeyRing(
+            stream,
+            node.identity.identity.identifier,
+            rotate_after_records=rotate_after_records,
+            rotate_after_seconds=rotate_after_seconds,
+            algorithm=algorithm,
+        )
+        self.allow = allow
+        self.published = 0
+
+    async def __aenter__(self) -> Self:
+        (await key_service(self.node)).add(self.ring, self.allow)
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    async def publish(
+        self, bodies: Sequence[bytes], headers: Sequence[Headers | None] | None = None
+    ) -> None:
+        """Seal ``bodies`` (with their ``headers``, sealed too) and publish them, in order;
+        returns once the broker has accepted them all."""
+        if headers is not None and len(headers) != len(bodies):
+            raise TetherError(f"{len(bodies)} records but {len(headers)} header lists")
+        done = 0
+        while done < len(bodies):
+            sealer, n = self.ring.sealer(len(bodies) - done)
+            part = None if headers is None else headers[done : done + n]
+            sealed = sealer.seal_many(bodies[done : done + n], part)
+            await self.broker.publish(self.stream, sealed)
+            done += n
+            self.published += n
+
+
+@dataclass
+class Consumer:
+    """Fetches, opens and yields the records of ``stream`` (a durable consumer ``name`` on the
+    broker); the keys come from the producer's node at ``keys_from`` (a route ending at its
+    secure channel listener, e.g. ``/node/orders/secure/api``)."""
+
+    node: Node
+    broker: Broker
+    stream: str
+    keys_from: str
+    name: str
+    trust: TrustPolicy | None = None
+    batch: int = 512
+    timeout: float = 1.0
+    refused: Counter[str] = field(default_factory=Counter)
+    """Records refused, by reason (``malformed``, ``unknown-key``, ``forged``, ``replayed``,
+    ``not-allowed``)."""
+    gaps: int = 0
+    """Positions skipped in all (see :attr:`Record.gap`)."""
+    opened: int = 0
+    last_refusal: str = ""
+    _sub: Subscription | None = None
+    _opener: RecordOpener | None = None
+    _unacked: list[Delivery] = field(default_factory=list)
+    _denied: str = ""
+
+    async def __aenter__(self) -> Self:
+        check_stream(self.stream)
+        self._opener = RecordOpener(self.stream)
+        self._sub = await self.broker.subscribe(self.stream, self.name)
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose(ack=et is None)
+
+    async def aclose(self, *, ack: bool = True) -> None:
+        """Acknowledge what the application took (unless ``ack`` is false), and unsubscribe."""
+        if self._sub is None:
+            return
+        if ack and self._unacked:
+            await self._sub.ack(self._unacked)
+        self._unacked = []
+        await self._sub.aclose()
+        self._sub = None
+
+    async def _fetch_keys(self) -> None:
+        assert self._opener is not None
+        route = f"{self.keys_from.rstrip('/')}/service/{SERVICE}"
+        try:
+            answer = await self.node.request(route, key_request(self.stream), trust=self.trust)
+            producer, keys = parse_keys(answer)
+        except StreamKeyError as e:
+            self._denied = str(e)
+            log.warning("%s: stream %s: no keys: %s", self.node.name, self.stream, e)
+            return
+        self._denied = ""
+        for k in keys:
+            if not self._opener.has_key(k.key_id):
+                self._opener.add_key(k.key_id, k.key, producer, k.algorithm)
+
+    async def fetch(
+        self, max_records: int | None = None, timeout: float | None = None
+    ) -> list[Record]:
+        """The next records (``[]`` if none came within ``timeout``); the ones returned by the
+        previous call are acknowledged to the broker first (the application has them)."""
+        if self._sub is None or self._opener is None:
+            raise TetherError("open the consumer first: `async with Consumer(…) as consumer`")
+        if self._unacked:
+            await self._sub.ack(self._unacked)
+            self._unacked = []
+        deliveries = await self._sub.fetch(max_records or self.batch, timeout or self.timeout)
+        if not deliveries:
+            return []
+        payloads = [d.payload for d in deliveries]
+        missing = {k for p in payloads if (k := record_key_id(p)) is not None}
+        if any(not self._opener.has_key(k) for k in missing):
+            await self._fetch_keys()
+        out: list[Record] = []
+        for outcome in self._opener.open_many(payloads):
+            if isinstance(outcome, OpenedRecord):
+                out.append(
+                    Record(
+                        outcome.body,
+                        outcome.headers,
+                        outcome.producer,
+                        outcome.position,
+                        outcome.gap,
+                    )
+                )
+                self.gaps += outcome.gap
+                continue
+            assert isinstance(outcome, RecordRefused)
+            reason = outcome.reason
+            message = outcome.message
+            if reason == "unknown-key" and self._denied:
+                reason, message = "not-allowed", f"{message}; the producer's node: {self._denied}"
+            self.refused[reason] += 1
+            self.last_refusal = message
+            log.warning("%s: stream %s: refused a record: %s", self.node.name, self.stream, message)
+        self.opened += len(out)
+        self._unacked = deliveries  # refused ones too: the stream goes on
+        return out
+
+    async def records(self) -> AsyncIterator[Record]:
+        """Every record, as it comes (forever: break out of the loop to stop)."""
+        while True:
+            for record in await self.fetch():
+                yield record
