@@ -15,7 +15,17 @@ import sys
 from collections.abc import Sequence
 
 from tether._core import __version__
-from tether.cli import apply, authority, channel, credential, identity, node, portal, relay
+from tether.cli import (
+    apply,
+    authority,
+    channel,
+    credential,
+    identity,
+    node,
+    portal,
+    relay,
+    stream,
+)
 from tether.cli.parser import Context, Handler, Parser, add_command
 from tether.core.errors import TetherError
 from tether.demo import portals
@@ -49,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     portal.register(groups)
     authority.register(groups)
     apply.register(groups)
+    stream.register(groups)
     _register_demo(groups)
     return parser
 

@@ -40,8 +40,10 @@ from tether.identity.registry import Registry
 from tether.identity.trust import ChannelIdentity
 from tether.node import limits
 from tether.node.routing import host_and_port
+from tether.pipelines.stream import key_service
 from tether.services.authority import DEFAULT_ADMIN_POLICY, DEFAULT_CREDENTIAL_TTL, Authority
 from tether.services.membership import Membership
+from tether.services.stream_keys import StreamKeyRing
 from tether.store.authority_backend import open_shared
 from tether.store.local import Store
 
@@ -359,6 +361,7 @@ class Daemon:
         await self._restore_outlets()
         await self._restore_inlets()
         await self._restore_services()
+        await self._restore_streams()
 
     async def _restore_policies(self) -> None:
         """Its policies, first: nothing is served before the policies that guard it."""
@@ -412,6 +415,34 @@ class Daemon:
                 )
 
             await r.start("channel_listeners", _key(lspec, "address"), lspec, channel_listener)
+
+    async def _restore_streams(self) -> None:
+        """The streams it produces, each with a new key (consumers see a producer's restart as
+        a gap: ``docs/pipelines.md``)."""
+        for spec in self.config.streams:
+
+            async def start(spec: dict[str, Any] = spec) -> None:
+                await self.start_stream(spec)
+
+            await self.restorer.start("streams", _key(spec, "stream"), spec, start)
+
+    async def start_stream(self, spec: dict[str, Any]) -> StreamKeyRing:
+        """Produce the stream ``spec`` names: its key ring, served by the node's
+        ``stream_keys`` service to the peers its policy allows."""
+        if self.identifier is None:
+            raise ApiError(400, "a node without an identity produces no stream (records name it)")
+        try:
+            ring = StreamKeyRing(
+                str(spec["stream"]),
+                self.identifier,
+                rotate_after_records=int(spec.get("rotate_after_records") or 1_000_000),
+                rotate_after_seconds=float(spec.get("rotate_after_seconds") or 3600.0),
+                algorithm=str(spec.get("algorithm") or "AES-256-GCM"),
+            )
+            (await key_service(self.node)).add(ring, spec.get("allow"))
+        except TetherError as e:
+            raise ApiError(400, str(e), type(e).__name__) from None
+        return ring
 
     async def _restore_relays(self) -> None:
         """The relay names it keeps claimed."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import anyio
 
 from tether.core.errors import TetherError
-from tether.daemon import authority_resources, logs, node_resources, saved_nodes
+from tether.daemon import authority_resources, logs, node_resources, saved_nodes, stream_resources
 from tether.daemon.control import Router
 from tether.daemon.daemon import Daemon
 from tether.node.alloc import tune_for_bulk
@@ -38,6 +38,7 @@ def control_api() -> Router[Daemon]:
     api: Router[Daemon] = Router()
     api.include(node_resources.api)
     api.include(authority_resources.api)
+    api.include(stream_resources.api)
     return api
 
 

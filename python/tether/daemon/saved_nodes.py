@@ -41,6 +41,8 @@ class NodeConfig:
     """TCP addresses (or ``*``) the node forwards to for remote senders (``--transit``)."""
     policy_serial: int = 0
     """The number of the last policy named (``policyN``): a deleted name is never reused."""
+    streams: list[dict[str, Any]] = field(default_factory=list)
+    """The streams it produces (``tether stream create``): each gets a new key at a start."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -62,6 +64,7 @@ class NodeConfig:
             list(d.get("policies", [])),
             list(d.get("transit", [])),
             int(d.get("policy_serial", 0)),
+            list(d.get("streams", [])),
         )
 
 
@@ -154,6 +157,7 @@ SAVED = {
     "/secure-channel-listeners": ("channel_listeners", "address", "secure-channel listener"),
     "/services": ("services", "address", "service"),
     "/memberships": ("memberships", "identifier", "membership of"),
+    "/streams": ("streams", "stream", "stream"),
 }
 
 

@@ -102,6 +102,7 @@ RESOURCE_TYPES = (
     "secure-channel-listener",
     "authority",
     "relay-service",
+    "stream",
 )
 """The resource types a policy can govern besides service kinds (``echo``, …): what
 ``tether policy create --resource-type`` accepts."""

@@ -16,14 +16,16 @@ reordered, sealed with a key it may not have) is refused with its reason, counte
 from __future__ import annotations
 
 import logging
+import math
+import time
 import weakref
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-from tether._core import OpenedRecord, RecordOpener, RecordRefused, record_key_id
+from tether._core import OpenedRecord, RecordOpener, record_key_id
 from tether.api import Node
 from tether.core.errors import TetherError
 from tether.identity.policy import Policy
@@ -31,6 +33,8 @@ from tether.identity.trust import TrustPolicy
 from tether.pipelines.brokers import Broker, Delivery, Subscription
 from tether.services.stream_keys import (
     SERVICE,
+    DataKey,
+    Lease,
     StreamKeyError,
     StreamKeyRing,
     StreamKeyService,
@@ -40,6 +44,9 @@ from tether.services.stream_keys import (
 )
 
 log = logging.getLogger("tether.streams")
+
+DENIED_BACKOFF = 5.0
+"""Seconds a consumer whose keys were refused waits before it asks again."""
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -68,10 +75,45 @@ class Record:
     restart: ``docs/pipelines.md``)."""
 
 
-class Producer:
-    """Seals and publishes the records of ``stream`` on ``broker``; its node serves the
-    stream's keys to the consumers ``allow`` (and the node's policies for resource type
-    ``stream``) admit."""
+LeaseSource = Callable[[int], Awaitable[Lease]]
+"""Positions to seal with, for up to N records: a key ring's (in this process), or the node's
+(``tether stream publish`` asks it over the control API)."""
+KeySource = Callable[[], Awaitable[tuple[str, list[DataKey]]]]
+"""The producer and the keys of the stream this consumer may read (or StreamKeyError)."""
+
+
+class Publisher:
+    """Seals records with positions from ``leases`` and publishes them to ``broker``: one Rust
+    call per batch (per lease), then one publish, which returns once the broker has them."""
+
+    def __init__(self, broker: Broker, stream: str, leases: LeaseSource) -> None:
+        self.broker = broker
+        self.stream = check_stream(stream)
+        self.leases = leases
+        self.published = 0
+
+    async def publish(
+        self, bodies: Sequence[bytes], headers: Sequence[Headers | None] | None = None
+    ) -> None:
+        """Seal ``bodies`` (with their ``headers``, sealed too) and publish them, in order;
+        returns once the broker has accepted them all."""
+        if headers is not None and len(headers) != len(bodies):
+            raise TetherError(f"{len(bodies)} records but {len(headers)} header lists")
+        done = 0
+        while done < len(bodies):
+            lease = await self.leases(len(bodies) - done)
+            n = lease.count
+            part = None if headers is None else headers[done : done + n]
+            sealed = lease.sealer().seal_many(bodies[done : done + n], part)
+            await self.broker.publish(self.stream, sealed)
+            done += n
+            self.published += n
+
+
+class Producer(Publisher):
+    """A :class:`Publisher` whose node (in this process) owns the stream's keys and serves
+    them to the consumers ``allow`` (and the node's policies for resource type ``stream``)
+    admit."""
 
     def __init__(
         self,
@@ -87,8 +129,6 @@ class Producer:
         if node.identity is None:
             raise StreamKeyError("a producer's node needs an identity (its records name it)")
         self.node = node
-        self.broker = broker
-        self.stream = check_stream(stream)
         self.ring = StreamKeyRing(
             stream,
             node.identity.identity.identifier,
@@ -97,7 +137,11 @@ class Producer:
             algorithm=algorithm,
         )
         self.allow = allow
-        self.published = 0
+
+        async def lease(records: int) -> Lease:
+            return self.ring.lease(records)
+
+        super().__init__(broker, stream, lease)
 
     async def __aenter__(self) -> Self:
         (await key_service(self.node)).add(self.ring, self.allow)
@@ -108,52 +152,43 @@ class Producer:
     ) -> None:
         return None
 
-    async def publish(
-        self, bodies: Sequence[bytes], headers: Sequence[Headers | None] | None = None
+
+class Subscriber:
+    """Fetches, opens and hands over the records of ``stream`` as the durable consumer
+    ``name`` of ``broker``, with the keys ``keys`` gives (asked again when a record names a key
+    it does not have); acknowledges a batch once the application has it (the next
+    :meth:`fetch`, or :meth:`aclose`)."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        stream: str,
+        name: str,
+        keys: KeySource,
+        *,
+        batch: int = 512,
+        timeout: float = 1.0,
     ) -> None:
-        """Seal ``bodies`` (with their ``headers``, sealed too) and publish them, in order;
-        returns once the broker has accepted them all."""
-        if headers is not None and len(headers) != len(bodies):
-            raise TetherError(f"{len(bodies)} records but {len(headers)} header lists")
-        done = 0
-        while done < len(bodies):
-            sealer, n = self.ring.sealer(len(bodies) - done)
-            part = None if headers is None else headers[done : done + n]
-            sealed = sealer.seal_many(bodies[done : done + n], part)
-            await self.broker.publish(self.stream, sealed)
-            done += n
-            self.published += n
-
-
-@dataclass
-class Consumer:
-    """Fetches, opens and yields the records of ``stream`` (a durable consumer ``name`` on the
-    broker); the keys come from the producer's node at ``keys_from`` (a route ending at its
-    secure channel listener, e.g. ``/node/orders/secure/api``)."""
-
-    node: Node
-    broker: Broker
-    stream: str
-    keys_from: str
-    name: str
-    trust: TrustPolicy | None = None
-    batch: int = 512
-    timeout: float = 1.0
-    refused: Counter[str] = field(default_factory=Counter)
-    """Records refused, by reason (``malformed``, ``unknown-key``, ``forged``, ``replayed``,
-    ``not-allowed``)."""
-    gaps: int = 0
-    """Positions skipped in all (see :attr:`Record.gap`)."""
-    opened: int = 0
-    last_refusal: str = ""
-    _sub: Subscription | None = None
-    _opener: RecordOpener | None = None
-    _unacked: list[Delivery] = field(default_factory=list)
-    _denied: str = ""
+        self.broker = broker
+        self.stream = check_stream(stream)
+        self.name = name
+        self.keys = keys
+        self.batch = batch
+        self.timeout = timeout
+        self.refused: Counter[str] = Counter()
+        """Records refused, by reason (``malformed``, ``unknown-key``, ``forged``,
+        ``replayed``, ``not-allowed``)."""
+        self.gaps = 0
+        """Positions skipped in all (see :attr:`Record.gap`)."""
+        self.opened = 0
+        self.last_refusal = ""
+        self._sub: Subscription | None = None
+        self._opener = RecordOpener(self.stream)
+        self._unacked: list[Delivery] = []
+        self._denied = ""
+        self._denied_at = -math.inf
 
     async def __aenter__(self) -> Self:
-        check_stream(self.stream)
-        self._opener = RecordOpener(self.stream)
         self._sub = await self.broker.subscribe(self.stream, self.name)
         return self
 
@@ -173,16 +208,15 @@ class Consumer:
         self._sub = None
 
     async def _fetch_keys(self) -> None:
-        assert self._opener is not None
-        route = f"{self.keys_from.rstrip('/')}/service/{SERVICE}"
+        if time.monotonic() - self._denied_at < DENIED_BACKOFF:
+            return  # refused a moment ago: not asked again for every batch
         try:
-            answer = await self.node.request(route, key_request(self.stream), trust=self.trust)
-            producer, keys = parse_keys(answer)
+            producer, keys = await self.keys()
         except StreamKeyError as e:
-            self._denied = str(e)
-            log.warning("%s: stream %s: no keys: %s", self.node.name, self.stream, e)
+            self._denied, self._denied_at = str(e), time.monotonic()
+            log.warning("stream %s: no keys: %s", self.stream, e)
             return
-        self._denied = ""
+        self._denied, self._denied_at = "", -math.inf
         for k in keys:
             if not self._opener.has_key(k.key_id):
                 self._opener.add_key(k.key_id, k.key, producer, k.algorithm)
@@ -192,8 +226,8 @@ class Consumer:
     ) -> list[Record]:
         """The next records (``[]`` if none came within ``timeout``); the ones returned by the
         previous call are acknowledged to the broker first (the application has them)."""
-        if self._sub is None or self._opener is None:
-            raise TetherError("open the consumer first: `async with Consumer(…) as consumer`")
+        if self._sub is None:
+            raise TetherError("open the consumer first: `async with …(…) as consumer`")
         if self._unacked:
             await self._sub.ack(self._unacked)
             self._unacked = []
@@ -201,8 +235,8 @@ class Consumer:
         if not deliveries:
             return []
         payloads = [d.payload for d in deliveries]
-        missing = {k for p in payloads if (k := record_key_id(p)) is not None}
-        if any(not self._opener.has_key(k) for k in missing):
+        needed = {k for p in payloads if (k := record_key_id(p)) is not None}
+        if any(not self._opener.has_key(k) for k in needed):
             await self._fetch_keys()
         out: list[Record] = []
         for outcome in self._opener.open_many(payloads):
@@ -218,14 +252,16 @@ class Consumer:
                 )
                 self.gaps += outcome.gap
                 continue
-            assert isinstance(outcome, RecordRefused)
-            reason = outcome.reason
-            message = outcome.message
+            reason, message = outcome.reason, outcome.message
             if reason == "unknown-key" and self._denied:
                 reason, message = "not-allowed", f"{message}; the producer's node: {self._denied}"
             self.refused[reason] += 1
             self.last_refusal = message
-            log.warning("%s: stream %s: refused a record: %s", self.node.name, self.stream, message)
+            n = self.refused[reason]
+            if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th… of each reason: the log stays small
+                log.warning(
+                    "stream %s: refused %d record(s) (%s): %s", self.stream, n, reason, message
+                )
         self.opened += len(out)
         self._unacked = deliveries  # refused ones too: the stream goes on
         return out
@@ -235,3 +271,49 @@ class Consumer:
         while True:
             for record in await self.fetch():
                 yield record
+
+
+class Consumer(Subscriber):
+    """A :class:`Subscriber` whose keys its node (in this process) gets from the producer's
+    node at ``keys_from`` (a route ending at its secure channel listener, e.g.
+    ``/node/orders/secure/api``), over a secure channel, as the stream's policy allows."""
+
+    def __init__(
+        self,
+        node: Node,
+        broker: Broker,
+        stream: str,
+        keys_from: str,
+        name: str,
+        *,
+        trust: TrustPolicy | None = None,
+        batch: int = 512,
+        timeout: float = 1.0,
+    ) -> None:
+        self.node = node
+
+        async def keys() -> tuple[str, list[DataKey]]:
+            return await fetch_keys(node, keys_from, stream, trust=trust)
+
+        super().__init__(broker, stream, name, keys, batch=batch, timeout=timeout)
+
+
+async def fetch_keys(
+    node: Node, keys_from: str, stream: str, *, trust: TrustPolicy | None = None
+) -> tuple[str, list[DataKey]]:
+    """The producer and keys of ``stream`` from the ``stream_keys`` service at ``keys_from``
+    (through a secure channel: the route ends at one), as ``node``; StreamKeyError says why
+    not."""
+    route = f"{keys_from.rstrip('/')}/service/{SERVICE}"
+    try:
+        answer = await node.request(route, key_request(stream), trust=trust)
+    except TetherError as e:
+        if isinstance(e, StreamKeyError):
+            raise
+        raise StreamKeyError(f"asking {route} for the keys of {stream!r}: {e}") from None
+    try:
+        return parse_keys(answer)
+    except StreamKeyError:
+        raise
+    except TetherError as e:  # a malformed answer: the producer's node is not one we can read
+        raise StreamKeyError(f"the answer of {route} is not a stream key answer: {e}") from None

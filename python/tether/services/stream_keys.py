@@ -14,8 +14,8 @@ made after that, so it cannot open what is produced after the next rotation.
 
 The protocol (the payload of a request and its answer, inside the secure channel)::
 
-    request  GET(1) | stream (u8 length, UTF-8)
-    answer   KEYS(2) | producer (u8 length) | count (u16) | that many keys
+    request  GET(1) | stream (u16 length, UTF-8)
+    answer   KEYS(2) | producer (u16 length) | count (u16) | that many keys
              key = key id (16) | algorithm (u8: 1 AES-256-GCM, 2 ChaCha20-Poly1305)
                    | first position (u64) | created (u64, Unix seconds) | key (32)
     answer   DENIED(3) | why (UTF-8)
@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from tether._core import RecordSealer
@@ -96,18 +97,21 @@ class StreamKeyRing:
         self.algorithm = algorithm
         self.keys: list[DataKey] = []
         self.rotations = 0
+        self.leased = 0
+        """Positions handed out in all (records sealed, or reserved by a lease)."""
         self._made_at = 0.0
-        self._sealer: RecordSealer | None = None
         self._next = first_position
-        self.rotate()
+        """The next position to hand out."""
+        self.rotate(first=True)
 
     @property
     def current(self) -> DataKey:
         return self.keys[-1]
 
-    def rotate(self) -> DataKey:
-        """A new current key, its positions after every earlier key's."""
-        if self._sealer is not None:
+    def rotate(self, *, first: bool = False) -> DataKey:
+        """A new current key, its positions after every earlier key's (the rest of the current
+        key's range is never used)."""
+        if not first:
             self._next = self.current.first_position + self.rotate_after_records
             self.rotations += 1
         key = DataKey(
@@ -120,22 +124,61 @@ class StreamKeyRing:
         self.keys.append(key)
         del self.keys[:-MAX_KEYS]
         self._made_at = time.monotonic()
-        self._sealer = RecordSealer(
-            self.stream, self.producer, key.key_id, key.key, key.algorithm, key.first_position
-        )
         return key
 
-    def sealer(self, records: int) -> tuple[RecordSealer, int]:
-        """The sealer of the current key (rotated first when its time is up or it has no
-        position left), and how many of ``records`` it may seal before the next rotation."""
-        assert self._sealer is not None
+    def lease(self, records: int) -> Lease:
+        """Positions for up to ``records`` records under the current key (rotated first when
+        its time is up or it has no position left): never handed out again, so whoever seals
+        with them (this process, or a ``tether stream publish`` the node leased them to) never
+        repeats a nonce."""
+        if records < 1:
+            raise StreamKeyError("a lease is for at least one record")
         end = self.current.first_position + self.rotate_after_records
-        left = end - self._sealer.next_position
-        if left <= 0 or time.monotonic() - self._made_at >= self.rotate_after_seconds:
+        if self._next >= end or time.monotonic() - self._made_at >= self.rotate_after_seconds:
             self.rotate()
-            assert self._sealer is not None
-            left = self.rotate_after_records
-        return self._sealer, min(records, left)
+            end = self.current.first_position + self.rotate_after_records
+        count = min(records, end - self._next)
+        lease = Lease(self.stream, self.producer, self.current, self._next, count)
+        self._next += count
+        self.leased += count
+        return lease
+
+    def info(self) -> dict[str, object]:
+        """What ``tether stream show`` reports: no key material."""
+        return {
+            "stream": self.stream,
+            "producer": self.producer,
+            "algorithm": self.algorithm,
+            "rotate_after_records": self.rotate_after_records,
+            "rotate_after_seconds": self.rotate_after_seconds,
+            "rotations": self.rotations,
+            "records": self.leased,
+            "next_position": self._next,
+            "keys": [
+                {
+                    "key_id": k.key_id.hex(),
+                    "first_position": k.first_position,
+                    "created_at": k.created_at,
+                }
+                for k in self.keys
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Positions ``first`` … ``first + count - 1`` of a stream under one key, to seal with."""
+
+    stream: str
+    producer: str
+    key: DataKey
+    first: int
+    count: int
+
+    def sealer(self) -> RecordSealer:
+        """A sealer for the lease's positions (the Rust core's; it refuses to go back)."""
+        k = self.key
+        return RecordSealer(self.stream, self.producer, k.key_id, k.key, k.algorithm, self.first)
 
 
 def check_stream(stream: str) -> str:
@@ -153,12 +196,30 @@ class StreamKeyService:
         self.node = node
         self.rings: dict[str, StreamKeyRing] = {}
         self.allow: dict[str, Policy | None] = {}
-        self.served = 0
-        self.refused = 0
+        self.served: Counter[str] = Counter()
+        """Key requests answered, by stream."""
+        self.refused: Counter[str] = Counter()
+        """Key requests refused, by stream (``*``: one this node does not produce, or one that
+        could not be read)."""
 
     async def start(self) -> None:
         if not self.node.has_worker(SERVICE):
             await self.node.start_worker(SERVICE, self.handle, kind=RESOURCE_TYPE)
+
+    def remove(self, stream: str) -> None:
+        """Stop serving ``stream``'s keys."""
+        self.rings.pop(stream, None)
+        self.allow.pop(stream, None)
+
+    def info(self, stream: str) -> dict[str, object]:
+        """The stream's ring (:meth:`StreamKeyRing.info`), its policy, and its key requests."""
+        allow = self.allow.get(stream)
+        return {
+            **self.rings[stream].info(),
+            "allow": str(allow) if allow is not None else None,
+            "served": self.served[stream],
+            "refused": self.refused[stream],
+        }
 
     def add(self, ring: StreamKeyRing, allow: str | Policy | None) -> None:
         """Serve ``ring``'s keys to the peers that ``allow`` and the node's policies for the
@@ -186,20 +247,20 @@ class StreamKeyService:
         return None if refusal is None else f"reading stream {stream!r}: {refusal}"
 
     async def handle(self, ctx: WorkerContext, msg: Message) -> None:
-        if msg.kind != KIND_DATA or not msg.return_route or not msg.payload:
-            return
+        if msg.kind != KIND_DATA or not msg.return_route:
+            return  # (a report, or nowhere to answer)
         try:
-            r = Reader(msg.payload, "stream key request", 1 + 1 + MAX_STREAM)
+            r = Reader(msg.payload, "stream key request", 1 + 2 + MAX_STREAM)
             r.expect(GET, "request")
             stream = r.text(MAX_STREAM, "stream", min_len=1)
             r.end()
         except TetherError as e:
-            self.refused += 1
+            self.refused["*"] += 1
             await ctx.reply(msg, bytes([DENIED]) + f"malformed request: {e}".encode())
             return
         refusal = self._refusal(stream, msg)
         if refusal is not None:
-            self.refused += 1
+            self.refused[stream if stream in self.rings else "*"] += 1
             log.info("%s: %s", self.node.name, refusal)
             await ctx.reply(msg, bytes([DENIED]) + refusal.encode())
             return
@@ -208,7 +269,7 @@ class StreamKeyService:
         for k in ring.keys:
             w.fixed(k.key_id, KEY_ID_LEN).u8(ALGORITHMS[k.algorithm])
             w.u64(k.first_position).u64(k.created_at).fixed(k.key, KEY_LEN)
-        self.served += 1
+        self.served[stream] += 1
         await ctx.reply(msg, w.getvalue())
 
 
@@ -221,7 +282,7 @@ def parse_keys(answer: bytes) -> tuple[str, list[DataKey]]:
     if answer[:1] == bytes([DENIED]):
         raise StreamKeyError(answer[1:].decode("utf-8", errors="replace"))
     per_key = KEY_ID_LEN + 1 + 8 + 8 + KEY_LEN
-    r = Reader(answer, "stream keys", 1 + 256 + 2 + MAX_KEYS * per_key)
+    r = Reader(answer, "stream keys", 1 + 2 + 255 + 2 + MAX_KEYS * per_key)
     r.expect(KEYS, "answer")
     producer = r.text(255, "producer", min_len=1)
     count = r.u16("count")
