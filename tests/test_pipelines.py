@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from brokers import running
-from test_authority import member, route_of, running_authority
+from test_authority import Auth, member, route_of, running_authority
 from tether.api import Node
 from tether.identity.trust import ephemeral_identity
 from tether.pipelines.brokers import Broker, connect
@@ -105,6 +105,23 @@ async def take(consumer: Consumer, n: int, timeout: float = 20.0) -> list[Any]:
     return got
 
 
+@contextlib.asynccontextmanager
+async def site(
+    tmp_path: Path, *, poll_interval: float = 60.0
+) -> AsyncIterator[tuple[Auth, contextlib.AsyncExitStack, Node, Node]]:
+    """An authority; the producer's node (``orders``, listening) and a reader's, members with
+    the roles ``orders-writer`` and ``orders-reader``."""
+    async with (
+        running_authority(tmp_path / "auth") as auth,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        orders = await member(
+            stack, auth, "orders", listen=True, poll_interval=poll_interval, role="orders-writer"
+        )
+        reader = await member(stack, auth, "reader", role="orders-reader")
+        yield auth, stack, orders, reader
+
+
 def keys_route(node: Node) -> str:
     return f"{route_of(node)}/secure/api"
 
@@ -119,12 +136,7 @@ def test_records_flow_in_order_and_the_broker_reads_nothing(
     stream = f"orders-flow-{kind}"
 
     async def main() -> None:
-        async with (
-            running_authority(tmp_path / "auth") as auth,
-            contextlib.AsyncExitStack() as stack,
-        ):
-            orders = await member(stack, auth, "orders", listen=True, role="orders-writer")
-            reader = await member(stack, auth, "reader", role="orders-reader")
+        async with site(tmp_path) as (_, _, orders, reader):
             pub: Broker = await connect(url)
             sub: Broker = await connect(url)
             try:
@@ -163,14 +175,7 @@ def test_keys_follow_the_policy_unauthorized_and_revoked_open_nothing_new(
     stream = f"orders-policy-{kind}"
 
     async def main() -> None:
-        async with (
-            running_authority(tmp_path / "auth") as auth,
-            contextlib.AsyncExitStack() as stack,
-        ):
-            orders = await member(
-                stack, auth, "orders", listen=True, poll_interval=0.5, role="orders-writer"
-            )
-            reader = await member(stack, auth, "reader", role="orders-reader")
+        async with site(tmp_path, poll_interval=0.5) as (auth, stack, orders, reader):
             stranger = await member(stack, auth, "stranger", role="billing")
             brokers = [await connect(url) for _ in range(3)]
             try:
@@ -222,12 +227,7 @@ def test_an_altered_record_is_refused_counted_and_the_stream_goes_on(
     stream = f"orders-tamper-{kind}"
 
     async def main() -> None:
-        async with (
-            running_authority(tmp_path / "auth") as auth,
-            contextlib.AsyncExitStack() as stack,
-        ):
-            orders = await member(stack, auth, "orders", listen=True, role="orders-writer")
-            reader = await member(stack, auth, "reader", role="orders-reader")
+        async with site(tmp_path) as (_, _, orders, reader):
             pub, sub = await connect(url), await connect(url)
             try:
                 async with (
@@ -267,12 +267,7 @@ def test_a_record_is_acknowledged_only_after_the_application_took_it(
     stream = f"orders-ack-{kind}"
 
     async def main() -> None:
-        async with (
-            running_authority(tmp_path / "auth") as auth,
-            contextlib.AsyncExitStack() as stack,
-        ):
-            orders = await member(stack, auth, "orders", listen=True, role="orders-writer")
-            reader = await member(stack, auth, "reader", role="orders-reader")
+        async with site(tmp_path) as (_, _, orders, reader):
             pub = await connect(url)
             try:
                 sub = await connect(url)
