@@ -22,13 +22,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cli_run import Cli
+from test_control_http import raw_connect as connect
+from test_control_http import read_to_end as answer_of
+from test_control_http import status_of as status
 from tether.cli.control_client import call
 from tether.daemon.control import MAX_CONNECTIONS
 
@@ -46,30 +48,6 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
 
 def api_sock(cli: Cli) -> Path:
     return cli.home / "nodes" / "n1" / "api.sock"
-
-
-def connect(sock: Path) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
-    s.connect(str(sock))
-    return s
-
-
-def answer_of(s: socket.socket) -> bytes:
-    """What the node sends until it closes the connection (a reset ends it too)."""
-    got = b""
-    while True:
-        try:
-            chunk = s.recv(65536)
-        except ConnectionResetError:
-            return got
-        if not chunk:
-            return got
-        got += chunk
-
-
-def status(answer: bytes) -> int:
-    return int(answer.split(b" ", 2)[1])
 
 
 def descriptors(pid: int) -> int:
