@@ -16,15 +16,14 @@ import contextlib
 import os
 import pwd
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pgserver import HOST, require, unused_port
+from test_portal_programs import wait_for_port
 
 KINDS = ("nats", "redis", "mqtt")
 # Debian installs nats-server and mosquitto in /usr/sbin, which is not on a user's PATH.
@@ -106,16 +105,6 @@ def _command(kind: str, port: int, directory: Path) -> list[str]:
         )
         return [server, "-c", str(conf)]
     raise ValueError(f"no such broker kind: {kind}")
-
-
-def wait_for_port(port: int, timeout: float, what: str, proc: subprocess.Popen[Any]) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
-            return
-        assert proc.poll() is None, f"{what} exited with status {proc.returncode}"
-        assert time.monotonic() < deadline, f"{what} not listening on {port} after {timeout} s"
-        time.sleep(0.02)
 
 
 @contextlib.contextmanager

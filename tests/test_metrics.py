@@ -197,42 +197,6 @@ class _Host:
     started_at: int = 0
 
 
-@pytest.mark.usefixtures("data_plane")
-def test_a_relays_forwarded_counter_counts_each_message_with_either_data_plane() -> None:
-    """What the relay forwards, by the worker (Python plane) or by the engine (Rust plane, read
-    at scrape time), moves ``tether_relay_forwarded_messages_total`` by one per request."""
-
-    async def main() -> None:
-        async with (
-            Node("relay", identity=ephemeral_identity()) as relay,
-            Node("db", identity=ephemeral_identity()) as db,
-            Node("client", identity=ephemeral_identity()) as client,
-        ):
-            port = (await relay.listen_tcp(HOST)).port
-            allow_claims(relay, db)
-            rc = await db.create_relay("db", f"/ip4/{HOST}/tcp/{port}", trust=expect(relay))
-            # Each request names the forwarder (no secure channel of the client's own, which
-            # would go on by the claimer's channel directly once granted).
-            route = rc.forward_route + "/service/echo"
-            metrics = Metrics(_Host(relay))
-            name = (("name", "db"),)
-
-            def sample(metric: str) -> float:
-                return parse(metrics.exposition().decode())[(metric, name)]
-
-            assert await client.request(route, b"first") == b"first"
-            assert sample("tether_relay_online") == 1
-            before = sample("tether_relay_forwarded_messages_total")
-            for i in range(7):
-                reply = await client.request(route, b"%d" % i)
-                assert reply == b"%d" % i
-            assert sample("tether_relay_forwarded_messages_total") - before == 7
-            (claim,) = relay.relay_service.info() if relay.relay_service else []
-            assert sample("tether_relay_forwarded_messages_total") == claim["forwarded"]
-
-    run(main)
-
-
 def test_the_expiry_of_each_presented_credential_is_exposed() -> None:
     """A credential the node presents appears with its issuer and exact expiry, and is
     replaced by the next one from the same issuer."""
@@ -325,9 +289,10 @@ def test_handshakes_are_counted_by_role_and_outcome_with_their_durations() -> No
 
 
 @pytest.mark.usefixtures("data_plane")
-def test_a_relays_forwarded_bytes_are_the_payloads_it_forwarded() -> None:
-    """``tether_relay_forwarded_bytes_total`` moves by exactly the payload bytes of the
-    messages forwarded (a request's payload is its kind byte and body: no routes, no
+def test_a_relays_forwarded_messages_and_bytes_with_either_data_plane() -> None:
+    """``tether_relay_forwarded_messages_total`` moves by one per request and
+    ``tether_relay_forwarded_bytes_total`` by exactly the payload bytes of the messages
+    forwarded (a request's payload is its kind byte and body: no routes, no
     framing), whichever data plane forwards them, and agrees with the claim's info."""
 
     async def main() -> None:
@@ -347,14 +312,17 @@ def test_a_relays_forwarded_bytes_are_the_payloads_it_forwarded() -> None:
                 return parse(metrics.exposition().decode())[(metric, name)]
 
             assert await client.request(route, b"first") == b"first"
+            assert sample("tether_relay_online") == 1
             before = sample("tether_relay_forwarded_bytes_total")
             assert before == 1 + len(b"first")
+            messages = sample("tether_relay_forwarded_messages_total")
             sizes = [0, 1, 100, 1000, 20_000, 60_000, 7]
             for size in sizes:
                 body = os.urandom(size)
                 assert await client.request(route, body) == body
             moved = sample("tether_relay_forwarded_bytes_total") - before
             assert moved == sum(1 + size for size in sizes)  # KIND_DATA and the body
+            assert sample("tether_relay_forwarded_messages_total") - messages == len(sizes)
             (claim,) = relay.relay_service.info() if relay.relay_service else []
             assert sample("tether_relay_forwarded_bytes_total") == claim["forwarded_bytes"]
             assert sample("tether_relay_forwarded_messages_total") == claim["forwarded"]
