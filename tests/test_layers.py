@@ -213,3 +213,20 @@ def test_a_violation_is_found() -> None:
     assert node is not None
     assert channel is not None
     assert node < channel
+
+
+def test_the_command_starts_without_the_heavy_optional_imports() -> None:
+    """Every ``tether`` command and node daemon imports the CLI and the daemon: the broker
+    clients (imported by the adapter a URL asks for) and PyYAML (imported by ``tether apply``)
+    stay out of that start."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tether.cli, tether.daemon.main; "
+        "print(sorted(m for m in ('nats', 'redis', 'paho', 'yaml') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]", out.stdout

@@ -19,15 +19,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from tether.cli.common import check_host_port, check_route, ttl
 from tether.core.errors import InvalidArgumentError, TetherError
 from tether.identity.policy import Policy
 from tether.identity.registry import check_name
 from tether.node.policies import RESOURCE_TYPES
+
+if TYPE_CHECKING:
+    import yaml
 
 MAX_FILE = 1 << 20
 """The largest file ``tether apply`` reads (a site's file is a few KiB)."""
@@ -126,6 +127,8 @@ class _Value:
 
 
 def _compose(text: str, file: str) -> _Value | None:
+    import yaml  # here, not at the top: every `tether` command would pay its import
+
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
@@ -146,6 +149,8 @@ def _compose(text: str, file: str) -> _Value | None:
 def _convert(
     loader: yaml.SafeLoader, node: yaml.Node, file: str, path: str, count: list[int]
 ) -> _Value:
+    import yaml  # (already imported by _compose: a lookup)
+
     where = Where(file, node.start_mark.line + 1, path or "(top)")
     count[0] += 1
     if count[0] > MAX_VALUES:
