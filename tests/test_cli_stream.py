@@ -115,6 +115,7 @@ def test_stream_mistakes_are_refused_with_their_reason(tmp_path: Path, redis_url
             reason="give a unit", code=2,
         )  # fmt: skip
         publish = ["stream", "publish", "--at", "shop", "--stream", "orders"]
+        cli.fails(*publish, "--broker", redis_url, "--batch", "0", reason="invalid batch", code=2)
         p = pipe(cli, [*publish, "--broker", redis_url, "--binary"], struct.pack(">I", 1 << 30))
         assert p.returncode == 1
         assert b"--binary: a record of 1073741824 bytes" in p.stderr

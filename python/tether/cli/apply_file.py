@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tether.cli.common import check_host_port, check_route, ttl
+from tether.cli.common import check_route, ttl
 from tether.core.errors import InvalidArgumentError, TetherError
 from tether.identity.policy import Policy
 from tether.identity.registry import check_name
 from tether.node.policies import RESOURCE_TYPES
+from tether.node.routing import host_port_problem
 
 if TYPE_CHECKING:
     import yaml
@@ -261,10 +262,10 @@ def _host_port(v: _Value, *, star: bool = False, port_zero: bool = True) -> str:
     text = _str(v)
     if star and text == "*":
         return text
-    try:
-        return check_host_port("", text, any_port=port_zero).strip()
-    except InvalidArgumentError as e:
-        raise v.where.error(str(e).lstrip()) from None
+    problem = host_port_problem(text, any_port=port_zero)
+    if problem is not None:
+        raise v.where.error(f"{text!r}: {problem}; use HOST:PORT, e.g. 127.0.0.1:5432")
+    return text
 
 
 def _route(v: _Value) -> str:

@@ -118,8 +118,6 @@ def _read_batch(stream: BinaryIO, binary: bool, most: int) -> tuple[list[bytes],
 def _publish(ctx: Context) -> int:
     a = ctx.args
     sock = node_api(ctx, _at(ctx))
-    if a.batch < 1:
-        raise InvalidArgumentError("--batch must be at least 1")
 
     def lease_now(n: int) -> Lease:
         r = call(sock, "POST", f"/streams/{a.stream}/lease", {"records": n})
@@ -300,15 +298,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--stream orders",
         _publish,
     )
-    p.add_argument("--at", metavar="NODE", help="the producer's node")
-    p.add_argument("--broker", required=True, metavar="URL", help="nats://, redis:// or mqtt://")
-    p.add_argument("--stream", required=True)
-    p.add_argument(
-        "--binary",
-        action="store_true",
-        help="records are a 4-byte big-endian length then the bytes (default: one per line)",
-    )
-    p.add_argument("--batch", type=int, default=256, help="records per batch (256)")
+    _records_arguments(p, "producer", "records are read as")
     p = add_command(
         sub,
         "consume",
@@ -317,9 +307,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--keys-from /node/shop/secure/api --name bi --count 1000",
         _consume,
     )
-    p.add_argument("--at", metavar="NODE", help="the consumer's node")
-    p.add_argument("--broker", required=True, metavar="URL", help="nats://, redis:// or mqtt://")
-    p.add_argument("--stream", required=True)
+    _records_arguments(p, "consumer", "records are written as")
     p.add_argument(
         "--keys-from",
         required=True,
@@ -329,13 +317,31 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--name", required=True, help="the durable consumer's name (it resumes where it left)"
     )
-    p.add_argument("--binary", action="store_true", help="write length-prefixed records")
     p.add_argument("--count", type=int, metavar="N", help="stop after N records")
     p.add_argument(
         "--idle", type=float, metavar="SECONDS", help="stop when nothing came for this long"
     )
-    p.add_argument("--batch", type=int, default=256, help="records per fetch (256)")
     add_trust_arguments(p)
+
+
+def _records_arguments(p: argparse.ArgumentParser, role: str, framing: str) -> None:
+    """What ``publish`` and ``consume`` share: the node, the broker, the stream, the framing of
+    records on standard input or output, and the batch size."""
+    p.add_argument("--at", metavar="NODE", help=f"the {role}'s node")
+    p.add_argument("--broker", required=True, metavar="URL", help="nats://, redis:// or mqtt://")
+    p.add_argument("--stream", required=True)
+    p.add_argument(
+        "--binary",
+        action="store_true",
+        help=f"{framing} a 4-byte big-endian length then the bytes (default: one per line)",
+    )
+    p.add_argument("--batch", type=_batch, default=256, help="records per batch (256)")
+
+
+def _batch(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65536:
+        raise argparse.ArgumentTypeError(f"invalid batch {text!r}: a whole number, 1 to 65536")
+    return int(text)
 
 
 _list = lister(_at, "/streams", _describe, "no streams produced here")

@@ -43,7 +43,7 @@ async def connect(url: str) -> Broker:
     ``redis://HOST:PORT[/DB]`` (Streams) or ``mqtt://HOST:PORT`` (MQTT 5)."""
     try:
         parts = urllib.parse.urlsplit(url)
-        port = parts.port
+        parts.port  # noqa: B018 - raises ValueError for a port that is not one
     except ValueError as e:
         raise BrokerError(f"not a broker URL: {url!r} ({e})") from None
     if parts.scheme not in SCHEMES or not parts.hostname:
@@ -53,5 +53,4 @@ async def connect(url: str) -> Broker:
         )
     if parts.scheme == "mqtt" and (parts.path not in ("", "/") or parts.query):
         raise BrokerError(f"an MQTT URL has no path or query: {url!r}; use mqtt://HOST:PORT")
-    del port
     return await opener(parts.scheme)(url)
