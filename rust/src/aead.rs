@@ -155,13 +155,25 @@ impl Key {
             ));
         }
         out.copy_from_slice(body);
+        self.open_in_place(nonce, aad, out, tag)
+    }
+
+    /// Open in place: `buf` holds the ciphertext (without its tag) and becomes the plaintext.
+    /// On failure `buf` holds garbage and must be discarded; nothing else changes.
+    pub fn open_in_place(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8],
+    ) -> Result<()> {
         let tag = aead::Tag::try_from(tag).map_err(|_| Error::Decrypt)?;
         self.key
             .open_in_place_separate_tag(
                 Nonce::assume_unique_for_key(*nonce),
                 aead::Aad::from(aad),
                 tag,
-                out,
+                buf,
                 0..,
             )
             .map(|_| ())

@@ -351,23 +351,29 @@ fn too_large(len: usize) -> Error {
     ))
 }
 
-/// Append the envelope of `headers` and `body` to `out` (lengths already checked by
-/// [`envelope_len`]).
-fn write_envelope(headers: &[Header<'_>], body: &[u8], out: &mut Vec<u8>) {
+/// Write the envelope of `headers` and `body` over `out`, which is exactly [`envelope_len`]
+/// bytes (lengths already checked by it). Every byte of `out` is written.
+fn write_envelope(headers: &[Header<'_>], body: &[u8], out: &mut [u8]) {
+    let mut at = 0;
+    let mut put = |b: &[u8]| {
+        out[at..at + b.len()].copy_from_slice(b);
+        at += b.len();
+    };
     // Casts below are within the limits checked by `envelope_len`.
-    out.extend_from_slice(&u16::try_from(headers.len()).unwrap_or(0).to_be_bytes());
+    put(&u16::try_from(headers.len()).unwrap_or(0).to_be_bytes());
     for (name, value) in headers {
-        out.extend_from_slice(&u16::try_from(name.len()).unwrap_or(0).to_be_bytes());
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(&u32::try_from(value.len()).unwrap_or(0).to_be_bytes());
-        out.extend_from_slice(value);
+        put(&u16::try_from(name.len()).unwrap_or(0).to_be_bytes());
+        put(name.as_bytes());
+        put(&u32::try_from(value.len()).unwrap_or(0).to_be_bytes());
+        put(value);
     }
-    out.extend_from_slice(body);
+    put(body);
+    debug_assert_eq!(at, out.len());
 }
 
 /// Encode an envelope (the plaintext of a record).
 pub fn encode_envelope(headers: &[Header<'_>], body: &[u8]) -> Result<Vec<u8>, Error> {
-    let mut out = Vec::with_capacity(envelope_len(headers, body.len())?);
+    let mut out = vec![0u8; envelope_len(headers, body.len())?];
     write_envelope(headers, body, &mut out);
     Ok(out)
 }
@@ -525,22 +531,57 @@ impl RecordSealer {
         Ok(())
     }
 
-    /// Seal one record (sizes already checked) at the next position, appending it to `out`.
-    fn seal_checked(&mut self, headers: &[Header<'_>], body: &[u8], out: &mut Vec<u8>) {
+    /// Seal one record (sizes and positions already checked) at the next position over `out`,
+    /// which is exactly its sealed length. Every byte of `out` is written before any is read
+    /// (the Python binding hands over a `bytes` object's fresh, unwritten storage).
+    fn seal_checked(&mut self, headers: &[Header<'_>], body: &[u8], out: &mut [u8]) {
         let position = self.next_position;
         let header = header_bytes(&self.key_id, position);
-        let start = out.len();
-        out.extend_from_slice(&header);
-        write_envelope(headers, body, out);
-        out.extend_from_slice(&[0u8; TAG_LEN]);
+        let (head, sealed) = out.split_at_mut(HEADER_LEN);
+        head.copy_from_slice(&header);
+        let tag_at = sealed.len() - TAG_LEN;
+        write_envelope(headers, body, &mut sealed[..tag_at]);
+        sealed[tag_at..].fill(0);
         let at = self.aad.len() - HEADER_LEN;
         self.aad[at..].copy_from_slice(&header);
-        let sealed =
-            self.key
-                .seal_in_place(&nonce(position), &self.aad, &mut out[start + HEADER_LEN..]);
+        let done = self.key.seal_in_place(&nonce(position), &self.aad, sealed);
         // Infallible: the buffer holds at least the tag, and the envelope is at most 16 MiB.
-        debug_assert!(sealed.is_ok());
+        debug_assert!(done.is_ok());
         self.next_position = position + 1;
+    }
+
+    /// The sealed length of each record of a batch, or why the batch cannot be sealed (a
+    /// header, a size, or too few positions left): everything [`Self::seal_batch_to`] checks.
+    pub fn batch_lens<'h, H: AsRef<[Header<'h>]>, B: AsRef<[u8]>>(
+        &self,
+        records: &[(H, B)],
+    ) -> Result<Vec<usize>, Error> {
+        let lens = records
+            .iter()
+            .map(|(h, b)| Self::sealed_len(h.as_ref(), b.as_ref().len()))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.reserve(records.len())?;
+        Ok(lens)
+    }
+
+    /// Seal a batch at consecutive positions, each record over its own buffer of exactly its
+    /// [`Self::batch_lens`] length (for example fresh `bytes` objects: no copy afterwards).
+    /// All or nothing: everything is checked before the first record is sealed.
+    pub fn seal_batch_to<'h, H: AsRef<[Header<'h>]>, B: AsRef<[u8]>>(
+        &mut self,
+        records: &[(H, B)],
+        outs: &mut [&mut [u8]],
+    ) -> Result<(), Error> {
+        let lens = self.batch_lens(records)?;
+        if outs.len() != lens.len() || outs.iter().zip(&lens).any(|(o, &n)| o.len() != n) {
+            return Err(Error::InvalidArgument(
+                "one output buffer per record, each of its sealed length".into(),
+            ));
+        }
+        for ((headers, body), out) in records.iter().zip(outs.iter_mut()) {
+            self.seal_checked(headers.as_ref(), body.as_ref(), out);
+        }
+        Ok(())
     }
 
     /// Seal one record at the next position.
@@ -559,8 +600,9 @@ impl RecordSealer {
     ) -> Result<(), Error> {
         let len = Self::sealed_len(headers, body.len())?;
         self.reserve(1)?;
-        out.reserve(len);
-        self.seal_checked(headers, body, out);
+        let start = out.len();
+        out.resize(start + len, 0);
+        self.seal_checked(headers, body, &mut out[start..]);
         Ok(())
     }
 
@@ -572,16 +614,15 @@ impl RecordSealer {
         records: &[(H, B)],
         out: &mut Vec<u8>,
     ) -> Result<Vec<usize>, Error> {
-        let mut total: usize = 0;
-        for (headers, body) in records {
-            total = total.saturating_add(Self::sealed_len(headers.as_ref(), body.as_ref().len())?);
-        }
-        self.reserve(records.len())?;
-        out.reserve(total);
+        let lens = self.batch_lens(records)?;
+        let total = lens.iter().fold(0usize, |t, &n| t.saturating_add(n));
+        let mut start = out.len();
+        out.resize(start + total, 0);
         let mut ends = Vec::with_capacity(records.len());
-        for (headers, body) in records {
-            self.seal_checked(headers.as_ref(), body.as_ref(), out);
-            ends.push(out.len());
+        for ((headers, body), n) in records.iter().zip(lens) {
+            self.seal_checked(headers.as_ref(), body.as_ref(), &mut out[start..start + n]);
+            start += n;
+            ends.push(start);
         }
         Ok(ends)
     }
@@ -621,6 +662,39 @@ impl fmt::Debug for KeyEntry {
             .field("key", &self.key)
             .field("producer", &self.producer)
             .finish_non_exhaustive()
+    }
+}
+
+/// A record opened into a caller's buffer ([`RecordOpener::open_batch_into`]): who sealed it,
+/// where, and where its envelope lies in that buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Opened {
+    pub key_id: KeyId,
+    pub producer: Arc<str>,
+    pub position: u64,
+    /// Positions skipped since the last record opened from this producer (0 for the first).
+    pub gap: u64,
+    /// The envelope's place in the buffer.
+    plain: Range<usize>,
+    /// Offsets within the envelope.
+    layout: Layout,
+}
+
+impl Opened {
+    fn envelope<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &buf[self.plain.clone()]
+    }
+    /// The headers, in order (names may repeat); `buf` is the buffer it was opened into.
+    pub fn headers<'a>(&'a self, buf: &'a [u8]) -> impl ExactSizeIterator<Item = Header<'a>> + 'a {
+        let plain = self.envelope(buf);
+        self.layout
+            .headers
+            .iter()
+            .map(move |(n, v)| (name_at(plain, n), &plain[v.clone()]))
+    }
+    /// The body; `buf` is the buffer it was opened into.
+    pub fn body<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &self.envelope(buf)[self.layout.body..]
     }
 }
 
@@ -723,6 +797,21 @@ impl RecordOpener {
 
     /// Open one record. A refusal changes nothing.
     pub fn open(&mut self, record: &[u8]) -> Result<OpenedRecord, RecordError> {
+        let mut plain = Vec::new();
+        let o = self.open_append(record, &mut plain)?;
+        Ok(OpenedRecord {
+            key_id: o.key_id,
+            producer: o.producer,
+            position: o.position,
+            gap: o.gap,
+            plain,
+            layout: o.layout,
+        })
+    }
+
+    /// Open one record, appending its envelope to `out` (one copy of the ciphertext, then
+    /// decrypted in place). A refusal changes nothing, `out` included.
+    pub fn open_append(&mut self, record: &[u8], out: &mut Vec<u8>) -> Result<Opened, RecordError> {
         let RecordHeader { key_id, position } = peek(record)?;
         let entry = self
             .keys
@@ -731,43 +820,56 @@ impl RecordOpener {
         self.aad.clear();
         self.aad.extend_from_slice(&entry.aad_prefix);
         self.aad.extend_from_slice(&record[..HEADER_LEN]);
-        // Bounded by MAX_RECORD (checked by `peek`).
-        let mut plain = vec![0u8; record.len() - OVERHEAD];
-        entry
+        let start = out.len();
+        // Bounded by MAX_RECORD (checked by `peek`), and already in memory as `record`.
+        let (ciphertext, tag) = record[HEADER_LEN..].split_at(record.len() - OVERHEAD);
+        out.extend_from_slice(ciphertext);
+        let refuse = |out: &mut Vec<u8>, e: RecordError| {
+            out.truncate(start);
+            Err(e)
+        };
+        if entry
             .key
-            .open_to(
-                &nonce(position),
-                &self.aad,
-                &record[HEADER_LEN..],
-                &mut plain,
-            )
-            .map_err(|_| RecordError::Forged { key_id })?;
-        let layout = layout(&plain).map_err(|what| RecordError::BadEnvelope {
-            key_id,
-            position,
-            what,
-        })?;
+            .open_in_place(&nonce(position), &self.aad, &mut out[start..], tag)
+            .is_err()
+        {
+            return refuse(out, RecordError::Forged { key_id });
+        }
+        let layout = match layout(&out[start..]) {
+            Ok(l) => l,
+            Err(what) => {
+                return refuse(
+                    out,
+                    RecordError::BadEnvelope {
+                        key_id,
+                        position,
+                        what,
+                    },
+                )
+            }
+        };
         let last = self.last.get(&entry.producer).copied();
         let gap = match last {
             Some(last) if position <= last => {
-                return Err(RecordError::Replayed {
+                let e = RecordError::Replayed {
                     key_id,
                     producer: Arc::clone(&entry.producer),
                     position,
                     last,
-                })
+                };
+                return refuse(out, e);
             }
             Some(last) => position - last - 1,
             None => 0,
         };
         let producer = Arc::clone(&entry.producer);
         self.last.insert(Arc::clone(&producer), position);
-        Ok(OpenedRecord {
+        Ok(Opened {
             key_id,
             producer,
             position,
             gap,
-            plain,
+            plain: start..out.len(),
             layout,
         })
     }
@@ -778,6 +880,19 @@ impl RecordOpener {
         records: &[R],
     ) -> Vec<Result<OpenedRecord, RecordError>> {
         records.iter().map(|r| self.open(r.as_ref())).collect()
+    }
+
+    /// Open a batch, in order, each envelope appended to `out` (a buffer reused from batch to
+    /// batch: no allocation per record): one outcome per record.
+    pub fn open_batch_into<R: AsRef<[u8]>>(
+        &mut self,
+        records: &[R],
+        out: &mut Vec<u8>,
+    ) -> Vec<Result<Opened, RecordError>> {
+        records
+            .iter()
+            .map(|r| self.open_append(r.as_ref(), out))
+            .collect()
     }
 }
 

@@ -357,6 +357,76 @@ fn batches_match_single_seals() {
 }
 
 #[test]
+fn sealing_into_given_buffers_matches_and_checks_them() {
+    let batch: Vec<(Vec<Header<'_>>, Vec<u8>)> = (0..8u8)
+        .map(|i| (vec![("n", &b"v"[..])], vec![i; 100 * usize::from(i)]))
+        .collect();
+    let mut a = sealer(Algorithm::Aes256Gcm, 5);
+    let mut b = sealer(Algorithm::Aes256Gcm, 5);
+    let lens = a.batch_lens(&batch).unwrap();
+    // Buffers full of junk: every byte is written.
+    let mut bufs: Vec<Vec<u8>> = lens.iter().map(|&n| vec![0xA5; n]).collect();
+    {
+        let mut outs: Vec<&mut [u8]> = bufs.iter_mut().map(Vec::as_mut_slice).collect();
+        a.seal_batch_to(&batch, &mut outs).unwrap();
+    }
+    assert_eq!(bufs, b.seal_batch(&batch).unwrap());
+    assert_eq!(a.next_position(), 13);
+
+    // A missing buffer, or one of the wrong size: refused, nothing sealed, no position used.
+    let mut short: Vec<Vec<u8>> = lens.iter().map(|&n| vec![0; n]).collect();
+    short[3].pop();
+    let mut outs: Vec<&mut [u8]> = short.iter_mut().map(Vec::as_mut_slice).collect();
+    assert!(matches!(
+        a.seal_batch_to(&batch, &mut outs),
+        Err(crate::error::Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        a.seal_batch_to(&batch, &mut outs[..7]),
+        Err(crate::error::Error::InvalidArgument(_))
+    ));
+    assert_eq!(a.next_position(), 13);
+    assert!(short.iter().all(|b| b.iter().all(|&x| x == 0)));
+}
+
+#[test]
+fn opening_into_one_buffer_skips_refusals_cleanly() {
+    let alg = Algorithm::Aes256Gcm;
+    let mut s = sealer(alg, 0);
+    let mut records: Vec<Vec<u8>> = (0..6u8)
+        .map(|i| s.seal(&[("k", &[i][..])], &[i; 50]).unwrap())
+        .collect();
+    let last = records.len() - 1;
+    records[2][30] ^= 1; // forged
+    records.push(records[1].clone()); // replayed
+    records.push(vec![1, 2, 3]); // malformed
+    records.swap(4, last); // out of order: 5 before 4, so 4 is a replay
+    let mut buf = b"kept".to_vec();
+    let mut o = opener(alg);
+    let out = o.open_batch_into(&records, &mut buf);
+    assert_eq!(&buf[..4], b"kept");
+    let mut reference = opener(alg);
+    for (r, rec) in out.iter().zip(&records) {
+        match (r, reference.open(rec)) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a.body(&buf), b.body());
+                assert_eq!(
+                    a.headers(&buf).collect::<Vec<_>>(),
+                    b.headers().collect::<Vec<_>>()
+                );
+                assert_eq!((a.position, a.gap), (b.position, b.gap));
+            }
+            (Err(a), Err(b)) => assert_eq!(a, &b),
+            (a, b) => panic!("{a:?} against {b:?}"),
+        }
+    }
+    let opened = out.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(opened, 4);
+    // Only the opened envelopes were appended (refusals left nothing behind).
+    assert_eq!(buf.len(), 4 + opened * (2 + 2 + 1 + 4 + 1 + 50));
+}
+
+#[test]
 fn secrets_stay_out_of_debug_and_errors() {
     let s = sealer(Algorithm::Aes256Gcm, 0);
     let o = opener(Algorithm::Aes256Gcm);

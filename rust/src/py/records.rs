@@ -6,7 +6,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyList, PyMemoryView, PyString, PyTuple};
 
-use super::buffer::Buf;
+use super::buffer::{Buf, FreshBytes};
 use super::maybe_detached;
 use crate::aead::Algorithm;
 use crate::error::Error;
@@ -145,17 +145,15 @@ impl PyRecordSealer {
             })
             .collect();
         let inner = &mut self.inner;
-        let mut out = Vec::new();
-        let ends = maybe_detached(py, total, || inner.seal_batch_into(&records, &mut out))?;
-        let mut start = 0;
-        PyList::new(
-            py,
-            ends.into_iter().map(|end| {
-                let r = PyBytes::new(py, &out[start..end]);
-                start = end;
-                r
-            }),
-        )
+        // Each record is sealed straight into the `bytes` object returned for it.
+        let mut fresh = inner
+            .batch_lens(&records)?
+            .into_iter()
+            .map(|n| FreshBytes::new(py, n))
+            .collect::<PyResult<Vec<_>>>()?;
+        let mut outs: Vec<&mut [u8]> = fresh.iter_mut().map(FreshBytes::storage).collect();
+        maybe_detached(py, total, || inner.seal_batch_to(&records, &mut outs))?;
+        PyList::new(py, fresh.into_iter().map(|b| b.into_bytes(py)))
     }
 
     fn __repr__(&self) -> String {
@@ -265,10 +263,11 @@ fn refused(py: Python<'_>, cache: &mut Cache, e: &RecordError) -> PyRecordRefuse
 fn opened(
     py: Python<'_>,
     cache: &mut Cache,
-    r: &records::OpenedRecord,
+    r: &records::Opened,
+    buf: &[u8],
 ) -> PyResult<PyOpenedRecord> {
     let items = r
-        .headers()
+        .headers(buf)
         .map(|(n, v)| {
             PyTuple::new(
                 py,
@@ -286,7 +285,7 @@ fn opened(
         position: r.position,
         gap: r.gap,
         headers: headers.unbind(),
-        body: PyBytes::new(py, r.body()).unbind(),
+        body: PyBytes::new(py, r.body(buf)).unbind(),
     })
 }
 
@@ -295,7 +294,12 @@ fn opened(
 #[pyclass(module = "tether._core", name = "RecordOpener")]
 pub(crate) struct PyRecordOpener {
     inner: RecordOpener,
+    /// Where a batch is decrypted, reused from batch to batch (at most SCRATCH_KEEP kept).
+    scratch: Vec<u8>,
 }
+
+/// The scratch space an opener keeps between batches; a larger batch's is freed after it.
+const SCRATCH_KEEP: usize = 8 * 1024 * 1024;
 
 #[pymethods]
 impl PyRecordOpener {
@@ -303,6 +307,7 @@ impl PyRecordOpener {
     fn new(stream: &str) -> PyResult<Self> {
         Ok(Self {
             inner: RecordOpener::new(stream)?,
+            scratch: Vec::new(),
         })
     }
 
@@ -350,15 +355,22 @@ impl PyRecordOpener {
         let bufs = batch(records, "records")?;
         let slices: Vec<&[u8]> = bufs.iter().map(Buf::as_bytes).collect();
         let total = slices.iter().fold(0usize, |t, s| t.saturating_add(s.len()));
-        let inner = &mut self.inner;
-        let results = maybe_detached(py, total, || inner.open_batch(&slices));
+        let (inner, scratch) = (&mut self.inner, &mut self.scratch);
+        scratch.clear();
+        // At most the records' own size (they are in memory already): no regrowth mid-batch.
+        scratch.reserve(total);
+        let results = maybe_detached(py, total, || inner.open_batch_into(&slices, scratch));
         let mut cache = Cache::default();
         let out = PyList::empty(py);
         for r in &results {
             match r {
-                Ok(o) => out.append(Py::new(py, opened(py, &mut cache, o)?)?)?,
+                Ok(o) => out.append(Py::new(py, opened(py, &mut cache, o, scratch)?)?)?,
                 Err(e) => out.append(Py::new(py, refused(py, &mut cache, e))?)?,
             }
+        }
+        scratch.clear();
+        if scratch.capacity() > SCRATCH_KEEP {
+            *scratch = Vec::new();
         }
         Ok(out)
     }
