@@ -157,6 +157,22 @@ def test_records_flow_in_order_and_the_broker_reads_nothing(
                     assert len(set(positions)) == 400
                     assert c.refused == {}
                     assert {r.producer for r in got} == {orders.identity.identity.identifier}
+
+                    # The producer restarted (a new key ring) and publishing from several tasks
+                    # at once: its positions go on above the old ones (a gap, not replays), and
+                    # each batch reaches the broker in the order of its positions.
+                    async with Producer(orders, pub, stream, allow=READERS) as p2:
+                        more = [b"task %d record %d" % (t, i) for t in range(4) for i in range(25)]
+                        async with anyio.create_task_group() as tg:
+                            for i in range(0, 100, 5):
+                                tg.start_soon(p2.publish, more[i : i + 5])
+                    got = await take(c, 100)
+                    assert sorted(r.body for r in got) == sorted(more)
+                    assert c.refused == {}
+                    assert got[0].gap > 0
+                    assert sum(r.gap for r in got[1:]) == 0
+                    positions = [r.position for r in got]
+                    assert positions == sorted(positions)
             finally:
                 await pub.aclose()
                 await sub.aclose()

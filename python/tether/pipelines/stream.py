@@ -21,9 +21,10 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
+
+import anyio
 
 from tether._core import OpenedRecord, RecordOpener, record_key_id
 from tether.api import Node
@@ -62,17 +63,11 @@ async def key_service(node: Node) -> StreamKeyService:
     return service
 
 
-@dataclass(frozen=True)
-class Record:
-    """An opened record: what the producer published, and where it was in the stream."""
-
-    body: bytes
-    headers: list[tuple[str, bytes]]
-    producer: str
-    position: int
-    gap: int
-    """Positions skipped before this one (records the broker lost or dropped, or a producer's
-    restart: ``docs/pipelines.md``)."""
+Record = OpenedRecord
+"""An opened record, as the core made it (no per-record Python work): ``body``, ``headers``
+(``(name, value)`` pairs), ``producer``, ``position``, ``key_id``, and ``gap``: positions skipped
+before this one (records the broker lost or dropped, or a producer's restart:
+``docs/pipelines.md``)."""
 
 
 LeaseSource = Callable[[int], Awaitable[Lease]]
@@ -91,6 +86,7 @@ class Publisher:
         self.stream = check_stream(stream)
         self.leases = leases
         self.published = 0
+        self._order = anyio.Lock()  # concurrent publish calls reach the broker in position order
 
     async def publish(
         self, bodies: Sequence[bytes], headers: Sequence[Headers | None] | None = None
@@ -100,14 +96,15 @@ class Publisher:
         if headers is not None and len(headers) != len(bodies):
             raise TetherError(f"{len(bodies)} records but {len(headers)} header lists")
         done = 0
-        while done < len(bodies):
-            lease = await self.leases(len(bodies) - done)
-            n = lease.count
-            part = None if headers is None else headers[done : done + n]
-            sealed = lease.sealer().seal_many(bodies[done : done + n], part)
-            await self.broker.publish(self.stream, sealed)
-            done += n
-            self.published += n
+        async with self._order:
+            while done < len(bodies):
+                lease = await self.leases(len(bodies) - done)
+                n = lease.count
+                part = None if headers is None else headers[done : done + n]
+                sealed = lease.sealer().seal_many(bodies[done : done + n], part)
+                await self.broker.publish(self.stream, sealed)
+                done += n
+                self.published += n
 
 
 class Producer(Publisher):
@@ -241,15 +238,7 @@ class Subscriber:
         out: list[Record] = []
         for outcome in self._opener.open_many(payloads):
             if isinstance(outcome, OpenedRecord):
-                out.append(
-                    Record(
-                        outcome.body,
-                        outcome.headers,
-                        outcome.producer,
-                        outcome.position,
-                        outcome.gap,
-                    )
-                )
+                out.append(outcome)
                 self.gaps += outcome.gap
                 continue
             reason, message = outcome.reason, outcome.message

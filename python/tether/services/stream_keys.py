@@ -68,6 +68,14 @@ class DataKey:
     key: bytes = field(repr=False)
 
 
+def first_position_now() -> int:
+    """Where a new key ring starts by default: the time, in microseconds since the Unix epoch.
+    A producer restarted (its ring not kept) so continues above every position it used before,
+    and its consumers see a gap, not replays, as long as it handed out fewer positions than
+    microseconds went by (a key's whole range counts: ``rotate_after_records`` per rotation)."""
+    return time.time_ns() // 1000
+
+
 class StreamKeyRing:
     """A producer's keys for one stream: the current one seals; a new one is made after
     ``rotate_after_records`` positions or ``rotate_after_seconds`` seconds, whichever comes first.
@@ -81,7 +89,7 @@ class StreamKeyRing:
         rotate_after_records: int = 1_000_000,
         rotate_after_seconds: float = 3600.0,
         algorithm: str = "AES-256-GCM",
-        first_position: int = 0,
+        first_position: int | None = None,
     ) -> None:
         check_stream(stream)
         if algorithm not in ALGORITHMS:
@@ -100,7 +108,7 @@ class StreamKeyRing:
         self.leased = 0
         """Positions handed out in all (records sealed, or reserved by a lease)."""
         self._made_at = 0.0
-        self._next = first_position
+        self._next = first_position if first_position is not None else first_position_now()
         """The next position to hand out."""
         self.rotate(first=True)
 
