@@ -106,6 +106,10 @@ class Run:
     records: int
     size: int
     latencies_ns: list[int] = field(repr=False)
+    main_cpu: float = 0.0
+    """CPU seconds of this process's main thread (the event loop) during the run."""
+    process_cpu: float = 0.0
+    """CPU seconds of the whole process (worker threads included) during the run."""
 
     @property
     def rate(self) -> float:
@@ -199,6 +203,8 @@ async def run_once(
     published: list[bytes] | None = [] if check else None
     received: list[bytes] | None = [] if check else None
     end = 0.0
+    cpu = (0.0, 0.0)  # main thread, process: CPU seconds at the start and at the end
+    cpu_end = [0.0, 0.0]
 
     async def consume(fetch: Callable[[], Awaitable[list[bytes]]]) -> None:
         nonlocal end
@@ -212,6 +218,7 @@ async def run_once(
             got += len(bodies)
             flow.arrived(len(bodies))
         end = time.perf_counter()
+        cpu_end[:] = [time.thread_time(), time.process_time()]
 
     gc.collect()
     gc.disable()
@@ -234,6 +241,7 @@ async def run_once(
 
                 try:
                     start = time.perf_counter()
+                    cpu = time.thread_time(), time.process_time()
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(consume, fetch_plain)
                         tg.start_soon(produce, publish_plain, spec, filler, flow, published)
@@ -266,6 +274,7 @@ async def run_once(
                         return [r.body for r in await consumer.fetch(spec.batch, FETCH_TIMEOUT)]
 
                     start = time.perf_counter()
+                    cpu = time.thread_time(), time.process_time()
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(consume, fetch_sealed)
                         tg.start_soon(produce, producer.publish, spec, filler, flow, published)
@@ -280,7 +289,14 @@ async def run_once(
     if published is not None and received is not None and published != received:
         bad = next(i for i, (a, b) in enumerate(zip(published, received, strict=True)) if a != b)
         raise BenchError(f"{kind} {mode}: record {bad} arrived altered")
-    return Run(end - start, spec.records, spec.size, latencies)
+    return Run(
+        end - start,
+        spec.records,
+        spec.size,
+        latencies,
+        cpu_end[0] - cpu[0],
+        cpu_end[1] - cpu[1],
+    )
 
 
 def identifier(node: Node) -> str:
@@ -373,7 +389,9 @@ async def bench(urls: dict[str, str], sizes: Sequence[Size], rounds: int, profil
 def progress(what: str, mode: str, run: Run) -> None:
     print(
         f"{what} {mode:9} {run.rate:9.0f} rec/s {run.rate * run.size / MB:7.1f} MB/s "
-        f"p50 {run.percentile(50):7.2f} ms p99 {run.percentile(99):7.2f} ms",
+        f"p50 {run.percentile(50):7.2f} ms p99 {run.percentile(99):7.2f} ms "
+        f"cpu/rec: main {run.main_cpu / run.records * 1e6:6.1f} us, "
+        f"process {run.process_cpu / run.records * 1e6:6.1f} us",
         file=sys.stderr,
     )
 
@@ -606,6 +624,11 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(KINDS),
         help=f"comma-separated subset of {','.join(KINDS)} (default: all)",
     )
+    parser.add_argument(
+        "--sizes",
+        default="1024,65536",
+        help="comma-separated subset of the record sizes 1024,65536 (default: both)",
+    )
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="directory for the results")
     parser.add_argument(
         "--profile",
@@ -620,7 +643,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
         parser.error(f"unknown brokers {unknown}: choose from {','.join(KINDS)}")
-    sizes = QUICK if args.quick else FULL
+    wanted = {s.strip() for s in args.sizes.split(",") if s.strip()}
+    sizes = tuple(s for s in (QUICK if args.quick else FULL) if str(s.size) in wanted)
+    if not sizes or wanted - {str(s.size) for s in FULL}:
+        parser.error(f"--sizes: choose from {','.join(str(s.size) for s in FULL)}")
     command = "python benches/pipelines.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
 
     start = time.perf_counter()
