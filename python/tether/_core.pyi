@@ -2,7 +2,7 @@
 
 import socket
 from collections.abc import Sequence
-from typing import ClassVar, final
+from typing import ClassVar, Literal, final
 
 from typing_extensions import Buffer
 
@@ -24,6 +24,8 @@ __all__ = [
     "MAX_MESSAGE_LEN",
     "MAX_PAYLOAD_LEN",
     "MAX_RECORD",
+    "NATS_PING",
+    "NATS_PONG",
     "PORTAL_CLOSE",
     "PORTAL_CREDIT",
     "PORTAL_DATA",
@@ -55,6 +57,7 @@ __all__ = [
     "LinkClosed",
     "LinkMessage",
     "LinkTimers",
+    "NatsDecoder",
     "OpenedRecord",
     "OutletSession",
     "PortalAction",
@@ -78,6 +81,10 @@ __all__ = [
     "encode_message_frame",
     "forward_onward",
     "generate_keypair",
+    "nats_connect",
+    "nats_publish",
+    "nats_subscribe",
+    "nats_unsubscribe",
     "public_key",
     "record_key_id",
     "x25519",
@@ -639,3 +646,31 @@ class RecordOpener:
     def open_many(self, records: Sequence[Buffer]) -> list[OpenedRecord | RecordRefused]: ...
 
 def record_key_id(record: Buffer) -> bytes | None: ...
+
+# --- the NATS client protocol (rust/src/nats.rs) ---------------------------------------------
+
+_NatsOp = (
+    tuple[Literal["MSG"], str, int, str | None, bytes]
+    | tuple[Literal["INFO"], str]
+    | tuple[Literal["-ERR"], str]
+    | tuple[Literal["PING"]]
+    | tuple[Literal["PONG"]]
+    | tuple[Literal["+OK"]]
+)
+
+NATS_PING: bytes
+NATS_PONG: bytes
+
+@final
+class NatsDecoder:
+    def __new__(cls, max_payload: int = ...) -> NatsDecoder: ...
+    def set_max_payload(self, max_payload: int) -> None: ...
+    def feed(self, data: Buffer) -> list[_NatsOp]: ...
+    def buffered(self) -> int: ...
+
+def nats_connect(json: str) -> bytes: ...
+def nats_publish(
+    subject: str, payload: Buffer, max_payload: int, reply: str | None = None
+) -> bytes: ...
+def nats_subscribe(subject: str, sid: int, queue: str | None = None) -> bytes: ...
+def nats_unsubscribe(sid: int) -> bytes: ...

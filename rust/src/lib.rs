@@ -17,6 +17,7 @@
 //! | [`reassembly`] | a secure channel's fragment reassembly, and which failures count as refused |
 //! | [`link`]    | a link's keepalive, dead-peer, slow-frame and stuck-peer timers, given `now` |
 //! | [`relay`]   | a relay's forwarding rule: where a message that reaches a forwarder goes next |
+//! | [`nats`]    | the NATS client protocol, sans-IO: the operations a client sends, and a streaming decoder of what a server sends (lengths checked before allocation) |
 //! | [`records`] | sealed records for brokers: the record format, a producer's sealer and a consumer's opener (replay, reorder and gap tracking) |
 //! | `engine`    | the Rust driver of the data plane (feature `engine`): the one module that does I/O — a thread per node owning its TCP links and portal sessions |
 //! | `py`        | the pyo3 bindings (feature `python`), typed events and the state machines' Python faces; nothing else touches Python |
@@ -31,6 +32,7 @@ pub mod engine;
 pub mod error;
 pub mod frame;
 pub mod link;
+pub mod nats;
 pub mod noise;
 pub mod portal;
 pub mod reassembly;

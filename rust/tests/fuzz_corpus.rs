@@ -91,6 +91,11 @@ fn records_open_corpus() {
 }
 
 #[test]
+fn nats_decode_corpus() {
+    run_corpus("nats_decode");
+}
+
+#[test]
 fn every_corpus_directory_is_a_target() {
     let mut dirs: Vec<String> = fs::read_dir(corpus_dir())
         .expect("rust/fuzz/corpus")
@@ -151,7 +156,28 @@ fn seeds() -> Vec<Seed> {
     channel_seeds(&mut out);
     portal_seeds(&mut out);
     records_seeds(&mut out);
+    nats_seeds(&mut out);
     out
+}
+
+fn nats_seeds(out: &mut Vec<Seed>) {
+    let stream: &[(&str, &[u8])] = &[
+        ("info", b"INFO {\"server_id\":\"s\",\"max_payload\":64}\r\n"),
+        ("ping-pong-ok", b"PING\r\nPONG\r\n+OK\r\n"),
+        (
+            "err",
+            b"-ERR 'Permissions Violation for Subscription to \"tether.db.*\"'\r\n",
+        ),
+        ("msg", b"MSG tether.a.b 1 5\r\nhello\r\n"),
+        ("msg-reply", b"MSG tether.a.b 1 _INBOX.x 2\r\nhi\r\n"),
+        ("hmsg", b"HMSG a 2 12 14\r\nNATS/1.0\r\n\r\nhi\r\n"),
+        ("too-large", b"MSG a 1 100\r\n"),
+        ("bad-end", b"MSG a 1 2\r\nabcd\r\n"),
+        ("unknown", b"HELLO\r\n"),
+    ];
+    for (name, bytes) in stream {
+        seed(out, "nats_decode", name, cat(&[&[64, 3], bytes]));
+    }
 }
 
 fn frames(payloads: &[&[u8]]) -> Vec<u8> {

@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 use tether_core::channel::{ChannelCipher, MAX_MESSAGE, OVERHEAD};
 use tether_core::error::{Error, ReplayReason};
 use tether_core::frame::{self, FrameDecoder, HEADER_LEN};
+use tether_core::nats::{self, ServerOp};
 use tether_core::noise::{public_key, Handshake, Suite};
 use tether_core::portal::{self, PortalError, PortalMessage, KIND_DATA, KIND_ERROR, MAX_REASON};
 use tether_core::records::{self, RecordError, RecordOpener, RecordSealer};
@@ -23,13 +24,14 @@ use tether_core::route;
 pub type Check = fn(&[u8]);
 
 /// The targets, by name: the fuzz target and the corpus directory of each.
-pub const TARGETS: [(&str, Check); 6] = [
+pub const TARGETS: [(&str, Check); 7] = [
     ("frame", frame),
     ("routed_message", routed_message),
     ("noise_handshake", noise_handshake),
     ("channel_open", channel_open),
     ("portal_message", portal_message),
     ("records_open", records_open),
+    ("nats_decode", nats_decode),
 ];
 
 // --- frame ------------------------------------------------------------------------------------
@@ -657,4 +659,59 @@ pub fn records_open(data: &[u8]) {
             assert_eq!((opened.position, opened.gap), (next, 0));
         }
     }
+}
+
+// --- nats_decode -------------------------------------------------------------------------------
+
+/// The NATS decoder's `max_payload` selected by the first input byte (0 to 255 bytes).
+pub fn nats_max_payload(selector: u8) -> usize {
+    usize::from(selector)
+}
+
+/// Decode a server's stream (after a selector byte: `max_payload`; the second: the chunk size
+/// it is fed in, 1 to 256): fed whole or in chunks, the same operations come out, in order, and
+/// the same refusal if any; no message is over `max_payload`; the decoder never holds more
+/// than it was fed.
+///
+/// # Panics
+///
+/// On a violated invariant.
+pub fn nats_decode(data: &[u8]) {
+    let [max, chunk, stream @ ..] = data else {
+        return;
+    };
+    let max = nats_max_payload(*max);
+    let chunk = usize::from(*chunk) + 1;
+    let run = |pieces: &mut dyn Iterator<Item = &[u8]>| {
+        let mut d = nats::Decoder::new(max);
+        let mut ops = Vec::new();
+        let mut fed = 0;
+        for piece in pieces {
+            d.feed(piece);
+            fed += piece.len();
+            loop {
+                match d.next_op() {
+                    Ok(Some(op)) => {
+                        if let ServerOp::Msg { payload, .. } = &op {
+                            assert!(payload.len() <= max, "a payload over max_payload");
+                        }
+                        ops.push(op);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        assert!(!e.to_string().is_empty());
+                        assert_eq!(d.next_op(), Err(e.clone()), "a broken decoder recovered");
+                        return (ops, Some(e));
+                    }
+                }
+            }
+            assert!(d.buffered() <= fed);
+        }
+        (ops, None)
+    };
+    let whole = run(&mut std::iter::once(stream));
+    let chunked = run(&mut stream.chunks(chunk));
+    // A stream cut short of a long line's end may be refused in chunks only after more bytes;
+    // both agree on every operation before a refusal, and on whether one came.
+    assert_eq!(whole, chunked, "chunking changed what was decoded");
 }

@@ -8,6 +8,7 @@ mod errors;
 mod events;
 mod frame;
 mod machines;
+mod nats;
 mod noise;
 mod records;
 
@@ -42,5 +43,6 @@ fn tether_core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     events::register(m)?;
     machines::register(m)?;
     records::register(m)?;
+    nats::register(m)?;
     Ok(())
 }
