@@ -29,8 +29,13 @@ class FabricUser:
     node: str
     password: str
     names: Sequence[str] = ()
+    tap: bool = False
+    """An operator's user that may read every subject (and publish nothing): what the cluster
+    itself can see."""
 
     def permissions(self) -> dict[str, object]:
+        if self.tap:
+            return {"publish": {"deny": [">"]}, "subscribe": {"allow": [">"]}}
         subscribe = [f"tether.{self.node}.*", *(f"tether.{n}.*" for n in self.names)]
         return {
             "publish": {"allow": [f"tether.*.{self.node}"]},

@@ -32,6 +32,7 @@ from tether.node import routing
 from tether.node.node import BaseNode
 from tether.node.policies import PolicyRule
 from tether.node.transport.connection import TcpOptions
+from tether.node.transport.nats import NatsOptions
 from tether.services.authority import (
     DEFAULT_ADMIN_POLICY,
     DEFAULT_CREDENTIAL_TTL,
@@ -64,6 +65,7 @@ class Node(BaseNode):
         data_plane: bool | None = None,
         transit: Sequence[str] = (),
         identify_node: Callable[[str], str | None] | None = None,
+        nats: NatsOptions | None = None,
     ) -> None:
         super().__init__(
             name,
@@ -75,6 +77,7 @@ class Node(BaseNode):
             data_plane=data_plane,
             transit=transit,
             identify_node=identify_node,
+            nats=nats,
         )
         self.secure_channels = SecureChannels(self)
         """Its listeners, half-open handshakes and the channels its ``/secure/`` routes reuse."""

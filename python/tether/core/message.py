@@ -22,6 +22,8 @@ MAX_HOPS = _core.MAX_HOPS
 #: Transport types of addresses. 0 is a worker on the node that holds the message.
 LOCAL = 0
 TCP = 1
+NATS = 2
+"""A node on a NATS fabric, by its identifier or a name it claimed (``docs/routing.md``)."""
 
 
 class Address(NamedTuple):

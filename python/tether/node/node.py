@@ -39,6 +39,7 @@ from tether.core.message import (
     KIND_ERROR,
     LOCAL,
     LOCAL_ORIGIN,
+    NATS,
     TCP,
     Address,
     Handler,
@@ -59,6 +60,7 @@ from tether.node.policies import PolicyRule
 from tether.node.reach import Reach
 from tether.node.rust_data_plane import RustDataPlane
 from tether.node.transport.connection import Connection, TcpOptions
+from tether.node.transport.nats import NatsOptions, NatsTransport
 from tether.node.transport.tcp import Listener, TcpTransport
 from tether.node.worker import MAILBOX_SIZE, Worker, echo
 
@@ -101,6 +103,7 @@ class BaseNode:
         data_plane: bool | None = None,
         transit: Sequence[str] = (),
         identify_node: Callable[[str], str | None] | None = None,
+        nats: NatsOptions | None = None,
     ) -> None:
         self.name = name
         self.identity = identity
@@ -151,6 +154,13 @@ class BaseNode:
         self.handshakes = Handshakes()
         """How its secure-channel handshakes ended (:mod:`tether.node.handshakes`)."""
         self.tcp = TcpTransport(self, tcp_options or TcpOptions())
+        self.nats: NatsTransport | None = None
+        """The node's NATS fabric connection (``nats=NatsOptions(...)``; the node needs an
+        identity: its identifier is its name there)."""
+        if nats is not None:
+            if identity is None:
+                raise TetherError("a node on a NATS fabric needs an identity (its name there)")
+            self.nats = NatsTransport(self, nats, identity.identity.identifier)
         self._use_data_plane = enabled() if data_plane is None else data_plane
         self.data_plane: DataPlane = PythonDataPlane()
         """The driver that carries the node's established traffic (:mod:`tether.node.data_plane`):
@@ -167,6 +177,8 @@ class BaseNode:
             self.data_plane = RustDataPlane(self)
         await self._tg.start(self.data_plane.run)
         await self.start_worker("echo", echo, kind="echo")
+        if self.nats is not None:
+            await self._tg.start(self.nats.run)
         return self
 
     async def __aexit__(self, *exc: object) -> bool | None:
@@ -388,6 +400,11 @@ class BaseNode:
                 )
                 return
             await self.tcp.forward(head, msg, origin, block=block)
+        elif head.transport == NATS:
+            if self.nats is None:
+                await self.report(msg, f"node {self.name} is on no NATS fabric")
+                return
+            await self.nats.forward(head, msg, origin, block=block)
         else:
             await self.report(msg, f"unknown transport type {head.transport} at node {self.name}")
 
@@ -554,6 +571,8 @@ class BaseNode:
                 return conn is not None and conn.key == key
 
             return by_tcp
+        if head.transport == NATS:  # a name there may be any node's: any fabric peer answers
+            return lambda origin: origin.kind == "link" and origin.address.startswith("nats:")
         name = head.value.decode("utf-8", errors="replace")
         if name in self.channels:
             return lambda origin: origin == Origin.channel(name)

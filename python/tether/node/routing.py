@@ -6,6 +6,7 @@
 /dnsaddr/localhost/tcp/4000/service/echo   TCP to localhost:4000 (resolved when connecting)
 /node/n2/service/echo                      a local node by name (resolved to its listener)
 /service/echo                              a worker on this node
+/nats/db/service/echo                      the node named db on this node's NATS fabric
 /node/n2/secure/api/service/echo           a secure channel to n2's listener "api" (opened
                                            or reused), then the worker "echo" through it
 ```
@@ -22,9 +23,10 @@ import re
 from collections.abc import Callable, Sequence
 
 from tether.core.errors import RouteError
-from tether.core.message import LOCAL, MAX_HOPS, TCP, Address
+from tether.core.message import LOCAL, MAX_HOPS, NATS, TCP, Address
 
 _NAME = re.compile(r"^[A-Za-z0-9_.#:@+-]{1,255}$")
+_FABRIC_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _HOST = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
@@ -113,6 +115,14 @@ def parse(route: str, resolve_node: NodeResolver | None = None) -> tuple[Address
                 raise RouteSyntaxError(route, i + 1, f"{name!r} is not a valid worker name")
             out.append(Address(LOCAL, name.encode()))
             i += 2
+        elif kind == "nats":
+            name = need(1, "a fabric name (a node's identifier or a name it claimed)")
+            if not _FABRIC_NAME.fullmatch(name):
+                raise RouteSyntaxError(
+                    route, i + 1, f"{name!r} is not a fabric name (letters, digits, '-', '_')"
+                )
+            out.append(Address(NATS, name.encode()))
+            i += 2
         elif kind == "secure":
             name = need(1, "a secure-channel listener name")
             if not _NAME.fullmatch(name):
@@ -136,7 +146,7 @@ def parse(route: str, resolve_node: NodeResolver | None = None) -> tuple[Address
             raise RouteSyntaxError(
                 route,
                 i,
-                f"unknown segment {kind!r}; use ip4, ip6, dnsaddr, node, service or secure",
+                f"unknown segment {kind!r}; use ip4, ip6, dnsaddr, nats, node, service or secure",
             )
     if not out:
         raise RouteSyntaxError(route, 0, "empty route")
@@ -235,6 +245,8 @@ def format_route(route: Sequence[Address]) -> str:
                 parts.append(f"/dnsaddr/{host}/tcp/{port}")
         elif a.transport == LOCAL:
             parts.append(f"/service/{a.value.decode('utf-8', errors='backslashreplace')}")
+        elif a.transport == NATS:
+            parts.append(f"/nats/{a.value.decode('utf-8', errors='backslashreplace')}")
         elif a.transport == SECURE:
             parts.append(f"/secure/{a.value.decode('utf-8', errors='backslashreplace')}")
         else:

@@ -1,0 +1,228 @@
+"""Nodes on a NATS fabric (``tether.node.transport.nats``): a real three-server cluster with
+credentials (``tests/nats_cluster.py``), two nodes with no listener connected to different
+servers, routed messages and a secure channel between them by identifier and by a claimed name,
+a claim the cluster refuses, a tap on the cluster that sees no plaintext, and a killed server."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+from pathlib import Path
+
+import anyio
+import pytest
+
+from nats_cluster import Cluster, FabricUser, running_cluster
+from tether._core import NATS_PING, NatsDecoder, nats_connect, nats_subscribe
+from tether.api import Node
+from tether.identity.trust import ephemeral_identity, trust_identifiers
+from tether.node import routing
+from tether.node.node import ReplyTimeoutError, UnreachableError
+from tether.node.routing import RouteSyntaxError
+from tether.node.transport.nats import NatsOptions
+from trio_run import run
+
+MARKER = b"plaintext-marker-7f3a"
+
+
+async def reachable(node: Node, route: str) -> None:
+    """Wait until ``route`` answers: the cluster's routes carry subscriptions to the other
+    servers asynchronously, and a message with no subscriber yet is dropped."""
+    with anyio.fail_after(15):
+        while True:
+            with contextlib.suppress(ReplyTimeoutError, UnreachableError):  # or still connecting
+                if await node.request(route, b"ping", timeout=0.5) == b"ping":
+                    return
+            await anyio.sleep(0.05)
+
+
+def identifier(node: Node) -> str:
+    assert node.identity is not None
+    return node.identity.identity.identifier
+
+
+def test_routes_name_fabric_nodes() -> None:
+    assert routing.format_route(routing.parse("/nats/db/secure/api/service/echo")) == (
+        "/nats/db/secure/api/service/echo"
+    )
+    for bad in ["/nats", "/nats/a.b/service/echo", "/nats/" + "x" * 65]:
+        with pytest.raises(RouteSyntaxError, match="fabric name"):
+            routing.parse(bad)
+
+
+def test_two_nodes_talk_over_the_fabric_and_it_reads_nothing(tmp_path: Path) -> None:
+    db_id, app_id, other_id = (ephemeral_identity() for _ in range(3))
+    secret = {"db": "pw-db", "app": "pw-app", "other": "pw-other"}
+    users = [
+        FabricUser(db_id.identity.identifier, secret["db"], ["db"]),
+        FabricUser(app_id.identity.identifier, secret["app"]),
+        FabricUser(other_id.identity.identifier, secret["other"]),
+    ]
+
+    async def main(urls: list[str]) -> None:
+        # Each on its own server first: their messages cross the cluster's routes.
+        db_opts = NatsOptions(
+            urls[2:] + urls[:2], user=users[0].node, password=secret["db"], names=["db"]
+        )
+        app_opts = NatsOptions(urls, user=users[1].node, password=secret["app"])
+        other_opts = NatsOptions(
+            urls[1:], user=users[2].node, password=secret["other"], names=["db"]
+        )
+        async with (
+            Node("db", identity=db_id, nats=db_opts) as db,
+            Node("app", identity=app_id, nats=app_opts) as app,
+            Node("other", identity=other_id, nats=other_opts) as other,
+        ):
+            for n in (db, app, other):
+                assert n.nats is not None
+                with anyio.fail_after(10):
+                    await n.nats.wait_connected()
+            assert db.nats is not None
+            assert other.nats is not None
+            assert db.nats.claims == {"db": "claimed"}
+            assert "refused by the cluster" in other.nats.claims["db"]
+            await reachable(app, f"/nats/{identifier(db)}/service/echo")
+            await reachable(app, "/nats/db/service/echo")
+
+            # By identifier and by name, plain and through a secure channel.
+            plain = await app.request(f"/nats/{identifier(db)}/service/echo", b"hi", timeout=10)
+            assert plain == b"hi"
+            assert await app.request("/nats/db/service/echo", b"by name", timeout=10) == b"by name"
+            trust = trust_identifiers(identifier(db))
+            for i in range(20):
+                answer = await app.request(
+                    "/nats/db/secure/api/service/echo", MARKER + b" %d" % i, trust=trust, timeout=10
+                )
+                assert answer == MARKER + b" %d" % i
+            # A name nobody claimed, and a node on no fabric.
+            with pytest.raises(ReplyTimeoutError):  # nobody subscribes: nothing comes back
+                await app.request("/nats/nobody/service/echo", b"x", timeout=1)
+            async with Node("loner", identity=ephemeral_identity()) as loner:
+                with pytest.raises(UnreachableError, match="on no NATS fabric"):
+                    await loner.request("/nats/db/service/echo", b"x", timeout=5)
+
+    with running_cluster(tmp_path, [*users, FabricUser("tap", "pw-tap", tap=True)]) as cluster:
+        # The operator's tap: a user that may read every subject.
+        tap = socket.create_connection(("127.0.0.1", cluster.servers[0].port), timeout=10)
+        decoder = NatsDecoder()
+        hello = {"verbose": False, "user": "tap", "pass": "pw-tap", "protocol": 1}
+        tap.sendall(nats_connect(json.dumps(hello)) + nats_subscribe(">", 1) + NATS_PING)
+        run(lambda: main(cluster.urls))
+        seen: list[bytes] = []
+        tap.settimeout(1.0)
+        try:
+            while True:
+                data = tap.recv(1 << 20)
+                if not data:
+                    break
+                seen += [op[4] for op in decoder.feed(data) if op[0] == "MSG"]
+        except TimeoutError:
+            pass
+        tap.close()
+        assert len(seen) > 40, "the tap saw the fabric's traffic"
+        assert any(b"by name" in m for m in seen), "plain messages are readable, as expected"
+        assert not any(MARKER in m for m in seen), "plaintext of a secure channel on the fabric"
+
+
+def test_a_secure_channel_survives_the_loss_of_a_server(tmp_path: Path) -> None:
+    db_id, app_id = ephemeral_identity(), ephemeral_identity()
+    secret = {"db": "pw-db", "app": "pw-app"}
+    users = [
+        FabricUser(db_id.identity.identifier, secret["db"], ["db"]),
+        FabricUser(app_id.identity.identifier, secret["app"]),
+    ]
+
+    async def main(cluster: Cluster) -> None:
+        urls = cluster.urls
+        db_opts = NatsOptions(
+            urls[1:] + urls[:1], user=users[0].node, password=secret["db"], names=["db"]
+        )
+        app_opts = NatsOptions(urls, user=users[1].node, password=secret["app"])
+        async with (
+            Node("db", identity=db_id, nats=db_opts) as db,
+            Node("app", identity=app_id, nats=app_opts) as app,
+        ):
+            assert db.nats is not None
+            assert app.nats is not None
+            with anyio.fail_after(10):
+                await db.nats.wait_connected()
+                await app.nats.wait_connected()
+            assert db.nats.server == urls[1].split("//")[1]
+            await reachable(app, "/nats/db/service/echo")
+            trust = trust_identifiers(identifier(db))
+            route = "/nats/db/secure/api/service/echo"
+            assert await app.request(route, b"before", trust=trust, timeout=10) == b"before"
+            channels = set(app.channels)
+
+            cluster.kill(cluster.servers[1])  # db's server, SIGKILL
+            answer = b""
+            with anyio.fail_after(20):
+                while answer != b"after":
+                    with contextlib.suppress(ReplyTimeoutError, UnreachableError):
+                        answer = await app.request(route, b"after", trust=trust, timeout=1)
+            assert db.nats.connections == 2
+            assert db.nats.server == urls[2].split("//")[1]
+            assert set(app.channels) == channels, "the same secure channel carried on"
+
+    with running_cluster(tmp_path, users) as cluster:
+        run(lambda: main(cluster))
+
+
+def test_garbage_from_a_fabric_peer_is_dropped_and_counted(tmp_path: Path) -> None:
+    """A peer on the cluster (its own user: it can only send as itself) sends, from a raw
+    socket with no tether code, a payload that is no routed message, an empty one and one to a
+    worker that does not exist: each is dropped or answered, counted, and the node goes on."""
+    db_id, app_id = ephemeral_identity(), ephemeral_identity()
+    db_name = db_id.identity.identifier
+    users = [
+        FabricUser(db_name, "pw-db"),
+        FabricUser(app_id.identity.identifier, "pw-app"),
+        FabricUser("mallory", "pw-mallory"),
+    ]
+
+    async def main(urls: list[str]) -> None:
+        async with (
+            Node(
+                "db",
+                identity=db_id,
+                nats=NatsOptions(urls, user=db_name, password=users[0].password),
+            ) as db,
+            Node(
+                "app",
+                identity=app_id,
+                nats=NatsOptions(urls, user=users[1].node, password=users[1].password),
+            ) as app,
+        ):
+            assert db.nats is not None
+            with anyio.fail_after(10):
+                await db.nats.wait_connected()
+            await reachable(app, f"/nats/{db_name}/service/echo")
+            host, port = urls[0].split("//")[1].rsplit(":", 1)
+            raw = socket.create_connection((host, int(port)), timeout=10)
+            subject = f"tether.{db_name}.mallory".encode()
+            raw.sendall(
+                b'CONNECT {"verbose":false,"user":"mallory","pass":"pw-mallory"}\r\n'
+                + b"PUB "
+                + subject
+                + b" 7\r\ngarbage\r\n"
+                + b"PUB "
+                + subject
+                + b" 0\r\n\r\n"
+                + b"PUB tether."
+                + db_name.encode()
+                + b".forged 3\r\nabc\r\nPING\r\n"
+            )
+            reply = b""
+            while b"PONG" not in reply:
+                reply += raw.recv(65536)
+            assert b"Permissions Violation for Publish" in reply  # it cannot pose as another
+            raw.close()
+            with anyio.fail_after(10):
+                while db.counters.get("dropped: a malformed NATS message", 0) < 2:
+                    await anyio.sleep(0.05)
+            route = f"/nats/{db_name}/service/echo"
+            assert await app.request(route, b"still here", timeout=10) == b"still here"
+
+    with running_cluster(tmp_path, users) as cluster:
+        run(lambda: main(cluster.urls))
