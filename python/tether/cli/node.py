@@ -7,6 +7,7 @@ import shutil
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from tether.cli import apply, apply_file
 from tether.cli.common import (
@@ -30,6 +31,7 @@ from tether.core.errors import (
 from tether.daemon import saved_nodes
 from tether.daemon.main import main as run_daemon
 from tether.daemon.saved_nodes import NodeConfig
+from tether.node.transport.nats import check_token
 from tether.store.local import default_home
 
 
@@ -53,6 +55,41 @@ def _waiting_line(w: dict[str, Any]) -> str:
     return f"not started: {w['resource']} {w['name']}: {w['error']}{retrying}"
 
 
+def _nats_spec(a: Any) -> dict[str, Any] | None:
+    """``--nats`` and its options, checked (None: no fabric)."""
+    servers = [u.strip() for spec in a.nats or [] for u in spec.split(",") if u.strip()]
+    if not servers:
+        if a.nats_claim or a.nats_user or a.nats_password_file:
+            raise InvalidArgumentError(
+                "--nats-claim, --nats-user and --nats-password-file need --nats URL"
+            )
+        return None
+    for url in servers:
+        parts = urlsplit(url)
+        if parts.scheme != "nats" or not parts.hostname or not parts.port:
+            raise InvalidArgumentError(
+                f"--nats: {url!r} is not a NATS server URL; write nats://HOST:PORT "
+                "(several: comma-separated or --nats again)"
+            )
+    for name in a.nats_claim or []:
+        check_token(name, "--nats-claim:")
+    password_file = None
+    if a.nats_password_file:
+        path = Path(a.nats_password_file).expanduser().absolute()
+        if not path.is_file():
+            raise InvalidArgumentError(
+                f"--nats-password-file: no file {path}; put the password the cluster's operator "
+                "gave this node there"
+            )
+        password_file = str(path)
+    return {
+        "servers": servers,
+        "user": a.nats_user,
+        "password_file": password_file,
+        "names": list(a.nats_claim or []),
+    }
+
+
 def _create(ctx: Context) -> int:
     a = ctx.args
     reg = ctx.registry()
@@ -71,6 +108,7 @@ def _create(ctx: Context) -> int:
         if spec != "*":
             check_host_port("--transit", spec)  # (or * for any)
     cfg = NodeConfig(a.name, identity, listeners, transit=list(a.transit or []))
+    cfg.nats = _nats_spec(a)
     saved_nodes.save_config(reg.store, cfg, create=True)
     if made_identity:
         reg.create_identity(identity)
@@ -179,6 +217,15 @@ def _show(ctx: Context) -> int:
     )
     if info.get("transit"):
         human += "\n  transit    " + ", ".join(info["transit"])
+    fabric = info.get("nats")
+    if fabric:
+        claims = ", ".join(f"{n} ({state})" for n, state in fabric["claims"].items()) or "none"
+        human += (
+            f"\n  nats       {fabric['server'] or 'connecting'} as {fabric['name']}; "
+            f"claims: {claims}"
+        )
+        if fabric.get("last_error") and not fabric["server"]:
+            human += f"\n  nats error {fabric['last_error']}"
     for what, n in sorted((info.get("counters") or {}).items()):
         human += f"\n  {what}: {n}"
     ctx.emit(human, info)
@@ -287,6 +334,30 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="forward messages from other nodes on to this TCP address (repeatable; * for "
         "any): a node in the middle of a multi-hop route. By default a node opens connections "
         "only for its own callers, so a stranger cannot use it to reach or probe its network",
+    )
+    p.add_argument(
+        "--nats",
+        action="append",
+        metavar="URL[,URL...]",
+        help="connect out to this NATS cluster (nats://HOST:PORT, comma-separated or repeated: "
+        "the servers tried in turn); the node is reachable there as /nats/IDENTIFIER "
+        "(docs/routing.md, 'The NATS fabric')",
+    )
+    p.add_argument(
+        "--nats-claim",
+        action="append",
+        metavar="NAME",
+        help="claim this name on the NATS fabric (/nats/NAME), as its operator allows",
+    )
+    p.add_argument(
+        "--nats-user",
+        metavar="USER",
+        help="the NATS user the cluster's operator gave this node (default: its identifier)",
+    )
+    p.add_argument(
+        "--nats-password-file",
+        metavar="FILE",
+        help="a file holding that user's password (read at each start; never stored)",
     )
     p.add_argument("--foreground", action="store_true", help="run in this terminal")
     p = add_command(

@@ -40,6 +40,7 @@ from tether.identity.registry import Registry
 from tether.identity.trust import ChannelIdentity
 from tether.node import limits
 from tether.node.routing import host_and_port
+from tether.node.transport.nats import NatsOptions
 from tether.pipelines.stream import key_service
 from tether.services.authority import DEFAULT_ADMIN_POLICY, DEFAULT_CREDENTIAL_TTL, Authority
 from tether.services.membership import Membership
@@ -156,6 +157,31 @@ class Daemon:
                 f"secure channels; `tether node delete {cfg.name}` and create it again"
             )
 
+    def _nats_options(self, has_identity: bool) -> NatsOptions | None:
+        """The node's NATS fabric, from its configuration (``--nats``); its password is read
+        from its file at each start (never kept in the store)."""
+        spec = self.config.nats
+        if not spec:
+            return None
+        if not has_identity:
+            raise TetherError("a node on a NATS fabric needs its identity (its name there)")
+        password = None
+        if spec.get("password_file"):
+            path = Path(spec["password_file"])
+            try:
+                password = path.read_text(encoding="utf-8").strip()
+            except OSError as e:
+                raise TetherError(
+                    f"cannot read the NATS password file {path} ({e.strerror}): put the "
+                    "password the cluster's operator gave this node there"
+                ) from None
+        return NatsOptions(
+            list(spec["servers"]),
+            user=spec.get("user") or self.identifier,
+            password=password,
+            names=list(spec.get("names") or []),
+        )
+
     async def run(self) -> None:
         cfg = self.config
         channel_identity, identity_error = self._identity()
@@ -169,6 +195,7 @@ class Daemon:
             identify_node=saved_nodes.identifier_resolver(self.home),
             identity=channel_identity,
             transit=cfg.transit,
+            nats=self._nats_options(channel_identity is not None),
         ) as node:
             self._node = node
             # Credentials this node receives (enrollment, refresh) are kept in its store.

@@ -47,6 +47,7 @@ async def get_node(d: Daemon, _: dict[str, str], __: Any) -> tuple[int, Any]:
         "secure_channels": [c.info() for c in open_channels(d.node).values()],
         "secure_channel_listeners": [lst.info() for lst in d.node.channel_listeners.values()],
         "transit": sorted(d.node.transit),
+        "nats": d.node.nats.info() if d.node.nats is not None else None,
         "limits": {
             "max_connections": d.node.tcp.max_connections,
             "pending_handshakes": d.node.pending_handshakes,

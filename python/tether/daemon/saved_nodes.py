@@ -43,6 +43,8 @@ class NodeConfig:
     """The number of the last policy named (``policyN``): a deleted name is never reused."""
     streams: list[dict[str, Any]] = field(default_factory=list)
     """The streams it produces (``tether stream create``): each gets a new key at a start."""
+    nats: dict[str, Any] | None = None
+    """Its NATS fabric (``--nats``): ``servers``, ``user``, ``password_file``, ``names``."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -65,6 +67,7 @@ class NodeConfig:
             list(d.get("transit", [])),
             int(d.get("policy_serial", 0)),
             list(d.get("streams", [])),
+            d.get("nats"),
         )
 
 

@@ -179,6 +179,9 @@ class BaseNode:
         await self.start_worker("echo", echo, kind="echo")
         if self.nats is not None:
             await self._tg.start(self.nats.run)
+            # Usually connected when the node is up; if not, it goes on trying (and says so).
+            with anyio.move_on_after(self.nats.options.connect_timeout):
+                await self.nats.wait_connected()
         return self
 
     async def __aexit__(self, *exc: object) -> bool | None:
