@@ -521,28 +521,28 @@ impl Opened {
     }
 }
 
-/// An opened record: who sealed it, where, and its envelope.
+/// An opened record with its own envelope (from [`RecordOpener::open`]): an [`Opened`] (whose
+/// fields it derefs to) and the buffer it points into.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenedRecord {
-    pub key_id: KeyId,
-    pub producer: Arc<str>,
-    pub position: u64,
-    /// Positions skipped since the last record opened from this producer (0 for the first).
-    pub gap: u64,
+    opened: Opened,
     plain: Vec<u8>,
-    layout: Layout,
+}
+
+impl std::ops::Deref for OpenedRecord {
+    type Target = Opened;
+    fn deref(&self) -> &Opened {
+        &self.opened
+    }
 }
 
 impl OpenedRecord {
     /// The headers, in order (names may repeat).
     pub fn headers(&self) -> impl ExactSizeIterator<Item = Header<'_>> + '_ {
-        self.layout
-            .headers
-            .iter()
-            .map(|(n, v)| (name_at(&self.plain, n), &self.plain[v.clone()]))
+        self.opened.headers(&self.plain)
     }
     pub fn body(&self) -> &[u8] {
-        &self.plain[self.layout.body..]
+        self.opened.body(&self.plain)
     }
     /// The decrypted envelope, whole.
     pub fn envelope_bytes(&self) -> &[u8] {
@@ -621,15 +621,8 @@ impl RecordOpener {
     /// Open one record. A refusal changes nothing.
     pub fn open(&mut self, record: &[u8]) -> Result<OpenedRecord, RecordError> {
         let mut plain = Vec::new();
-        let o = self.open_append(record, &mut plain)?;
-        Ok(OpenedRecord {
-            key_id: o.key_id,
-            producer: o.producer,
-            position: o.position,
-            gap: o.gap,
-            plain,
-            layout: o.layout,
-        })
+        let opened = self.open_append(record, &mut plain)?;
+        Ok(OpenedRecord { opened, plain })
     }
 
     /// Open one record, appending its envelope to `out` (one copy of the ciphertext, then
@@ -695,14 +688,6 @@ impl RecordOpener {
             plain: start..out.len(),
             layout,
         })
-    }
-
-    /// Open a batch, in order: one outcome per record.
-    pub fn open_batch<R: AsRef<[u8]>>(
-        &mut self,
-        records: &[R],
-    ) -> Vec<Result<OpenedRecord, RecordError>> {
-        records.iter().map(|r| self.open(r.as_ref())).collect()
     }
 
     /// Open a batch, in order, each envelope appended to `out` (a buffer reused from batch to
