@@ -283,3 +283,39 @@ def test_a_portal_over_the_fabric_carries_bytes_intact(tmp_path: Path) -> None:
 
     with running_cluster(tmp_path, users) as cluster:
         run(lambda: main(cluster.urls))
+
+
+def test_a_server_that_breaks_the_protocol_is_left_for_the_next(tmp_path: Path) -> None:
+    """A "server" on a raw socket that answers with an INFO that is no JSON, or with garbage:
+    the node logs why, keeps no connection to it, and goes on to the next server, where it
+    works."""
+    db_id = ephemeral_identity()
+    user = FabricUser(db_id.identity.identifier, "pw-db")
+    bad_answers = [b"INFO {not json\r\n", b"\x00\x01garbage\r\n", b"INFO []\r\n"]
+
+    async def main(real: str) -> None:
+        async with anyio.create_task_group() as tg:
+            fakes = []
+            for answer in bad_answers:
+                listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+
+                async def serve(stream: SocketStream, answer: bytes = answer) -> None:
+                    async with stream:
+                        await stream.send(answer)
+                        await anyio.sleep(5)
+
+                tg.start_soon(listener.serve, serve)
+                fakes.append(f"nats://127.0.0.1:{listener.extra(SocketAttribute.local_port)}")
+            options = NatsOptions([*fakes, real], user=user.node, password=user.password)
+            async with Node("db", identity=db_id, nats=options) as db:
+                assert db.nats is not None
+                with anyio.fail_after(20):
+                    while db.nats.server != real.split("//")[1]:
+                        await anyio.sleep(0.05)
+                assert db.nats.connections == 1
+                answer = await db.request(f"/nats/{identifier(db)}/service/echo", b"hi", timeout=10)
+                assert answer == b"hi"
+            tg.cancel_scope.cancel()
+
+    with running_cluster(tmp_path, [user], size=1) as cluster:
+        run(lambda: main(cluster.urls[0]))

@@ -7,7 +7,6 @@ import shutil
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from tether.cli import apply, apply_file
 from tether.cli.common import (
@@ -31,7 +30,7 @@ from tether.core.errors import (
 from tether.daemon import saved_nodes
 from tether.daemon.main import main as run_daemon
 from tether.daemon.saved_nodes import NodeConfig
-from tether.node.transport.nats import check_token
+from tether.node.transport.nats import check_token, server_address
 from tether.store.local import default_home
 
 
@@ -65,12 +64,12 @@ def _nats_spec(a: Any) -> dict[str, Any] | None:
             )
         return None
     for url in servers:
-        parts = urlsplit(url)
-        if parts.scheme != "nats" or not parts.hostname or not parts.port:
+        try:
+            server_address(url)
+        except InvalidArgumentError as e:
             raise InvalidArgumentError(
-                f"--nats: {url!r} is not a NATS server URL; write nats://HOST:PORT "
-                "(several: comma-separated or --nats again)"
-            )
+                f"--nats: {e} (several: comma-separated or --nats again)"
+            ) from None
     for name in a.nats_claim or []:
         check_token(name, "--nats-claim:")
     password_file = None

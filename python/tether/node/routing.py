@@ -26,7 +26,9 @@ from tether.core.errors import RouteError
 from tether.core.message import LOCAL, MAX_HOPS, NATS, TCP, Address
 
 _NAME = re.compile(r"^[A-Za-z0-9_.#:@+-]{1,255}$")
-_FABRIC_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+FABRIC_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+"""A node's name on a NATS fabric (``/nats/NAME``): its identifier or a name it claimed, one
+subject token (:mod:`tether.node.transport.nats`)."""
 _HOST = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
@@ -117,7 +119,7 @@ def parse(route: str, resolve_node: NodeResolver | None = None) -> tuple[Address
             i += 2
         elif kind == "nats":
             name = need(1, "a fabric name (a node's identifier or a name it claimed)")
-            if not _FABRIC_NAME.fullmatch(name):
+            if not FABRIC_NAME.fullmatch(name):
                 raise RouteSyntaxError(
                     route, i + 1, f"{name!r} is not a fabric name (letters, digits, '-', '_')"
                 )

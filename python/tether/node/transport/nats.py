@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -40,12 +39,14 @@ from tether._core import (
 from tether.core.errors import FrameError, InvalidArgumentError, RouteError, TetherError
 from tether.core.message import NATS, Address, Origin, RoutedMessage
 from tether.node.reach import Reach
+from tether.node.routing import FABRIC_NAME
 
 log = logging.getLogger("tether.nats")
 
 PREFIX = "tether"
-TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-"""A fabric name: an identifier or a claimed name (one subject token)."""
+MAX_PAYLOAD = 64 << 20
+"""The largest ``max_payload`` a server may announce (the NATS server's own hard limit): what
+the decoder may be made to allocate for one message, whatever a server says."""
 
 
 class NatsError(TetherError):
@@ -86,18 +87,34 @@ class NatsHost(Protocol):
 
 
 def check_token(name: str, what: str) -> str:
-    if not TOKEN.fullmatch(name):
+    if not FABRIC_NAME.fullmatch(name):
         raise InvalidArgumentError(
             f"{what} {name!r} is not a fabric name: 1 to 64 letters, digits, '-' or '_'"
         )
     return name
 
 
-def _host_port(url: str) -> tuple[str, int]:
-    parts = urlsplit(url if "//" in url else f"nats://{url}")
-    if parts.scheme not in ("nats", "") or not parts.hostname or not parts.port:
-        raise InvalidArgumentError(f"not a NATS server URL: {url!r} (nats://HOST:PORT)")
-    return parts.hostname, parts.port
+def server_address(url: str) -> tuple[str, int]:
+    """``nats://HOST:PORT`` → ``(HOST, PORT)``, or InvalidArgumentError saying what to write."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "nats" or not parts.hostname or not port:
+        raise InvalidArgumentError(f"{url!r} is not a NATS server URL; write nats://HOST:PORT")
+    return parts.hostname, port
+
+
+def _max_payload(info: str) -> int:
+    """The ``max_payload`` of a server's INFO (at most :data:`MAX_PAYLOAD`)."""
+    try:
+        value = json.loads(info).get("max_payload", 1 << 20)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(value)
+    except (ValueError, AttributeError) as e:
+        raise NatsError(f"the server's INFO is not what a NATS server sends ({e})") from None
+    return min(value, MAX_PAYLOAD)
 
 
 class NatsTransport:
@@ -109,7 +126,7 @@ class NatsTransport:
         self.node = node
         self.options = options
         self.me = check_token(me, "this node's fabric name")
-        self.servers = [_host_port(u) for u in options.servers]
+        self.servers = [server_address(u) for u in options.servers]
         for n in options.names:
             check_token(n, "the name")
         self.claims: dict[str, str] = dict.fromkeys(options.names, "pending")
@@ -187,7 +204,7 @@ class NatsTransport:
                 info = (await until("INFO"))[-1]
                 if info[0] != "INFO":
                     raise NatsError("the server closed the connection before its INFO")
-                self._max_payload = int(json.loads(info[1]).get("max_payload", 1 << 20))
+                self._max_payload = _max_payload(info[1])
                 decoder.set_max_payload(self._max_payload)
                 hello: dict[str, Any] = {
                     "verbose": False,
@@ -278,15 +295,12 @@ class NatsTransport:
             self._pings_out = 0
         elif kind == "-ERR":
             log.warning("%s: the NATS server said: %s", self.node.name, op[1])
-        elif kind == "INFO":
-            info = json.loads(op[1])
-            if "max_payload" in info:
-                self._max_payload = int(info["max_payload"])
+        # A later INFO only tells of the cluster's other servers: the configured list is used.
 
     async def _deliver(self, subject: str, payload: bytes) -> None:
         """A message from the fabric: ``tether.TO.FROM`` (the cluster checked FROM)."""
         parts = subject.split(".")
-        if len(parts) != 3 or parts[0] != PREFIX or not TOKEN.fullmatch(parts[2]):
+        if len(parts) != 3 or parts[0] != PREFIX or not FABRIC_NAME.fullmatch(parts[2]):
             self.node.count("dropped: a NATS message on a foreign subject")
             return
         to, sender = parts[1], parts[2]
@@ -322,7 +336,7 @@ class NatsTransport:
                 msg, f"node {self.node.name} sends on the NATS fabric only for its own callers"
             )
             return
-        if not TOKEN.fullmatch(dest):
+        if not FABRIC_NAME.fullmatch(dest):
             await self.node.report(msg, f"{dest!r} is not a fabric name")
             return
         stream = self._stream
