@@ -368,7 +368,6 @@ impl PyRecordOpener {
                 Err(e) => out.append(Py::new(py, refused(py, &mut cache, e))?)?,
             }
         }
-        scratch.clear();
         if scratch.capacity() > SCRATCH_KEEP {
             *scratch = Vec::new();
         }
