@@ -290,7 +290,7 @@ class NatsSubscription:
     async def _fetch(self, n: int, timeout: float) -> list[Msg]:
         try:
             return await self._sub.fetch(n, timeout)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats-py's own, or asyncio's when its pull request lingered
             return []
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
