@@ -45,8 +45,8 @@ from tether.node.rust_data_plane import RustDataPlane
 from tether.node.transport.connection import HELLO, Connection, TcpOptions
 from tether.services.session import (
     MAX_DATA,
+    T_ACK,
     T_CLOSE,
-    T_CREDIT,
     T_DATA,
     T_EOF,
     T_OPEN,
@@ -425,18 +425,20 @@ def test_any_split_of_the_frame_stream_delivers_the_same_messages(
 # --- the session state machine (hypothesis) ---------------------------------------------------
 
 Op = tuple[str, int]
-"""A portal message the peer sends: ``("data", n)``, ``("credit", body length)``, ``("eof", 0)``,
-``("close", 0)``, ``("open", 0)`` or ``("type", t)`` (an unknown type)."""
+"""A portal message the peer sends: ``("data", n)`` (the next in sequence), ``("dup", 0)`` (the
+last DATA again), ``("ack", body length)``, ``("eof", 0)``, ``("close", 0)``, ``("open", 0)``
+or ``("type", t)`` (a type this protocol does not speak)."""
 
 ops = st.lists(
     st.one_of(
         st.tuples(st.just("data"), st.integers(min_value=0, max_value=4096)),
         st.tuples(st.just("data"), st.just(MAX_DATA + 1)),
-        st.tuples(st.just("credit"), st.sampled_from([4, 4, 3, 5])),
+        st.tuples(st.just("dup"), st.just(0)),
+        st.tuples(st.just("ack"), st.sampled_from([17, 17, 16, 18])),
         st.tuples(st.just("eof"), st.just(0)),
         st.tuples(st.just("close"), st.just(0)),
         st.tuples(st.just("open"), st.just(0)),
-        st.tuples(st.just("type"), st.integers(min_value=6, max_value=255)),
+        st.tuples(st.just("type"), st.sampled_from([2, 3, 5, 9, 200, 255])),
     ),
     max_size=12,
 )
@@ -450,19 +452,22 @@ def expected(seq: list[Op]) -> tuple[bytes, str | None, bool, bool]:
     data, eof = b"", False
     for i, (kind, n) in enumerate(seq):
         if kind == "data":
+            if n > MAX_DATA:  # the message's size is checked before the session's state
+                return data, f"DATA of {n} bytes", False, eof
             if eof:
                 return data, "DATA after EOF", False, eof
-            if n > MAX_DATA:
-                return data, f"DATA of {n} bytes", False, eof
             data += payload_bytes(i, n)
-        elif kind == "credit" and n != 4:
-            return data, "malformed CREDIT", False, eof
+        elif kind == "ack" and n != 17:
+            return data, f"malformed ACK ({n} bytes)", False, eof
         elif kind == "eof":
+            if eof:
+                return data, "DATA after EOF", False, eof  # a second EOF, numbered after it
             eof = True
         elif kind == "close":
             return data, None, True, eof
         elif kind == "type":
-            return data, f"unknown portal message type {n}", False, eof
+            old = "from an older tether" if n in (2, 3, 5) else f"unknown portal message type {n}"
+            return data, old, False, eof
     return data, None, False, eof
 
 
@@ -472,7 +477,8 @@ def payload_bytes(i: int, n: int) -> bytes:
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seq=ops)
-@example(seq=[("eof", 0), ("data", MAX_DATA + 1)])  # the state's error before the size's
+@example(seq=[("eof", 0), ("data", MAX_DATA + 1)])  # the size's error before the state's
+@example(seq=[("data", 3), ("dup", 0), ("data", 2)])  # a repeat is dropped
 def test_the_engine_session_follows_the_portal_protocol(seq: list[Op]) -> None:
     """Any sequence of portal messages from the inlet side, sent to an outlet session that the
     engine opened by itself (the channel was authorized by an earlier session): valid ones
@@ -515,26 +521,37 @@ def test_the_engine_session_follows_the_portal_protocol(seq: list[Op]) -> None:
                     RoutedMessage(onward, (Address.local(ret),), bytes([KIND_DATA, t]) + body)
                 )
 
+            def numbered(n: int) -> bytes:
+                return n.to_bytes(8, "big")
+
             # A first session authorizes the channel: the next one opens in the engine alone.
             await send("w", T_OPEN)
-            await send("w", T_EOF)
+            await send("w", T_EOF, numbered(0))
             await until(lambda: len(ends) == 1, 5, "the first session's connection ended")
             await send("x", T_OPEN)
+            sent = 0  # DATA and EOF so far: the next one's number
+            last = b""
             for i, (kind, n) in enumerate(seq):
                 if kind == "data":
-                    await send("x", T_DATA, payload_bytes(i, n))
-                elif kind == "credit":
-                    await send("x", T_CREDIT, bytes(n))
+                    last = numbered(sent) + payload_bytes(i, n)
+                    await send("x", T_DATA, last)
+                    sent += 1
+                elif kind == "dup" and last:
+                    await send("x", T_DATA, last)
+                elif kind == "ack":
+                    await send("x", T_ACK, bytes(n))
                 elif kind == "eof":
-                    await send("x", T_EOF)
+                    await send("x", T_EOF, numbered(sent))
+                    sent += 1
                 elif kind == "close":
                     await send("x", T_CLOSE, b"bye")
                 elif kind == "open":
                     await send("x", T_OPEN)
-                else:
+                elif kind == "type":
                     await send("x", n)
-            if violation is None and not closed:
-                await send("x", T_EOF)  # the orderly end: the target sees its end of stream
+            if violation is None and not closed and not after_eof:
+                # The orderly end: the target sees its end of stream.
+                await send("x", T_EOF, numbered(sent))
             await until(lambda: len(ends) == 2, 10, "the session's connection to the target ended")
             got = ends[1]
             if violation is None and not closed:

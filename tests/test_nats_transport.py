@@ -285,6 +285,76 @@ def test_a_portal_over_the_fabric_carries_bytes_intact(tmp_path: Path) -> None:
         run(lambda: main(cluster.urls))
 
 
+DOWNLOAD = 200 << 20
+
+
+def test_a_download_survives_killing_the_server_of_each_side(tmp_path: Path) -> None:
+    """200 MB from a service on db to a client on app through a portal over the fabric; the
+    server app uses is killed (SIGKILL) a third of the way, then the one db uses: both nodes
+    move to another server, the portal session resends what the dead servers lost, and the
+    client gets every byte (SHA-256) on the same connection, with nothing reset."""
+    db_id, app_id = ephemeral_identity(), ephemeral_identity()
+    users = [
+        FabricUser(db_id.identity.identifier, "pw-db", ["db"]),
+        FabricUser(app_id.identity.identifier, "pw-app"),
+    ]
+    blob = hashlib.shake_256(b"tether download").digest(DOWNLOAD)
+
+    async def serve(stream: SocketStream) -> None:
+        async with stream:
+            view = memoryview(blob)
+            for i in range(0, len(blob), 1 << 20):
+                await stream.send(view[i : i + (1 << 20)])
+
+    async def main(cluster: Cluster) -> None:
+        urls = cluster.urls
+        # app starts on server 0, db on server 1; each fails over along its list.
+        db_opts = NatsOptions(
+            urls[1:] + urls[:1], user=users[0].node, password=users[0].password, names=["db"]
+        )
+        app_opts = NatsOptions(urls, user=users[1].node, password=users[1].password)
+        async with (
+            Node("db", identity=db_id, nats=db_opts) as db,
+            Node("app", identity=app_id, nats=app_opts) as app,
+            await anyio.create_tcp_listener(local_host="127.0.0.1") as service,
+            anyio.create_task_group() as tg,
+        ):
+            assert db.nats is not None
+            assert app.nats is not None
+            tg.start_soon(service.serve, serve)
+            await reachable(app, "/nats/db/service/echo")
+            port = service.extra(SocketAttribute.local_port)
+            outlet = await db.create_tcp_outlet(f"127.0.0.1:{port}", name="outlet", allow=None)
+            inlet = await app.create_tcp_inlet(
+                "127.0.0.1:0",
+                "/nats/db/secure/api/service/outlet",
+                trust=trust_identifiers(identifier(db)),
+            )
+            digest = hashlib.sha256()
+            got = 0
+            kills = [(DOWNLOAD // 3, cluster.servers[0]), (2 * DOWNLOAD // 3, cluster.servers[1])]
+            with anyio.fail_after(240):
+                async with await anyio.connect_tcp("127.0.0.1", inlet.port) as client:
+                    async for chunk in client:
+                        digest.update(chunk)
+                        got += len(chunk)
+                        if kills and got >= kills[0][0]:
+                            cluster.kill(kills.pop(0)[1])
+            assert got == DOWNLOAD
+            assert digest.digest() == hashlib.sha256(blob).digest()
+            assert not kills
+            assert app.nats.connections >= 2
+            assert db.nats.connections >= 2
+            assert app.nats.server == db.nats.server == urls[2].split("//")[1]
+            for portal in (inlet, outlet):
+                info = portal.info()
+                assert (info["total"], info["failed"]) == (1, 0), info
+            tg.cancel_scope.cancel()
+
+    with running_cluster(tmp_path, users) as cluster:
+        run(lambda: main(cluster))
+
+
 def test_a_server_that_breaks_the_protocol_is_left_for_the_next(tmp_path: Path) -> None:
     """A "server" on a raw socket that answers with an INFO that is no JSON, or with garbage:
     the node logs why, keeps no connection to it, and goes on to the next server, where it

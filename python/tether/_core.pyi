@@ -26,8 +26,8 @@ __all__ = [
     "MAX_RECORD",
     "NATS_PING",
     "NATS_PONG",
+    "PORTAL_ACK",
     "PORTAL_CLOSE",
-    "PORTAL_CREDIT",
     "PORTAL_DATA",
     "PORTAL_ENDED_MEMORY",
     "PORTAL_EOF",
@@ -386,7 +386,7 @@ PORTAL_OPEN: int
 PORTAL_DATA: int
 PORTAL_EOF: int
 PORTAL_CLOSE: int
-PORTAL_CREDIT: int
+PORTAL_ACK: int
 PORTAL_MAX_DATA: int
 PORTAL_MAX_REASON: int
 PORTAL_MIN_CHARGE: int
@@ -398,8 +398,9 @@ CHANNEL_MAX_MESSAGE: int
 @final
 class ActionKind:
     SEND_EOF: ClassVar[ActionKind]
-    SEND_CREDIT: ClassVar[ActionKind]
+    SEND_ACK: ClassVar[ActionKind]
     SEND_CLOSE: ClassVar[ActionKind]
+    RESEND: ClassVar[ActionKind]
     WRITE: ClassVar[ActionKind]
     SHUT_WRITE: ClassVar[ActionKind]
     RESUME_READ: ClassVar[ActionKind]
@@ -411,7 +412,7 @@ class PortalAction:
     @property
     def kind(self) -> ActionKind: ...
     @property
-    def credit(self) -> int: ...
+    def message(self) -> bytes: ...
     @property
     def reason(self) -> str: ...
     @property
@@ -419,12 +420,18 @@ class PortalAction:
 
 @final
 class PortalSession:
-    def __new__(cls, window: int) -> PortalSession: ...
+    def __new__(cls, window: int, resume_timeout: float, established: bool) -> PortalSession: ...
     def read_allowance(self) -> int: ...
     def wait_read(self) -> None: ...
-    def on_read(self, n: int) -> None: ...
-    def on_read_eof(self) -> list[PortalAction]: ...
-    def on_peer(self, payload: Buffer) -> tuple[bool, list[PortalAction]]: ...
+    def on_read(self, data: Buffer, now: float) -> bytes: ...
+    def on_read_eof(self, now: float) -> list[PortalAction]: ...
+    def on_peer(
+        self, payload: Buffer, now: float
+    ) -> tuple[tuple[int, int] | None, list[PortalAction]]: ...
+    def on_tick(self, now: float) -> list[PortalAction]: ...
+    @property
+    def deadline(self) -> float | None: ...
+    def retained(self) -> list[tuple[bytes, bytes]]: ...
     def data(self, body: Buffer, written: int) -> list[PortalAction]: ...
     def pending(self) -> bytes | None: ...
     def wrote(self, n: int) -> None: ...
@@ -440,6 +447,10 @@ class PortalSession:
     def received(self) -> int: ...
     @property
     def queued_bytes(self) -> int: ...
+    @property
+    def retained_bytes(self) -> int: ...
+    @property
+    def path_error(self) -> str | None: ...
     @property
     def credit(self) -> int: ...
 
@@ -526,6 +537,7 @@ class Engine:
         address: bytes,
         match_return: bytes | None,
         window: int,
+        resume_timeout: float,
         open: bool,
         sync: SyncMode,
         connect_timeout: float,
@@ -537,7 +549,12 @@ class Engine:
     def close_session(self, session: int, reason: str, notify: bool) -> None: ...
     def session_stats(self, session: int) -> tuple[int, int, int] | None: ...
     def add_inlet(
-        self, sock: socket.socket, prefix: bytes, window: int, max_sessions: int
+        self,
+        sock: socket.socket,
+        prefix: bytes,
+        window: int,
+        resume_timeout: float,
+        max_sessions: int,
     ) -> int: ...
     def bind_inlet(self, inlet: int, channel: int | None, onward: bytes | None) -> None: ...
     def remove_inlet(self, inlet: int) -> None: ...
@@ -545,6 +562,7 @@ class Engine:
         self,
         name: bytes,
         window: int,
+        resume_timeout: float,
         max_sessions: int,
         connect_timeout: float,
         connect_prefix: str,

@@ -373,21 +373,49 @@ fn channel_seeds(out: &mut Vec<Seed>) {
 fn portal_seeds(out: &mut Vec<Seed>) {
     let encode = |m: PortalMessage<'_>| m.encode().expect("encodes");
     let long_reason = vec![b'r'; portal::MAX_REASON + 100];
-    let cases: [(&str, Vec<u8>); 18] = [
+    let cases: [(&str, Vec<u8>); 21] = [
         ("open", encode(PortalMessage::Open)),
         (
             "data",
-            encode(PortalMessage::Data(b"GET / HTTP/1.1\r\n\r\n")),
+            encode(PortalMessage::Data {
+                seq: 7,
+                bytes: b"GET / HTTP/1.1\r\n\r\n",
+            }),
         ),
-        ("data-empty", encode(PortalMessage::Data(b""))),
-        ("data-4k", encode(PortalMessage::Data(&[0x5a; 4096]))),
-        ("eof", encode(PortalMessage::Eof)),
+        (
+            "data-empty",
+            encode(PortalMessage::Data { seq: 0, bytes: b"" }),
+        ),
+        (
+            "data-4k",
+            encode(PortalMessage::Data {
+                seq: u64::MAX,
+                bytes: &[0x5a; 4096],
+            }),
+        ),
+        ("data-short", vec![0, portal::T_DATA, 1, 2, 3]),
+        ("eof", encode(PortalMessage::Eof { seq: 3 })),
+        (
+            "eof-long",
+            vec![0, portal::T_EOF, 0, 0, 0, 0, 0, 0, 0, 1, 9],
+        ),
         ("close", encode(PortalMessage::Close(b"closed by the peer"))),
         ("close-empty", encode(PortalMessage::Close(b""))),
         ("close-long", cat(&[&[0, portal::T_CLOSE], &long_reason])),
-        ("credit", encode(PortalMessage::Credit(65536))),
-        ("credit-short", vec![0, portal::T_CREDIT, 1, 2, 3]),
-        ("credit-long", vec![0, portal::T_CREDIT, 1, 2, 3, 4, 5]),
+        (
+            "ack",
+            encode(PortalMessage::Ack {
+                next: 2,
+                consumed: 65536,
+                flags: portal::ACK_RESEND | portal::ACK_DONE,
+            }),
+        ),
+        ("ack-short", vec![0, portal::T_ACK, 1, 2, 3]),
+        (
+            "ack-bad-flags",
+            cat(&[&[0, portal::T_ACK], &[0; 16], &[0x80]]),
+        ),
+        ("retired-credit", vec![0, 5, 0, 1, 0, 0]),
         (
             "path-failed",
             encode(PortalMessage::PathFailed(b"no route to node b")),
@@ -398,9 +426,12 @@ fn portal_seeds(out: &mut Vec<Seed>) {
         ),
         ("empty", vec![]),
         ("kind-only", vec![0]),
-        ("unknown-type", vec![0, 6, 1]),
+        ("unknown-type", vec![0, 9, 1]),
         ("open-with-junk", vec![0, portal::T_OPEN, 0xff]),
-        ("odd-kind-data", vec![9, portal::T_DATA, b'x']),
+        (
+            "odd-kind-data",
+            vec![9, portal::T_DATA, 0, 0, 0, 0, 0, 0, 0, 0, b'x'],
+        ),
     ];
     for (name, data) in cases {
         seed(out, "portal_message", name, data);

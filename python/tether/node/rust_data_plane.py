@@ -375,6 +375,7 @@ class RustDataPlane(DataPlane):
                 match,
                 match_return,
                 options.window,
+                options.resume_timeout,
                 open,
                 sync,
                 options.connect_timeout,
@@ -418,6 +419,7 @@ class RustDataPlane(DataPlane):
             self.engine.add_outlet(
                 name.encode(),
                 options.window,
+                options.resume_timeout,
                 options.max_sessions,
                 options.connect_timeout,
                 connect_prefix,
@@ -444,7 +446,11 @@ class RustDataPlane(DataPlane):
             return None
         iid = int(
             self.engine.add_inlet(
-                hand_over(listener), b"inlet#r", options.window, options.max_sessions
+                hand_over(listener),
+                b"inlet#r",
+                options.window,
+                options.resume_timeout,
+                options.max_sessions,
             )
         )
         self._inlets[iid] = inlet

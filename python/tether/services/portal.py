@@ -43,8 +43,8 @@ from tether.services.session import (
     MAX_DATA,
     MAX_REASON,
     OPEN_BUCKETS,
+    T_ACK,
     T_CLOSE,
-    T_CREDIT,
     T_EOF,
     T_OPEN,
     EngineSession,
@@ -320,7 +320,7 @@ class Outlet(_Portal):
         if key in self._ended:
             return  # the rest of a session already refused or ended: it was told, once
         if t != T_OPEN:
-            if t not in (T_CLOSE, T_CREDIT, T_EOF):  # a late message after the session ended
+            if t not in (T_CLOSE, T_ACK, T_EOF):  # a late message after the session ended
                 self._refuse(key, f"no portal session at tcp-outlet {self.name!r} (it ended)")
             return
         if self.draining:
@@ -361,7 +361,15 @@ class Outlet(_Portal):
                 data_plane.allow_outlet(self._engine_id, channel, True)
             self._open_in_engine(channel, key)
             return
-        session = Session(self.node, self.node.next_id("outlet"), channel, key, self.options, self)
+        session = Session(
+            self.node,
+            self.node.next_id("outlet"),
+            channel,
+            key,
+            self.options,
+            self,
+            established=True,
+        )
         session.key = key
         self.sessions[key] = session
         self.total += 1
@@ -444,7 +452,7 @@ class Outlet(_Portal):
         nodelay(stream)
         session.opened()
         # The inlet learns that the session is open (before any byte of the target's).
-        await session._send_or_abort(T_OPEN)
+        await session._send_or_abort(HEAD[T_OPEN])
         await session.run(stream)
 
 
@@ -672,7 +680,7 @@ class Inlet(_Portal):
         self.sessions[address] = session
         self.node.add_sink(address, deliver)
         try:
-            await session._send(T_OPEN)
+            await session._send(HEAD[T_OPEN])
         except TetherError as e:
             session.abort(f"could not open a session through {self.route}: {e}")
         await session.run(stream)

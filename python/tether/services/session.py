@@ -3,17 +3,18 @@
 make them are :mod:`tether.services.portal`'s.
 
 The session protocol (the payload of each message, inside the secure channel) is one type byte
-and a body:
+and a body (``docs/portals.md``, "Protocol", has the bytes):
 
 ========  ======================================================================================
 OPEN      the inlet opens a session (the outlet connects to its target); the outlet sends it back
           once its target is connected (the session is open: the inlet times it, and ignores
           it otherwise)
-DATA      bytes of the stream, at most :data:`MAX_DATA` per message
-EOF       the sender's side shut its write half (half-close): the receiver shuts its own write
-          side once everything before it is written
+DATA      a sequence number, then bytes of the stream, at most :data:`MAX_DATA` per message
+EOF       a sequence number: the sender's side shut its write half (half-close): the receiver
+          shuts its own write side once everything before it is written
+ACK       what the receiver holds (every DATA and EOF before a number) and has written (credit
+          units, in all); it may ask for a resend
 CLOSE     the session is over (reset, refusal, error); the body is the reason
-CREDIT    flow control: the receiver wrote this many credit units to its socket
 ========  ======================================================================================
 
 Sessions are keyed by their return route, which starts with the secure channel the message
@@ -25,6 +26,11 @@ the first byte); outlet→inlet messages go to the inlet session's own address.
 message costs ``max(len, MIN_CHARGE)`` units. A sender with no credit stops reading its socket
 (so a slow reader slows the writer through TCP itself), and a receiver refuses a peer that
 overruns its window: memory per session is bounded by the window, whatever the peer does.
+
+**Nothing is lost**: the sender keeps what the receiver has not acknowledged (within the window)
+and sends it again when asked or when no ACK comes in time; the receiver takes DATA in order
+only. A path that fails for a while (a NATS server killed, a hop restarting) pauses a session
+instead of ending it, for up to :attr:`PortalOptions.resume_timeout` seconds.
 """
 
 from __future__ import annotations
@@ -43,8 +49,8 @@ from anyio.abc import SocketAttribute, SocketStream
 
 from tether._core import (
     KIND_DATA,
+    PORTAL_ACK,
     PORTAL_CLOSE,
-    PORTAL_CREDIT,
     PORTAL_DATA,
     PORTAL_ENDED_MEMORY,
     PORTAL_EOF,
@@ -68,7 +74,7 @@ T_OPEN = PORTAL_OPEN
 T_DATA = PORTAL_DATA
 T_EOF = PORTAL_EOF
 T_CLOSE = PORTAL_CLOSE
-T_CREDIT = PORTAL_CREDIT
+T_ACK = PORTAL_ACK
 MAX_DATA: int = PORTAL_MAX_DATA
 """The largest DATA body, and the size of one read from a portal's socket: small enough that a
 DATA message is one channel fragment on the wire."""
@@ -76,7 +82,7 @@ MAX_REASON: int = PORTAL_MAX_REASON
 ENDED_MEMORY: int = PORTAL_ENDED_MEMORY
 """How many ended sessions an outlet remembers, so that what their inlets still send is dropped
 quietly instead of answered with a second CLOSE."""
-HEAD = {t: bytes((KIND_DATA, t)) for t in (T_OPEN, T_DATA, T_EOF, T_CLOSE, T_CREDIT)}
+HEAD = {t: bytes((KIND_DATA, t)) for t in (T_OPEN, T_CLOSE)}
 DATA_PREFIX = bytes((KIND_DATA,))
 _OPEN_TYPE = bytes((T_OPEN,))
 OPEN_BUCKETS = (
@@ -102,6 +108,9 @@ class PortalOptions:
     max_sessions: int = 10_000
     recheck_interval: float = 1.0
     """How often open sessions are checked against the policy again (credentials expire)."""
+    resume_timeout: float = 30.0
+    """How long a session whose path failed (a hop down for a while) goes on resending what the
+    peer has not acknowledged before it gives up and ends."""
 
 
 def os_reason(e: BaseException) -> str:
@@ -191,16 +200,22 @@ class Session(_SessionBase):
         peer_route: tuple[Address, ...],
         options: PortalOptions,
         owner: Any,
+        *,
+        established: bool = False,
     ) -> None:
         super().__init__(node, address, channel, peer_route, options, owner)
         self.stream: SocketStream | None = None
-        self.rules = PortalSession(options.window)
+        # `established`: an outlet's session, which answers an OPEN (the peer is there).
+        self.rules = PortalSession(options.window, options.resume_timeout, established)
         self._return = (Address.local(address),)
-        self._outbox: deque[PortalAction] = deque()  # what the writer task sends / shuts
+        self._outbox: deque[PortalAction] = deque()  # ACKs and resends: the control task's
+        self._shut_write = False  # the writer shuts the write half once it wrote what is queued
         self._writer_idle = False  # the writer waits with nothing to do
         self._raw: Any = None  # the socket, for direct non-blocking writes (trio only)
         self._wake_writer = anyio.Event()
         self._wake_reader = anyio.Event()
+        self._wake_control = anyio.Event()
+        self._control_until: float | None = None  # the deadline the control task waits for
         self._scope = anyio.CancelScope()
         self._closed = False
         self._aborted = False
@@ -220,12 +235,11 @@ class Session(_SessionBase):
         if self._closed:
             return
         payload = msg.payload
+        span, actions = self.rules.on_peer(payload, time.monotonic())
         if self.awaits_open and payload[1:2] == _OPEN_TYPE and payload[:1] == DATA_PREFIX:
             self.opened()  # the outlet's answer: its target is connected
-            return
-        is_data, actions = self.rules.on_peer(payload)
-        if is_data:
-            body = memoryview(payload)[2:]  # no copy of the data
+        if span is not None:
+            body = memoryview(payload)[span[0] : span[1]]  # no copy of the data
             written = 0
             if self._writer_idle and self.rules.queue_empty and self._raw is not None:
                 # The writer waits with nothing queued: write now, in this task (the socket is
@@ -241,6 +255,12 @@ class Session(_SessionBase):
             actions += self.rules.data(body, written)
         self._apply(actions)
 
+    def _timer_changed(self) -> None:
+        """Wake the control task if the rules' next deadline is earlier than its own."""
+        d = self.rules.deadline
+        if d is not None and (self._control_until is None or d < self._control_until):
+            self._wake_control.set()
+
     def _apply(self, actions: list[PortalAction]) -> None:
         """Do what the rules answered: sends and the write side go to the writer task (in
         order), a resumed read wakes the reader, the end ends the session."""
@@ -251,19 +271,23 @@ class Session(_SessionBase):
                 case ActionKind.RESUME_READ:
                     self._wake_reader.set()
                 case ActionKind.SEND_CLOSE:
-                    self.node.task_group.start_soon(self._notify_close, action.reason)
+                    self.node.task_group.start_soon(self._notify_close, action.message)
                 case ActionKind.WRITE:
                     self._wake_writer.set()
-                case _:  # SEND_EOF, SEND_CREDIT, SHUT_WRITE
-                    self._outbox.append(action)
+                case ActionKind.SHUT_WRITE:
+                    self._shut_write = True
                     self._wake_writer.set()
+                case _:  # SEND_ACK, RESEND (SEND_EOF goes out from the reader, after its DATA)
+                    self._outbox.append(action)
+                    self._wake_control.set()
+        self._timer_changed()
 
     # --- to the peer --------------------------------------------------------------------------
 
-    async def _send(self, t: int, body: bytes = b"") -> None:
+    async def _send(self, head: bytes, body: bytes = b"") -> None:
         # Every message of a session takes the same ordered path (the channel's bulk path):
         # an EOF or CLOSE can never overtake the DATA before it.
-        await self.channel.send_parts(self.peer_route[1:], self._return, HEAD[t], body)
+        await self.channel.send_parts(self.peer_route[1:], self._return, head, body)
 
     def abort(self, reason: str, notify: bool = False) -> None:
         """End the session now: reset the socket, and tell the peer if ``notify``."""
@@ -278,15 +302,16 @@ class Session(_SessionBase):
             log.info("portal session %s closed: %s", self.address, reason)
         self._wake_writer.set()  # the pumps see the end
         self._wake_reader.set()
+        self._wake_control.set()
         if abort:
             self._aborted = True
             if self.stream is not None:
                 _reset(self.stream)
             self._scope.cancel()
 
-    async def _notify_close(self, reason: str) -> None:
+    async def _notify_close(self, message: bytes) -> None:
         with contextlib.suppress(TetherError):
-            await self._send(T_CLOSE, reason.encode())
+            await self._send(message)
 
     # --- the pumps ----------------------------------------------------------------------------
 
@@ -313,6 +338,7 @@ class Session(_SessionBase):
                         reader_done.set()
 
                     tg.start_soon(reader)
+                    tg.start_soon(self._control)
                     await self._writer()
                     await reader_done.wait()
                     tg.cancel_scope.cancel()
@@ -350,46 +376,63 @@ class Session(_SessionBase):
             except anyio.ClosedResourceError:
                 return
             if not data:
-                actions = self.rules.on_read_eof()
+                actions = self.rules.on_read_eof(time.monotonic())
+                self._timer_changed()  # its timer now waits for the EOF's ACK too
                 # EOF goes out from this task, after the DATA before it.
-                sends_eof = any(a.kind == ActionKind.SEND_EOF for a in actions)
-                if sends_eof and not await self._send_or_abort(T_EOF):
-                    return
+                for a in actions:
+                    if a.kind == ActionKind.SEND_EOF and not await self._send_or_abort(a.message):
+                        return
                 self._apply([a for a in actions if a.kind != ActionKind.SEND_EOF])
                 return
-            self.rules.on_read(len(data))
-            if not await self._send_or_abort(T_DATA, data):
+            head = self.rules.on_read(data, time.monotonic())
+            self._timer_changed()  # its timer waits for the ACK
+            if not await self._send_or_abort(head, data):
                 return
 
-    async def _send_or_abort(self, t: int, body: bytes = b"") -> bool:
+    async def _send_or_abort(self, head: bytes, body: bytes = b"") -> bool:
         try:
-            await self._send(t, body)
+            await self._send(head, body)
             return True
         except TetherError as e:
             self.abort(f"could not send to the peer: {e}")
             return False
 
-    async def _writer(self) -> None:
-        """The peer's bytes → our socket (what ``deliver`` could not write at once), and what
-        the rules ask to send (credit) or do (shut the write half after the peer's EOF)."""
-        assert self.stream is not None
+    async def _control(self) -> None:
+        """ACKs, resends and the rules' timers, apart from the writer (a socket slow to take
+        bytes must not hold back the ACKs that tell the peer what arrived)."""
         while not self.rules.closed:
             while self._outbox:
                 action = self._outbox.popleft()
-                if action.kind == ActionKind.SEND_CREDIT:
-                    if not await self._send_or_abort(T_CREDIT, action.credit.to_bytes(4, "big")):
-                        return
-                elif action.kind == ActionKind.SEND_EOF:
-                    if not await self._send_or_abort(T_EOF):
-                        return
-                elif action.kind == ActionKind.SHUT_WRITE:
-                    with contextlib.suppress(Exception):
-                        await self.stream.send_eof()
+                if action.kind == ActionKind.RESEND:
+                    for head, body in self.rules.retained():
+                        if not await self._send_or_abort(head, body):
+                            return
+                elif not await self._send_or_abort(action.message):
+                    return
+            self._wake_control = anyio.Event()
+            self._control_until = self.rules.deadline
+            if self._control_until is None:
+                await self._wake_control.wait()
+            else:
+                with anyio.move_on_after(self._control_until - time.monotonic()):
+                    await self._wake_control.wait()
+            self._control_until = None
+            self._apply(self.rules.on_tick(time.monotonic()))
+
+    async def _writer(self) -> None:
+        """The peer's bytes → our socket (what ``deliver`` could not write at once), and the
+        write half shut after the peer's EOF."""
+        assert self.stream is not None
+        while not self.rules.closed:
+            if self._shut_write:
+                self._shut_write = False
+                with contextlib.suppress(Exception):
+                    await self.stream.send_eof()
             pending = self.rules.pending()
             if pending is None:
                 actions = self.rules.flushed()
+                self._apply(actions)  # (its end may have begun to linger: a timer)
                 if actions:
-                    self._apply(actions)
                     continue
                 if self.rules.closed:
                     return

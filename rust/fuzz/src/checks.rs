@@ -487,13 +487,16 @@ fn portal_expected(data: &[u8]) -> Result<(), PortalError> {
         return Err(PortalError::Empty);
     };
     match t {
-        portal::T_DATA if body.len() > portal::MAX_DATA => {
-            Err(PortalError::DataTooLarge(body.len()))
+        portal::T_DATA if body.len() < 8 => Err(PortalError::Malformed(t, body.len())),
+        portal::T_DATA if body.len() - 8 > portal::MAX_DATA => {
+            Err(PortalError::DataTooLarge(body.len() - 8))
         }
-        portal::T_CREDIT if body.len() != portal::CREDIT_LEN => {
-            Err(PortalError::MalformedCredit(body.len()))
+        portal::T_EOF if body.len() != 8 => Err(PortalError::Malformed(t, body.len())),
+        portal::T_ACK if body.len() != 17 || body[16] > 7 => {
+            Err(PortalError::Malformed(t, body.len()))
         }
-        portal::T_OPEN..=portal::T_CREDIT => Ok(()),
+        portal::T_OPEN | portal::T_CLOSE | portal::T_DATA | portal::T_EOF | portal::T_ACK => Ok(()),
+        2 | 3 | 5 => Err(PortalError::Retired(t)),
         _ => Err(PortalError::UnknownType(t)),
     }
 }
@@ -519,25 +522,28 @@ pub fn portal_message(data: &[u8]) {
     assert_eq!(enc.len(), m.encoded_len());
     assert_eq!(PortalMessage::decode(&enc), Ok(m), "decode(encode(m)) != m");
     let input = data.as_ptr_range();
+    let borrowed = |b: &[u8]| {
+        let r = b.as_ptr_range();
+        assert!(input.start <= r.start && r.end <= input.end, "not borrowed");
+    };
     let canonical = match m {
-        PortalMessage::Data(b) | PortalMessage::Close(b) | PortalMessage::PathFailed(b) => {
-            let r = b.as_ptr_range();
-            assert!(input.start <= r.start && r.end <= input.end, "not borrowed");
-            assert!(b.len() <= portal::MAX_DATA);
-            match m {
-                PortalMessage::Close(_) => {
-                    assert!(b.len() <= MAX_REASON);
-                    data[0] == KIND_DATA && data.len() <= 2 + MAX_REASON
-                }
-                PortalMessage::PathFailed(_) => {
-                    assert!(b.len() <= MAX_REASON);
-                    data.len() <= 1 + MAX_REASON
-                }
-                _ => data[0] == KIND_DATA,
-            }
+        PortalMessage::Data { bytes, .. } => {
+            borrowed(bytes);
+            assert!(bytes.len() <= portal::MAX_DATA);
+            data[0] == KIND_DATA
         }
-        PortalMessage::Credit(_) => data[0] == KIND_DATA,
-        PortalMessage::Open | PortalMessage::Eof => data[0] == KIND_DATA && data.len() == 2,
+        PortalMessage::Close(b) => {
+            borrowed(b);
+            assert!(b.len() <= MAX_REASON);
+            data[0] == KIND_DATA && data.len() <= 2 + MAX_REASON
+        }
+        PortalMessage::PathFailed(b) => {
+            borrowed(b);
+            assert!(b.len() <= MAX_REASON);
+            data.len() <= 1 + MAX_REASON
+        }
+        PortalMessage::Ack { .. } | PortalMessage::Eof { .. } => data[0] == KIND_DATA,
+        PortalMessage::Open => data[0] == KIND_DATA && data.len() == 2,
     };
     if canonical {
         assert_eq!(enc, data, "a canonical payload re-encoded differently");

@@ -350,6 +350,7 @@ impl Engine {
         fd: OwnedFd,
         prefix: Vec<u8>,
         window: u64,
+        resume_timeout: Duration,
         max_sessions: usize,
     ) -> io::Result<u64> {
         let std_listener = std::net::TcpListener::from(fd);
@@ -366,6 +367,7 @@ impl Engine {
                 binding: None,
                 prefix,
                 window: window.max(1),
+                resume_timeout,
                 max_sessions,
                 sessions: Vec::new(),
             },
@@ -401,6 +403,7 @@ impl Engine {
         &self,
         name: Vec<u8>,
         window: u64,
+        resume_timeout: Duration,
         max_sessions: usize,
         connect_timeout: Duration,
         connect_prefix: String,
@@ -415,6 +418,7 @@ impl Engine {
                 target: None,
                 allowed: Vec::new(),
                 window: window.max(1),
+                resume_timeout,
                 max_sessions,
                 connect_timeout,
                 connect_prefix,

@@ -238,6 +238,7 @@ struct Inlet {
     binding: Option<(u64, Vec<u8>)>,
     prefix: Vec<u8>,
     window: u64,
+    resume_timeout: Duration,
     max_sessions: usize,
     sessions: Vec<u64>,
 }
@@ -249,6 +250,7 @@ struct Outlet {
     target: Option<SocketAddr>,
     allowed: Vec<u64>,
     window: u64,
+    resume_timeout: Duration,
     max_sessions: usize,
     connect_timeout: Duration,
     connect_prefix: String,
@@ -318,6 +320,8 @@ pub struct SessionSpec {
     /// (see [`Event::Sync`]).
     pub sync: SyncMode,
     pub connect_timeout: Duration,
+    /// How long an established session goes on resending with nothing acknowledged.
+    pub resume_timeout: Duration,
     /// Begins the reason of a failed connect (`tcp-outlet 'x' could not connect to h:p`).
     pub connect_prefix: String,
 }

@@ -43,7 +43,8 @@ impl State {
             };
             let binding = inlet.binding.clone();
             let full = inlet.sessions.len() >= inlet.max_sessions;
-            let (prefix, window) = (inlet.prefix.clone(), inlet.window);
+            let (prefix, window, resume_timeout) =
+                (inlet.prefix.clone(), inlet.window, inlet.resume_timeout);
             let usable = binding
                 .as_ref()
                 .filter(|_| !full)
@@ -76,6 +77,7 @@ impl State {
                 open: true,
                 sync: SyncMode::Synced,
                 connect_timeout: Duration::ZERO,
+                resume_timeout,
                 connect_prefix: String::new(),
             };
             // On failure the socket was dropped: the client sees the connection close.
@@ -127,6 +129,7 @@ impl State {
             open: false,
             sync: SyncMode::Synced,
             connect_timeout: o.connect_timeout,
+            resume_timeout: o.resume_timeout,
             connect_prefix: o.connect_prefix.clone(),
         };
         let Ok(sid) = self.new_session(spec) else {

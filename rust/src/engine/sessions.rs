@@ -4,8 +4,7 @@
 
 use super::{reset, token, why, Event, Session, SessionSpec, State, SyncMode, HIGH_WATER};
 use crate::portal::{
-    Action, Control, Session as Flow, ENDED_MEMORY, KIND_DATA, KIND_ERROR, T_CLOSE, T_CREDIT,
-    T_DATA, T_EOF, T_OPEN,
+    data_header, Action, Control, Session as Flow, ENDED_MEMORY, KIND_DATA, KIND_ERROR, T_OPEN,
 };
 use mio::net::TcpStream;
 use mio::Interest;
@@ -71,7 +70,8 @@ impl State {
                 connect_prefix: spec.connect_prefix,
                 header: spec.header,
                 key,
-                flow: Flow::new(window),
+                // An outlet's session answers an OPEN: its peer is there from the start.
+                flow: Flow::new(window, spec.resume_timeout.as_secs_f64(), !spec.open),
                 held: Vec::new(),
                 held_bytes: 0,
                 synced,
@@ -81,7 +81,7 @@ impl State {
             ch.sessions.push(id);
         }
         if spec.open {
-            if let Err(e) = st.send_portal(id, T_OPEN, &[]) {
+            if let Err(e) = st.send_portal(id, &[KIND_DATA, T_OPEN], &[]) {
                 st.finish(id, &format!("could not open the session: {e}"), true, false);
                 return Ok(id);
             }
@@ -96,17 +96,22 @@ impl State {
         Ok(id)
     }
 
-    /// Seal a portal message of session `sid` into a routed frame on its channel's link.
-    pub(super) fn send_portal(&mut self, sid: u64, t: u8, body: &[u8]) -> Result<(), String> {
-        let n = 2 + body.len();
+    /// Seconds on the engine's clock (what a session's timers count in).
+    pub(super) fn now(&self) -> f64 {
+        self.epoch.elapsed().as_secs_f64()
+    }
+
+    /// Seal a portal message of session `sid` (its payload: `head`, then `body`) into a routed
+    /// frame on its channel's link.
+    pub(super) fn send_portal(&mut self, sid: u64, head: &[u8], body: &[u8]) -> Result<(), String> {
+        let n = head.len() + body.len();
         let len_bytes = u32::try_from(n)
             .map_err(|_| "message too large")?
             .to_be_bytes();
-        let head = [KIND_DATA, t];
         let s = self.sessions.get_mut(&sid).ok_or("the session ended")?;
         // Lent out for the call (no copy per message), then put back.
         let (cid, header) = (s.channel, std::mem::take(&mut s.header));
-        let sent = self.send_sealed(cid, &[&header, &len_bytes, &head, body], 0);
+        let sent = self.send_sealed(cid, &[&header, &len_bytes, head, body], 0);
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.header = header;
         }
@@ -121,12 +126,13 @@ impl State {
         for action in out.drain(..) {
             match action {
                 Action::Send(control) => {
-                    let sent = match &control {
-                        Control::Eof => self.send_portal(sid, T_EOF, &[]),
-                        Control::Credit(n) => self.send_portal(sid, T_CREDIT, &n.to_be_bytes()),
-                        Control::Close(reason) => self.send_portal(sid, T_CLOSE, reason.as_bytes()),
-                    };
+                    let sent = self.send_portal(sid, &control.encode(), &[]);
                     if let (Err(e), false) = (sent, matches!(control, Control::Close(_))) {
+                        failure.get_or_insert(format!("could not send to the peer: {e}"));
+                    }
+                }
+                Action::Resend => {
+                    if let Err(e) = self.resend(sid) {
                         failure.get_or_insert(format!("could not send to the peer: {e}"));
                     }
                 }
@@ -143,6 +149,43 @@ impl State {
         }
         if let Some(reason) = failure {
             self.finish(sid, &reason, true, false);
+        }
+    }
+
+    /// Send again what session `sid` sent and the peer did not acknowledge.
+    fn resend(&mut self, sid: u64) -> Result<(), String> {
+        let Some(s) = self.sessions.get(&sid) else {
+            return Ok(());
+        };
+        let again: Vec<(u64, Option<Vec<u8>>)> = s
+            .flow
+            .retained()
+            .map(|(seq, b)| (seq, b.map(<[u8]>::to_vec)))
+            .collect();
+        for (seq, bytes) in again {
+            match bytes {
+                Some(b) => self.send_portal(sid, &data_header(seq), &b)?,
+                None => self.send_portal(sid, &Control::Eof(seq).encode(), &[])?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Session timers due (delayed ACKs, retransmissions, giving up).
+    pub(super) fn session_timers(&mut self) {
+        let now = self.now();
+        let due: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.flow.deadline().is_some_and(|d| d <= now))
+            .map(|(&id, _)| id)
+            .collect();
+        let mut out = Vec::new();
+        for sid in due {
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.flow.on_tick(now, &mut out);
+                self.apply(sid, &mut out, true);
+            }
         }
     }
 
@@ -164,6 +207,7 @@ impl State {
     /// Read the session's socket within its allowance (`drain`: as in [`Self::read_link`]).
     pub(super) fn read_session(&mut self, sid: u64, drain: bool) {
         let mut rbuf = self.take_rbuf();
+        let now = self.now();
         loop {
             let Some(s) = self.sessions.get_mut(&sid) else {
                 break;
@@ -197,13 +241,13 @@ impl State {
             match sock.read(&mut rbuf[..allowed]) {
                 Ok(0) => {
                     let mut out = Vec::new();
-                    s.flow.on_read_eof(&mut out);
+                    s.flow.on_read_eof(now, &mut out);
                     self.apply(sid, &mut out, true);
                     break;
                 }
                 Ok(n) => {
-                    s.flow.on_read(n);
-                    if let Err(e) = self.send_portal(sid, T_DATA, &rbuf[..n]) {
+                    let seq = s.flow.on_read(&rbuf[..n], now);
+                    if let Err(e) = self.send_portal(sid, &data_header(seq), &rbuf[..n]) {
                         let reason = format!("could not send to the peer: {e}");
                         self.finish(sid, &reason, true, false);
                         break;
@@ -227,11 +271,13 @@ impl State {
     /// One message from the peer session (payload: kind byte, type byte, body). A DATA body
     /// goes straight to the socket when nothing waits before it.
     pub(super) fn deliver(&mut self, sid: u64, payload: &[u8]) {
+        let now = self.now();
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
         if s.inlet_side && payload.get(1) == Some(&T_OPEN) && payload.first() != Some(&KIND_ERROR) {
             // The outlet's answer: its target is connected (once; a repeat changes nothing).
+            s.flow.on_peer(payload, now, &mut Vec::new()); // the peer is there
             if let Some(since) = s.opening.take() {
                 let seconds = since.elapsed().as_secs_f64();
                 self.push(Event::SessionOpened {
@@ -245,7 +291,7 @@ impl State {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let Some(body) = s.flow.on_peer(payload, &mut out) else {
+        let Some(body) = s.flow.on_peer(payload, now, &mut out) else {
             self.apply(sid, &mut out, true);
             self.actions = out;
             return;
@@ -332,7 +378,7 @@ impl State {
     /// The outlet side's target is connected: the inlet is told (OPEN in answer, before any
     /// DATA from the target) and Python learns how long it took.
     fn session_opened(&mut self, sid: u64, since: Instant) {
-        if let Err(e) = self.send_portal(sid, T_OPEN, &[]) {
+        if let Err(e) = self.send_portal(sid, &[KIND_DATA, T_OPEN], &[]) {
             self.finish(
                 sid,
                 &format!("could not send to the peer: {e}"),

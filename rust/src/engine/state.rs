@@ -211,5 +211,6 @@ impl State {
                 .unwrap_or_default();
             self.finish(sid, &format!("{prefix}: timed out"), true, true);
         }
+        self.session_timers();
     }
 }

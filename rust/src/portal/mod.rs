@@ -8,22 +8,28 @@
 //!
 //! type      body
 //! 1 OPEN    ignored (written empty)
-//! 2 DATA    0..=MAX_DATA bytes of the stream
-//! 3 EOF     ignored (written empty)
 //! 4 CLOSE   the reason, UTF-8; only its first MAX_REASON bytes are kept
-//! 5 CREDIT  u32 big-endian: credit units returned
+//! 6 DATA    seq:u64, then 0..=MAX_DATA bytes of the stream
+//! 7 EOF     seq:u64
+//! 8 ACK     next:u64 consumed:u64 flags:u8 (ACK_RESEND, ACK_PROBE, ACK_DONE; others zero)
+//! 2, 3, 5   retired: DATA, EOF and CREDIT of the protocol before sequence numbers
 //! ```
 //!
-//! Decoding accepts exactly what both data planes' drivers accept (one decoder for both), and
-//! refuses with the same texts: a kind other than [`KIND_ERROR`] is read as data, the body of OPEN
-//! and EOF is ignored, an empty DATA is accepted, and a reason longer than [`MAX_REASON`] bytes is
-//! cut (as a borrowed slice; the caller decodes it as UTF-8 with replacement). Session state
-//! (DATA after EOF, flow-control overruns) is the session's business, not this module's.
+//! Integers are big-endian. DATA and EOF share one sequence per direction (0, 1, 2, …): the
+//! receiver takes them in that order only, drops what it already has, and its ACK says it has
+//! everything before `next` and has written `consumed` credit units to its socket (both
+//! cumulative, so a lost ACK is made good by the next one).
 //!
-//! Every decoded message borrows from the payload: `Data`, `Close` and `PathFailed` are slices of
-//! it, nothing is copied. Encoding a decoded message and decoding the result gives the same
-//! message back; the encoding of a payload is canonical except where the list above says bytes
-//! are ignored or cut.
+//! Decoding accepts exactly what both data planes' drivers accept (one decoder for both), and
+//! refuses with the same texts: a kind other than [`KIND_ERROR`] is read as data, the body of
+//! OPEN is ignored, an empty DATA is accepted, and a reason longer than [`MAX_REASON`] bytes is
+//! cut (as a borrowed slice; the caller decodes it as UTF-8 with replacement). Session state
+//! (order, DATA after EOF, flow-control overruns) is the session's business, not this module's.
+//!
+//! Every decoded message borrows from the payload: the bytes of `Data`, `Close` and `PathFailed`
+//! are slices of it, nothing is copied. Encoding a decoded message and decoding the result gives
+//! the same message back; the encoding of a payload is canonical except where the list above
+//! says bytes are ignored or cut.
 
 use std::fmt;
 
@@ -37,10 +43,13 @@ pub const KIND_DATA: u8 = 0;
 pub const KIND_ERROR: u8 = 1;
 
 pub const T_OPEN: u8 = 1;
-pub const T_DATA: u8 = 2;
-pub const T_EOF: u8 = 3;
 pub const T_CLOSE: u8 = 4;
-pub const T_CREDIT: u8 = 5;
+pub const T_DATA: u8 = 6;
+pub const T_EOF: u8 = 7;
+pub const T_ACK: u8 = 8;
+/// Types of the protocol before sequence numbers (DATA, EOF, CREDIT): refused with a word on
+/// upgrading the peer.
+pub const RETIRED_TYPES: [u8; 3] = [2, 3, 5];
 
 /// The largest DATA body (240 KiB: one DATA is one channel fragment).
 pub const MAX_DATA: usize = 240 * 1024;
@@ -49,24 +58,36 @@ pub const MAX_REASON: usize = 1024;
 /// How many ended sessions an outlet remembers, so that what their inlets still send (a late
 /// OPEN among it) is dropped quietly instead of answered with a second CLOSE.
 pub const ENDED_MEMORY: usize = 4096;
-/// The size of a CREDIT body.
-pub const CREDIT_LEN: usize = 4;
+/// ACK flag: what follows `next` is missing: send it again.
+pub const ACK_RESEND: u8 = 1;
+/// ACK flag: answer with an ACK (a sender out of credit asks whether any came back).
+pub const ACK_PROBE: u8 = 2;
+/// ACK flag: the sender has nothing waiting for an acknowledgement.
+pub const ACK_DONE: u8 = 4;
+const ACK_FLAGS: u8 = ACK_RESEND | ACK_PROBE | ACK_DONE;
+/// The size of a sequence number.
+pub const SEQ_LEN: usize = 8;
+/// The size of an ACK body.
+pub const ACK_LEN: usize = 17;
 /// Kind and type bytes in front of a session message's body.
 pub const HEADER_LEN: usize = 2;
+/// Kind, type and sequence number in front of a DATA's stream bytes.
+pub const DATA_HEADER_LEN: usize = HEADER_LEN + SEQ_LEN;
 
 /// One decoded portal message, borrowing from the payload it was decoded from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PortalMessage<'a> {
     /// Open a session (a repeated OPEN is harmless).
     Open,
-    /// Bytes of the stream, at most [`MAX_DATA`].
-    Data(&'a [u8]),
-    /// The sender shut its write half.
-    Eof,
+    /// Bytes of the stream (at most [`MAX_DATA`]), number `seq` of its direction.
+    Data { seq: u64, bytes: &'a [u8] },
+    /// The sender shut its write half: number `seq` of its direction.
+    Eof { seq: u64 },
     /// The session is over; the reason (at most [`MAX_REASON`] bytes, maybe empty).
     Close(&'a [u8]),
-    /// Credit units returned by the receiver.
-    Credit(u32),
+    /// The receiver holds every DATA and EOF before `next` and has written `consumed` credit
+    /// units in all; `flags` (`ACK_*`) say more.
+    Ack { next: u64, consumed: u64, flags: u8 },
     /// A kind-1 error report: a node on the path could not deliver; the reason (at most
     /// [`MAX_REASON`] bytes, maybe empty).
     PathFailed(&'a [u8]),
@@ -78,15 +99,28 @@ pub enum PortalMessage<'a> {
 pub enum PortalError {
     /// Fewer than the two header bytes, and not an error report.
     Empty,
-    /// A DATA body of this many bytes, more than [`MAX_DATA`].
+    /// A DATA of this many stream bytes, more than [`MAX_DATA`].
     DataTooLarge(usize),
-    /// A CREDIT body of this many bytes instead of [`CREDIT_LEN`].
-    MalformedCredit(usize),
+    /// A message of this type whose body has the wrong size (this many bytes) or bits.
+    Malformed(u8, usize),
     /// A type byte this protocol does not define.
     UnknownType(u8),
+    /// A type of the protocol before sequence numbers: the peer runs an older tether.
+    Retired(u8),
     /// Encoding only: a CLOSE or error-report reason of this many bytes, more than
     /// [`MAX_REASON`] (see [`truncate_reason`]).
     ReasonTooLong(usize),
+}
+
+fn type_name(t: u8) -> &'static str {
+    match t {
+        T_OPEN => "OPEN",
+        T_CLOSE => "CLOSE",
+        T_DATA => "DATA",
+        T_EOF => "EOF",
+        T_ACK => "ACK",
+        _ => "message",
+    }
 }
 
 impl fmt::Display for PortalError {
@@ -96,10 +130,17 @@ impl fmt::Display for PortalError {
             PortalError::DataTooLarge(n) => {
                 write!(f, "protocol error: DATA of {n} bytes (at most {MAX_DATA})")
             }
-            PortalError::MalformedCredit(_) => f.write_str("protocol error: malformed CREDIT"),
+            PortalError::Malformed(t, n) => {
+                write!(f, "protocol error: malformed {} ({n} bytes)", type_name(*t))
+            }
             PortalError::UnknownType(t) => {
                 write!(f, "protocol error: unknown portal message type {t}")
             }
+            PortalError::Retired(t) => write!(
+                f,
+                "protocol error: portal message type {t} is from an older tether (sessions \
+                 without sequence numbers): upgrade tether on the peer's node"
+            ),
             PortalError::ReasonTooLong(n) => write!(
                 f,
                 "a portal reason is at most {MAX_REASON} bytes, got {n}; cut it with truncate_reason"
@@ -110,6 +151,21 @@ impl fmt::Display for PortalError {
 
 impl std::error::Error for PortalError {}
 
+fn seq_of(body: &[u8]) -> u64 {
+    let mut b = [0u8; SEQ_LEN];
+    b.copy_from_slice(&body[..SEQ_LEN]);
+    u64::from_be_bytes(b)
+}
+
+/// The header of DATA number `seq` (its stream bytes follow).
+pub fn data_header(seq: u64) -> [u8; DATA_HEADER_LEN] {
+    let mut h = [0u8; DATA_HEADER_LEN];
+    h[0] = KIND_DATA;
+    h[1] = T_DATA;
+    h[HEADER_LEN..].copy_from_slice(&seq.to_be_bytes());
+    h
+}
+
 impl<'a> PortalMessage<'a> {
     /// Decode one portal payload (kind byte, type byte, body). Allocates nothing.
     pub fn decode(payload: &'a [u8]) -> Result<Self, PortalError> {
@@ -117,14 +173,25 @@ impl<'a> PortalMessage<'a> {
             [KIND_ERROR, reason @ ..] => Ok(PortalMessage::PathFailed(cut(reason))),
             [_kind, t, body @ ..] => match *t {
                 T_OPEN => Ok(PortalMessage::Open),
-                T_DATA if body.len() > MAX_DATA => Err(PortalError::DataTooLarge(body.len())),
-                T_DATA => Ok(PortalMessage::Data(body)),
-                T_EOF => Ok(PortalMessage::Eof),
+                T_DATA if body.len() < SEQ_LEN => Err(PortalError::Malformed(T_DATA, body.len())),
+                T_DATA if body.len() - SEQ_LEN > MAX_DATA => {
+                    Err(PortalError::DataTooLarge(body.len() - SEQ_LEN))
+                }
+                T_DATA => Ok(PortalMessage::Data {
+                    seq: seq_of(body),
+                    bytes: &body[SEQ_LEN..],
+                }),
+                T_EOF if body.len() == SEQ_LEN => Ok(PortalMessage::Eof { seq: seq_of(body) }),
                 T_CLOSE => Ok(PortalMessage::Close(cut(body))),
-                T_CREDIT => match <[u8; CREDIT_LEN]>::try_from(body) {
-                    Ok(n) => Ok(PortalMessage::Credit(u32::from_be_bytes(n))),
-                    Err(_) => Err(PortalError::MalformedCredit(body.len())),
-                },
+                T_ACK if body.len() == ACK_LEN && body[16] & !ACK_FLAGS == 0 => {
+                    Ok(PortalMessage::Ack {
+                        next: seq_of(body),
+                        consumed: seq_of(&body[SEQ_LEN..]),
+                        flags: body[16],
+                    })
+                }
+                T_EOF | T_ACK => Err(PortalError::Malformed(*t, body.len())),
+                t if RETIRED_TYPES.contains(&t) => Err(PortalError::Retired(t)),
                 other => Err(PortalError::UnknownType(other)),
             },
             _ => Err(PortalError::Empty),
@@ -135,10 +202,10 @@ impl<'a> PortalMessage<'a> {
     pub fn message_type(&self) -> Option<u8> {
         match self {
             PortalMessage::Open => Some(T_OPEN),
-            PortalMessage::Data(_) => Some(T_DATA),
-            PortalMessage::Eof => Some(T_EOF),
+            PortalMessage::Data { .. } => Some(T_DATA),
+            PortalMessage::Eof { .. } => Some(T_EOF),
             PortalMessage::Close(_) => Some(T_CLOSE),
-            PortalMessage::Credit(_) => Some(T_CREDIT),
+            PortalMessage::Ack { .. } => Some(T_ACK),
             PortalMessage::PathFailed(_) => None,
         }
     }
@@ -147,7 +214,9 @@ impl<'a> PortalMessage<'a> {
     /// reason at most [`MAX_REASON`].
     pub fn check(&self) -> Result<(), PortalError> {
         match *self {
-            PortalMessage::Data(b) if b.len() > MAX_DATA => Err(PortalError::DataTooLarge(b.len())),
+            PortalMessage::Data { bytes, .. } if bytes.len() > MAX_DATA => {
+                Err(PortalError::DataTooLarge(bytes.len()))
+            }
             PortalMessage::Close(r) | PortalMessage::PathFailed(r) if r.len() > MAX_REASON => {
                 Err(PortalError::ReasonTooLong(r.len()))
             }
@@ -158,9 +227,11 @@ impl<'a> PortalMessage<'a> {
     /// The encoded size.
     pub fn encoded_len(&self) -> usize {
         match *self {
-            PortalMessage::Open | PortalMessage::Eof => HEADER_LEN,
-            PortalMessage::Data(b) | PortalMessage::Close(b) => HEADER_LEN + b.len(),
-            PortalMessage::Credit(_) => HEADER_LEN + CREDIT_LEN,
+            PortalMessage::Open => HEADER_LEN,
+            PortalMessage::Data { bytes, .. } => DATA_HEADER_LEN + bytes.len(),
+            PortalMessage::Eof { .. } => DATA_HEADER_LEN,
+            PortalMessage::Close(b) => HEADER_LEN + b.len(),
+            PortalMessage::Ack { .. } => HEADER_LEN + ACK_LEN,
             PortalMessage::PathFailed(r) => 1 + r.len(),
         }
     }
@@ -170,22 +241,29 @@ impl<'a> PortalMessage<'a> {
     pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), PortalError> {
         self.check()?;
         out.reserve(self.encoded_len());
+        if let PortalMessage::PathFailed(r) = *self {
+            out.push(KIND_ERROR);
+            out.extend_from_slice(r);
+            return Ok(());
+        }
+        out.extend_from_slice(&[KIND_DATA, self.message_type().unwrap_or_default()]);
         match *self {
-            PortalMessage::PathFailed(r) => {
-                out.push(KIND_ERROR);
-                out.extend_from_slice(r);
+            PortalMessage::Data { seq, bytes } => {
+                out.extend_from_slice(&seq.to_be_bytes());
+                out.extend_from_slice(bytes);
             }
-            PortalMessage::Credit(n) => {
-                out.extend_from_slice(&[KIND_DATA, T_CREDIT]);
-                out.extend_from_slice(&n.to_be_bytes());
+            PortalMessage::Eof { seq } => out.extend_from_slice(&seq.to_be_bytes()),
+            PortalMessage::Ack {
+                next,
+                consumed,
+                flags,
+            } => {
+                out.extend_from_slice(&next.to_be_bytes());
+                out.extend_from_slice(&consumed.to_be_bytes());
+                out.push(flags);
             }
-            PortalMessage::Data(b) | PortalMessage::Close(b) => {
-                out.extend_from_slice(&[KIND_DATA, self.message_type().unwrap_or_default()]);
-                out.extend_from_slice(b);
-            }
-            PortalMessage::Open | PortalMessage::Eof => {
-                out.extend_from_slice(&[KIND_DATA, self.message_type().unwrap_or_default()]);
-            }
+            PortalMessage::Close(b) => out.extend_from_slice(b),
+            PortalMessage::Open | PortalMessage::PathFailed(_) => {}
         }
         Ok(())
     }
@@ -226,10 +304,26 @@ mod tests {
         let data = [7u8; 3];
         let cases: [(PortalMessage<'_>, &[u8]); 6] = [
             (PortalMessage::Open, &[0, 1]),
-            (PortalMessage::Data(&data), &[0, 2, 7, 7, 7]),
-            (PortalMessage::Eof, &[0, 3]),
+            (
+                PortalMessage::Data {
+                    seq: 0x0102,
+                    bytes: &data,
+                },
+                &[0, 6, 0, 0, 0, 0, 0, 0, 1, 2, 7, 7, 7],
+            ),
+            (
+                PortalMessage::Eof { seq: 9 },
+                &[0, 7, 0, 0, 0, 0, 0, 0, 0, 9],
+            ),
             (PortalMessage::Close(b"bye"), b"\x00\x04bye"),
-            (PortalMessage::Credit(0x0102_0304), &[0, 5, 1, 2, 3, 4]),
+            (
+                PortalMessage::Ack {
+                    next: 3,
+                    consumed: 0x0102_0304,
+                    flags: ACK_RESEND,
+                },
+                &[0, 8, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 1, 2, 3, 4, 1],
+            ),
             (PortalMessage::PathFailed(b"no route"), b"\x01no route"),
         ];
         for (m, enc) in cases {
@@ -237,6 +331,7 @@ mod tests {
             assert_eq!(m.encoded_len(), enc.len());
             assert_eq!(d(enc), Ok(m));
         }
+        assert_eq!(data_header(0x0102)[..], [0, 6, 0, 0, 0, 0, 0, 0, 1, 2][..]);
     }
 
     #[test]
@@ -245,14 +340,29 @@ mod tests {
         let reason = [b'r'; MAX_REASON];
         let messages = [
             PortalMessage::Open,
-            PortalMessage::Eof,
-            PortalMessage::Data(b""),
-            PortalMessage::Data(b"x"),
-            PortalMessage::Data(&big),
+            PortalMessage::Eof { seq: 0 },
+            PortalMessage::Eof { seq: u64::MAX },
+            PortalMessage::Data { seq: 0, bytes: b"" },
+            PortalMessage::Data {
+                seq: u64::MAX,
+                bytes: b"x",
+            },
+            PortalMessage::Data {
+                seq: 1,
+                bytes: &big,
+            },
             PortalMessage::Close(b""),
             PortalMessage::Close(&reason),
-            PortalMessage::Credit(0),
-            PortalMessage::Credit(u32::MAX),
+            PortalMessage::Ack {
+                next: 0,
+                consumed: 0,
+                flags: 0,
+            },
+            PortalMessage::Ack {
+                next: u64::MAX,
+                consumed: u64::MAX,
+                flags: ACK_FLAGS,
+            },
             PortalMessage::PathFailed(b""),
             PortalMessage::PathFailed(&reason),
         ];
@@ -265,11 +375,11 @@ mod tests {
 
     #[test]
     fn decoding_borrows_the_payload() {
-        let payload = b"\x00\x02stream bytes";
-        let Ok(PortalMessage::Data(body)) = d(payload) else {
-            panic!("not DATA");
+        let payload = b"\x00\x06\0\0\0\0\0\0\0\x05stream bytes";
+        let Ok(PortalMessage::Data { seq: 5, bytes }) = d(payload) else {
+            panic!("not DATA 5");
         };
-        assert_eq!(body.as_ptr(), payload[2..].as_ptr());
+        assert_eq!(bytes.as_ptr(), payload[DATA_HEADER_LEN..].as_ptr());
     }
 
     #[test]
@@ -281,37 +391,61 @@ mod tests {
             PortalError::Empty.to_string(),
             "protocol error: empty portal message"
         );
-        let mut over = vec![0, T_DATA];
-        over.resize(HEADER_LEN + MAX_DATA + 1, 0);
+        let mut over = data_header(0).to_vec();
+        over.resize(DATA_HEADER_LEN + MAX_DATA + 1, 0);
         assert_eq!(d(&over), Err(PortalError::DataTooLarge(MAX_DATA + 1)));
         assert_eq!(
             d(&over).unwrap_err().to_string(),
             "protocol error: DATA of 245761 bytes (at most 245760)"
         );
-        for body in [&b""[..], b"\x01\x02\x03", b"\x01\x02\x03\x04\x05"] {
-            let mut p = vec![0, T_CREDIT];
+        assert_eq!(
+            d(&[0, T_DATA, 1, 2]).unwrap_err().to_string(),
+            "protocol error: malformed DATA (2 bytes)"
+        );
+        for (t, body) in [
+            (T_EOF, &b""[..]),
+            (T_EOF, &[0; 9][..]),
+            (T_ACK, &[0; 16][..]),
+            (T_ACK, &[0; 18][..]),
+        ] {
+            let mut p = vec![0, t];
             p.extend_from_slice(body);
-            assert_eq!(d(&p), Err(PortalError::MalformedCredit(body.len())));
-            assert_eq!(
-                d(&p).unwrap_err().to_string(),
-                "protocol error: malformed CREDIT"
-            );
+            assert_eq!(d(&p), Err(PortalError::Malformed(t, body.len())));
         }
-        for t in [0u8, 6, 255] {
+        let mut flags = vec![0, T_ACK];
+        flags.extend_from_slice(&[0; 16]);
+        flags.push(8);
+        assert_eq!(
+            d(&flags).unwrap_err().to_string(),
+            "protocol error: malformed ACK (17 bytes)"
+        );
+        for t in [0u8, 9, 255] {
             assert_eq!(d(&[0, t]), Err(PortalError::UnknownType(t)));
         }
         assert_eq!(
             d(&[0, 9, 1]).unwrap_err().to_string(),
             "protocol error: unknown portal message type 9"
         );
+        for t in RETIRED_TYPES {
+            assert_eq!(d(&[0, t, 0, 0, 0, 0]), Err(PortalError::Retired(t)));
+        }
+        assert!(d(&[0, 2, b'x'])
+            .unwrap_err()
+            .to_string()
+            .contains("upgrade tether on the peer's node"));
     }
 
     #[test]
     fn lenient_where_the_engine_is() {
-        // The body of OPEN and EOF is ignored; a kind other than KIND_ERROR reads as data.
+        // The body of OPEN is ignored; a kind other than KIND_ERROR reads as data.
         assert_eq!(d(b"\x00\x01junk"), Ok(PortalMessage::Open));
-        assert_eq!(d(b"\x00\x03junk"), Ok(PortalMessage::Eof));
-        assert_eq!(d(b"\x09\x02ab"), Ok(PortalMessage::Data(b"ab")));
+        assert_eq!(
+            d(b"\x09\x06\0\0\0\0\0\0\0\0ab"),
+            Ok(PortalMessage::Data {
+                seq: 0,
+                bytes: b"ab"
+            })
+        );
         assert_eq!(d(&[1]), Ok(PortalMessage::PathFailed(b"")));
         // Reasons are cut to MAX_REASON bytes.
         let mut close = vec![0, T_CLOSE];
@@ -334,7 +468,11 @@ mod tests {
         let long = vec![b'r'; MAX_REASON + 1];
         let mut out = vec![9];
         assert_eq!(
-            PortalMessage::Data(&big).encode_into(&mut out),
+            PortalMessage::Data {
+                seq: 0,
+                bytes: &big
+            }
+            .encode_into(&mut out),
             Err(PortalError::DataTooLarge(MAX_DATA + 1))
         );
         assert_eq!(
@@ -346,8 +484,8 @@ mod tests {
             Err(PortalError::ReasonTooLong(MAX_REASON + 1))
         );
         assert_eq!(out, [9]);
-        PortalMessage::Eof.encode_into(&mut out).unwrap();
-        assert_eq!(out, [9, 0, 3]);
+        PortalMessage::Open.encode_into(&mut out).unwrap();
+        assert_eq!(out, [9, 0, 1]);
     }
 
     #[test]

@@ -205,7 +205,7 @@ impl PyEngine {
 
     /// Register a portal session; returns its id.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (channel, sock, header, address, match_return, window, open, sync,
+    #[pyo3(signature = (channel, sock, header, address, match_return, window, resume_timeout, open, sync,
                         connect_timeout, connect_prefix))]
     fn add_session(
         &self,
@@ -216,6 +216,7 @@ impl PyEngine {
         address: Vec<u8>,
         match_return: Option<Vec<u8>>,
         window: u64,
+        resume_timeout: f64,
         open: bool,
         sync: SyncMode,
         connect_timeout: f64,
@@ -232,6 +233,7 @@ impl PyEngine {
             open,
             sync: sync.into(),
             connect_timeout: duration(connect_timeout, "connect_timeout")?,
+            resume_timeout: duration(resume_timeout, "resume_timeout")?,
             connect_prefix,
         };
         let inner = &self.inner;
@@ -276,12 +278,14 @@ impl PyEngine {
         sock: &Bound<'_, PyAny>,
         prefix: Vec<u8>,
         window: u64,
+        resume_timeout: f64,
         max_sessions: usize,
     ) -> PyResult<u64> {
+        let resume = duration(resume_timeout, "resume_timeout")?;
         let fd = take_socket(sock)?;
         Ok(self
             .inner
-            .add_inlet(fd, prefix, window, max_sessions)
+            .add_inlet(fd, prefix, window, resume, max_sessions)
             .map_err(|e| io(&e))?)
     }
 
@@ -301,14 +305,16 @@ impl PyEngine {
         &self,
         name: Vec<u8>,
         window: u64,
+        resume_timeout: f64,
         max_sessions: usize,
         connect_timeout: f64,
         connect_prefix: String,
     ) -> PyResult<u64> {
         let timeout = duration(connect_timeout, "connect_timeout")?;
+        let resume = duration(resume_timeout, "resume_timeout")?;
         Ok(self
             .inner
-            .add_outlet(name, window, max_sessions, timeout, connect_prefix))
+            .add_outlet(name, window, resume, max_sessions, timeout, connect_prefix))
     }
 
     /// The outlet's target, an IP address and port (None: Python resolves it per session).

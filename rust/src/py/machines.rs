@@ -17,15 +17,18 @@ use crate::reassembly::{self, Fragment, Reassembler};
 #[pyclass(module = "tether._core", eq, eq_int, frozen, hash)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum ActionKind {
-    /// Send EOF to the peer.
+    /// Send EOF (`message`, its payload) to the peer.
     #[pyo3(name = "SEND_EOF")]
     SendEof,
-    /// Send CREDIT (`credit` units) to the peer.
-    #[pyo3(name = "SEND_CREDIT")]
-    SendCredit,
-    /// Send CLOSE (`reason`) to the peer.
+    /// Send ACK (`message`, its payload) to the peer.
+    #[pyo3(name = "SEND_ACK")]
+    SendAck,
+    /// Send CLOSE (`message`, its payload; `reason`) to the peer.
     #[pyo3(name = "SEND_CLOSE")]
     SendClose,
+    /// Send again every message of `retained()`, in order.
+    #[pyo3(name = "RESEND")]
+    Resend,
     /// Write `pending()` to the socket, report `wrote()`, then call `flushed()`.
     #[pyo3(name = "WRITE")]
     Write,
@@ -44,7 +47,7 @@ pub(crate) enum ActionKind {
 #[pyclass(module = "tether._core", frozen, get_all)]
 pub(crate) struct PortalAction {
     kind: ActionKind,
-    credit: u32,
+    message: Py<PyBytes>,
     reason: String,
     abort: bool,
 }
@@ -52,22 +55,25 @@ pub(crate) struct PortalAction {
 fn actions(py: Python<'_>, out: &mut Vec<Action>) -> PyResult<Vec<Py<PortalAction>>> {
     out.drain(..)
         .map(|a| {
-            let (kind, credit, reason, abort) = match a {
-                Action::Send(Control::Eof) => (ActionKind::SendEof, 0, String::new(), false),
-                Action::Send(Control::Credit(n)) => {
-                    (ActionKind::SendCredit, n, String::new(), false)
-                }
-                Action::Send(Control::Close(r)) => (ActionKind::SendClose, 0, r, false),
-                Action::Write => (ActionKind::Write, 0, String::new(), false),
-                Action::ShutWrite => (ActionKind::ShutWrite, 0, String::new(), false),
-                Action::ResumeRead => (ActionKind::ResumeRead, 0, String::new(), false),
-                Action::Closed { reason, abort } => (ActionKind::Closed, 0, reason, abort),
+            let message = match &a {
+                Action::Send(c) => c.encode(),
+                _ => Vec::new(),
+            };
+            let (kind, reason, abort) = match a {
+                Action::Send(Control::Eof(_)) => (ActionKind::SendEof, String::new(), false),
+                Action::Send(Control::Ack { .. }) => (ActionKind::SendAck, String::new(), false),
+                Action::Send(Control::Close(r)) => (ActionKind::SendClose, r, false),
+                Action::Resend => (ActionKind::Resend, String::new(), false),
+                Action::Write => (ActionKind::Write, String::new(), false),
+                Action::ShutWrite => (ActionKind::ShutWrite, String::new(), false),
+                Action::ResumeRead => (ActionKind::ResumeRead, String::new(), false),
+                Action::Closed { reason, abort } => (ActionKind::Closed, reason, abort),
             };
             Py::new(
                 py,
                 PortalAction {
                     kind,
-                    credit,
+                    message: PyBytes::new(py, &message).unbind(),
                     reason,
                     abort,
                 },
@@ -76,7 +82,12 @@ fn actions(py: Python<'_>, out: &mut Vec<Action>) -> PyResult<Vec<Py<PortalActio
         .collect()
 }
 
-/// A portal session's rules (`crate::portal::Session`) for a Python driver.
+/// What `PortalSession.on_peer` answers: the span of a DATA's stream bytes in the payload, and
+/// the actions.
+type PeerOutcome = (Option<(usize, usize)>, Vec<Py<PortalAction>>);
+
+/// A portal session's rules (`crate::portal::Session`) for a Python driver. Times are
+/// `time.monotonic()` seconds.
 #[pyclass(module = "tether._core", name = "PortalSession")]
 pub(crate) struct PyPortalSession {
     inner: portal::Session,
@@ -86,9 +97,9 @@ pub(crate) struct PyPortalSession {
 #[pymethods]
 impl PyPortalSession {
     #[new]
-    fn new(window: u64) -> Self {
+    fn new(window: u64, resume_timeout: f64, established: bool) -> Self {
         Self {
-            inner: portal::Session::new(window),
+            inner: portal::Session::new(window, resume_timeout, established),
             out: Vec::new(),
         }
     }
@@ -102,28 +113,55 @@ impl PyPortalSession {
         self.inner.wait_read();
     }
 
-    /// `n` bytes were read: send them as one DATA.
-    fn on_read(&mut self, n: usize) {
-        self.inner.on_read(n);
+    /// `data` was read: send it as one DATA behind the header returned.
+    fn on_read<'py>(&mut self, py: Python<'py>, data: Buf<'_>, now: f64) -> Bound<'py, PyBytes> {
+        let seq = self.inner.on_read(data.as_bytes(), now);
+        PyBytes::new(py, &portal::data_header(seq))
     }
 
-    fn on_read_eof(&mut self, py: Python<'_>) -> PyResult<Vec<Py<PortalAction>>> {
-        self.inner.on_read_eof(&mut self.out);
+    fn on_read_eof(&mut self, py: Python<'_>, now: f64) -> PyResult<Vec<Py<PortalAction>>> {
+        self.inner.on_read_eof(now, &mut self.out);
         actions(py, &mut self.out)
     }
 
-    /// A message from the peer: `(is_data, actions)`; for a DATA its body is `payload[2:]`
-    /// (report it with `data`).
-    fn on_peer(
-        &mut self,
-        py: Python<'_>,
-        payload: Buf<'_>,
-    ) -> PyResult<(bool, Vec<Py<PortalAction>>)> {
-        let is_data = self
-            .inner
-            .on_peer(payload.as_bytes(), &mut self.out)
-            .is_some();
-        Ok((is_data, actions(py, &mut self.out)?))
+    /// A message from the peer: `(data, actions)`; `data` is the slice of `payload` with the
+    /// DATA's stream bytes (report it with `data`), or None.
+    fn on_peer(&mut self, py: Python<'_>, payload: Buf<'_>, now: f64) -> PyResult<PeerOutcome> {
+        let bytes = payload.as_bytes();
+        let span = self.inner.on_peer(bytes, now, &mut self.out).map(|b| {
+            let start = b.as_ptr() as usize - bytes.as_ptr() as usize;
+            (start, start + b.len())
+        });
+        Ok((span, actions(py, &mut self.out)?))
+    }
+
+    /// The timers (delayed ACK, retransmission) at `now`.
+    fn on_tick(&mut self, py: Python<'_>, now: f64) -> PyResult<Vec<Py<PortalAction>>> {
+        self.inner.on_tick(now, &mut self.out);
+        actions(py, &mut self.out)
+    }
+
+    /// When `on_tick` has work next, or None.
+    #[getter]
+    fn deadline(&self) -> Option<f64> {
+        self.inner.deadline()
+    }
+
+    /// What to send again: each message as (head, stream bytes).
+    fn retained<'py>(&self, py: Python<'py>) -> Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+        self.inner
+            .retained()
+            .map(|(seq, b)| match b {
+                Some(b) => (
+                    PyBytes::new(py, &portal::data_header(seq)),
+                    PyBytes::new(py, b),
+                ),
+                None => (
+                    PyBytes::new(py, &Control::Eof(seq).encode()),
+                    PyBytes::new(py, b""),
+                ),
+            })
+            .collect()
     }
 
     /// A DATA body of which `written` bytes went to the socket at once: the rest is queued.
@@ -183,8 +221,16 @@ impl PyPortalSession {
         self.inner.queued_bytes()
     }
     #[getter]
+    fn retained_bytes(&self) -> usize {
+        self.inner.retained_bytes()
+    }
+    #[getter]
     fn credit(&self) -> i64 {
         self.inner.credit()
+    }
+    #[getter]
+    fn path_error(&self) -> Option<String> {
+        self.inner.path_error().map(str::to_string)
     }
 }
 
@@ -321,7 +367,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PORTAL_DATA", portal::T_DATA)?;
     m.add("PORTAL_EOF", portal::T_EOF)?;
     m.add("PORTAL_CLOSE", portal::T_CLOSE)?;
-    m.add("PORTAL_CREDIT", portal::T_CREDIT)?;
+    m.add("PORTAL_ACK", portal::T_ACK)?;
     m.add("PORTAL_MAX_DATA", portal::MAX_DATA)?;
     m.add("PORTAL_MAX_REASON", portal::MAX_REASON)?;
     m.add("PORTAL_MIN_CHARGE", portal::MIN_CHARGE)?;
