@@ -17,6 +17,10 @@ and stopped when it ends, also on Ctrl-C and errors):
   ``portal_node.py``);
 * ``tether via relay``: the same through a relay node (three node processes; the outlet node
   opens no port and is reached at ``/service/forward_to_db`` on the relay);
+* ``tether via NATS fabric``: the same through a three-server NATS cluster (``nats-server``,
+  clustered on loopback, with users and passwords): both nodes connect out to it and open no
+  port; the route is ``/nats/db/...`` (``docs/routing.md``, "The NATS fabric"). Its CPU
+  includes the three servers';
 * ``ssh -L``: OpenSSH's local port forwarding, ``aes256-gcm@openssh.com``, no compression, to
   an sshd started here (temporary host and client keys, its own config);
 * ``stunnel``: a TLS 1.3 client/server pair (``TLS_AES_256_GCM_SHA384``, a temporary
@@ -91,12 +95,15 @@ CONTENDERS = {
     "tether": "tether",
     "tether-py": "tether, Python data plane",
     "relay": "tether via relay",
+    "fabric": "tether via NATS fabric",
     "ssh": "ssh -L",
     "stunnel": "stunnel",
     "socat": "socat",
 }
 BASELINE = "ssh -L"
-SUBJECTS = ("tether", "tether via relay", "tether, Python data plane")
+SUBJECTS = ("tether", "tether via relay", "tether via NATS fabric", "tether, Python data plane")
+FABRIC_GOAL = 0.7
+"""The NATS fabric's throughput, at least this times the relay's."""
 SSH_CIPHER = "aes256-gcm@openssh.com"
 TLS_SUITE = "TLS_AES_256_GCM_SHA384"
 SOCAT_BUFFER = 256 * 1024
@@ -130,7 +137,9 @@ SSH = Binary("ssh", ("ssh",), "openssh-client")
 SSH_KEYGEN = Binary("ssh-keygen", ("ssh-keygen",), "openssh-client")
 STUNNEL = Binary("stunnel", ("stunnel4", "stunnel"), "stunnel4")
 SOCAT = Binary("socat", ("socat",), "socat")
+NATS = Binary("nats-server", ("nats-server", "/usr/sbin/nats-server"), "nats-server")
 NEEDS: dict[str, tuple[Binary, ...]] = {
+    "fabric": (NATS,),
     "ssh": (SSHD, SSH, SSH_KEYGEN),
     "stunnel": (STUNNEL,),
     "socat": (SOCAT,),
@@ -479,6 +488,94 @@ def start_relay(procs: Processes, tmp: Path, load: Load) -> Contender:
     )
 
 
+def nats_cluster_conf(name: str, port: int, route_port: int, routes: Sequence[int]) -> str:
+    """One server of a loopback NATS cluster for the fabric: a user per node role whose
+    password is a throwaway; both may use every ``tether.`` subject (the benchmark measures the
+    data path; ``docs/routing.md`` shows the per-node permissions of a real deployment)."""
+    open_perms = {"publish": {"allow": ["tether.>"]}, "subscribe": {"allow": ["tether.>"]}}
+    users = [
+        {"user": role, "password": f"bench-{role}", "permissions": open_perms}
+        for role in ("db", "client")
+    ]
+    route_urls = [f"nats-route://route:bench-route@{HOST}:{p}" for p in routes]
+    return (
+        f"server_name: {name}\nlisten: {HOST}:{port}\nmax_payload: 1048576\n"
+        f"authorization {{ users: {json.dumps(users)} }}\n"
+        f"cluster {{\n  name: bench-fabric\n  listen: {HOST}:{route_port}\n"
+        "  authorization { user: route, password: bench-route }\n"
+        f"  routes: {json.dumps(route_urls)}\n}}\n"
+    )
+
+
+@dataclass
+class NatsServer:
+    name: str
+    port: int
+    conf: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"nats://{HOST}:{self.port}"
+
+    def restart(self, procs: Processes, label: str) -> None:
+        """Start it again (after a kill) with its configuration; it rejoins the cluster."""
+        self.proc, _ = procs.start(label, [_which(NATS), "-c", str(self.conf)])
+        wait_listening(procs, label, self.port)
+
+
+def start_nats_cluster(procs: Processes, tmp: Path, size: int = 3) -> list[NatsServer]:
+    """``size`` clustered nats-server processes, all accepting connections."""
+    d = tmp / "nats"
+    d.mkdir(exist_ok=True)
+    ports = [(free_port(), free_port()) for _ in range(size)]
+    servers = []
+    for i, (port, route_port) in enumerate(ports):
+        name = f"nats-{i}"
+        conf = d / f"{name}.conf"
+        others = [r for j, (_, r) in enumerate(ports) if j != i]
+        conf.write_text(nats_cluster_conf(name, port, route_port, others))
+        proc, _ = procs.start(name, [_which(NATS), "-c", str(conf)])
+        servers.append(NatsServer(name, port, conf, proc))
+    for server in servers:
+        wait_listening(procs, server.name, server.port)
+    return servers
+
+
+def start_fabric(procs: Processes, tmp: Path, load: Load) -> Contender:
+    servers = start_nats_cluster(procs, tmp)
+    urls = [server.url for server in servers]
+    # The client starts on the first server, db on the second: the cluster carries between them.
+    db, db_id = _node(
+        procs,
+        "fabric-db",
+        "db",
+        *("--nats", ",".join(urls[1:] + urls[:1]), "--nats-claim", "db"),
+        *("--nats-user", "db", "--nats-password", "bench-db"),
+        *_outlets(load),
+    )
+    sink, echo, inlets = _inlets("/nats/db")
+    client, _ = _node(
+        procs,
+        "fabric-client",
+        "client",
+        *("--nats", ",".join(urls), "--nats-user", "client", "--nats-password", "bench-client"),
+        *inlets,
+        *("--authorized", db_id),
+    )
+    wait_ready(procs, "tether via NATS fabric", echo)
+    pids = {"inlet node": client.pid, "outlet node": db.pid}
+    pids.update({server.name: server.proc.pid for server in servers})
+    return Contender(
+        "tether via NATS fabric",
+        sink,
+        echo,
+        pids,
+        "inlet node -> NATS server -> NATS server -> outlet node, secure channel end to end",
+        ("fabric-client", "fabric-db", *(server.name for server in servers), "load"),
+    )
+
+
 def _run_quiet(argv: Sequence[str]) -> str:
     done = subprocess.run(list(argv), capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -655,6 +752,7 @@ STARTERS: dict[str, Callable[[Processes, Path, Load], Contender]] = {
     "tether": start_tether,
     "tether-py": start_tether_python,
     "relay": start_relay,
+    "fabric": start_fabric,
     "ssh": start_ssh,
     "stunnel": start_stunnel,
     "socat": start_socat,
@@ -1089,6 +1187,18 @@ def markdown(report: Report, env: dict[str, str]) -> str:
             "data plane, in the same run) have no targets; their ratios are for tracking.",
             "",
         ]
+    fabric, relay = values.get("tether via NATS fabric"), values.get("tether via relay")
+    if fabric and relay and fabric["throughput"] and relay["throughput"]:
+        ratio = fabric["throughput"] / relay["throughput"]
+        parts += [
+            "## The NATS fabric against the relay",
+            "",
+            f"Throughput {_fmt('throughput', fabric['throughput'])} / "
+            f"{_fmt('throughput', relay['throughput'])} MB/s = {fmt_ratio(ratio)} "
+            f"(goal >= {FABRIC_GOAL:g}x: {_met(ratio >= FABRIC_GOAL)}). The stall when a "
+            "server dies is measured by `benches/fabric.py`.",
+            "",
+        ]
     meas_rows = []
     for name, res in report.results.items():
         v = values[name]
@@ -1226,6 +1336,7 @@ def chart(report: Report, path: Path) -> None:
     colors = {
         "tether": "#1f77b4",
         "tether via relay": "#6baed6",
+        "tether via NATS fabric": "#3182bd",
         "tether, Python data plane": "#9ecae1",
         "direct": "#444444",
     }

@@ -1,6 +1,6 @@
-"""A three-server NATS cluster on loopback for the fabric tests (issue 18, work in progress):
-each server on its own client and route port, routes to the others, and an authorization block
-with one user per tether node, whose permissions make the subject name the sender:
+"""A three-server NATS cluster on loopback for the fabric tests: each server on its own client
+and route port, routes to the others, and an authorization block with one user per tether node,
+whose permissions make the subject name the sender (:class:`tether.node.fabric.FabricUser`):
 
 * node ``S`` may publish only to ``tether.*.S`` (a message to ``D`` from ``S`` is
   ``tether.D.S``) and subscribe only to ``tether.S.*``, plus ``tether.NAME.*`` for each name it
@@ -20,6 +20,7 @@ from pathlib import Path
 from brokers import SEARCH_PATH
 from pgserver import HOST, require, unused_port
 from test_portal_programs import wait_for_port
+from tether.node import fabric
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,7 @@ class FabricUser:
     def permissions(self) -> dict[str, object]:
         if self.tap:
             return {"publish": {"deny": [">"]}, "subscribe": {"allow": [">"]}}
-        subscribe = [f"tether.{self.node}.*", *(f"tether.{n}.*" for n in self.names)]
-        return {
-            "publish": {"allow": [f"tether.*.{self.node}"]},
-            "subscribe": {"allow": subscribe},
-        }
+        return fabric.FabricUser(self.node, tuple(self.names)).permissions()
 
 
 @dataclass
@@ -88,19 +85,13 @@ class Cluster:
                     s.proc.wait(10)
 
 
-def _conf(
-    s: ClusterServer, routes: Sequence[int], users: Sequence[FabricUser], route_password: str
-) -> str:
-    # nats-server's configuration format accepts JSON values.
-    users_json = json.dumps(
-        [{"user": u.node, "password": u.password, "permissions": u.permissions()} for u in users]
-    )
+def _conf(s: ClusterServer, routes: Sequence[int], authorization: str, route_password: str) -> str:
     route_urls = json.dumps([f"nats-route://route:{route_password}@{HOST}:{p}" for p in routes])
     return (
         f"server_name: {s.name}\n"
         f"listen: {HOST}:{s.port}\n"
         "max_payload: 1048576\n"
-        f"authorization {{ users: {users_json} }}\n"
+        f"{authorization}\n"
         f"cluster {{\n  name: tether-fabric\n  listen: {HOST}:{s.route_port}\n"
         f"  authorization {{ user: route, password: {route_password} }}\n"
         f"  routes: {route_urls}\n}}\n"
@@ -109,9 +100,20 @@ def _conf(
 
 @contextlib.contextmanager
 def running_cluster(
-    directory: Path, users: Sequence[FabricUser], *, size: int = 3
+    directory: Path,
+    users: Sequence[FabricUser],
+    *,
+    size: int = 3,
+    authorization: str | None = None,
 ) -> Iterator[Cluster]:
-    """Start ``size`` clustered servers with ``users``; yield once all accept connections."""
+    """Start ``size`` clustered servers with ``users`` (or with the ``authorization`` block
+    given, as ``tether fabric users`` writes it); yield once all accept connections."""
+    if authorization is None:
+        # nats-server's configuration format accepts JSON values.
+        entries = [
+            {"user": u.node, "password": u.password, "permissions": u.permissions()} for u in users
+        ]
+        authorization = f"authorization {{ users: {json.dumps(entries)} }}"
     directory.mkdir(parents=True, exist_ok=True)
     cluster = Cluster()
     for i in range(size):
@@ -126,7 +128,7 @@ def running_cluster(
         )
     for s in cluster.servers:
         others = [o.route_port for o in cluster.servers if o is not s]
-        s.conf.write_text(_conf(s, others, users, "route-secret"))
+        s.conf.write_text(_conf(s, others, authorization, "route-secret"))
     try:
         for s in cluster.servers:
             cluster.start(s)

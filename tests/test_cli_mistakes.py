@@ -109,6 +109,12 @@ MISTAKES: list[tuple[str, tuple[str, ...], str, int]] = [
         "--nats-password-file: no file",
         1,
     ),
+    (
+        "fabric users at a node with no authority",
+        ("fabric", "users", "--at", "n1", "--password-dir", "pw", "--output", "u.conf"),
+        "this node runs no authority (`tether authority create`)",
+        1,
+    ),
     ("missing option", ("tcp-outlet", "create", "--at", "n1"), "are required: --to", 2),
     ("unknown option", ("node", "list", "--bogus"), "unrecognized arguments: --bogus", 2),
     ("unknown command", ("bogus",), "invalid choice: 'bogus'", 2),

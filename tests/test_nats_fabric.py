@@ -1,4 +1,4 @@
-"""The authorization model the NATS fabric (issue 18) rests on, checked on a real three-server
+"""The authorization model the NATS fabric rests on, checked on a real three-server
 cluster with credentials (``tests/nats_cluster.py``), through tether's own NATS codec: a node's
 NATS user publishes only as itself (``tether.DEST.SELF``), subscribes only to its own subjects
 and to the names granted to it, and a wrong password is refused; messages cross the cluster's
@@ -11,10 +11,18 @@ import socket
 import time
 from pathlib import Path
 
-from nats_cluster import Cluster, FabricUser, running_cluster
-from tether._core import NATS_PING, NatsDecoder, nats_connect, nats_publish, nats_subscribe
+import anyio
 
-USERS = [FabricUser("A", "secret-a", ["db"]), FabricUser("B", "secret-b")]
+from nats_cluster import Cluster, running_cluster
+from nats_cluster import FabricUser as ClusterUser
+from tether._core import NATS_PING, NatsDecoder, nats_connect, nats_publish, nats_subscribe
+from tether.api import Node
+from tether.identity.trust import ephemeral_identity
+from tether.node.fabric import FabricUser, authorization_block, fabric_users
+from tether.node.transport.nats import NatsOptions
+from trio_run import run
+
+USERS = [ClusterUser("A", "secret-a", ["db"]), ClusterUser("B", "secret-b")]
 MAX = 1 << 20
 
 
@@ -133,3 +141,60 @@ def test_a_client_whose_server_dies_reconnects_to_another(tmp_path: Path) -> Non
         assert b"after the failover" in got
         for c in (a, b):
             c.close()
+
+
+def test_claims_are_tethers_policy_compiled_into_the_cluster(tmp_path: Path) -> None:
+    """Who may claim a fabric name is decided by tether's policy, not by who comes first: the
+    relay policy of the authority's node (role db may claim db) and the names tickets granted
+    (relay=cache) are compiled into each member's NATS permissions; on a cluster running that
+    authorization block, the member the policy allows claims db, the one it refuses is refused
+    by the cluster with the reason, and the ticket's name is claimed with no policy."""
+    ids = {role: ephemeral_identity() for role in ("db", "app", "cache")}
+    ident = {role: i.identity.identifier for role, i in ids.items()}
+    members = [
+        {"identifier": ident["db"], "attributes": {"role": "db"}},
+        {"identifier": ident["app"], "attributes": {"role": "app"}},
+        {"identifier": ident["cache"], "attributes": {"role": "cache", "relay": "cache"}},
+    ]
+
+    compiled: list[FabricUser] = []
+
+    async def compile_policy() -> None:
+        async with Node("auth") as auth:
+            auth.add_policy('subject.role = "db"', resource_type="relay", resource="db")
+            compiled.extend(fabric_users(auth, members, ["db"]))
+
+    run(compile_policy)
+    users = {u.identifier: u for u in compiled}
+    assert users[ident["db"]].claims == ("db",)
+    assert users[ident["app"]].claims == ()
+    why = users[ident["app"]].refused["db"]
+    assert why == "refused by the policy policy1 (relay 'db'): subject.role = \"db\"", why
+    assert users[ident["cache"]].claims == ("cache",)
+    passwords = {i: f"pw-{role}" for role, i in ident.items()}
+    block = authorization_block(list(users.values()), passwords)
+
+    async def join(cluster: Cluster) -> None:
+        def options(role: str, claims: list[str]) -> NatsOptions:
+            user = ident[role]
+            return NatsOptions(cluster.urls, user=user, password=passwords[user], names=claims)
+
+        async with (
+            Node("db", identity=ids["db"], nats=options("db", ["db"])) as db,
+            Node("app", identity=ids["app"], nats=options("app", ["db"])) as app,
+            Node("cache", identity=ids["cache"], nats=options("cache", ["cache"])) as cache,
+        ):
+            assert db.nats is not None
+            assert app.nats is not None
+            assert cache.nats is not None
+            with anyio.fail_after(15):
+                for node in (db, app, cache):
+                    await node.nats.wait_connected()
+            assert db.nats.claims == {"db": "claimed"}
+            assert cache.nats.claims == {"cache": "claimed"}
+            refusal = app.nats.claims["db"]
+            assert refusal.startswith("refused by the cluster"), refusal
+            assert "tether fabric users" in refusal
+
+    with running_cluster(tmp_path, [], authorization=block) as cluster:
+        run(lambda: join(cluster))

@@ -20,6 +20,7 @@ from tether.cli import (
     authority,
     channel,
     credential,
+    fabric,
     identity,
     node,
     portal,
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.register(groups)
     channel.register(groups)
     relay.register(groups)
+    fabric.register(groups)
     portal.register(groups)
     authority.register(groups)
     apply.register(groups)

@@ -13,6 +13,7 @@ from tether.core.errors import TetherError
 from tether.daemon.control import ApiError, Router
 from tether.daemon.daemon import Daemon
 from tether.daemon.specs import body_field, body_optional, found, or_default
+from tether.node.fabric import fabric_users
 from tether.services.authority import (
     DEFAULT_ADMIN_POLICY,
     DEFAULT_CREDENTIAL_TTL,
@@ -91,6 +92,20 @@ async def add_member(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]
 async def delete_member(d: Daemon, p: dict[str, str], _: Any) -> tuple[int, Any]:
     revoked = await _authority(d).delete_member(p["identifier"])
     return 200, {"deleted": p["identifier"], "revoked": revoked}
+
+
+@api.add("POST", "/authority/fabric-users")
+async def fabric_users_of(d: Daemon, _: dict[str, str], body: Any) -> tuple[int, Any]:
+    """Each member's NATS user on the fabric: the names it may claim by this node's policy."""
+    names = body.get("names") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ApiError(400, "'names' must be a list of fabric names")
+    members = await _authority(d).members()
+    try:
+        users = fabric_users(d.node, members, names)
+    except ValueError as e:
+        raise ApiError(400, str(e)) from None
+    return 200, [u.info() for u in users]
 
 
 @api.add("POST", "/authority/tickets")

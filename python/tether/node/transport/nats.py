@@ -235,8 +235,9 @@ class NatsTransport:
             for name in self.claims:
                 refused = [e for e in errors if f'"{PREFIX}.{name}.*"' in e]
                 self.claims[name] = (
-                    f"refused by the cluster ({refused[0]}): its operator has not granted this "
-                    "node the name"
+                    f"refused by the cluster ({refused[0]}): its authorization does not grant "
+                    "this node the name (`tether fabric users` grants a name to the members "
+                    "the policy allows)"
                     if refused
                     else "claimed"
                 )
