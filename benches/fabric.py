@@ -202,8 +202,7 @@ def run(kills: int) -> tuple[list[Kill], float, str]:
                 if server is None:
                     raise BenchError(f"the {label} has no connection to a NATS server now")
                 t = time.monotonic()
-                server.proc.kill()
-                server.proc.wait(10)
+                server.kill(procs)
                 time.sleep(WINDOW)
                 if reader.error:
                     raise BenchError(f"after killing {server.name}: {reader.error}")

@@ -518,6 +518,12 @@ class NatsServer:
     def url(self) -> str:
         return f"nats://{HOST}:{self.port}"
 
+    def kill(self, procs: Processes) -> None:
+        """SIGKILL, as a crash: it is no longer one of the processes that must run."""
+        self.proc.kill()
+        self.proc.wait(10)
+        procs.started = [(n, p) for n, p in procs.started if p is not self.proc]
+
     def restart(self, procs: Processes, label: str) -> None:
         """Start it again (after a kill) with its configuration; it rejoins the cluster."""
         self.proc, _ = procs.start(label, [_which(NATS), "-c", str(self.conf)])

@@ -132,6 +132,9 @@ class BaseNode:
         self.policy_added: list[Callable[[PolicyRule], None]] = []
         """Called with each policy added: the features whose resources decide again at once
         (the portals)."""
+        self.path_restored_hooks: set[Callable[[], None]] = set()
+        """Called when a transport of this node is back after a loss (a NATS server replaced):
+        what waits for a lost path (a portal session's resends) goes on at once."""
         self.secure_route_resolver: SecureRouteResolver | None = None
         """Resolves the ``/secure/NAME`` hops of routes (the channel layer registers it);
         without one a route is only parsed."""
@@ -595,6 +598,11 @@ class BaseNode:
         return None if ch is None or ch.closed.is_set() else ch
 
     # --- policies: see tether.node.policies ------------------------------------------------
+
+    def path_restored(self) -> None:
+        """A transport of this node is connected again (see :attr:`path_restored_hooks`)."""
+        for hook in list(self.path_restored_hooks):
+            hook()
 
     def add_policy(
         self,

@@ -216,6 +216,7 @@ class Session(_SessionBase):
         self._wake_reader = anyio.Event()
         self._wake_control = anyio.Event()
         self._control_until: float | None = None  # the deadline the control task waits for
+        self._resending = anyio.Lock()  # new DATA waits while a resend goes out: in order
         self._scope = anyio.CancelScope()
         self._closed = False
         self._aborted = False
@@ -325,8 +326,10 @@ class Session(_SessionBase):
         if self._aborted:
             _reset(stream)
         try:
-            # A closed channel resets the session (a callback, not a task per session).
+            # A closed channel resets the session (a callback, not a task per session); a
+            # path back after a loss resends at once.
             self.channel.on_close(self._channel_closed)
+            self.node.path_restored_hooks.add(self._path_restored)
             if self.channel.closed.is_set():
                 self._channel_closed()
             with self._scope:
@@ -345,9 +348,13 @@ class Session(_SessionBase):
                 self._closed = True
         finally:
             self.channel.remove_on_close(self._channel_closed)
+            self.node.path_restored_hooks.discard(self._path_restored)
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
             self.owner.forget(self)
+
+    def _path_restored(self) -> None:
+        self._apply(self.rules.path_restored(time.monotonic()))
 
     def _channel_closed(self) -> None:
         self.abort(f"secure channel {self.channel.address} closed")
@@ -384,10 +391,11 @@ class Session(_SessionBase):
                         return
                 self._apply([a for a in actions if a.kind != ActionKind.SEND_EOF])
                 return
-            head = self.rules.on_read(data, time.monotonic())
-            self._timer_changed()  # its timer waits for the ACK
-            if not await self._send_or_abort(head, data):
-                return
+            async with self._resending:
+                head = self.rules.on_read(data, time.monotonic())
+                self._timer_changed()  # its timer waits for the ACK
+                if not await self._send_or_abort(head, data):
+                    return
 
     async def _send_or_abort(self, head: bytes, body: bytes = b"") -> bool:
         try:
@@ -404,9 +412,10 @@ class Session(_SessionBase):
             while self._outbox:
                 action = self._outbox.popleft()
                 if action.kind == ActionKind.RESEND:
-                    for head, body in self.rules.retained():
-                        if not await self._send_or_abort(head, body):
-                            return
+                    async with self._resending:
+                        for head, body in self.rules.retained():
+                            if not await self._send_or_abort(head, body):
+                                return
                 elif not await self._send_or_abort(action.message):
                     return
             self._wake_control = anyio.Event()

@@ -136,6 +136,10 @@ pub struct Session {
     /// The last ACK that took something off `retained` (or the send that started the wait).
     progress_at: f64,
     last_resend: f64,
+    /// The numbers below this were all sent again at `last_resend`.
+    resent_upto: u64,
+    /// A resend the peer asked for within RESEND_GAP of the last: due then.
+    resend_at: Option<f64>,
     path_error: Option<String>,
     /// The peer's last ACK said it has nothing waiting for one.
     peer_done: bool,
@@ -188,6 +192,8 @@ impl Session {
             rto_at: None,
             progress_at: 0.0,
             last_resend: f64::NEG_INFINITY,
+            resent_upto: 0,
+            resend_at: None,
             path_error: None,
             peer_done: false,
             linger_at: None,
@@ -402,9 +408,17 @@ impl Session {
                 None
             };
         }
-        let resend = flags & ACK_RESEND != 0;
-        if resend && !self.retained.is_empty() && now - self.last_resend >= RESEND_GAP {
-            self.resend(now, out);
+        // A gap below what the last resend covered, reported soon after it, is that resend
+        // still on its way (new DATA overtook it): the timeout covers it if it was lost.
+        let covered = next < self.resent_upto && now - self.last_resend < RTO_MIN;
+        if flags & ACK_RESEND != 0 && !self.retained.is_empty() && !covered {
+            if now - self.last_resend >= RESEND_GAP {
+                self.resend(now, out);
+            } else {
+                // Asked again right after a resend (what was in flight behind it): once more
+                // when the gap has passed, not at the timeout.
+                self.resend_at = Some(self.last_resend + RESEND_GAP);
+            }
         }
         self.check_done(out);
     }
@@ -417,6 +431,8 @@ impl Session {
 
     fn resend(&mut self, now: f64, out: &mut Vec<Action>) {
         self.last_resend = now;
+        self.resent_upto = self.next_seq;
+        self.resend_at = None;
         self.rto_at = Some(now + self.rto);
         out.push(Action::Resend);
     }
@@ -437,6 +453,13 @@ impl Session {
             self.ack_at = None;
             if self.expect != self.acked_expect || self.consumed != self.acked_consumed {
                 self.send_ack(0, out);
+            }
+        }
+        if self.resend_at.is_some_and(|t| now >= t) {
+            if self.retained.is_empty() {
+                self.resend_at = None;
+            } else {
+                self.resend(now, out);
             }
         }
         if !self.rto_at.is_some_and(|t| now >= t) {
@@ -474,12 +497,30 @@ impl Session {
         self.resend(now, out);
     }
 
+    /// A path of this side's came back after a loss (its node is connected again): what the
+    /// peer did not acknowledge goes again now, and the peer is asked to resend what it sent
+    /// since the last in-order arrival, instead of both waiting for their timeouts.
+    pub fn path_restored(&mut self, now: f64, out: &mut Vec<Action>) {
+        if self.closed || !self.established {
+            return;
+        }
+        self.clock = now;
+        self.path_error = None;
+        self.rto = RTO_MIN;
+        if !self.retained.is_empty() {
+            self.resend(now, out);
+        }
+        if !self.peer_eof {
+            self.send_ack(ACK_RESEND, out);
+        }
+    }
+
     /// When [`Self::on_tick`] has work next (None: not until something else happens).
     pub fn deadline(&self) -> Option<f64> {
         if self.closed {
             return None;
         }
-        [self.ack_at, self.rto_at, self.linger_at]
+        [self.ack_at, self.rto_at, self.linger_at, self.resend_at]
             .into_iter()
             .flatten()
             .reduce(f64::min)

@@ -141,6 +141,12 @@ impl PyPortalSession {
         actions(py, &mut self.out)
     }
 
+    /// A path came back after a loss: resend now, and ask the peer to.
+    fn path_restored(&mut self, py: Python<'_>, now: f64) -> PyResult<Vec<Py<PortalAction>>> {
+        self.inner.path_restored(now, &mut self.out);
+        actions(py, &mut self.out)
+    }
+
     /// When `on_tick` has work next, or None.
     #[getter]
     fn deadline(&self) -> Option<f64> {

@@ -85,6 +85,8 @@ class NatsHost(Protocol):
 
     async def report(self, msg: RoutedMessage, reason: str) -> None: ...
 
+    def path_restored(self) -> None: ...
+
 
 def check_token(name: str, what: str) -> str:
     if not FABRIC_NAME.fullmatch(name):
@@ -159,9 +161,11 @@ class NatsTransport:
         """Keep a connection to one of the servers, forever (cancel to stop)."""
         task_status.started()
         turn = 0
+        failures = 0  # in a row: after a whole round of them, wait longer
         while True:
             host, port = self.servers[turn % len(self.servers)]
             turn += 1
+            connections = self.connections
             try:
                 await self._session(host, port)
             except (
@@ -177,7 +181,9 @@ class NatsTransport:
             finally:
                 self._stream, self.server = None, None
                 self._connected = anyio.Event()
-            await anyio.sleep(self.options.reconnect_wait if turn % len(self.servers) else 1.0)
+            failures = 0 if self.connections > connections else failures + 1
+            round_failed = failures and failures % len(self.servers) == 0
+            await anyio.sleep(1.0 if round_failed else self.options.reconnect_wait)
 
     async def _session(self, host: str, port: int) -> None:
         with anyio.fail_after(self.options.connect_timeout):
@@ -250,6 +256,8 @@ class NatsTransport:
             self._pings_out = 0
             self._connected.set()
             log.info("%s: connected to NATS server %s:%d", self.node.name, host, port)
+            if self.connections > 1:
+                self.node.path_restored()  # what waited for the fabric goes on now
             why = "the server closed the connection"
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._pinger, stream, tg.cancel_scope)
