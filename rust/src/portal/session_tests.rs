@@ -604,6 +604,12 @@ proptest! {
         }
     }
 
+}
+
+proptest! {
+    // Each case moves up to 300 kB through a lossy path: fewer cases than above.
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
     /// Two sessions back to back (inlet and outlet), any read sizes, any socket that takes any
     /// part of what it is offered, and a path that loses, repeats and fails (error reports)
     /// for a while: every byte arrives once, in order, both end in order, neither ever holds
