@@ -407,7 +407,7 @@ fn portal_seeds(out: &mut Vec<Seed>) {
             encode(PortalMessage::Ack {
                 next: 2,
                 consumed: 65536,
-                flags: portal::ACK_RESEND | portal::ACK_DONE,
+                flags: portal::ACK_RESEND | portal::ACK_PROBE,
             }),
         ),
         ("ack-short", vec![0, portal::T_ACK, 1, 2, 3]),

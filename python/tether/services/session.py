@@ -334,16 +334,24 @@ class Session(_SessionBase):
                 self._channel_closed()
             with self._scope:
                 async with anyio.create_task_group() as tg:
-                    reader_done = anyio.Event()
+                    reader_done, control_done = anyio.Event(), anyio.Event()
 
                     async def reader() -> None:
                         await self._reader()
                         reader_done.set()
 
+                    async def control() -> None:
+                        try:
+                            await self._control()
+                        finally:
+                            control_done.set()
+
                     tg.start_soon(reader)
-                    tg.start_soon(self._control)
+                    tg.start_soon(control)
                     await self._writer()
                     await reader_done.wait()
+                    with anyio.move_on_after(5):  # its last ACK, unless the way on is stuck
+                        await control_done.wait()
                     tg.cancel_scope.cancel()
                 self._closed = True
         finally:
@@ -407,8 +415,9 @@ class Session(_SessionBase):
 
     async def _control(self) -> None:
         """ACKs, resends and the rules' timers, apart from the writer (a socket slow to take
-        bytes must not hold back the ACKs that tell the peer what arrived)."""
-        while not self.rules.closed:
+        bytes must not hold back the ACKs that tell the peer what arrived). At an orderly end it
+        still sends what is queued (the ACK of the peer's EOF)."""
+        while True:
             while self._outbox:
                 action = self._outbox.popleft()
                 if action.kind == ActionKind.RESEND:
@@ -418,6 +427,8 @@ class Session(_SessionBase):
                                 return
                 elif not await self._send_or_abort(action.message):
                     return
+            if self.rules.closed:
+                return
             self._wake_control = anyio.Event()
             self._control_until = self.rules.deadline
             if self._control_until is None:
@@ -440,8 +451,8 @@ class Session(_SessionBase):
             pending = self.rules.pending()
             if pending is None:
                 actions = self.rules.flushed()
-                self._apply(actions)  # (its end may have begun to linger: a timer)
                 if actions:
+                    self._apply(actions)
                     continue
                 if self.rules.closed:
                     return

@@ -492,7 +492,7 @@ fn portal_expected(data: &[u8]) -> Result<(), PortalError> {
             Err(PortalError::DataTooLarge(body.len() - 8))
         }
         portal::T_EOF if body.len() != 8 => Err(PortalError::Malformed(t, body.len())),
-        portal::T_ACK if body.len() != 17 || body[16] > 7 => {
+        portal::T_ACK if body.len() != 17 || body[16] > 3 => {
             Err(PortalError::Malformed(t, body.len()))
         }
         portal::T_OPEN | portal::T_CLOSE | portal::T_DATA | portal::T_EOF | portal::T_ACK => Ok(()),

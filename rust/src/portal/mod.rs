@@ -11,7 +11,7 @@
 //! 4 CLOSE   the reason, UTF-8; only its first MAX_REASON bytes are kept
 //! 6 DATA    seq:u64, then 0..=MAX_DATA bytes of the stream
 //! 7 EOF     seq:u64
-//! 8 ACK     next:u64 consumed:u64 flags:u8 (ACK_RESEND, ACK_PROBE, ACK_DONE; others zero)
+//! 8 ACK     next:u64 consumed:u64 flags:u8 (ACK_RESEND, ACK_PROBE; the others zero)
 //! 2, 3, 5   retired: DATA, EOF and CREDIT of the protocol before sequence numbers
 //! ```
 //!
@@ -62,9 +62,7 @@ pub const ENDED_MEMORY: usize = 4096;
 pub const ACK_RESEND: u8 = 1;
 /// ACK flag: answer with an ACK (a sender out of credit asks whether any came back).
 pub const ACK_PROBE: u8 = 2;
-/// ACK flag: the sender has nothing waiting for an acknowledgement.
-pub const ACK_DONE: u8 = 4;
-const ACK_FLAGS: u8 = ACK_RESEND | ACK_PROBE | ACK_DONE;
+const ACK_FLAGS: u8 = ACK_RESEND | ACK_PROBE;
 /// The size of a sequence number.
 pub const SEQ_LEN: usize = 8;
 /// The size of an ACK body.
@@ -414,7 +412,7 @@ mod tests {
         }
         let mut flags = vec![0, T_ACK];
         flags.extend_from_slice(&[0; 16]);
-        flags.push(8);
+        flags.push(4);
         assert_eq!(
             d(&flags).unwrap_err().to_string(),
             "protocol error: malformed ACK (17 bytes)"

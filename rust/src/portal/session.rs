@@ -41,13 +41,13 @@
 //! out of credit with nothing to resend asks for an ACK (a probe) at the same timeouts, so a
 //! lost ACK cannot stall it.
 //!
-//! **The end**: a session ends in order only when both EOFs were acknowledged. The side whose
-//! last ACK may still be needed (the peer did not say it has nothing waiting, [`ACK_DONE`])
-//! lingers for [`LINGER`] seconds first, answering what the peer sends again.
+//! **The end**: a session ends in order only when both EOFs were acknowledged. If the very
+//! last ACK is lost (the peer that sent it has ended), the side left waiting for it ends in
+//! order too, at `resume_timeout`: everything else of both directions was acknowledged.
 
 use std::collections::VecDeque;
 
-use super::{truncate_reason, PortalMessage, ACK_DONE, ACK_PROBE, ACK_RESEND, MAX_DATA};
+use super::{truncate_reason, PortalMessage, ACK_PROBE, ACK_RESEND, MAX_DATA};
 
 /// A DATA costs at least this many credit units (small messages cost memory too).
 pub const MIN_CHARGE: u64 = 512;
@@ -60,9 +60,6 @@ pub const RTO_MAX: f64 = 4.0;
 /// The least time between two resends that the receiver asked for, and between two answers
 /// to duplicates (seconds).
 pub const RESEND_GAP: f64 = 0.1;
-/// How long a session that ended in order stays to answer its peer, when the peer may not
-/// have had its last ACK (seconds): longer than the first retransmission timeout.
-pub const LINGER: f64 = 2.0 * RTO_MIN;
 
 /// The credit units a DATA body of `len` bytes costs.
 pub fn charge(len: usize) -> u64 {
@@ -141,12 +138,6 @@ pub struct Session {
     /// A resend the peer asked for within RESEND_GAP of the last: due then.
     resend_at: Option<f64>,
     path_error: Option<String>,
-    /// The peer's last ACK said it has nothing waiting for one.
-    peer_done: bool,
-    /// Ended in order, staying until then to answer the peer.
-    linger_at: Option<f64>,
-    /// The latest time a driver gave.
-    clock: f64,
     // --- receiving ---
     /// The number of the peer's next DATA or EOF.
     expect: u64,
@@ -195,9 +186,6 @@ impl Session {
             resent_upto: 0,
             resend_at: None,
             path_error: None,
-            peer_done: false,
-            linger_at: None,
-            clock: 0.0,
             expect: 0,
             consumed: 0,
             acked_expect: 0,
@@ -248,7 +236,6 @@ impl Session {
     /// them as one DATA with the number returned (the session keeps a copy until the peer
     /// acknowledges it).
     pub fn on_read(&mut self, bytes: &[u8], now: f64) -> u64 {
-        self.clock = now;
         self.units_sent += charge(bytes.len());
         self.sent += bytes.len() as u64;
         self.retained_bytes += bytes.len();
@@ -271,7 +258,6 @@ impl Session {
         if self.closed || self.read_eof {
             return;
         }
-        self.clock = now;
         self.read_eof = true;
         let seq = self.retain(None, now);
         out.push(Action::Send(Control::Eof(seq)));
@@ -289,7 +275,6 @@ impl Session {
         if self.closed {
             return None;
         }
-        self.clock = now;
         let message = match PortalMessage::decode(payload) {
             Ok(m) => m,
             Err(e) => {
@@ -344,7 +329,6 @@ impl Session {
     /// needs a resend (once per gap).
     fn in_order(&mut self, seq: u64, now: f64, out: &mut Vec<Action>) -> bool {
         self.established = true;
-        self.peer_done = false; // it waits for an ACK of this
         if seq < self.expect {
             if now - self.dup_acked_at >= RESEND_GAP {
                 self.dup_acked_at = now;
@@ -375,7 +359,6 @@ impl Session {
             return;
         }
         self.established = true;
-        self.peer_done = flags & ACK_DONE != 0;
         if flags & ACK_PROBE != 0 {
             self.send_ack(0, out);
         }
@@ -444,11 +427,6 @@ impl Session {
         if self.closed {
             return;
         }
-        self.clock = now;
-        if self.linger_at.is_some_and(|t| now >= t) {
-            self.end_in_order(out);
-            return;
-        }
         if self.ack_at.is_some_and(|t| now >= t) {
             self.ack_at = None;
             if self.expect != self.acked_expect || self.consumed != self.acked_consumed {
@@ -479,7 +457,11 @@ impl Session {
                 // Every byte both ways arrived; only the ACK of our EOF did not (the peer
                 // ended, and that last ACK was lost): an orderly end.
                 self.drop_retained();
-                self.end_in_order(out);
+                self.closed = true;
+                out.push(Action::Closed {
+                    reason: String::new(),
+                    abort: false,
+                });
                 return;
             }
             let why = self
@@ -504,7 +486,6 @@ impl Session {
         if self.closed || !self.established {
             return;
         }
-        self.clock = now;
         self.path_error = None;
         self.rto = RTO_MIN;
         if !self.retained.is_empty() {
@@ -520,7 +501,7 @@ impl Session {
         if self.closed {
             return None;
         }
-        [self.ack_at, self.rto_at, self.linger_at, self.resend_at]
+        [self.ack_at, self.rto_at, self.resend_at]
             .into_iter()
             .flatten()
             .reduce(f64::min)
@@ -610,13 +591,8 @@ impl Session {
 
     /// End the session (a socket error, a refusal, a policy, the driver's own end): `abort`
     /// resets the socket, `notify` tells the peer why. Nothing happens if it ended already.
-    /// A session that ended in order and lingers just ends (its work was done).
     pub fn fail(&mut self, reason: &str, abort: bool, notify: bool, out: &mut Vec<Action>) {
         if self.closed {
-            return;
-        }
-        if self.linger_at.is_some() {
-            self.end_in_order(out);
             return;
         }
         self.closed = true;
@@ -647,13 +623,10 @@ impl Session {
         }
     }
 
-    fn send_ack(&mut self, mut flags: u8, out: &mut Vec<Action>) {
+    fn send_ack(&mut self, flags: u8, out: &mut Vec<Action>) {
         self.acked_expect = self.expect;
         self.acked_consumed = self.consumed;
         self.ack_at = None;
-        if self.retained.is_empty() {
-            flags |= ACK_DONE;
-        }
         out.push(Action::Send(Control::Ack {
             next: self.expect,
             consumed: self.consumed,
@@ -661,29 +634,14 @@ impl Session {
         }));
     }
 
-    /// Both directions ended and were acknowledged: the end now if the peer has nothing
-    /// waiting for an ACK, else after lingering.
     fn check_done(&mut self, out: &mut Vec<Action>) {
         if self.read_eof && self.wrote_eof && self.retained.is_empty() && !self.closed {
-            if self.peer_done {
-                self.end_in_order(out);
-            } else {
-                self.linger_at.get_or_insert(self.clock + LINGER);
-            }
+            self.closed = true;
+            out.push(Action::Closed {
+                reason: String::new(),
+                abort: false,
+            });
         }
-    }
-
-    fn end_in_order(&mut self, out: &mut Vec<Action>) {
-        self.closed = true;
-        out.push(Action::Closed {
-            reason: String::new(),
-            abort: false,
-        });
-    }
-
-    /// Whether the session ended in order and stays a little to answer its peer.
-    pub fn lingers(&self) -> bool {
-        self.linger_at.is_some() && !self.closed
     }
 
     /// Whether the session ended.

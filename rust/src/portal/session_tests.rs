@@ -4,8 +4,7 @@
 
 use super::*;
 use crate::portal::{
-    data_header, ACK_DONE, ACK_PROBE, ACK_RESEND, KIND_DATA, KIND_ERROR, MAX_REASON, T_ACK,
-    T_CLOSE, T_OPEN,
+    data_header, ACK_PROBE, ACK_RESEND, KIND_DATA, KIND_ERROR, MAX_REASON, T_ACK, T_CLOSE, T_OPEN,
 };
 use proptest::prelude::*;
 
@@ -87,7 +86,7 @@ fn data_is_acknowledged_by_quarter_window_and_after_a_short_delay() {
     s.on_tick(1.0 + ACK_DELAY / 2.0, &mut out);
     assert!(out.is_empty(), "not yet");
     s.on_tick(1.0 + ACK_DELAY, &mut out);
-    assert_eq!(out, [sent_ack(1, 600, ACK_DONE)]); // it waits for no ACK itself
+    assert_eq!(out, [sent_ack(1, 600, 0)]);
     assert_eq!(s.deadline(), None);
     out.clear();
     let p = data(1, b"x");
@@ -100,7 +99,7 @@ fn data_is_acknowledged_by_quarter_window_and_after_a_short_delay() {
     let p = data(2, &[8; 600]);
     let body = s.on_peer(&p, 2.0, &mut out).unwrap();
     s.data(body, body.len(), &mut out);
-    assert_eq!(out, [sent_ack(3, 1712, ACK_DONE)]); // 1112 since the last ACK: past the grant
+    assert_eq!(out, [sent_ack(3, 1712, 0)]); // 1112 since the last ACK: past the grant
     assert_eq!(s.received(), 1201);
     out.clear();
     s.on_tick(3.0, &mut out);
@@ -142,8 +141,8 @@ fn half_close_both_ways_ends_in_order_once_both_eofs_are_acknowledged() {
     s.flushed(&mut out);
     assert_eq!(out, [Action::ShutWrite], "our EOF is not acknowledged yet");
     out.clear();
-    // The peer has our EOF and waits for nothing (it had our ACK of its own): the end.
-    s.on_peer(&ack(1, 0, ACK_DONE), 0.0, &mut out);
+    // The peer has our EOF (and had our ACK of its own): the end.
+    s.on_peer(&ack(1, 0, 0), 0.0, &mut out);
     assert_eq!(out, [closed("", false)]);
     assert!(s.is_closed());
     out.clear();
@@ -154,37 +153,24 @@ fn half_close_both_ways_ends_in_order_once_both_eofs_are_acknowledged() {
 }
 
 #[test]
-fn the_side_whose_last_ack_may_be_lost_lingers_to_answer_the_peer() {
-    let mut s = session(1 << 20);
+fn when_the_last_ack_is_lost_the_waiting_side_ends_in_order_at_the_resume_timeout() {
+    let mut s = Session::new(1 << 20, 30.0, true);
     let mut out = Vec::new();
-    s.on_read_eof(0.0, &mut out);
-    s.on_peer(&ack(1, 0, 0), 0.0, &mut out); // our EOF arrived; the peer's comes next
-    out.clear();
-    s.on_peer(&eof(0), 1.0, &mut out);
+    s.on_peer(&eof(0), 0.0, &mut out); // the peer's end came, and was acknowledged
     s.flushed(&mut out);
-    assert_eq!(
-        out,
-        [sent_ack(1, 0, ACK_DONE), Action::Write, Action::ShutWrite]
-    );
-    assert!(s.lingers() && !s.is_closed(), "that ACK may be lost");
-    assert_eq!(s.deadline(), Some(1.0 + LINGER));
+    s.on_read_eof(1.0, &mut out);
     out.clear();
-    // It was: the peer sends its EOF again, and hears again.
-    s.on_peer(&eof(0), 2.0, &mut out);
-    assert_eq!(out, [sent_ack(1, 0, ACK_DONE)]);
-    out.clear();
-    s.on_tick(1.0 + LINGER, &mut out);
-    assert_eq!(out, [closed("", false)]);
-    // Ended while lingering (its channel closed, its node stops): still an orderly end.
-    let mut s = session(1 << 20);
-    s.on_read_eof(0.0, &mut out);
-    s.on_peer(&ack(1, 0, 0), 0.0, &mut out);
-    s.on_peer(&eof(0), 1.0, &mut out);
-    s.flushed(&mut out);
-    assert!(s.lingers());
-    out.clear();
-    s.fail("secure channel closed", true, true, &mut out);
-    assert_eq!(out, [closed("", false)]);
+    // The ACK of our EOF never comes (the peer ended: its last ACK was lost): EOF goes again.
+    let mut now = 1.0;
+    while !s.is_closed() {
+        now = s.deadline().unwrap();
+        s.on_tick(now, &mut out);
+    }
+    assert!((31.0..36.0).contains(&now), "ended at {now}");
+    assert_eq!(out.last(), Some(&closed("", false)), "{out:?}");
+    assert!(out
+        .iter()
+        .all(|a| matches!(a, Action::Resend | Action::Closed { .. })));
 }
 
 #[test]
@@ -197,14 +183,14 @@ fn a_sender_out_of_credit_asks_for_the_ack_it_may_have_missed() {
     assert!(out.is_empty());
     assert_eq!(s.deadline(), Some(0.5 + RTO_MIN));
     s.on_tick(0.5 + RTO_MIN, &mut out);
-    assert_eq!(out, [sent_ack(0, 0, ACK_PROBE | ACK_DONE)]);
+    assert_eq!(out, [sent_ack(0, 0, ACK_PROBE)]);
     out.clear();
     // The peer answers a probe with its ACK; the credit in it resumes the reader.
     let mut peer = session(1024);
     peer.on_peer(&ack(0, 0, ACK_PROBE), 2.0, &mut out);
-    assert_eq!(out, [sent_ack(0, 0, ACK_DONE)]);
+    assert_eq!(out, [sent_ack(0, 0, 0)]);
     out.clear();
-    s.on_peer(&ack(1, 1024, ACK_DONE), 2.0, &mut out);
+    s.on_peer(&ack(1, 1024, 0), 2.0, &mut out);
     assert_eq!(out, [Action::ResumeRead]);
     assert_eq!(s.deadline(), None);
 }
@@ -233,12 +219,12 @@ fn duplicates_are_dropped_and_answered_once_with_what_arrived() {
     assert!(s.on_peer(&data(1, b"b"), 0.0, &mut out).is_some());
     assert!(out.is_empty());
     assert_eq!(s.on_peer(&data(0, b"a"), 0.0, &mut out), None);
-    assert_eq!(out, [sent_ack(2, 0, ACK_DONE)]);
+    assert_eq!(out, [sent_ack(2, 0, 0)]);
     out.clear();
     assert_eq!(s.on_peer(&data(1, b"b"), 0.0, &mut out), None);
     assert!(out.is_empty(), "one answer per burst of duplicates");
     assert_eq!(s.on_peer(&data(1, b"b"), RESEND_GAP, &mut out), None);
-    assert_eq!(out, [sent_ack(2, 0, ACK_DONE)]);
+    assert_eq!(out, [sent_ack(2, 0, 0)]);
     assert_eq!(s.received(), 2);
 }
 
@@ -249,14 +235,14 @@ fn a_gap_is_dropped_and_a_resend_asked_for_once() {
     assert!(s.on_peer(&data(0, b"a"), 0.0, &mut out).is_some());
     assert_eq!(s.on_peer(&data(2, b"c"), 0.0, &mut out), None);
     assert_eq!(s.on_peer(&data(3, b"d"), 0.0, &mut out), None);
-    assert_eq!(out, [sent_ack(1, 0, ACK_RESEND | ACK_DONE)]);
+    assert_eq!(out, [sent_ack(1, 0, ACK_RESEND)]);
     out.clear();
     assert_eq!(s.on_peer(&data(1, b"b"), 0.0, &mut out), Some(&b"b"[..]));
     assert_eq!(s.on_peer(&data(2, b"c"), 0.0, &mut out), Some(&b"c"[..]));
     assert_eq!(s.on_peer(&data(4, b"e"), 0.0, &mut out), None);
     assert_eq!(
         out,
-        [sent_ack(3, 0, ACK_RESEND | ACK_DONE)],
+        [sent_ack(3, 0, ACK_RESEND)],
         "a new gap is asked for again"
     );
 }
@@ -634,7 +620,7 @@ proptest! {
         let mut sent = 0usize;
         // The path's fate for each message while A has bytes to send (at most 400 of them), in
         // turn: 0 lost, 1 repeated, 2 an error report instead, else delivered; then it is good
-        // again. (A loss of the very last ACK is the lingering's business, tested above.)
+        // again. (A loss of the very last ACK is tested above.)
         let mut carry = |q: &mut VecDeque<Vec<u8>>, back: &mut VecDeque<Vec<u8>>, p: Vec<u8>, lossy: bool| {
             sent += 1;
             match if lossy && sent < 400 { fate[sent % fate.len()] } else { 9 } {
