@@ -57,6 +57,9 @@ pub const ACK_DELAY: f64 = 0.02;
 pub const RTO_MIN: f64 = 1.0;
 /// The longest retransmission timeout (it doubles per retransmission without progress).
 pub const RTO_MAX: f64 = 4.0;
+/// How many buffers of acknowledged DATA a session keeps for its next reads while data is in
+/// flight (none once everything is acknowledged).
+const SPARE_BUFFERS: usize = 4;
 /// The least time between two resends that the receiver asked for, and between two answers
 /// to duplicates (seconds).
 pub const RESEND_GAP: f64 = 0.1;
@@ -127,6 +130,8 @@ pub struct Session {
     /// Sent and not acknowledged: (number, bytes; None for EOF).
     retained: VecDeque<(u64, Option<Vec<u8>>)>,
     retained_bytes: usize,
+    /// Buffers of acknowledged DATA, reused for the next reads (no allocation per read).
+    spare: Vec<Vec<u8>>,
     rto: f64,
     /// When to resend if no ACK comes (None: nothing waits for one).
     rto_at: Option<f64>,
@@ -179,6 +184,7 @@ impl Session {
             units_acked: 0,
             retained: VecDeque::new(),
             retained_bytes: 0,
+            spare: Vec::new(),
             rto: RTO_MIN,
             rto_at: None,
             progress_at: 0.0,
@@ -239,7 +245,10 @@ impl Session {
         self.units_sent += charge(bytes.len());
         self.sent += bytes.len() as u64;
         self.retained_bytes += bytes.len();
-        self.retain(Some(bytes.to_vec()), now)
+        let mut copy = self.spare.pop().unwrap_or_default();
+        copy.clear();
+        copy.extend_from_slice(bytes);
+        self.retain(Some(copy), now)
     }
 
     fn retain(&mut self, bytes: Option<Vec<u8>>, now: f64) -> u64 {
@@ -375,8 +384,15 @@ impl Session {
                 break;
             }
             self.retained_bytes -= bytes.as_ref().map_or(0, Vec::len);
-            self.retained.pop_front();
+            if let Some((_, Some(buf))) = self.retained.pop_front() {
+                if self.spare.len() < SPARE_BUFFERS {
+                    self.spare.push(buf);
+                }
+            }
             progress = true;
+        }
+        if self.retained.is_empty() {
+            self.spare = Vec::new(); // idle now: a quiet session holds no spare memory
         }
         if progress {
             self.rto = RTO_MIN;
@@ -611,6 +627,7 @@ impl Session {
     fn drop_retained(&mut self) {
         self.retained = VecDeque::new();
         self.retained_bytes = 0;
+        self.spare = Vec::new();
         self.queue = VecDeque::new();
         self.queue_pos = 0;
         self.queued = 0;

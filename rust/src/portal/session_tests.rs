@@ -41,6 +41,13 @@ fn sent_ack(next: u64, consumed: u64, flags: u8) -> Action {
     })
 }
 
+/// What a session sends on [`Action::Resend`]: each message it keeps, in order.
+fn resent(s: &Session) -> Vec<Vec<u8>> {
+    s.retained()
+        .map(|(n, bytes)| bytes.map_or_else(|| eof(n), |b| data(n, b)))
+        .collect()
+}
+
 fn closed(reason: &str, abort: bool) -> Action {
     Action::Closed {
         reason: reason.into(),
@@ -352,6 +359,25 @@ fn the_path_coming_back_clears_the_pause() {
         out,
         [Action::Resend],
         "the wait counts from the last progress"
+    );
+}
+
+#[test]
+fn acknowledged_buffers_are_reused_for_reads_and_freed_when_idle() {
+    let mut s = session(1 << 20);
+    let mut out = Vec::new();
+    s.on_read(&[1; 1000], 0.0);
+    s.on_read(&[2; 1000], 0.0);
+    let first = s.retained().next().and_then(|(_, b)| b).unwrap().as_ptr();
+    s.on_peer(&ack(1, 0, 0), 0.1, &mut out);
+    s.on_read(&[3; 10], 0.2);
+    let newest = s.retained().last().and_then(|(_, b)| b).unwrap();
+    assert_eq!(newest, &[3; 10][..]);
+    assert_eq!(newest.as_ptr(), first, "DATA 0's buffer, not a new one");
+    s.on_peer(&ack(3, 0, 0), 0.3, &mut out);
+    assert!(
+        s.spare.is_empty(),
+        "nothing in flight: no spare memory kept"
     );
 }
 
@@ -695,14 +721,10 @@ proptest! {
             }
             for act in std::mem::take(&mut out_a) {
                 match act {
-                    Action::Send(Control::Close(r)) => prop_assert!(false, "A closed: {r}\nA {:?}\nB {:?}", a, b),
+                    Action::Send(Control::Close(r)) => prop_assert!(false, "A closed: {r}"),
                     Action::Send(c) => carry(&mut a_to_b, &mut b_to_a, c.encode(), pos < data_in.len()),
                     Action::Resend => {
-                        let again: Vec<Vec<u8>> = a.retained().map(|(n, bytes)| match bytes {
-                            Some(bytes) => data(n, bytes),
-                            None => eof(n),
-                        }).collect();
-                        for p in again { carry(&mut a_to_b, &mut b_to_a, p, pos < data_in.len()); }
+                        for p in resent(&a) { carry(&mut a_to_b, &mut b_to_a, p, pos < data_in.len()); }
                     }
                     Action::Closed { reason, .. } => { prop_assert_eq!(reason, ""); ends += 1; }
                     Action::ShutWrite => a_shut = true,
@@ -714,11 +736,7 @@ proptest! {
                     Action::Send(Control::Close(r)) => prop_assert!(false, "B closed: {r}"),
                     Action::Send(c) => carry(&mut b_to_a, &mut a_to_b, c.encode(), pos < data_in.len()),
                     Action::Resend => {
-                        let again: Vec<Vec<u8>> = b.retained().map(|(n, bytes)| match bytes {
-                            Some(bytes) => data(n, bytes),
-                            None => eof(n),
-                        }).collect();
-                        for p in again { carry(&mut b_to_a, &mut a_to_b, p, pos < data_in.len()); }
+                        for p in resent(&b) { carry(&mut b_to_a, &mut a_to_b, p, pos < data_in.len()); }
                     }
                     Action::Closed { reason, .. } => { prop_assert_eq!(reason, ""); ends += 1; }
                     Action::ShutWrite => { prop_assert_eq!(got.len(), data_in.len()); b_shut = true; }

@@ -227,16 +227,8 @@ impl PyPortalSession {
         self.inner.queued_bytes()
     }
     #[getter]
-    fn retained_bytes(&self) -> usize {
-        self.inner.retained_bytes()
-    }
-    #[getter]
     fn credit(&self) -> i64 {
         self.inner.credit()
-    }
-    #[getter]
-    fn path_error(&self) -> Option<String> {
-        self.inner.path_error().map(str::to_string)
     }
 }
 
