@@ -47,8 +47,8 @@ from portal import (
     BenchError,
     NatsServer,
     Processes,
-    _node,
     free_port,
+    start_fabric_nodes,
     start_nats_cluster,
 )
 
@@ -167,25 +167,12 @@ def run(kills: int) -> tuple[list[Kill], float, str]:
             source_port = listener.getsockname()[1]
             threading.Thread(target=serve_source, args=(listener, stop), daemon=True).start()
             servers = start_nats_cluster(procs, tmp)
-            urls = [s.url for s in servers]
-            db, db_id = _node(
-                procs,
-                "fabric-db",
-                "db",
-                *("--nats", ",".join(urls[1:] + urls[:1]), "--nats-claim", "db"),
-                *("--nats-user", "db", "--nats-password", "bench-db"),
-                *("--outlet", "to-source", f"{HOST}:{source_port}"),
-                *("--outlet", "to-echo", f"{HOST}:{free_port()}"),
-            )
             inlet = free_port()
-            client, _ = _node(
+            db, client = start_fabric_nodes(
                 procs,
-                "fabric-client",
-                "client",
-                *("--nats", ",".join(urls), "--nats-user", "client"),
-                *("--nats-password", "bench-client"),
-                *("--inlet", f"{HOST}:{inlet}", "/nats/db/secure/api/service/to-source"),
-                *("--authorized", db_id),
+                servers,
+                ["--outlet", "to-source", f"{HOST}:{source_port}"],
+                ["--inlet", f"{HOST}:{inlet}", "/nats/db/secure/api/service/to-source"],
             )
             print("waiting for the route over the fabric ...", file=sys.stderr, flush=True)
             wait_ready_stream(procs, inlet)

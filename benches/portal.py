@@ -548,19 +548,22 @@ def start_nats_cluster(procs: Processes, tmp: Path, size: int = 3) -> list[NatsS
     return servers
 
 
-def start_fabric(procs: Processes, tmp: Path, load: Load) -> Contender:
-    servers = start_nats_cluster(procs, tmp)
+def start_fabric_nodes(
+    procs: Processes, servers: Sequence[NatsServer], outlets: Sequence[str], inlets: Sequence[str]
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """The outlet node ``db`` (claiming ``db``) and the inlet node on the fabric of
+    ``servers``, with ``portal_node.py``'s ``--outlet``/``--inlet`` arguments; (db, client).
+    The client starts on the first server, db on the second: the cluster carries between
+    them."""
     urls = [server.url for server in servers]
-    # The client starts on the first server, db on the second: the cluster carries between them.
     db, db_id = _node(
         procs,
         "fabric-db",
         "db",
         *("--nats", ",".join(urls[1:] + urls[:1]), "--nats-claim", "db"),
         *("--nats-user", "db", "--nats-password", "bench-db"),
-        *_outlets(load),
+        *outlets,
     )
-    sink, echo, inlets = _inlets("/nats/db")
     client, _ = _node(
         procs,
         "fabric-client",
@@ -569,6 +572,13 @@ def start_fabric(procs: Processes, tmp: Path, load: Load) -> Contender:
         *inlets,
         *("--authorized", db_id),
     )
+    return db, client
+
+
+def start_fabric(procs: Processes, tmp: Path, load: Load) -> Contender:
+    servers = start_nats_cluster(procs, tmp)
+    sink, echo, inlets = _inlets("/nats/db")
+    db, client = start_fabric_nodes(procs, servers, _outlets(load), inlets)
     wait_ready(procs, "tether via NATS fabric", echo)
     pids = {"inlet node": client.pid, "outlet node": db.pid}
     pids.update({server.name: server.proc.pid for server in servers})

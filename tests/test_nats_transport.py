@@ -10,7 +10,9 @@ import hashlib
 import json
 import os
 import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -19,7 +21,7 @@ from anyio.abc import SocketAttribute, SocketStream
 from nats_cluster import Cluster, FabricUser, running_cluster
 from tether._core import NATS_PING, NatsDecoder, nats_connect, nats_subscribe
 from tether.api import Node
-from tether.identity.trust import ephemeral_identity, trust_identifiers
+from tether.identity.trust import ChannelIdentity, ephemeral_identity, trust_identifiers
 from tether.node import routing
 from tether.node.node import ReplyTimeoutError, UnreachableError
 from tether.node.routing import RouteSyntaxError
@@ -231,14 +233,46 @@ def test_garbage_from_a_fabric_peer_is_dropped_and_counted(tmp_path: Path) -> No
         run(lambda: main(cluster.urls))
 
 
+@contextlib.asynccontextmanager
+async def fabric_portal(
+    db_urls: list[str],
+    app_urls: list[str],
+    users: tuple[FabricUser, FabricUser],
+    ids: tuple[ChannelIdentity, ChannelIdentity],
+    service: Callable[[SocketStream], Awaitable[None]],
+) -> AsyncIterator[tuple[Node, Node, Any, Any]]:
+    """db (claiming ``db``) and app on the fabric, neither with a listener, and a portal from
+    app to ``service`` next to db: yields (db, app, inlet, outlet)."""
+    (db_user, app_user), (db_id, app_id) = users, ids
+    db_opts = NatsOptions(db_urls, user=db_user.node, password=db_user.password, names=["db"])
+    app_opts = NatsOptions(app_urls, user=app_user.node, password=app_user.password)
+    async with (
+        Node("db", identity=db_id, nats=db_opts) as db,
+        Node("app", identity=app_id, nats=app_opts) as app,
+        await anyio.create_tcp_listener(local_host="127.0.0.1") as listener,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(listener.serve, service)
+        await reachable(app, "/nats/db/service/echo")
+        port = listener.extra(SocketAttribute.local_port)
+        outlet = await db.create_tcp_outlet(f"127.0.0.1:{port}", name="outlet", allow=None)
+        inlet = await app.create_tcp_inlet(
+            "127.0.0.1:0",
+            "/nats/db/secure/api/service/outlet",
+            trust=trust_identifiers(identifier(db)),
+        )
+        yield db, app, inlet, outlet
+        tg.cancel_scope.cancel()
+
+
 def test_a_portal_over_the_fabric_carries_bytes_intact(tmp_path: Path) -> None:
     """An inlet on app, an outlet on db, neither with a listener: the portal's secure channel
     runs over the cluster, and 4 MB echoed through it come back unaltered."""
     db_id, app_id = ephemeral_identity(), ephemeral_identity()
-    users = [
+    users = (
         FabricUser(db_id.identity.identifier, "pw-db", ["db"]),
         FabricUser(app_id.identity.identifier, "pw-app"),
-    ]
+    )
 
     async def echo(stream: SocketStream) -> None:
         async with stream:
@@ -246,25 +280,7 @@ def test_a_portal_over_the_fabric_carries_bytes_intact(tmp_path: Path) -> None:
                 await stream.send(data)
 
     async def main(urls: list[str]) -> None:
-        db_opts = NatsOptions(
-            urls[1:], user=users[0].node, password=users[0].password, names=["db"]
-        )
-        app_opts = NatsOptions(urls, user=users[1].node, password=users[1].password)
-        async with (
-            Node("db", identity=db_id, nats=db_opts) as db,
-            Node("app", identity=app_id, nats=app_opts) as app,
-            await anyio.create_tcp_listener(local_host="127.0.0.1") as service,
-            anyio.create_task_group() as tg,
-        ):
-            tg.start_soon(service.serve, echo)
-            await reachable(app, "/nats/db/service/echo")
-            port = service.extra(SocketAttribute.local_port)
-            await db.create_tcp_outlet(f"127.0.0.1:{port}", name="outlet", allow=None)
-            inlet = await app.create_tcp_inlet(
-                "127.0.0.1:0",
-                "/nats/db/secure/api/service/outlet",
-                trust=trust_identifiers(identifier(db)),
-            )
+        async with fabric_portal(urls[1:], urls, users, (db_id, app_id), echo) as (_, _, inlet, _):
             data = os.urandom(4 << 20)
             got = bytearray()
             async with await anyio.connect_tcp("127.0.0.1", inlet.port) as client:
@@ -279,7 +295,6 @@ def test_a_portal_over_the_fabric_carries_bytes_intact(tmp_path: Path) -> None:
                         for i in range(0, len(data), 65536):
                             await client.send(data[i : i + 65536])
             assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
-            tg.cancel_scope.cancel()
 
     with running_cluster(tmp_path, users) as cluster:
         run(lambda: main(cluster.urls))
@@ -294,10 +309,10 @@ def test_a_download_survives_killing_the_server_of_each_side(tmp_path: Path) -> 
     move to another server, the portal session resends what the dead servers lost, and the
     client gets every byte (SHA-256) on the same connection, with nothing reset."""
     db_id, app_id = ephemeral_identity(), ephemeral_identity()
-    users = [
+    users = (
         FabricUser(db_id.identity.identifier, "pw-db", ["db"]),
         FabricUser(app_id.identity.identifier, "pw-app"),
-    ]
+    )
     blob = hashlib.shake_256(b"tether download").digest(DOWNLOAD)
 
     async def serve(stream: SocketStream) -> None:
@@ -309,27 +324,14 @@ def test_a_download_survives_killing_the_server_of_each_side(tmp_path: Path) -> 
     async def main(cluster: Cluster) -> None:
         urls = cluster.urls
         # app starts on server 0, db on server 1; each fails over along its list.
-        db_opts = NatsOptions(
-            urls[1:] + urls[:1], user=users[0].node, password=users[0].password, names=["db"]
-        )
-        app_opts = NatsOptions(urls, user=users[1].node, password=users[1].password)
-        async with (
-            Node("db", identity=db_id, nats=db_opts) as db,
-            Node("app", identity=app_id, nats=app_opts) as app,
-            await anyio.create_tcp_listener(local_host="127.0.0.1") as service,
-            anyio.create_task_group() as tg,
+        async with fabric_portal(urls[1:] + urls[:1], urls, users, (db_id, app_id), serve) as (
+            db,
+            app,
+            inlet,
+            outlet,
         ):
             assert db.nats is not None
             assert app.nats is not None
-            tg.start_soon(service.serve, serve)
-            await reachable(app, "/nats/db/service/echo")
-            port = service.extra(SocketAttribute.local_port)
-            outlet = await db.create_tcp_outlet(f"127.0.0.1:{port}", name="outlet", allow=None)
-            inlet = await app.create_tcp_inlet(
-                "127.0.0.1:0",
-                "/nats/db/secure/api/service/outlet",
-                trust=trust_identifiers(identifier(db)),
-            )
             digest = hashlib.sha256()
             got = 0
             kills = [(DOWNLOAD // 3, cluster.servers[0]), (2 * DOWNLOAD // 3, cluster.servers[1])]
@@ -349,7 +351,6 @@ def test_a_download_survives_killing_the_server_of_each_side(tmp_path: Path) -> 
             for portal in (inlet, outlet):
                 info = portal.info()
                 assert (info["total"], info["failed"]) == (1, 0), info
-            tg.cancel_scope.cancel()
 
     with running_cluster(tmp_path, users) as cluster:
         run(lambda: main(cluster))
